@@ -1,0 +1,113 @@
+//! Connecting to the broker, with the backoff every component uses while it is away.
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+use rand::Rng;
+
+/// Opens a connection named for the RabbitMQ console (`order-svc consumer`, …).
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props).await
+}
+
+/// Capped exponential backoff with full jitter, so replicas that lost the broker together
+/// do not come back in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    attempt: u32,
+    base: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            attempt: 0,
+            base,
+            cap,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let millis = exp.as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
+    }
+}
+
+/// The URL with its password replaced, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        for _ in 0..40 {
+            assert!(b.next_delay() <= Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("amqp://svc:s3cret@127.0.0.1:5672/saga"),
+            "amqp://svc:***@127.0.0.1:5672/saga"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1/saga"), "amqp://127.0.0.1/saga");
+    }
+}
+
+/// Whether a component currently holds a working broker link; read by `/healthz`.
+#[derive(Debug, Clone, Default)]
+pub struct LinkState(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl LinkState {
+    pub fn set(&self, up: bool) {
+        self.0.store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Sleeps for `delay` unless `shutdown` fires first; returns false when shutting down.
+pub async fn pause(delay: Duration, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}

@@ -1,0 +1,232 @@
+//! The envelope every message travels in, and the AMQP properties that mirror it.
+//!
+//! The body of every message is this JSON object, UTF-8, at most [`MAX_MESSAGE_BYTES`].
+//! The payload stays a `serde_json::Value` here: decoding it into a typed event is the
+//! catalog's job, so that a message with a valid envelope but an unknown type can still be
+//! read, logged and dead-lettered with its ids.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::catalog::{Event, EventType};
+
+/// Messages larger than this are refused by consumers (dead-lettered as `too_large`).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Longest correlation id accepted (the contract allows any id up to 128 characters for
+/// operator events).
+pub const MAX_CORRELATION_ID_CHARS: usize = 128;
+
+/// AMQP header carrying the W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique per message; the deduplication key of every inbox.
+    pub message_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: u32,
+    #[serde(with = "millis_timestamp")]
+    pub occurred_at: DateTime<Utc>,
+    /// The saga id (the order id) or, for operator events, the SKU or customer.
+    pub correlation_id: String,
+    /// The message that caused this one; `None` for events started by a client or operator.
+    pub causation_id: Option<Uuid>,
+    pub producer: String,
+    pub payload: serde_json::Value,
+}
+
+impl Envelope {
+    /// Wraps a typed event with a fresh message id (UUIDv7: time-ordered, so ids sort in the
+    /// order they were made, which keeps indexes on them append-mostly).
+    pub fn wrap(event: &Event, producer: &str, causation_id: Option<Uuid>) -> Self {
+        Envelope {
+            message_id: Uuid::now_v7(),
+            event_type: event.event_type().name().to_owned(),
+            version: event.event_type().version(),
+            occurred_at: Utc::now(),
+            correlation_id: event.correlation_id(),
+            causation_id,
+            producer: producer.to_owned(),
+            payload: event.payload(),
+        }
+    }
+
+    /// The exact bytes published for this envelope.
+    pub fn to_body(&self) -> Vec<u8> {
+        // Serialising a struct of plain fields and a `Value` cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The routing key of the envelope's type, if the type is in the catalog.
+    pub fn routing_key(&self) -> Option<&'static str> {
+        self.event_type
+            .parse::<EventType>()
+            .ok()
+            .map(|t| t.routing_key())
+    }
+}
+
+/// The AMQP properties that mirror an envelope, as the contract lists them.
+pub fn properties_for(
+    message_id: Uuid,
+    event_type: &str,
+    correlation_id: &str,
+    producer: &str,
+    occurred_at: DateTime<Utc>,
+    traceparent: Option<&str>,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(tp) = traceparent {
+        headers.insert(
+            TRACEPARENT_HEADER.into(),
+            AMQPValue::LongString(LongString::from(tp.as_bytes())),
+        );
+    }
+    BasicProperties::default()
+        .with_message_id(ShortString::from(message_id.to_string()))
+        .with_type(ShortString::from(event_type))
+        .with_correlation_id(ShortString::from(correlation_id))
+        .with_app_id(ShortString::from(producer))
+        .with_timestamp(occurred_at.timestamp().max(0) as u64)
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_content_encoding(ShortString::from("utf-8"))
+        .with_headers(headers)
+}
+
+/// Reads a string header (long or short string) from AMQP properties.
+pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Reads an integer header from AMQP properties, whatever integer width the sender chose.
+pub fn header_u32(props: &BasicProperties, name: &str) -> Option<u32> {
+    let headers = props.headers().as_ref()?;
+    let v: i64 = match headers.inner().get(name)? {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => return None,
+    };
+    u32::try_from(v).ok()
+}
+
+/// `occurred_at` is written with millisecond precision and a `Z`, as in the contract, and
+/// read in any RFC 3339 form.
+mod millis_timestamp {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT_EXAMPLE: &str = r#"{
+        "message_id": "0192f7a0-6c1e-7b3a-9d2e-5f4c3b2a1908",
+        "type": "OrderCreated",
+        "version": 1,
+        "occurred_at": "2026-11-26T10:00:00.123Z",
+        "correlation_id": "0192f7a0-0000-7000-8000-000000000001",
+        "causation_id": null,
+        "producer": "order-svc",
+        "payload": {"order_id": "0192f7a0-0000-7000-8000-000000000001"}
+    }"#;
+
+    #[test]
+    fn envelope_reads_the_contract_example() {
+        let env: Envelope = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
+        assert_eq!(env.event_type, "OrderCreated");
+        assert_eq!(env.version, 1);
+        assert_eq!(env.causation_id, None);
+        assert_eq!(env.producer, "order-svc");
+        assert_eq!(env.occurred_at.timestamp_subsec_millis(), 123);
+    }
+
+    #[test]
+    fn envelope_writes_the_contract_field_names_and_millisecond_time() {
+        let env: Envelope = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&env.to_body()).unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "causation_id",
+                "correlation_id",
+                "message_id",
+                "occurred_at",
+                "payload",
+                "producer",
+                "type",
+                "version"
+            ]
+        );
+        assert_eq!(json["occurred_at"], "2026-11-26T10:00:00.123Z");
+        assert_eq!(json["causation_id"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn envelope_ignores_unknown_fields() {
+        let mut json: serde_json::Value = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
+        json["added_later"] = serde_json::json!(true);
+        let env: Envelope = serde_json::from_value(json).unwrap();
+        assert_eq!(env.event_type, "OrderCreated");
+    }
+
+    #[test]
+    fn envelope_without_message_id_is_refused() {
+        let mut json: serde_json::Value = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
+        json.as_object_mut().unwrap().remove("message_id");
+        assert!(serde_json::from_value::<Envelope>(json).is_err());
+    }
+
+    #[test]
+    fn properties_mirror_the_envelope() {
+        let id = Uuid::now_v7();
+        let props = properties_for(
+            id,
+            "OrderCreated",
+            "o-1",
+            "order-svc",
+            Utc::now(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        assert_eq!(
+            props.message_id().as_ref().unwrap().as_str(),
+            id.to_string()
+        );
+        assert_eq!(props.kind().as_ref().unwrap().as_str(), "OrderCreated");
+        assert_eq!(props.app_id().as_ref().unwrap().as_str(), "order-svc");
+        assert_eq!(*props.delivery_mode(), Some(2));
+        assert_eq!(
+            header_str(&props, TRACEPARENT_HEADER).as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! The inbox: one row per (consumer, message id) handled, written in the same transaction
+//! as the handler's effects. A second delivery of the same message finds the row and
+//! changes nothing; a handler that failed before commit left no row, so the message is
+//! handled again from scratch.
+
+use sqlx::PgConnection;
+
+use crate::envelope::Envelope;
+
+/// What claiming a message in the inbox found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxClaim {
+    /// First time this consumer sees the message: handle it.
+    Claimed,
+    /// Already handled (and committed) before: ack and do nothing.
+    Duplicate,
+}
+
+/// Claims `envelope` for `consumer` inside the caller's transaction. The primary key
+/// (consumer, message_id) makes two concurrent claims of one message serialise: the second
+/// waits for the first transaction and then sees a conflict.
+pub async fn claim(
+    conn: &mut PgConnection,
+    consumer: &str,
+    envelope: &Envelope,
+) -> sqlx::Result<InboxClaim> {
+    let inserted = sqlx::query(
+        "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (consumer, message_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(envelope.message_id)
+    .bind(&envelope.event_type)
+    .bind(&envelope.correlation_id)
+    .bind(envelope.causation_id)
+    .bind(&envelope.producer)
+    .bind(envelope.occurred_at)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(if inserted == 1 {
+        InboxClaim::Claimed
+    } else {
+        InboxClaim::Duplicate
+    })
+}

@@ -1,0 +1,41 @@
+//! Messaging building blocks shared by the three saga services.
+//!
+//! This crate knows how events travel, never what they mean: it holds no business rule.
+//!
+//! - [`envelope`]: the JSON envelope every message is wrapped in, and its AMQP properties.
+//! - [`catalog`]: every event of the contract as a typed payload, with its routing key.
+//! - [`topology`]: the exchanges and queues, declared the same way by every process.
+//! - [`publisher`]: a publisher that only reports success once the broker confirmed the
+//!   message and routed it to at least one queue.
+//! - [`outbox`]: events written in the same transaction as the state change, and the relay
+//!   that publishes them.
+//! - [`inbox`]: the per-consumer record of handled message ids that makes handlers idempotent.
+//! - [`consumer`]: the consume loop that wraps a handler in one transaction (inbox claim,
+//!   effects, outbox rows), acks only after commit, and routes failures to retry or dead letter.
+//! - [`retry`]: the error classes of a handler and the delayed-retry schedule.
+//! - [`amqp`]: connecting with backoff, and the connection settings every component shares.
+
+pub mod amqp;
+pub mod catalog;
+pub mod consumer;
+pub mod envelope;
+pub mod inbox;
+pub mod outbox;
+pub mod publisher;
+pub mod retry;
+pub mod topology;
+
+pub use catalog::{Event, EventType};
+pub use envelope::Envelope;
+
+/// The migrations of the messaging tables (outbox, inbox). Versions 1..=999 are reserved
+/// for them; each service numbers its own migrations from 1000 and runs both sets with one
+/// migrator (see [`migrator_with`]), so one `_sqlx_migrations` table describes the database.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A migrator that runs the messaging migrations followed by a service's own.
+pub fn migrator_with(service: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let mut all: Vec<_> = MIGRATOR.iter().cloned().collect();
+    all.extend(service.iter().cloned());
+    sqlx::migrate::Migrator::with_migrations(all)
+}

@@ -1,0 +1,342 @@
+//! The transactional outbox: an event is a row written in the same transaction as the
+//! state change that caused it, and the relay publishes rows to the broker afterwards.
+//!
+//! Guarantees:
+//! - A committed state change always gets its events published (eventually, at least once).
+//!   A rolled-back one never does.
+//! - A row is marked sent only after the broker confirmed it and routed it to a queue. A
+//!   crash between the confirm and the mark publishes the row again on restart (same
+//!   `message_id`, so consumers drop the copy).
+//! - Several relays (replicas) may run on one outbox: each claims its batch with
+//!   `FOR UPDATE SKIP LOCKED` and holds the row locks until the batch is marked, so no two
+//!   relays publish the same row.
+//! - Relays wake on `NOTIFY saga_outbox` (sent by a trigger after commit) and poll every
+//!   `poll_interval` as well, because a listener that is reconnecting misses notifications.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::Connection;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::amqp::{self, Backoff, LinkState};
+use crate::catalog::Event;
+use crate::envelope::{Envelope, properties_for};
+use crate::publisher::{ConfirmedPublisher, OutgoingMessage, PublishError};
+use crate::topology::EVENTS_EXCHANGE;
+
+/// The channel the outbox trigger notifies.
+pub const NOTIFY_CHANNEL: &str = "saga_outbox";
+
+/// Writes `envelope` to the outbox inside the caller's transaction.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    envelope: &Envelope,
+    traceparent: Option<&str>,
+) -> sqlx::Result<()> {
+    let routing_key = envelope.routing_key().unwrap_or_default();
+    let body = String::from_utf8(envelope.to_body()).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(envelope.message_id)
+    .bind(&envelope.event_type)
+    .bind(routing_key)
+    .bind(&envelope.correlation_id)
+    .bind(envelope.causation_id)
+    .bind(&envelope.producer)
+    .bind(envelope.occurred_at)
+    .bind(body)
+    .bind(traceparent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The events one transaction emits, each wrapped in its envelope as soon as it is emitted
+/// so the caller knows its message id (for an order's history, say).
+#[derive(Debug)]
+pub struct Emitter {
+    producer: String,
+    causation_id: Option<Uuid>,
+    envelopes: Vec<Envelope>,
+}
+
+impl Emitter {
+    /// `causation_id` is the message being handled, or `None` for a client's request.
+    pub fn new(producer: &str, causation_id: Option<Uuid>) -> Self {
+        Emitter {
+            producer: producer.to_owned(),
+            causation_id,
+            envelopes: Vec::new(),
+        }
+    }
+
+    pub fn emit(&mut self, event: Event) -> &Envelope {
+        self.envelopes
+            .push(Envelope::wrap(&event, &self.producer, self.causation_id));
+        &self.envelopes[self.envelopes.len() - 1]
+    }
+
+    pub fn envelopes(&self) -> &[Envelope] {
+        &self.envelopes
+    }
+
+    /// Writes every emitted event to the outbox inside the caller's transaction.
+    pub async fn write(
+        self,
+        conn: &mut PgConnection,
+        traceparent: Option<&str>,
+    ) -> sqlx::Result<()> {
+        for envelope in &self.envelopes {
+            enqueue(conn, envelope, traceparent).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct PendingRow {
+    id: i64,
+    message_id: Uuid,
+    event_type: String,
+    routing_key: String,
+    correlation_id: String,
+    producer: String,
+    occurred_at: DateTime<Utc>,
+    body: String,
+    traceparent: Option<String>,
+}
+
+impl PendingRow {
+    fn to_message(&self) -> OutgoingMessage {
+        OutgoingMessage {
+            exchange: EVENTS_EXCHANGE.to_owned(),
+            routing_key: self.routing_key.clone(),
+            body: self.body.as_bytes().to_vec(),
+            properties: properties_for(
+                self.message_id,
+                &self.event_type,
+                &self.correlation_id,
+                &self.producer,
+                self.occurred_at,
+                self.traceparent.as_deref(),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows claimed and published per transaction (confirms are pipelined per batch).
+    pub batch_size: i64,
+    /// Longest time between two polls when no notification arrives.
+    pub poll_interval: Duration,
+    pub confirm_timeout: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            batch_size: 256,
+            poll_interval: Duration::from_secs(1),
+            confirm_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("outbox database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{failed} of {claimed} outbox rows not published: {first}")]
+    Publish {
+        claimed: usize,
+        failed: usize,
+        first: PublishError,
+    },
+}
+
+/// Publishes the outbox of one service database.
+#[derive(Clone)]
+pub struct OutboxRelay {
+    pool: PgPool,
+    amqp_url: String,
+    name: String,
+    settings: RelaySettings,
+    link: LinkState,
+}
+
+impl OutboxRelay {
+    /// `name` labels the broker connection in the RabbitMQ console.
+    pub fn new(
+        pool: PgPool,
+        amqp_url: impl Into<String>,
+        name: impl Into<String>,
+        settings: RelaySettings,
+    ) -> Self {
+        OutboxRelay {
+            pool,
+            amqp_url: amqp_url.into(),
+            name: name.into(),
+            settings,
+            link: LinkState::default(),
+        }
+    }
+
+    pub fn link(&self) -> LinkState {
+        self.link.clone()
+    }
+
+    /// Claims one batch of unsent rows, publishes them, and marks the confirmed ones sent,
+    /// all in one transaction. Returns how many rows were published. Rows that were not
+    /// confirmed stay unsent and are tried again on a later call.
+    pub async fn relay_once(&self, publisher: &ConfirmedPublisher) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<PendingRow> = sqlx::query_as(
+            "SELECT id, message_id, event_type, routing_key, correlation_id, producer, occurred_at, body, traceparent
+             FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.settings.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let messages: Vec<_> = rows.iter().map(PendingRow::to_message).collect();
+        let results = publisher.publish_all(&messages).await;
+        let mut sent = Vec::with_capacity(rows.len());
+        let mut first_error = None;
+        let mut failed = 0;
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(()) => sent.push(row.id),
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !sent.is_empty() {
+            sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+                .bind(&sent)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("saga_relay_published_total").increment(sent.len() as u64);
+        match first_error {
+            None => Ok(sent.len()),
+            Some(first) => Err(RelayError::Publish {
+                claimed: rows.len(),
+                failed,
+                first,
+            }),
+        }
+    }
+
+    /// Relays until `shutdown`, reconnecting to the broker and the database as needed.
+    /// The batch in flight when shutdown comes is finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        let mut link: Option<(Connection, ConfirmedPublisher)> = None;
+        let mut listener: Option<PgListener> = None;
+        while !shutdown.is_cancelled() {
+            if link.as_ref().is_none_or(|(_, p)| !p.is_usable()) {
+                self.link.set(false);
+                match self.open_publisher().await {
+                    Ok(l) => {
+                        tracing::info!(relay = %self.name, "outbox relay connected to the broker");
+                        link = Some(l);
+                        self.link.set(true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(relay = %self.name, error = %e, url = %amqp::redact_url(&self.amqp_url), "broker unreachable; outbox rows wait");
+                        if !amqp::pause(backoff.next_delay(), &shutdown).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let Some((_, publisher)) = link.as_ref() else {
+                continue;
+            };
+            match self.relay_once(publisher).await {
+                Ok(n) if n as i64 >= self.settings.batch_size => backoff.reset(),
+                Ok(_) => {
+                    backoff.reset();
+                    self.wait_for_work(&mut listener, &shutdown).await;
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %self.name, error = %e, "outbox relay failed; will retry");
+                    if let RelayError::Publish { first, .. } = &e
+                        && first.breaks_channel()
+                    {
+                        link = None;
+                    }
+                    if !amqp::pause(backoff.next_delay(), &shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.link.set(false);
+        if let Some((conn, _)) = link {
+            let _ = conn.close(200, "shutting down".into()).await;
+        }
+    }
+
+    async fn open_publisher(&self) -> lapin::Result<(Connection, ConfirmedPublisher)> {
+        let conn = amqp::connect(&self.amqp_url, &format!("{} relay", self.name)).await?;
+        let publisher = ConfirmedPublisher::open(&conn, self.settings.confirm_timeout).await?;
+        Ok((conn, publisher))
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen(NOTIFY_CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    /// Returns on a notification, after the poll interval, or at shutdown.
+    async fn wait_for_work(&self, listener: &mut Option<PgListener>, shutdown: &CancellationToken) {
+        let poll = tokio::time::sleep(self.settings.poll_interval);
+        match listener {
+            Some(l) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = poll => {}
+                    got = l.recv() => {
+                        if got.is_err() {
+                            *listener = None;
+                        }
+                    }
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = poll => {}
+                }
+            }
+        }
+    }
+}
+
+/// Number of rows not yet published, and the age of the oldest, for metrics and health.
+pub async fn backlog(pool: &PgPool) -> sqlx::Result<(i64, Option<f64>)> {
+    sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE sent_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+}

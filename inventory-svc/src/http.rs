@@ -1,0 +1,57 @@
+//! inventory-svc's read API: stock per SKU, all stock, and one order's reservation.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use platform::ApiError;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::store;
+
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/stock", get(list_stock))
+        .route("/stock/{sku}", get(show_stock))
+        .route("/reservations/{order_id}", get(show_reservation))
+        .with_state(pool)
+}
+
+async fn show_stock(
+    State(pool): State<PgPool>,
+    Path(sku): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let row = store::get_stock(&mut conn, &sku)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("SKU {sku:?} was never adjusted")))?;
+    Ok(Json(json!({
+        "sku": row.sku, "available": row.available, "reserved": row.reserved, "sold": row.sold
+    })))
+}
+
+async fn list_stock(State(pool): State<PgPool>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let rows = store::list_stock(&mut conn).await?;
+    Ok(Json(json!({ "stock": rows })))
+}
+
+async fn show_reservation(
+    State(pool): State<PgPool>,
+    Path(order_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let not_found = || {
+        ApiError::not_found(format!(
+            "inventory holds no reservation for order {order_id:?}"
+        ))
+    };
+    let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
+    let mut conn = pool.acquire().await?;
+    let (status, items) = store::get_reservation(&mut conn, id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(
+        json!({ "order_id": id, "status": status, "items": items.0 }),
+    ))
+}

@@ -1,0 +1,59 @@
+//! The deadline sweep: an order still `pending` or `reserved` when its deadline passes is
+//! cancelled (reason `timeout`). Several replicas may sweep at once: each locks the rows it
+//! takes with SKIP LOCKED, and the saga refuses to cancel an order twice.
+
+use std::time::Duration;
+
+use events::outbox::Emitter;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::handlers::apply;
+use crate::saga::{OrderInput, OrderStatus};
+use crate::{SERVICE, store};
+
+/// Rows cancelled per transaction.
+const SWEEP_BATCH: i64 = 200;
+
+/// Cancels one batch of overdue orders; returns how many were cancelled.
+pub async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let overdue = store::lock_overdue(&mut tx, SWEEP_BATCH).await?;
+    let mut out = Emitter::new(SERVICE, None);
+    let mut cancelled = 0;
+    for (order_id, status, created_at) in overdue {
+        let Some(status) = OrderStatus::parse(&status) else {
+            continue;
+        };
+        apply(
+            &mut tx,
+            &mut out,
+            order_id,
+            status,
+            created_at,
+            OrderInput::DeadlinePassed,
+            None,
+            None,
+        )
+        .await?;
+        cancelled += 1;
+    }
+    out.write(&mut tx, None).await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+/// Sweeps every `interval` until shutdown.
+pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        match sweep_once(&pool).await {
+            Ok(n) if n as i64 >= SWEEP_BATCH => continue,
+            Ok(n) if n > 0 => tracing::info!(cancelled = n, "cancelled orders past their deadline"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "deadline sweep failed; will retry"),
+        }
+        if !events::amqp::pause(interval, &shutdown).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! order-svc's HTTP API: place, read, list and cancel orders.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use events::Event;
+use events::catalog::{self, OrderCreated, OrderItem};
+use events::outbox::Emitter;
+use platform::{ApiError, ApiJson};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::handlers::apply;
+use crate::saga::{Decision, OrderInput, OrderStatus};
+use crate::{SERVICE, store};
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+#[derive(Clone)]
+pub struct OrderApi {
+    pub pool: PgPool,
+    pub deadline: std::time::Duration,
+}
+
+pub fn router(api: OrderApi) -> Router {
+    Router::new()
+        .route("/orders", post(place_order).get(list_orders))
+        .route("/orders/{id}", get(show_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
+        .with_state(api)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaceOrder {
+    pub customer_id: String,
+    pub currency: String,
+    pub items: Vec<OrderItem>,
+}
+
+/// Checks a request against the contract's rules; returns the order total.
+pub fn validate(req: &PlaceOrder) -> Result<i64, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("validation_failed", m);
+    catalog::check_customer(&req.customer_id).map_err(invalid)?;
+    catalog::check_currency(&req.currency).map_err(invalid)?;
+    if req.items.is_empty() || req.items.len() > catalog::MAX_ITEMS {
+        return Err(invalid(format!(
+            "items must hold 1 to {} entries",
+            catalog::MAX_ITEMS
+        )));
+    }
+    let mut total: i64 = 0;
+    for (i, item) in req.items.iter().enumerate() {
+        let at = |m: String| invalid(format!("items[{i}]: {m}"));
+        catalog::check_sku(&item.sku).map_err(at)?;
+        catalog::check_quantity(item.quantity).map_err(at)?;
+        if item.unit_price < 0 {
+            return Err(at("unit_price must not be negative".into()));
+        }
+        total = item
+            .quantity
+            .checked_mul(item.unit_price)
+            .and_then(|line| total.checked_add(line))
+            .ok_or_else(|| invalid("the order total is too large".into()))?;
+    }
+    Ok(total)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.chars().count() <= MAX_IDEMPOTENCY_KEY_CHARS)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+fn request_hash(req: &PlaceOrder) -> String {
+    // The parsed request re-serialised: the same order written with other spacing or key
+    // order hashes the same.
+    let canonical = serde_json::to_vec(req).unwrap_or_default();
+    hex::encode(Sha256::digest(canonical))
+}
+
+async fn place_order(
+    State(api): State<OrderApi>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PlaceOrder>,
+) -> Result<impl IntoResponse, ApiError> {
+    let total = validate(&req)?;
+    let key = idempotency_key(&headers)?;
+    let hash = request_hash(&req);
+    let mut tx = api.pool.begin().await?;
+    if let Some(key) = &key
+        && let Some(existing) = store::find_by_idempotency_key(&mut tx, key).await?
+    {
+        return same_key_answer(existing, &hash);
+    }
+    let order_id = Uuid::now_v7();
+    let deadline = Utc::now() + chrono::Duration::from_std(api.deadline).unwrap_or_default();
+    let inserted = store::insert_order(
+        &mut tx,
+        &store::NewOrder {
+            order_id,
+            customer_id: &req.customer_id,
+            items: &req.items,
+            total,
+            currency: &req.currency,
+            deadline,
+            idempotency: key.as_deref().map(|k| (k, hash.as_str())),
+        },
+    )
+    .await?;
+    if inserted.is_none() {
+        // A concurrent request with the same key won the insert; answer as it did.
+        tx.rollback().await?;
+        let mut conn = api.pool.acquire().await?;
+        let existing =
+            store::find_by_idempotency_key(&mut conn, key.as_deref().unwrap_or_default())
+                .await?
+                .ok_or_else(|| ApiError::unavailable("idempotency key vanished"))?;
+        return same_key_answer(existing, &hash);
+    }
+    let mut out = Emitter::new(SERVICE, None);
+    let envelope = out.emit(Event::OrderCreated(OrderCreated {
+        order_id,
+        customer_id: req.customer_id.clone(),
+        items: req.items.clone(),
+        total,
+        currency: req.currency.clone(),
+    }));
+    let (event_type, message_id) = (envelope.event_type.clone(), envelope.message_id);
+    store::record_history(&mut tx, order_id, &event_type, message_id).await?;
+    out.write(&mut tx, None).await?;
+    tx.commit().await?;
+    tracing::info!(%order_id, customer_id = %req.customer_id, total, "order placed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"order_id": order_id, "status": OrderStatus::Pending.as_str()})),
+    ))
+}
+
+fn same_key_answer(
+    (order_id, status, stored_hash): (Uuid, String, Option<String>),
+    hash: &str,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if stored_hash.as_deref() != Some(hash) {
+        return Err(ApiError::conflict(
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different body",
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"order_id": order_id, "status": status})),
+    ))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::not_found(format!("no order {id:?}")))
+}
+
+fn order_json(row: &store::OrderRow) -> serde_json::Value {
+    json!({
+        "order_id": row.order_id,
+        "customer_id": row.customer_id,
+        "status": row.status,
+        "reason": row.reason,
+        "items": row.items.0,
+        "total": row.total,
+        "currency": row.currency,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    })
+}
+
+async fn show_order(
+    State(api): State<OrderApi>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let order_id = parse_id(&id)?;
+    let mut conn = api.pool.acquire().await?;
+    let row = store::get_order(&mut conn, order_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no order {order_id}")))?;
+    let history: Vec<_> = store::history(&mut conn, order_id)
+        .await?
+        .into_iter()
+        .map(|h| json!({"type": h.event_type, "message_id": h.message_id, "at": h.at}))
+        .collect();
+    let mut body = order_json(&row);
+    body["history"] = json!(history);
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_orders(
+    State(api): State<OrderApi>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_status",
+                "status must be one of pending, reserved, confirmed, rejected, cancelled",
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be 1 to 10000",
+        ));
+    }
+    let mut conn = api.pool.acquire().await?;
+    let orders: Vec<_> = store::list_orders(&mut conn, status, limit)
+        .await?
+        .iter()
+        .map(order_json)
+        .collect();
+    let counts: serde_json::Map<_, _> = store::count_by_status(&mut conn)
+        .await?
+        .into_iter()
+        .map(|(s, n)| (s, json!(n)))
+        .collect();
+    Ok(Json(json!({"orders": orders, "counts": counts})))
+}
+
+async fn cancel_order(
+    State(api): State<OrderApi>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let order_id = parse_id(&id)?;
+    let mut tx = api.pool.begin().await?;
+    let (status, created_at) = store::lock_status(&mut tx, order_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no order {order_id}")))?;
+    let mut out = Emitter::new(SERVICE, None);
+    let decision = apply(
+        &mut tx,
+        &mut out,
+        order_id,
+        status,
+        created_at,
+        OrderInput::CancelRequested,
+        None,
+        None,
+    )
+    .await?;
+    if decision == Decision::Refuse {
+        return Err(ApiError::conflict(
+            "order_closed",
+            format!("order {order_id} is already {}", status.as_str()),
+        ));
+    }
+    out.write(&mut tx, None).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"order_id": order_id, "status": OrderStatus::Cancelled.as_str()})),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(items: Vec<OrderItem>) -> PlaceOrder {
+        PlaceOrder {
+            customer_id: "c-1".into(),
+            currency: "EUR".into(),
+            items,
+        }
+    }
+
+    fn item(sku: &str, quantity: i64, unit_price: i64) -> OrderItem {
+        OrderItem {
+            sku: sku.into(),
+            quantity,
+            unit_price,
+        }
+    }
+
+    #[test]
+    fn valid_order_totals_its_lines() {
+        assert_eq!(
+            validate(&order(vec![item("A", 2, 150), item("B.1_x-y", 1, 0)])).unwrap(),
+            300
+        );
+    }
+
+    #[test]
+    fn each_contract_rule_is_enforced() {
+        let too_many: Vec<_> = (0..101).map(|i| item(&format!("S{i}"), 1, 1)).collect();
+        let cases = vec![
+            order(vec![]),
+            order(too_many),
+            order(vec![item("A", 0, 1)]),
+            order(vec![item("A", 10_001, 1)]),
+            order(vec![item("A", 1, -1)]),
+            order(vec![item("bad sku", 1, 1)]),
+            order(vec![item(&"x".repeat(65), 1, 1)]),
+            order(vec![item("A", 10_000, i64::MAX)]),
+            PlaceOrder {
+                customer_id: String::new(),
+                ..order(vec![item("A", 1, 1)])
+            },
+            PlaceOrder {
+                customer_id: "c".repeat(65),
+                ..order(vec![item("A", 1, 1)])
+            },
+            PlaceOrder {
+                currency: "eur".into(),
+                ..order(vec![item("A", 1, 1)])
+            },
+            PlaceOrder {
+                currency: "EURO".into(),
+                ..order(vec![item("A", 1, 1)])
+            },
+        ];
+        for req in cases {
+            let err = validate(&req).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{req:?}");
+            assert_eq!(err.code, "validation_failed");
+        }
+    }
+
+    #[test]
+    fn request_hash_ignores_formatting() {
+        let a: PlaceOrder = serde_json::from_str(
+            r#"{"customer_id":"c","currency":"EUR","items":[{"sku":"A","quantity":1,"unit_price":5}]}"#,
+        )
+        .unwrap();
+        let b: PlaceOrder = serde_json::from_str(
+            r#"{ "items": [ {"unit_price": 5, "quantity": 1, "sku": "A"} ], "currency": "EUR", "customer_id": "c" }"#,
+        )
+        .unwrap();
+        assert_eq!(request_hash(&a), request_hash(&b));
+    }
+}

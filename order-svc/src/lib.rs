@@ -1,0 +1,85 @@
+//! order-svc: owns orders; the only HTTP entry point for customers.
+//!
+//! - [`saga`]: the order state machine (pure).
+//! - [`handlers`]: reactions to StockReserved/Rejected, PaymentDone/Failed, StockReleased
+//!   and PaymentRefunded, and the function that applies a saga decision.
+//! - [`http`]: `POST /orders`, `GET /orders/{id}`, `GET /orders`, `POST /orders/{id}/cancel`.
+//! - [`deadline`]: cancels orders still open when their deadline passes.
+//! - [`store`]: the order tables' queries.
+
+pub mod deadline;
+pub mod handlers;
+pub mod http;
+pub mod saga;
+pub mod store;
+
+use std::time::Duration;
+
+use events::consumer::EventConsumer;
+use events::outbox::OutboxRelay;
+use events::topology::ServiceTopology;
+use platform::http::Health;
+use platform::{Application, ServiceConfig};
+use tokio_util::sync::CancellationToken;
+
+pub const SERVICE: &str = "order-svc";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct OrderConfig {
+    pub service: ServiceConfig,
+    /// How long an order may stay pending/reserved before it is cancelled (`timeout`).
+    pub deadline: Duration,
+}
+
+impl OrderConfig {
+    /// `SAGA_ORDER_*` and the shared `SAGA_*` variables; `SAGA_ORDER_DEADLINE_SECS` (30).
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(OrderConfig {
+            service: ServiceConfig::from_env(SERVICE, "ORDER", 8080, "orders")?,
+            deadline: Duration::from_secs_f64(platform::config::env_parse(
+                "SAGA_ORDER_DEADLINE_SECS",
+                30.0f64,
+            )?),
+        })
+    }
+}
+
+pub fn topology() -> ServiceTopology {
+    ServiceTopology::new(SERVICE, &handlers::CONSUMES)
+}
+
+/// Builds the running service: database, consumer, relay, deadline sweep and HTTP.
+pub async fn build(
+    config: OrderConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Application> {
+    let c = &config.service;
+    let migrator = events::migrator_with(&MIGRATIONS);
+    let pool =
+        platform::db::connect_and_migrate(&c.database_url, c.db_pool_size, &migrator).await?;
+    let consumer = EventConsumer::new(
+        topology(),
+        pool.clone(),
+        &c.amqp_url,
+        handlers::OrderHandler,
+        c.consumer.clone(),
+    );
+    let relay = OutboxRelay::new(pool.clone(), &c.amqp_url, SERVICE, c.relay.clone());
+    let health = Health {
+        pool: pool.clone(),
+        links: vec![("consumer", consumer.link()), ("relay", relay.link())],
+    };
+    let api = http::router(http::OrderApi {
+        pool: pool.clone(),
+        deadline: config.deadline,
+    });
+    let app = Application::bind(c.http_addr, api, health, shutdown.clone()).await?;
+    app.spawn(consumer.run(shutdown.clone()));
+    app.spawn(relay.run(shutdown.clone()));
+    let sweep_every =
+        (config.deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    app.spawn(deadline::run(pool, sweep_every, shutdown));
+    Ok(app)
+}

@@ -1,0 +1,172 @@
+//! The order tables: named queries used by the HTTP routes, the handlers and the deadline
+//! sweep. Every write happens inside a transaction the caller owns.
+
+use chrono::{DateTime, Utc};
+use events::catalog::OrderItem;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::saga::OrderStatus;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub items: sqlx::types::Json<Vec<OrderItem>>,
+    pub total: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub event_type: String,
+    pub message_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+pub struct NewOrder<'a> {
+    pub order_id: Uuid,
+    pub customer_id: &'a str,
+    pub items: &'a [OrderItem],
+    pub total: i64,
+    pub currency: &'a str,
+    pub deadline: DateTime<Utc>,
+    pub idempotency: Option<(&'a str, &'a str)>,
+}
+
+/// Inserts an order; with an idempotency key already used, inserts nothing and returns
+/// `None` (the caller then reads the order that key made).
+pub async fn insert_order(conn: &mut PgConnection, o: &NewOrder<'_>) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "INSERT INTO orders (order_id, customer_id, status, items, total, currency, deadline, idempotency_key, request_hash)
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING order_id",
+    )
+    .bind(o.order_id)
+    .bind(o.customer_id)
+    .bind(sqlx::types::Json(o.items))
+    .bind(o.total)
+    .bind(o.currency)
+    .bind(o.deadline)
+    .bind(o.idempotency.map(|(k, _)| k))
+    .bind(o.idempotency.map(|(_, h)| h))
+    .fetch_optional(conn)
+    .await
+}
+
+/// The order an idempotency key made, with the hash of the body it came with.
+pub async fn find_by_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+) -> sqlx::Result<Option<(Uuid, String, Option<String>)>> {
+    sqlx::query_as("SELECT order_id, status, request_hash FROM orders WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Locks the order row for the rest of the transaction and returns its status and
+/// creation time. Events about one order therefore apply one after the other.
+pub async fn lock_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> sqlx::Result<Option<(OrderStatus, DateTime<Utc>)>> {
+    let row: Option<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT status, created_at FROM orders WHERE order_id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.and_then(|(s, c)| OrderStatus::parse(&s).map(|st| (st, c))))
+}
+
+pub async fn set_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    status: OrderStatus,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE orders SET status = $2, reason = COALESCE($3, reason), updated_at = now() WHERE order_id = $1")
+        .bind(order_id)
+        .bind(status.as_str())
+        .bind(reason)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn record_history(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    event_type: &str,
+    message_id: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO order_history (order_id, event_type, message_id) VALUES ($1, $2, $3)")
+        .bind(order_id)
+        .bind(event_type)
+        .bind(message_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn get_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<OrderRow>> {
+    sqlx::query_as(
+        "SELECT order_id, customer_id, status, reason, items, total, currency, created_at, updated_at
+         FROM orders WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn history(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<HistoryRow>> {
+    sqlx::query_as(
+        "SELECT event_type, message_id, at FROM order_history WHERE order_id = $1 ORDER BY id",
+    )
+    .bind(order_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Orders, newest first, optionally of one status.
+pub async fn list_orders(
+    conn: &mut PgConnection,
+    status: Option<OrderStatus>,
+    limit: i64,
+) -> sqlx::Result<Vec<OrderRow>> {
+    sqlx::query_as(
+        "SELECT order_id, customer_id, status, reason, items, total, currency, created_at, updated_at
+         FROM orders WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(status.map(|s| s.as_str()))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Count of orders by status.
+pub async fn count_by_status(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status")
+        .fetch_all(conn)
+        .await
+}
+
+/// Open orders whose deadline has passed, locked; rows another sweeper holds are skipped.
+pub async fn lock_overdue(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, String, DateTime<Utc>)>> {
+    sqlx::query_as(
+        "SELECT order_id, status, created_at FROM orders
+         WHERE status IN ('pending', 'reserved') AND deadline <= now()
+         ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,53 @@
+//! payment-svc's read API: one wallet, all wallets, and one order's payment.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use platform::ApiError;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::store;
+
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/wallets", get(list_wallets))
+        .route("/wallets/{customer_id}", get(show_wallet))
+        .route("/payments/{order_id}", get(show_payment))
+        .with_state(pool)
+}
+
+async fn show_wallet(
+    State(pool): State<PgPool>,
+    Path(customer_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let w = store::get_wallet(&mut conn, &customer_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("customer {customer_id:?} never deposited")))?;
+    Ok(Json(json!({
+        "customer_id": w.customer_id, "balance": w.balance, "captured": w.captured,
+        "refunded": w.refunded, "currency": w.currency
+    })))
+}
+
+async fn list_wallets(State(pool): State<PgPool>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let rows = store::list_wallets(&mut conn).await?;
+    Ok(Json(json!({ "wallets": rows })))
+}
+
+async fn show_payment(
+    State(pool): State<PgPool>,
+    Path(order_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let not_found =
+        || ApiError::not_found(format!("payment-svc has no payment for order {order_id:?}"));
+    let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
+    let mut conn = pool.acquire().await?;
+    let p = store::get_payment(&mut conn, id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(json!(p)))
+}

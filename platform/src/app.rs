@@ -1,0 +1,85 @@
+//! The running service: its HTTP listener and its background tasks (consumer, relay,
+//! timers) under one shutdown token. `main` and the tests both go through here.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::http::{Health, MAX_BODY_BYTES, with_ops_routes};
+
+/// Longest time one HTTP request may take before it is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Binds the HTTP listener and wraps `api` with the shared routes and limits.
+    pub async fn bind(
+        addr: std::net::SocketAddr,
+        api: Router,
+        health: Health,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}; is another process using it?"))?;
+        let router = with_ops_routes(api, health)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT,
+            ));
+        Ok(Application {
+            listener,
+            router,
+            tasks: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs `task` in the background until shutdown; it is awaited before the service exits.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Serves until the shutdown token fires, then waits for the background tasks to
+    /// finish their in-flight work.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "listening");
+        let shutdown = self.shutdown.clone();
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        // If the server stopped by itself, stop everything else too.
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        tracing::info!("stopped");
+        served.context("HTTP server failed")
+    }
+}

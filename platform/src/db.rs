@@ -1,0 +1,66 @@
+//! Database bootstrap: create the service's database if it is missing, open a pool, and
+//! migrate it (messaging tables first, then the service's own).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+/// Opens a pool on `url`, creating the database first if needed, and runs `migrator`.
+pub async fn connect_and_migrate(
+    url: &str,
+    pool_size: u32,
+    migrator: &Migrator,
+) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("invalid database URL {}", events::amqp::redact_url(url)))?;
+    ensure_database(&options).await.with_context(|| {
+        format!(
+            "cannot reach PostgreSQL at {}",
+            events::amqp::redact_url(url)
+        )
+    })?;
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size.max(2))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("opening the database pool")?;
+    migrator
+        .run(&pool)
+        .await
+        .context("migrating the database")?;
+    Ok(pool)
+}
+
+/// Creates the database named in `options` unless it exists. Two processes starting at once
+/// may both try: the loser's "already exists" error is expected and ignored.
+async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+        {
+            let duplicate = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P04" || c == "23505");
+            if !duplicate {
+                return Err(e.into());
+            }
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! What every saga service shares besides messaging: typed configuration from the
+//! environment, telemetry, database bootstrap, the HTTP edge (errors, JSON bodies, health
+//! and metrics endpoints), shutdown on signals, and the [`Application`] that ties a
+//! service's parts together so `main` and the tests start it the same way.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::ServiceConfig;
+pub use http::{ApiError, ApiJson};
