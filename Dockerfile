@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+#
+# One image with all four binaries (order-svc, inventory-svc, payment-svc, sagactl);
+# compose.yaml picks the process per service with `command:`.
+#
+#     docker build -t order-saga:dev .
+#     docker run --rm order-saga:dev sagactl --help
+
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+COPY . .
+# The cache mounts keep downloaded crates and compiled dependencies between builds.
+# target/ lives in a cache mount, so the binaries are copied out in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+ && mkdir -p /out \
+ && cp target/release/order-svc target/release/inventory-svc \
+       target/release/payment-svc target/release/sagactl /out/
+
+FROM debian:bookworm-slim AS runtime
+# ca-certificates for TLS to a remote broker/database; curl for the healthchecks.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin saga
+COPY --from=builder /out/ /usr/local/bin/
+USER saga
+# Overridden per service in compose.yaml.
+CMD ["order-svc"]

@@ -1,0 +1,333 @@
+//! The command-line grammar. Every connection setting also comes from the same
+//! environment variable the services read.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use events::EventType;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sagactl",
+    version,
+    about = "Operate and explore the order saga: publish events, place orders, read stock and wallets."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Broker URL (with vhost).
+    #[arg(
+        long,
+        global = true,
+        env = "SAGA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/saga?heartbeat=10",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// order-svc base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGA_ORDER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub order_url: String,
+    /// inventory-svc base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGA_INVENTORY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub inventory_url: String,
+    /// payment-svc base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGA_PAYMENT_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
+    pub payment_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Wrap a payload in a valid envelope and publish it to saga.events with confirms.
+    #[command(long_about = publish_help())]
+    Publish(PublishArgs),
+    /// Place, show, list and cancel orders (order-svc HTTP).
+    #[command(subcommand)]
+    Order(OrderCommand),
+    /// Adjust stock (StockAdjusted on the bus) and show it (inventory-svc HTTP).
+    #[command(subcommand)]
+    Stock(StockCommand),
+    /// Deposit funds (FundsDeposited on the bus) and show wallets (payment-svc HTTP).
+    #[command(subcommand)]
+    Wallet(WalletCommand),
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions { shell: clap_complete::Shell },
+}
+
+fn publish_help() -> String {
+    let mut s = String::from(
+        "Wrap a payload in a valid envelope (fresh message id, correlation id from the payload's order id, SKU or customer) and publish it to the saga.events exchange with publisher confirms. The payload is checked against the catalog first: nothing is sent when it does not match. Prints the message id.\n\nEvent types and their payload fields:\n",
+    );
+    for t in EventType::ALL {
+        s.push_str(&format!(
+            "  {:<16} {:<17} {}\n",
+            t.name(),
+            t.routing_key(),
+            t.fields()
+        ));
+    }
+    s
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "PascalCase")]
+pub enum EventTypeArg {
+    OrderCreated,
+    StockReserved,
+    StockRejected,
+    PaymentDone,
+    PaymentFailed,
+    OrderConfirmed,
+    OrderCancelled,
+    StockReleased,
+    PaymentRefunded,
+    StockAdjusted,
+    FundsDeposited,
+}
+
+impl EventTypeArg {
+    pub fn event_type(self) -> EventType {
+        match self {
+            EventTypeArg::OrderCreated => EventType::OrderCreated,
+            EventTypeArg::StockReserved => EventType::StockReserved,
+            EventTypeArg::StockRejected => EventType::StockRejected,
+            EventTypeArg::PaymentDone => EventType::PaymentDone,
+            EventTypeArg::PaymentFailed => EventType::PaymentFailed,
+            EventTypeArg::OrderConfirmed => EventType::OrderConfirmed,
+            EventTypeArg::OrderCancelled => EventType::OrderCancelled,
+            EventTypeArg::StockReleased => EventType::StockReleased,
+            EventTypeArg::PaymentRefunded => EventType::PaymentRefunded,
+            EventTypeArg::StockAdjusted => EventType::StockAdjusted,
+            EventTypeArg::FundsDeposited => EventType::FundsDeposited,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Event type (see the list above). Not used with --raw.
+    #[arg(value_enum, required_unless_present = "raw")]
+    pub event_type: Option<EventTypeArg>,
+    #[command(flatten)]
+    pub input: PayloadInput,
+    /// Correlation id (default: the payload's order_id, sku or customer_id).
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// Message id of the message that caused this one.
+    #[arg(long)]
+    pub causation_id: Option<uuid::Uuid>,
+    /// Reuse a message id, to deliberately repeat a message.
+    #[arg(long)]
+    pub message_id: Option<uuid::Uuid>,
+    /// Send the input bytes as they are, without envelope or checks (to test dead-lettering).
+    #[arg(long, requires = "routing_key")]
+    pub raw: bool,
+    /// Routing key for --raw.
+    #[arg(long)]
+    pub routing_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct PayloadInput {
+    /// The payload (or, with --raw, the body) as an argument.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Read it from a file.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// `-`: read it from standard input.
+    #[arg(value_parser = parse_dash, value_name = "-")]
+    pub stdin: Option<Stdin>,
+}
+
+/// The `-` that stands for standard input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stdin;
+
+fn parse_dash(s: &str) -> Result<Stdin, String> {
+    if s == "-" {
+        Ok(Stdin)
+    } else {
+        Err(format!(
+            "{s:?}: give the payload with --data, --file or - (standard input)"
+        ))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrderCommand {
+    /// Place an order: `sagactl order place --customer alice --currency EUR --item BOOK:2:1500`.
+    Place {
+        #[arg(long)]
+        customer: String,
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// SKU:QUANTITY:UNIT_PRICE (unit price in minor units); repeat for more items.
+        #[arg(long = "item", required = true, value_parser = parse_item)]
+        items: Vec<events::catalog::OrderItem>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait until the order reaches a final status and show it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show an order with its history.
+    Show { order_id: String },
+    /// Cancel an order (refund and restock if it was confirmed).
+    Cancel { order_id: String },
+    /// List orders, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StockCommand {
+    /// Add (or with a negative delta remove) available stock: publishes StockAdjusted.
+    Adjust {
+        sku: String,
+        #[arg(allow_hyphen_values = true)]
+        delta: i64,
+    },
+    /// Show a SKU's stock.
+    Show { sku: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Deposit money (minor units) into a customer's wallet: publishes FundsDeposited.
+    Deposit {
+        customer: String,
+        amount: i64,
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+    },
+    /// Show a customer's wallet.
+    Show { customer: String },
+}
+
+/// `SKU:QUANTITY:UNIT_PRICE`.
+pub fn parse_item(s: &str) -> Result<events::catalog::OrderItem, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [sku, quantity, unit_price] = parts[..] else {
+        return Err(format!(
+            "{s:?} is not SKU:QUANTITY:UNIT_PRICE (for example BOOK:2:1500)"
+        ));
+    };
+    let quantity = quantity
+        .parse()
+        .map_err(|_| format!("quantity {quantity:?} in {s:?} is not a whole number"))?;
+    let unit_price = unit_price.parse().map_err(|_| {
+        format!("unit price {unit_price:?} in {s:?} is not a whole number of minor units")
+    })?;
+    Ok(events::catalog::OrderItem {
+        sku: sku.to_owned(),
+        quantity,
+        unit_price,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_catalog_type_is_an_argument() {
+        for t in EventType::ALL {
+            let arg = EventTypeArg::from_str(t.name(), false).unwrap();
+            assert_eq!(arg.event_type(), t);
+        }
+    }
+
+    #[test]
+    fn items_parse_from_sku_quantity_price() {
+        let item = parse_item("BOOK:2:1500").unwrap();
+        assert_eq!(
+            (item.sku.as_str(), item.quantity, item.unit_price),
+            ("BOOK", 2, 1500)
+        );
+        assert!(
+            parse_item("BOOK:2")
+                .unwrap_err()
+                .contains("SKU:QUANTITY:UNIT_PRICE")
+        );
+        assert!(
+            parse_item("BOOK:two:1")
+                .unwrap_err()
+                .contains("whole number")
+        );
+    }
+
+    #[test]
+    fn publish_needs_exactly_one_payload_source() {
+        assert!(Cli::try_parse_from(["sagactl", "publish", "StockAdjusted"]).is_err());
+        assert!(
+            Cli::try_parse_from(["sagactl", "publish", "StockAdjusted", "--data", "{}", "-"])
+                .is_err()
+        );
+        let ok =
+            Cli::try_parse_from(["sagactl", "publish", "StockAdjusted", "--data", "{}"]).unwrap();
+        assert!(matches!(ok.command, Command::Publish(_)));
+        let dash = Cli::try_parse_from(["sagactl", "publish", "StockAdjusted", "-"]).unwrap();
+        assert!(matches!(dash.command, Command::Publish(p) if p.input.stdin == Some(Stdin)));
+    }
+
+    #[test]
+    fn raw_publish_needs_a_routing_key() {
+        assert!(Cli::try_parse_from(["sagactl", "publish", "--raw", "--data", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "sagactl",
+                "publish",
+                "--raw",
+                "--routing-key",
+                "order.created",
+                "--data",
+                "x"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn negative_stock_deltas_are_accepted() {
+        let cli = Cli::try_parse_from(["sagactl", "stock", "adjust", "BOOK", "-3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stock(StockCommand::Adjust { delta: -3, .. })
+        ));
+    }
+}

@@ -1,0 +1,31 @@
+//! One module per command family, behind one dispatch.
+
+mod order;
+mod publish;
+mod stock;
+mod wallet;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command};
+use crate::context::Context;
+
+pub use publish::publish_event;
+
+pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Publish(args) => publish::run(ctx, args).await,
+        Command::Order(cmd) => order::run(ctx, cmd).await,
+        Command::Stock(cmd) => stock::run(ctx, cmd).await,
+        Command::Wallet(cmd) => wallet::run(ctx, cmd).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sagactl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `sagactl order place|show|cancel|list` over order-svc's HTTP API.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::cli::OrderCommand;
+use crate::context::{CliError, Context, Service, ok_or_refused};
+use crate::output::{self, field, render_order};
+
+/// Longest `order place --wait` waits for a final status.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+pub async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> {
+    match cmd {
+        OrderCommand::Place {
+            customer,
+            currency,
+            items,
+            idempotency_key,
+            wait,
+        } => {
+            let body = json!({"customer_id": customer, "currency": currency, "items": items});
+            let headers: Vec<(&str, &str)> = idempotency_key
+                .as_deref()
+                .map(|k| vec![("Idempotency-Key", k)])
+                .unwrap_or_default();
+            let (status, placed) = ctx
+                .call(
+                    Service::Order,
+                    Method::POST,
+                    "/orders",
+                    Some(&body),
+                    &headers,
+                )
+                .await?;
+            let placed = ok_or_refused(status, placed)?;
+            if !wait {
+                output::show(ctx, &placed, |v| field(v, "order_id"));
+                return Ok(());
+            }
+            let id = field(&placed, "order_id");
+            let order = wait_for_final(ctx, &id).await?;
+            output::show(ctx, &order, render_order);
+            Ok(())
+        }
+        OrderCommand::Show { order_id } => {
+            let order = ctx
+                .get_ok(Service::Order, &format!("/orders/{order_id}"))
+                .await?;
+            output::show(ctx, &order, render_order);
+            Ok(())
+        }
+        OrderCommand::Cancel { order_id } => {
+            let (status, body) = ctx
+                .call(
+                    Service::Order,
+                    Method::POST,
+                    &format!("/orders/{order_id}/cancel"),
+                    None,
+                    &[],
+                )
+                .await?;
+            let body = ok_or_refused(status, body)?;
+            output::show(ctx, &body, |v| {
+                format!("order {} cancelled", field(v, "order_id"))
+            });
+            Ok(())
+        }
+        OrderCommand::List { status, limit } => {
+            let mut path = format!("/orders?limit={limit}");
+            if let Some(s) = status {
+                path.push_str(&format!("&status={s}"));
+            }
+            let body = ctx.get_ok(Service::Order, &path).await?;
+            output::show(ctx, &body, render_list);
+            Ok(())
+        }
+    }
+}
+
+/// Polls the order until it is confirmed, rejected or cancelled.
+async fn wait_for_final(ctx: &Context, id: &str) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    loop {
+        let order = ctx.get_ok(Service::Order, &format!("/orders/{id}")).await?;
+        let status = field(&order, "status");
+        if matches!(status.as_str(), "confirmed" | "rejected" | "cancelled") {
+            return Ok(order);
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            return Err(CliError::Refused(format!(
+                "order {id} is still {status} after {}s; are inventory-svc and payment-svc running?",
+                WAIT_LIMIT.as_secs()
+            ))
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn render_list(v: &Value) -> String {
+    let mut s = format!(
+        "{:<38} {:<10} {:<12} {:>10}  {}\n",
+        "ORDER", "STATUS", "CUSTOMER", "TOTAL", "CREATED"
+    );
+    for o in v
+        .get("orders")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        s.push_str(&format!(
+            "{:<38} {:<10} {:<12} {:>10}  {}\n",
+            field(o, "order_id"),
+            field(o, "status"),
+            field(o, "customer_id"),
+            format!("{} {}", field(o, "total"), field(o, "currency")),
+            field(o, "created_at"),
+        ));
+    }
+    s.trim_end().to_owned()
+}

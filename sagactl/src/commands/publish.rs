@@ -1,0 +1,120 @@
+//! `sagactl publish`: a checked event in a valid envelope, or raw bytes with `--raw`.
+
+use std::io::Read;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use events::catalog::Event;
+use events::envelope::{Envelope, properties_for};
+use events::publisher::OutgoingMessage;
+use events::topology::EVENTS_EXCHANGE;
+use lapin::BasicProperties;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::cli::{PayloadInput, PublishArgs};
+use crate::context::{CliError, Context};
+use crate::output;
+
+pub async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
+    let input = read_input(&args.input)?;
+    if args.raw {
+        let routing_key = args.routing_key.unwrap_or_default();
+        let message = OutgoingMessage {
+            exchange: EVENTS_EXCHANGE.to_owned(),
+            routing_key: routing_key.clone(),
+            body: input.clone(),
+            properties: BasicProperties::default().with_delivery_mode(2),
+        };
+        ctx.publish(&message).await?;
+        let v = json!({"routing_key": routing_key, "bytes": input.len()});
+        output::show(ctx, &v, |_| {
+            format!(
+                "published {} raw bytes with routing key {routing_key}",
+                input.len()
+            )
+        });
+        return Ok(());
+    }
+    let Some(event_type) = args.event_type else {
+        return Err(CliError::Refused("give an event type, or --raw".into()).into());
+    };
+    let event_type = event_type.event_type();
+    let payload: serde_json::Value = serde_json::from_slice(&input).map_err(|e| {
+        CliError::Refused(format!("the payload is not JSON: {e}; nothing was sent"))
+    })?;
+    let event = Event::decode(event_type.name(), event_type.version(), &payload).map_err(|e| {
+        CliError::Refused(format!(
+            "{e}; nothing was sent\n  {} payload fields: {}",
+            event_type.name(),
+            event_type.fields()
+        ))
+    })?;
+    let mut envelope = Envelope::wrap(&event, "sagactl", args.causation_id);
+    if let Some(id) = args.message_id {
+        envelope.message_id = id;
+    }
+    if let Some(c) = args.correlation_id {
+        envelope.correlation_id = c;
+    }
+    let envelope = publish_envelope(ctx, envelope).await?;
+    let v = json!({
+        "message_id": envelope.message_id,
+        "type": envelope.event_type,
+        "routing_key": event_type.routing_key(),
+        "correlation_id": envelope.correlation_id,
+    });
+    output::show(ctx, &v, |_| envelope.message_id.to_string());
+    Ok(())
+}
+
+/// Publishes an event from the operator (no cause) and returns its envelope.
+pub async fn publish_event(ctx: &Context, event: Event) -> anyhow::Result<Envelope> {
+    publish_envelope(ctx, Envelope::wrap(&event, "sagactl", None)).await
+}
+
+async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Result<Envelope> {
+    if envelope.correlation_id.is_empty() || envelope.correlation_id.chars().count() > 128 {
+        return Err(
+            CliError::Refused("the correlation id must be 1 to 128 characters".into()).into(),
+        );
+    }
+    let routing_key = envelope.routing_key().unwrap_or_default();
+    let message = OutgoingMessage {
+        exchange: EVENTS_EXCHANGE.to_owned(),
+        routing_key: routing_key.to_owned(),
+        body: envelope.to_body(),
+        properties: properties_for(
+            envelope.message_id,
+            &envelope.event_type,
+            &envelope.correlation_id,
+            &envelope.producer,
+            envelope.occurred_at,
+            Some(&new_traceparent()),
+        ),
+    };
+    ctx.publish(&message).await?;
+    Ok(envelope)
+}
+
+/// A fresh W3C trace context, so a saga started from the command line is one trace.
+fn new_traceparent() -> String {
+    let trace = Uuid::new_v4().simple().to_string();
+    let span = &Uuid::new_v4().simple().to_string()[..16];
+    let _ = Utc::now();
+    format!("00-{trace}-{span}-01")
+}
+
+fn read_input(input: &PayloadInput) -> anyhow::Result<Vec<u8>> {
+    if let Some(d) = &input.data {
+        return Ok(d.as_bytes().to_vec());
+    }
+    if let Some(path) = &input.file {
+        return std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("cannot read standard input")?;
+    Ok(buf)
+}

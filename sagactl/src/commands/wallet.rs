@@ -1,0 +1,55 @@
+//! `sagactl wallet deposit|show`: deposits travel as FundsDeposited events; reads go to
+//! payment-svc.
+
+use events::catalog::{Event, FundsDeposited};
+use serde_json::json;
+
+use crate::cli::WalletCommand;
+use crate::context::{CliError, Context, Service};
+use crate::output::{self, field};
+
+use super::publish_event;
+
+pub async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()> {
+    match cmd {
+        WalletCommand::Deposit {
+            customer,
+            amount,
+            currency,
+        } => {
+            let event = Event::FundsDeposited(FundsDeposited {
+                customer_id: customer.clone(),
+                amount,
+                currency: currency.clone(),
+            });
+            event
+                .validate()
+                .map_err(|e| CliError::Refused(format!("{e}; nothing was sent")))?;
+            let envelope = publish_event(ctx, event).await?;
+            let v = json!({"message_id": envelope.message_id, "customer_id": customer, "amount": amount, "currency": currency});
+            output::show(ctx, &v, |_| {
+                format!(
+                    "FundsDeposited {customer} {amount} {currency} published ({})",
+                    envelope.message_id
+                )
+            });
+            Ok(())
+        }
+        WalletCommand::Show { customer } => {
+            let v = ctx
+                .get_ok(Service::Payment, &format!("/wallets/{customer}"))
+                .await?;
+            output::show(ctx, &v, |v| {
+                format!(
+                    "{}  balance {} {}  captured {}  refunded {}",
+                    field(v, "customer_id"),
+                    field(v, "balance"),
+                    field(v, "currency"),
+                    field(v, "captured"),
+                    field(v, "refunded")
+                )
+            });
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! What every command needs: connection settings, the output mode, an HTTP client, and the
+//! errors that decide the exit status.
+
+use std::time::Duration;
+
+use events::publisher::{ConfirmedPublisher, OutgoingMessage};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::cli::{Cli, Connection};
+
+pub struct Context {
+    pub conn: Connection,
+    pub json: bool,
+    pub http: reqwest::Client,
+}
+
+/// Errors whose kind sets the exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A broker or service could not be reached (exit 3).
+    #[error("{what} is not reachable at {url}: {cause}\n  hint: {hint}")]
+    Unreachable {
+        what: &'static str,
+        url: String,
+        cause: String,
+        hint: &'static str,
+    },
+    /// The command ran and the answer is no (exit 1).
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Refused,
+    Unreachable,
+}
+
+impl Failure {
+    pub fn classify(e: &anyhow::Error) -> Failure {
+        match e.downcast_ref::<CliError>() {
+            Some(CliError::Unreachable { .. }) => Failure::Unreachable,
+            _ => Failure::Refused,
+        }
+    }
+
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Failure::Refused => 1,
+            Failure::Unreachable => 3,
+        }
+    }
+}
+
+const STACK_HINT: &str = "is the stack up? Start it with ./scripts/stack.sh up, or point the matching SAGA_*_URL variable at it";
+
+/// Which service a request goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    Order,
+    Inventory,
+    Payment,
+}
+
+impl Context {
+    pub fn from_cli(cli: &Cli) -> Self {
+        Context {
+            conn: cli.conn.clone(),
+            json: cli.json,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    fn base(&self, service: Service) -> (&'static str, &str) {
+        match service {
+            Service::Order => ("order-svc", &self.conn.order_url),
+            Service::Inventory => ("inventory-svc", &self.conn.inventory_url),
+            Service::Payment => ("payment-svc", &self.conn.payment_url),
+        }
+    }
+
+    /// Sends a request and returns the status and JSON body (Null when there is none).
+    pub async fn call(
+        &self,
+        service: Service,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let (what, base) = self.base(service);
+        let url = format!("{}{}", base.trim_end_matches('/'), path);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.map_err(|e| CliError::Unreachable {
+            what,
+            url: base.to_owned(),
+            cause: root_cause(&e),
+            hint: STACK_HINT,
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok((status, json))
+    }
+
+    /// GET that must answer 2xx; a 4xx becomes a refusal carrying the service's message.
+    pub async fn get_ok(&self, service: Service, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .call(service, reqwest::Method::GET, path, None, &[])
+            .await?;
+        ok_or_refused(status, body)
+    }
+
+    /// Publishes one message with confirms on a fresh connection.
+    pub async fn publish(&self, message: &OutgoingMessage) -> anyhow::Result<()> {
+        let unreachable = |e: lapin::Error| CliError::Unreachable {
+            what: "the broker",
+            url: events::amqp::redact_url(&self.conn.amqp_url),
+            cause: e.to_string(),
+            hint: "is RabbitMQ running with the vhost in the URL? Set SAGA_AMQP_URL or --amqp-url",
+        };
+        let conn = events::amqp::connect(&self.conn.amqp_url, "sagactl")
+            .await
+            .map_err(unreachable)?;
+        let publisher = ConfirmedPublisher::open(&conn, Duration::from_secs(10))
+            .await
+            .map_err(unreachable)?;
+        let result = publisher.publish(message).await;
+        let _ = conn.close(200, "done".into()).await;
+        result.map_err(|e| CliError::Refused(format!("not published: {e}")).into())
+    }
+}
+
+pub fn ok_or_refused(status: StatusCode, body: Value) -> anyhow::Result<Value> {
+    if status.is_success() {
+        return Ok(body);
+    }
+    let message = body
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the service answered {status}"));
+    let code = body.get("error").and_then(Value::as_str).unwrap_or("error");
+    Err(CliError::Refused(format!("{message} ({status}, {code})")).into())
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
