@@ -12,6 +12,7 @@
 //! - [`inbox`]: the per-consumer record of handled message ids that makes handlers idempotent.
 //! - [`consumer`]: the consume loop that wraps a handler in one transaction (inbox claim,
 //!   effects, outbox rows), acks only after commit, and routes failures to retry or dead letter.
+//! - [`housekeeping`]: retention of the outbox and inbox, and their gauges.
 //! - [`retry`]: the error classes of a handler and the delayed-retry schedule.
 //! - [`amqp`]: connecting with backoff, and the connection settings every component shares.
 
@@ -19,6 +20,7 @@ pub mod amqp;
 pub mod catalog;
 pub mod consumer;
 pub mod envelope;
+pub mod housekeeping;
 pub mod inbox;
 pub mod outbox;
 pub mod publisher;

@@ -1,9 +1,10 @@
 //! inventory-svc's read API: stock per SKU, all stock, and one order's reservation.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::ApiError;
+use platform::http::Page;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -14,6 +15,7 @@ pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/stock", get(list_stock))
         .route("/stock/{sku}", get(show_stock))
+        .route("/reservations", get(list_reservations))
         .route("/reservations/{order_id}", get(show_reservation))
         .with_state(pool)
 }
@@ -54,4 +56,14 @@ async fn show_reservation(
     Ok(Json(
         json!({ "order_id": id, "status": status, "items": items.0 }),
     ))
+}
+
+async fn list_reservations(
+    State(pool): State<PgPool>,
+    Query(page): Query<Page>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = page.limit()?;
+    let mut conn = pool.acquire().await?;
+    let rows = store::list_reservations(&mut conn, page.after, limit).await?;
+    Ok(Json(json!({ "reservations": rows })))
 }

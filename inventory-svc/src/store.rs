@@ -165,3 +165,27 @@ pub async fn get_reservation(
         .fetch_optional(conn)
         .await
 }
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ReservationRow {
+    pub order_id: Uuid,
+    pub status: String,
+    pub items: sqlx::types::Json<Vec<StockItem>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Reservations, oldest first, after the order id `after` (keyset paging).
+pub async fn list_reservations(
+    conn: &mut PgConnection,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<ReservationRow>> {
+    sqlx::query_as(
+        "SELECT order_id, status, items, updated_at FROM reservations
+         WHERE ($1::uuid IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -184,6 +184,7 @@ fn order_json(row: &store::OrderRow) -> serde_json::Value {
         "items": row.items.0,
         "total": row.total,
         "currency": row.currency,
+        "deadline": row.deadline,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     })
@@ -212,6 +213,9 @@ async fn show_order(
 struct ListQuery {
     status: Option<String>,
     limit: Option<i64>,
+    /// With `after`, orders come in order-id order after that id (to walk them all);
+    /// without it, newest first.
+    after: Option<Uuid>,
 }
 
 async fn list_orders(
@@ -235,11 +239,11 @@ async fn list_orders(
         ));
     }
     let mut conn = api.pool.acquire().await?;
-    let orders: Vec<_> = store::list_orders(&mut conn, status, limit)
-        .await?
-        .iter()
-        .map(order_json)
-        .collect();
+    let rows = match q.after {
+        Some(after) => store::page_orders(&mut conn, status, after, limit).await?,
+        None => store::list_orders(&mut conn, status, limit).await?,
+    };
+    let orders: Vec<_> = rows.iter().map(order_json).collect();
     let counts: serde_json::Map<_, _> = store::count_by_status(&mut conn)
         .await?
         .into_iter()

@@ -15,10 +15,7 @@ pub mod store;
 
 use std::time::Duration;
 
-use events::consumer::EventConsumer;
-use events::outbox::OutboxRelay;
 use events::topology::ServiceTopology;
-use platform::http::Health;
 use platform::{Application, ServiceConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -50,36 +47,24 @@ pub fn topology() -> ServiceTopology {
     ServiceTopology::new(SERVICE, &handlers::CONSUMES)
 }
 
-/// Builds the running service: database, consumer, relay, deadline sweep and HTTP.
+/// Builds the running service: database, consumer, relay, housekeeping, deadline sweep
+/// and HTTP.
 pub async fn build(
     config: OrderConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
-    let c = &config.service;
-    let migrator = events::migrator_with(&MIGRATIONS);
-    let pool =
-        platform::db::connect_and_migrate(&c.database_url, c.db_pool_size, &migrator).await?;
-    let consumer = EventConsumer::new(
+    let deadline = config.deadline;
+    let api = |pool| http::router(http::OrderApi { pool, deadline });
+    let (app, pool) = platform::app::launch(
+        &config.service,
+        &MIGRATIONS,
         topology(),
-        pool.clone(),
-        &c.amqp_url,
         handlers::OrderHandler,
-        c.consumer.clone(),
-    );
-    let relay = OutboxRelay::new(pool.clone(), &c.amqp_url, SERVICE, c.relay.clone());
-    let health = Health {
-        pool: pool.clone(),
-        links: vec![("consumer", consumer.link()), ("relay", relay.link())],
-    };
-    let api = http::router(http::OrderApi {
-        pool: pool.clone(),
-        deadline: config.deadline,
-    });
-    let app = Application::bind(c.http_addr, api, health, shutdown.clone()).await?;
-    app.spawn(consumer.run(shutdown.clone()));
-    app.spawn(relay.run(shutdown.clone()));
-    let sweep_every =
-        (config.deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        api,
+        shutdown.clone(),
+    )
+    .await?;
+    let sweep_every = (deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     app.spawn(deadline::run(pool, sweep_every, shutdown));
     Ok(app)
 }

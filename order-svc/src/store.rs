@@ -17,6 +17,7 @@ pub struct OrderRow {
     pub items: sqlx::types::Json<Vec<OrderItem>>,
     pub total: i64,
     pub currency: String,
+    pub deadline: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -116,7 +117,7 @@ pub async fn record_history(
 
 pub async fn get_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<OrderRow>> {
     sqlx::query_as(
-        "SELECT order_id, customer_id, status, reason, items, total, currency, created_at, updated_at
+        "SELECT order_id, customer_id, status, reason, items, total, currency, deadline, created_at, updated_at
          FROM orders WHERE order_id = $1",
     )
     .bind(order_id)
@@ -140,7 +141,7 @@ pub async fn list_orders(
     limit: i64,
 ) -> sqlx::Result<Vec<OrderRow>> {
     sqlx::query_as(
-        "SELECT order_id, customer_id, status, reason, items, total, currency, created_at, updated_at
+        "SELECT order_id, customer_id, status, reason, items, total, currency, deadline, created_at, updated_at
          FROM orders WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC LIMIT $2",
     )
     .bind(status.map(|s| s.as_str()))
@@ -166,6 +167,24 @@ pub async fn lock_overdue(
          WHERE status IN ('pending', 'reserved') AND deadline <= now()
          ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Orders in order-id order after `after` (keyset paging, for walking every order).
+pub async fn page_orders(
+    conn: &mut PgConnection,
+    status: Option<OrderStatus>,
+    after: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<OrderRow>> {
+    sqlx::query_as(
+        "SELECT order_id, customer_id, status, reason, items, total, currency, deadline, created_at, updated_at
+         FROM orders WHERE ($1::text IS NULL OR status = $1) AND order_id > $2 ORDER BY order_id LIMIT $3",
+    )
+    .bind(status.map(|s| s.as_str()))
+    .bind(after)
     .bind(limit)
     .fetch_all(conn)
     .await

@@ -1,9 +1,10 @@
 //! payment-svc's read API: one wallet, all wallets, and one order's payment.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::ApiError;
+use platform::http::Page;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -14,6 +15,7 @@ pub fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/wallets", get(list_wallets))
         .route("/wallets/{customer_id}", get(show_wallet))
+        .route("/payments", get(list_payments))
         .route("/payments/{order_id}", get(show_payment))
         .with_state(pool)
 }
@@ -50,4 +52,14 @@ async fn show_payment(
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(json!(p)))
+}
+
+async fn list_payments(
+    State(pool): State<PgPool>,
+    Query(page): Query<Page>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = page.limit()?;
+    let mut conn = pool.acquire().await?;
+    let rows = store::list_payments(&mut conn, page.after, limit).await?;
+    Ok(Json(json!({ "payments": rows })))
 }

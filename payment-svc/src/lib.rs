@@ -10,10 +10,7 @@ pub mod http;
 pub mod saga;
 pub mod store;
 
-use events::consumer::EventConsumer;
-use events::outbox::OutboxRelay;
 use events::topology::ServiceTopology;
-use platform::http::Health;
 use platform::{Application, ServiceConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -30,25 +27,16 @@ pub fn topology() -> ServiceTopology {
     ServiceTopology::new(SERVICE, &handlers::CONSUMES)
 }
 
-/// Builds the running service: database, consumer, relay and HTTP.
+/// Builds the running service: database, consumer, relay, housekeeping and HTTP.
 pub async fn build(c: ServiceConfig, shutdown: CancellationToken) -> anyhow::Result<Application> {
-    let migrator = events::migrator_with(&MIGRATIONS);
-    let pool =
-        platform::db::connect_and_migrate(&c.database_url, c.db_pool_size, &migrator).await?;
-    let consumer = EventConsumer::new(
+    let (app, _) = platform::app::launch(
+        &c,
+        &MIGRATIONS,
         topology(),
-        pool.clone(),
-        &c.amqp_url,
         handlers::PaymentHandler,
-        c.consumer.clone(),
-    );
-    let relay = OutboxRelay::new(pool.clone(), &c.amqp_url, SERVICE, c.relay.clone());
-    let health = Health {
-        pool: pool.clone(),
-        links: vec![("consumer", consumer.link()), ("relay", relay.link())],
-    };
-    let app = Application::bind(c.http_addr, http::router(pool), health, shutdown.clone()).await?;
-    app.spawn(consumer.run(shutdown.clone()));
-    app.spawn(relay.run(shutdown));
+        http::router,
+        shutdown,
+    )
+    .await?;
     Ok(app)
 }

@@ -165,3 +165,18 @@ pub async fn get_payment(
     .fetch_optional(conn)
     .await
 }
+
+/// Payments in order-id order, after the order id `after` (keyset paging).
+pub async fn list_payments(
+    conn: &mut PgConnection,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<PaymentRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE ($1::uuid IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2"
+    )))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

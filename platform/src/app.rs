@@ -83,3 +83,51 @@ impl Application {
         served.context("HTTP server failed")
     }
 }
+
+/// Starts what every service runs the same way: its database (created and migrated), its
+/// consumer, its outbox relay and housekeeping, and its HTTP API (`api` gets the pool).
+/// Returns the application and the pool, for service-specific background tasks.
+pub async fn launch<H: events::consumer::Handler>(
+    config: &crate::ServiceConfig,
+    migrations: &sqlx::migrate::Migrator,
+    topology: events::topology::ServiceTopology,
+    handler: H,
+    api: impl FnOnce(sqlx::PgPool) -> Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Application, sqlx::PgPool)> {
+    let migrator = events::migrator_with(migrations);
+    let pool = crate::db::connect_and_migrate(&config.database_url, config.db_pool_size, &migrator)
+        .await?;
+    let consumer = events::consumer::EventConsumer::new(
+        topology,
+        pool.clone(),
+        &config.amqp_url,
+        handler,
+        config.consumer.clone(),
+    );
+    let relay = events::outbox::OutboxRelay::new(
+        pool.clone(),
+        &config.amqp_url,
+        config.name,
+        config.relay.clone(),
+    );
+    let health = Health {
+        pool: pool.clone(),
+        links: vec![("consumer", consumer.link()), ("relay", relay.link())],
+    };
+    let app = Application::bind(
+        config.http_addr,
+        api(pool.clone()),
+        health,
+        shutdown.clone(),
+    )
+    .await?;
+    app.spawn(consumer.run(shutdown.clone()));
+    app.spawn(relay.run(shutdown.clone()));
+    app.spawn(events::housekeeping::run(
+        pool.clone(),
+        config.retention.clone(),
+        shutdown,
+    ));
+    Ok((app, pool))
+}

@@ -1,7 +1,8 @@
 //! Configuration from environment variables, with local-development defaults.
 //!
 //! Shared by all services: `SAGA_AMQP_URL`, `SAGA_DB_POOL_SIZE`, `SAGA_PREFETCH`,
-//! `SAGA_CONCURRENCY`, `SAGA_RELAY_BATCH`, `SAGA_RELAY_POLL_MS`, `SAGA_CONFIRM_TIMEOUT_MS`.
+//! `SAGA_CONCURRENCY`, `SAGA_RELAY_BATCH`, `SAGA_RELAY_POLL_MS`, `SAGA_CONFIRM_TIMEOUT_MS`,
+//! `SAGA_OUTBOX_RETENTION_SECS`, `SAGA_INBOX_RETENTION_SECS`, `SAGA_PURGE_INTERVAL_SECS`.
 //! Per service (`<S>` = `ORDER`, `INVENTORY` or `PAYMENT`): `SAGA_<S>_DATABASE_URL`,
 //! `SAGA_<S>_HTTP_ADDR`. docs/configuration.md lists them all.
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use events::consumer::ConsumerSettings;
+use events::housekeeping::Retention;
 use events::outbox::RelaySettings;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/saga?heartbeat=10";
@@ -49,6 +51,7 @@ pub struct ServiceConfig {
     pub db_pool_size: u32,
     pub consumer: ConsumerSettings,
     pub relay: RelaySettings,
+    pub retention: Retention,
 }
 
 impl ServiceConfig {
@@ -86,6 +89,18 @@ impl ServiceConfig {
                 batch_size: env_parse("SAGA_RELAY_BATCH", 256)?,
                 poll_interval: Duration::from_millis(env_parse("SAGA_RELAY_POLL_MS", 1000u64)?),
                 confirm_timeout,
+            },
+            retention: Retention {
+                outbox: Duration::from_secs(env_parse(
+                    "SAGA_OUTBOX_RETENTION_SECS",
+                    7 * 24 * 3600u64,
+                )?),
+                inbox: Duration::from_secs(env_parse(
+                    "SAGA_INBOX_RETENTION_SECS",
+                    7 * 24 * 3600u64,
+                )?),
+                purge_every: Duration::from_secs(env_parse("SAGA_PURGE_INTERVAL_SECS", 60u64)?),
+                ..Retention::default()
             },
         })
         .context("reading configuration from the environment")

@@ -117,6 +117,29 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     ApiError::new(status, code, message)
 }
 
+/// `?after=<id>&limit=N`: one page of a list in id order (keyset paging, so a page costs
+/// the same however deep it is).
+#[derive(Debug, serde::Deserialize)]
+pub struct Page {
+    pub after: Option<uuid::Uuid>,
+    pub limit: Option<i64>,
+}
+
+impl Page {
+    /// The page size: 1000 unless asked, at most 10000.
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        let limit = self.limit.unwrap_or(1000);
+        if (1..=10_000).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(ApiError::bad_request(
+                "invalid_limit",
+                "limit must be 1 to 10000",
+            ))
+        }
+    }
+}
+
 /// The recorder behind `/metrics`, installed once per process.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

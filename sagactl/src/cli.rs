@@ -73,6 +73,8 @@ pub enum Command {
     /// Deposit funds (FundsDeposited on the bus) and show wallets (payment-svc HTTP).
     #[command(subcommand)]
     Wallet(WalletCommand),
+    /// Check the contract's at-rest invariants across the three services (exit 1 on any breach).
+    Verify,
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
 }

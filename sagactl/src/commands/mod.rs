@@ -3,6 +3,7 @@
 mod order;
 mod publish;
 mod stock;
+mod verify;
 mod wallet;
 
 use clap::CommandFactory;
@@ -18,6 +19,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Order(cmd) => order::run(ctx, cmd).await,
         Command::Stock(cmd) => stock::run(ctx, cmd).await,
         Command::Wallet(cmd) => wallet::run(ctx, cmd).await,
+        Command::Verify => verify::run(ctx).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -1,0 +1,7 @@
+//! The parts of sagactl other programs use too (the test suites run the same invariant
+//! checks as `sagactl verify`).
+//!
+//! - [`verify`]: reads the three services' HTTP read endpoints and checks the contract's
+//!   at-rest invariants.
+
+pub mod verify;

@@ -1,0 +1,474 @@
+//! The contract's at-rest invariants, checked from what the services report over HTTP.
+//!
+//! [`Snapshot::fetch`] walks every order, stock row, wallet, reservation and payment;
+//! [`check`] is pure and lists every breach. A saga still in flight shows as breaches too
+//! (an order reserved but not yet paid, say): callers that want "at rest" poll until the
+//! list is empty or a deadline passes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderView {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub status: String,
+    pub total: i64,
+    pub deadline: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StockView {
+    pub sku: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub adjusted: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WalletView {
+    pub customer_id: String,
+    pub balance: i64,
+    pub deposited: i64,
+    pub captured: i64,
+    pub refunded: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ItemView {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReservationView {
+    pub order_id: Uuid,
+    pub status: String,
+    pub items: Vec<ItemView>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentView {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount: i64,
+    pub status: String,
+}
+
+/// Everything the checks read, taken at `taken_at`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub taken_at: DateTime<Utc>,
+    pub orders: Vec<OrderView>,
+    pub stock: Vec<StockView>,
+    pub wallets: Vec<WalletView>,
+    pub reservations: Vec<ReservationView>,
+    pub payments: Vec<PaymentView>,
+}
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Breach {
+    pub rule: &'static str,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Base URLs of the three services.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub order: String,
+    pub inventory: String,
+    pub payment: String,
+}
+
+const PAGE: usize = 5000;
+
+impl Snapshot {
+    /// Reads every list endpoint page by page.
+    pub async fn fetch(http: &reqwest::Client, at: &Endpoints) -> anyhow::Result<Snapshot> {
+        let taken_at = Utc::now();
+        let orders = fetch_pages(http, &at.order, "/orders", "orders", |o: &OrderView| {
+            o.order_id
+        })
+        .await?;
+        let reservations = fetch_pages(
+            http,
+            &at.inventory,
+            "/reservations",
+            "reservations",
+            |r: &ReservationView| r.order_id,
+        )
+        .await?;
+        let payments = fetch_pages(
+            http,
+            &at.payment,
+            "/payments",
+            "payments",
+            |p: &PaymentView| p.order_id,
+        )
+        .await?;
+        let stock = fetch_list(http, &format!("{}/stock", at.inventory), "stock").await?;
+        let wallets = fetch_list(http, &format!("{}/wallets", at.payment), "wallets").await?;
+        Ok(Snapshot {
+            taken_at,
+            orders,
+            stock,
+            wallets,
+            reservations,
+            payments,
+        })
+    }
+}
+
+async fn fetch_list<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+) -> anyhow::Result<Vec<T>> {
+    let resp = http.get(url).send().await?.error_for_status()?;
+    let mut body: serde_json::Value = resp.json().await?;
+    Ok(serde_json::from_value(body[key].take())?)
+}
+
+async fn fetch_pages<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    key: &str,
+    id: impl Fn(&T) -> Uuid,
+) -> anyhow::Result<Vec<T>> {
+    let mut all = Vec::new();
+    let mut after = Uuid::nil();
+    loop {
+        let url = format!(
+            "{}{path}?after={after}&limit={PAGE}",
+            base.trim_end_matches('/')
+        );
+        let page: Vec<T> = fetch_list(http, &url, key).await?;
+        let n = page.len();
+        if let Some(last) = page.last() {
+            after = id(last);
+        }
+        all.extend(page);
+        if n < PAGE {
+            return Ok(all);
+        }
+    }
+}
+
+/// Every breach of the at-rest invariants in `s`.
+pub fn check(s: &Snapshot) -> Vec<Breach> {
+    let mut breaches = Vec::new();
+    let mut breach = |rule, subject: String, detail: String| {
+        breaches.push(Breach {
+            rule,
+            subject,
+            detail,
+        })
+    };
+    let reservations: HashMap<Uuid, &ReservationView> =
+        s.reservations.iter().map(|r| (r.order_id, r)).collect();
+    let payments: HashMap<Uuid, &PaymentView> =
+        s.payments.iter().map(|p| (p.order_id, p)).collect();
+    let orders: HashMap<Uuid, &OrderView> = s.orders.iter().map(|o| (o.order_id, o)).collect();
+
+    for o in &s.orders {
+        let reservation = reservations.get(&o.order_id).map(|r| r.status.as_str());
+        let payment = payments.get(&o.order_id).map(|p| p.status.as_str());
+        let subject = format!("order {}", o.order_id);
+        match o.status.as_str() {
+            "confirmed" => {
+                if payment != Some("captured") {
+                    breach(
+                        "confirmed_is_paid",
+                        subject.clone(),
+                        format!(
+                            "confirmed but its payment is {}",
+                            payment.unwrap_or("missing")
+                        ),
+                    );
+                }
+                if reservation != Some("sold") {
+                    breach(
+                        "confirmed_is_sold",
+                        subject,
+                        format!(
+                            "confirmed but its stock is {}",
+                            reservation.unwrap_or("missing")
+                        ),
+                    );
+                }
+            }
+            "rejected" | "cancelled" => {
+                if matches!(reservation, Some("reserved" | "sold")) {
+                    breach(
+                        "closed_holds_no_stock",
+                        subject.clone(),
+                        format!(
+                            "{} but stock is still {}",
+                            o.status,
+                            reservation.unwrap_or("-")
+                        ),
+                    );
+                }
+                if payment == Some("captured") {
+                    breach(
+                        "closed_keeps_no_money",
+                        subject,
+                        format!("{} but its payment is captured", o.status),
+                    );
+                }
+            }
+            "pending" | "reserved" => {
+                if o.deadline < s.taken_at {
+                    breach(
+                        "open_within_deadline",
+                        subject,
+                        format!("still {} after its deadline {}", o.status, o.deadline),
+                    );
+                }
+            }
+            other => breach("known_status", subject, format!("unknown status {other:?}")),
+        }
+    }
+    // The other direction of "confirmed ⇔": money or sold stock only for confirmed orders.
+    for p in s.payments.iter().filter(|p| p.status == "captured") {
+        let status = orders
+            .get(&p.order_id)
+            .map_or("unknown", |o| o.status.as_str());
+        if status != "confirmed" {
+            breach(
+                "capture_means_confirmed",
+                format!("order {}", p.order_id),
+                format!("payment captured but the order is {status}"),
+            );
+        }
+    }
+    for r in s.reservations.iter().filter(|r| r.status == "sold") {
+        let status = orders
+            .get(&r.order_id)
+            .map_or("unknown", |o| o.status.as_str());
+        if status != "confirmed" {
+            breach(
+                "sold_means_confirmed",
+                format!("order {}", r.order_id),
+                format!("stock sold but the order is {status}"),
+            );
+        }
+    }
+
+    let mut held: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for r in &s.reservations {
+        for item in &r.items {
+            let entry = held.entry(item.sku.as_str()).or_default();
+            match r.status.as_str() {
+                "reserved" => entry.0 += item.quantity,
+                "sold" => entry.1 += item.quantity,
+                _ => {}
+            }
+        }
+    }
+    for st in &s.stock {
+        let subject = format!("sku {}", st.sku);
+        if st.available < 0 || st.reserved < 0 || st.sold < 0 {
+            breach(
+                "stock_not_negative",
+                subject.clone(),
+                format!(
+                    "available {} reserved {} sold {}",
+                    st.available, st.reserved, st.sold
+                ),
+            );
+        }
+        if st.adjusted != st.available + st.reserved + st.sold {
+            breach(
+                "stock_balances",
+                subject.clone(),
+                format!(
+                    "adjustments {} ≠ available {} + reserved {} + sold {}",
+                    st.adjusted, st.available, st.reserved, st.sold
+                ),
+            );
+        }
+        let (reserved, sold) = held.get(st.sku.as_str()).copied().unwrap_or_default();
+        if (reserved, sold) != (st.reserved, st.sold) {
+            breach(
+                "stock_matches_reservations",
+                subject,
+                format!(
+                    "stock says reserved {} sold {}; reservations say reserved {reserved} sold {sold}",
+                    st.reserved, st.sold
+                ),
+            );
+        }
+    }
+
+    let mut paid: HashMap<&str, (i64, i64)> = HashMap::new();
+    for p in &s.payments {
+        let entry = paid.entry(p.customer_id.as_str()).or_default();
+        match p.status.as_str() {
+            "captured" => entry.0 += p.amount,
+            "refunded" => {
+                entry.0 += p.amount;
+                entry.1 += p.amount;
+            }
+            _ => {}
+        }
+    }
+    for w in &s.wallets {
+        let subject = format!("customer {}", w.customer_id);
+        if w.balance < 0 {
+            breach(
+                "balance_not_negative",
+                subject.clone(),
+                format!("balance {}", w.balance),
+            );
+        }
+        if w.deposited != w.balance + w.captured - w.refunded {
+            breach(
+                "wallet_balances",
+                subject.clone(),
+                format!(
+                    "deposits {} ≠ balance {} + captured {} − refunded {}",
+                    w.deposited, w.balance, w.captured, w.refunded
+                ),
+            );
+        }
+        let (captured, refunded) = paid
+            .get(w.customer_id.as_str())
+            .copied()
+            .unwrap_or_default();
+        if (captured, refunded) != (w.captured, w.refunded) {
+            breach(
+                "wallet_matches_payments",
+                subject,
+                format!(
+                    "wallet says captured {} refunded {}; payments say captured {captured} refunded {refunded}",
+                    w.captured, w.refunded
+                ),
+            );
+        }
+    }
+    breaches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: u128, status: &str) -> OrderView {
+        OrderView {
+            order_id: Uuid::from_u128(id),
+            customer_id: "alice".into(),
+            status: status.into(),
+            total: 10,
+            deadline: Utc::now() + chrono::Duration::seconds(60),
+        }
+    }
+
+    fn consistent() -> Snapshot {
+        Snapshot {
+            taken_at: Utc::now(),
+            orders: vec![order(1, "confirmed"), order(2, "cancelled")],
+            stock: vec![StockView {
+                sku: "A".into(),
+                available: 8,
+                reserved: 0,
+                sold: 2,
+                adjusted: 10,
+            }],
+            wallets: vec![WalletView {
+                customer_id: "alice".into(),
+                balance: 90,
+                deposited: 100,
+                captured: 20,
+                refunded: 10,
+            }],
+            reservations: vec![
+                ReservationView {
+                    order_id: Uuid::from_u128(1),
+                    status: "sold".into(),
+                    items: vec![ItemView {
+                        sku: "A".into(),
+                        quantity: 2,
+                    }],
+                },
+                ReservationView {
+                    order_id: Uuid::from_u128(2),
+                    status: "released".into(),
+                    items: vec![ItemView {
+                        sku: "A".into(),
+                        quantity: 1,
+                    }],
+                },
+            ],
+            payments: vec![
+                PaymentView {
+                    order_id: Uuid::from_u128(1),
+                    customer_id: "alice".into(),
+                    amount: 10,
+                    status: "captured".into(),
+                },
+                PaymentView {
+                    order_id: Uuid::from_u128(2),
+                    customer_id: "alice".into(),
+                    amount: 10,
+                    status: "refunded".into(),
+                },
+            ],
+        }
+    }
+
+    fn rules(s: &Snapshot) -> Vec<&'static str> {
+        check(s).into_iter().map(|b| b.rule).collect()
+    }
+
+    #[test]
+    fn a_consistent_snapshot_has_no_breach() {
+        assert_eq!(check(&consistent()), vec![]);
+    }
+
+    #[test]
+    fn a_confirmed_order_without_payment_is_a_breach() {
+        let mut s = consistent();
+        s.payments.remove(0);
+        s.wallets[0].captured = 10;
+        s.wallets[0].balance = 100;
+        assert_eq!(rules(&s), vec!["confirmed_is_paid"]);
+    }
+
+    #[test]
+    fn a_cancelled_order_holding_stock_or_money_is_a_breach() {
+        let mut s = consistent();
+        s.orders[0].status = "cancelled".into();
+        let r = rules(&s);
+        assert!(r.contains(&"closed_holds_no_stock"));
+        assert!(r.contains(&"closed_keeps_no_money"));
+        assert!(r.contains(&"capture_means_confirmed"));
+        assert!(r.contains(&"sold_means_confirmed"));
+    }
+
+    #[test]
+    fn an_open_order_past_its_deadline_is_a_breach() {
+        let mut s = consistent();
+        let mut late = order(3, "reserved");
+        late.deadline = s.taken_at - chrono::Duration::seconds(1);
+        s.orders.push(late);
+        assert_eq!(rules(&s), vec!["open_within_deadline"]);
+    }
+
+    #[test]
+    fn unbalanced_stock_and_wallets_are_breaches() {
+        let mut s = consistent();
+        s.stock[0].available = 9;
+        s.wallets[0].balance = 50;
+        let r = rules(&s);
+        assert!(r.contains(&"stock_balances"));
+        assert!(r.contains(&"wallet_balances"));
+    }
+}
