@@ -45,3 +45,30 @@ pub async fn claim(
         InboxClaim::Duplicate
     })
 }
+
+/// An inbox row as traces show it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct InboxRecord {
+    pub consumer: String,
+    pub message_id: uuid::Uuid,
+    pub event_type: String,
+    pub correlation_id: String,
+    pub causation_id: Option<uuid::Uuid>,
+    pub producer: String,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every event this service consumed about one saga (until housekeeping removes it).
+pub async fn for_correlation(
+    pool: &sqlx::PgPool,
+    correlation_id: &str,
+) -> sqlx::Result<Vec<InboxRecord>> {
+    sqlx::query_as(
+        "SELECT consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at, received_at
+         FROM inbox WHERE correlation_id = $1 ORDER BY received_at",
+    )
+    .bind(correlation_id)
+    .fetch_all(pool)
+    .await
+}

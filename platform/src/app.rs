@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::http::{Health, MAX_BODY_BYTES, with_ops_routes};
+use crate::http::{Health, MAX_BODY_BYTES, json_errors, with_ops_routes};
 
 /// Longest time one HTTP request may take before it is answered 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +41,9 @@ impl Application {
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 REQUEST_TIMEOUT,
-            ));
+            ))
+            // Outermost, so that it also sees the timeout layer's answers.
+            .layer(axum::middleware::from_fn(json_errors));
         Ok(Application {
             listener,
             router,

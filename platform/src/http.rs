@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -140,6 +141,40 @@ impl Page {
     }
 }
 
+/// Middleware answering every error in the contract's JSON shape. Handlers already do, but
+/// axum's own rejections (an undecodable path segment, a query string that does not parse)
+/// and the timeout layer answer plain text or nothing; their text becomes the message.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "unavailable",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    ApiError::new(status, code, message).into_response()
+}
+
 /// The recorder behind `/metrics`, installed once per process.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -193,6 +228,7 @@ pub fn with_ops_routes(api: Router, health: Health) -> Router {
     let metrics = metrics_handle();
     let ops = Router::new()
         .route("/healthz", get(healthz))
+        .route("/messages/{correlation_id}", get(messages))
         .with_state(health)
         .route(
             "/metrics",
@@ -220,4 +256,17 @@ async fn healthz(State(health): State<Health>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// `GET /messages/{correlation_id}`: what this service consumed (inbox) and emitted
+/// (outbox) about one saga, for `sagactl trace`.
+async fn messages(
+    State(health): State<Health>,
+    axum::extract::Path(correlation_id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let consumed = events::inbox::for_correlation(&health.pool, &correlation_id).await?;
+    let emitted = events::outbox::for_correlation(&health.pool, &correlation_id).await?;
+    Ok(Json(
+        json!({"correlation_id": correlation_id, "consumed": consumed, "emitted": emitted}),
+    ))
 }

@@ -57,6 +57,32 @@ pub struct Connection {
         default_value = "http://127.0.0.1:8082"
     )]
     pub payment_url: String,
+    /// RabbitMQ management API base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGA_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672"
+    )]
+    pub management_url: String,
+    /// RabbitMQ management API user.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGA_MANAGEMENT_USER",
+        default_value = "guest"
+    )]
+    pub management_user: String,
+    /// RabbitMQ management API password.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGA_MANAGEMENT_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub management_password: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +99,19 @@ pub enum Command {
     /// Deposit funds (FundsDeposited on the bus) and show wallets (payment-svc HTTP).
     #[command(subcommand)]
     Wallet(WalletCommand),
+    /// Follow every event on saga.events live (through a queue of its own).
+    Tail(TailArgs),
+    /// An order's whole saga as a timeline with its causation tree and final state.
+    Trace { order_id: uuid::Uuid },
+    /// The project's queues with ready/unacked/consumers and rates (management API).
+    Queues {
+        /// Refresh every N seconds until interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+    },
+    /// Read, replay or purge a dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Check the contract's at-rest invariants across the three services (exit 1 on any breach).
     Verify,
     /// Print a shell completion script (bash, zsh, fish, …).
@@ -178,6 +217,48 @@ fn parse_dash(s: &str) -> Result<Stdin, String> {
             "{s:?}: give the payload with --data, --file or - (standard input)"
         ))
     }
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Only events of this type.
+    #[arg(long = "type", value_enum)]
+    pub event_type: Option<EventTypeArg>,
+    /// Only events about this order (correlation id).
+    #[arg(long = "order")]
+    pub order_id: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long = "for", value_name = "SECS")]
+    pub duration: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Each dead-letter queue with its message count.
+    List,
+    /// The messages in a dead-letter queue, with why they failed (left in the queue).
+    Show {
+        /// A dead-letter queue (order-svc.dlq) or a service name (order-svc).
+        queue: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Send dead-lettered messages back to their service's input queue (the inbox drops any
+    /// that were already handled).
+    Replay {
+        queue: String,
+        /// Replay only this message.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Edit the body in $EDITOR before sending it back (one message at a time).
+        #[arg(long, requires = "message_id")]
+        edit: bool,
+    },
+    /// Delete every message of a dead-letter queue.
+    Purge { queue: String },
 }
 
 #[derive(Debug, Subcommand)]

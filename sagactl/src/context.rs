@@ -121,20 +121,64 @@ impl Context {
         ok_or_refused(status, body)
     }
 
-    /// Publishes one message with confirms on a fresh connection.
-    pub async fn publish(&self, message: &OutgoingMessage) -> anyhow::Result<()> {
-        let unreachable = |e: lapin::Error| CliError::Unreachable {
+    /// A broker connection named for the console, or an error saying what to check.
+    pub async fn broker(&self, purpose: &str) -> anyhow::Result<lapin::Connection> {
+        events::amqp::connect(&self.conn.amqp_url, &format!("sagactl {purpose}"))
+            .await
+            .map_err(|e| self.broker_unreachable(e).into())
+    }
+
+    pub fn broker_unreachable(&self, e: lapin::Error) -> CliError {
+        CliError::Unreachable {
             what: "the broker",
             url: events::amqp::redact_url(&self.conn.amqp_url),
             cause: e.to_string(),
             hint: "is RabbitMQ running with the vhost in the URL? Set SAGA_AMQP_URL or --amqp-url",
-        };
-        let conn = events::amqp::connect(&self.conn.amqp_url, "sagactl")
+        }
+    }
+
+    /// The vhost named in the AMQP URL (`/` when none).
+    pub fn vhost(&self) -> String {
+        let url = self.conn.amqp_url.split('?').next().unwrap_or_default();
+        let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
+        match after_scheme.split_once('/') {
+            Some((_, v)) if !v.is_empty() => v.replace("%2f", "/").replace("%2F", "/"),
+            _ => "/".to_owned(),
+        }
+    }
+
+    /// GET on the RabbitMQ management API.
+    pub async fn management(&self, path: &str) -> anyhow::Result<Value> {
+        let base = self.conn.management_url.trim_end_matches('/');
+        let resp = self
+            .http
+            .get(format!("{base}{path}"))
+            .basic_auth(&self.conn.management_user, Some(&self.conn.management_password))
+            .send()
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| CliError::Unreachable {
+                what: "the RabbitMQ management API",
+                url: base.to_owned(),
+                cause: root_cause(&e),
+                hint: "enable it with `rabbitmq-plugins enable rabbitmq_management`, or set SAGA_MANAGEMENT_URL",
+            })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(CliError::Refused(format!(
+                "the management API answered {status} for {path}: {body}"
+            ))
+            .into());
+        }
+        Ok(body)
+    }
+
+    /// Publishes one message with confirms on a fresh connection.
+    pub async fn publish(&self, message: &OutgoingMessage) -> anyhow::Result<()> {
+        let conn = self.broker("publish").await?;
         let publisher = ConfirmedPublisher::open(&conn, Duration::from_secs(10))
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| self.broker_unreachable(e))?;
         let result = publisher.publish(message).await;
         let _ = conn.close(200, "done".into()).await;
         result.map_err(|e| CliError::Refused(format!("not published: {e}")).into())

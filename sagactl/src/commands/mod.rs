@@ -1,8 +1,12 @@
 //! One module per command family, behind one dispatch.
 
+mod dlq;
 mod order;
 mod publish;
+mod queues;
 mod stock;
+mod tail;
+mod trace;
 mod verify;
 mod wallet;
 
@@ -19,6 +23,10 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Order(cmd) => order::run(ctx, cmd).await,
         Command::Stock(cmd) => stock::run(ctx, cmd).await,
         Command::Wallet(cmd) => wallet::run(ctx, cmd).await,
+        Command::Tail(args) => tail::run(ctx, args).await,
+        Command::Trace { order_id } => trace::run(ctx, order_id).await,
+        Command::Queues { watch } => queues::run(ctx, watch).await,
+        Command::Dlq(cmd) => dlq::run(ctx, cmd).await,
         Command::Verify => verify::run(ctx).await,
         Command::Completions { shell } => {
             clap_complete::generate(

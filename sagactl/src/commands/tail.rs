@@ -1,0 +1,142 @@
+//! `sagactl tail`: every event on `saga.events`, live. It reads through an exclusive,
+//! auto-deleted queue of its own bound to `#`, so it never takes a message from a service
+//! and leaves nothing behind when it exits.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+use crate::cli::TailArgs;
+use crate::context::Context;
+
+pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
+    let conn = ctx.broker("tail").await?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|e| ctx.broker_unreachable(e))?;
+    events::topology::declare_exchanges(&channel).await?;
+    let queue = format!("sagactl.tail.{}", std::process::id());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            events::topology::EVENTS_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "sagactl-tail".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    if !ctx.json {
+        eprintln!("following saga.events (Ctrl-C to stop)");
+    }
+    let want_type = args.event_type.map(|t| t.event_type().name());
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let mut seen = 0u64;
+    loop {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, deliveries.next()).await {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            None => tokio::select! {
+                n = deliveries.next() => n,
+                _ = tokio::signal::ctrl_c() => break,
+            },
+        };
+        let Some(Ok(delivery)) = next else { break };
+        let envelope: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
+        let event_type = envelope.get("type").and_then(Value::as_str).unwrap_or("?");
+        let correlation = envelope
+            .get("correlation_id")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        if want_type.is_some_and(|t| t != event_type)
+            || args.order_id.as_deref().is_some_and(|o| o != correlation)
+        {
+            continue;
+        }
+        if ctx.json {
+            let line = if envelope.is_null() {
+                serde_json::json!({"raw": String::from_utf8_lossy(&delivery.data), "routing_key": delivery.routing_key.as_str()})
+            } else {
+                envelope
+            };
+            println!("{line}");
+        } else {
+            println!("{}", line(&envelope, delivery.routing_key.as_str()));
+        }
+        seen += 1;
+        if args.count.is_some_and(|c| seen >= c) {
+            break;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// One readable line: time, type, order, short message id, producer.
+pub fn line(envelope: &Value, routing_key: &str) -> String {
+    let s = |k: &str| envelope.get(k).and_then(Value::as_str).unwrap_or("-");
+    if envelope.is_null() {
+        return format!(
+            "{:<24} {:<16} (not an envelope, routing key {routing_key})",
+            "-", "?"
+        );
+    }
+    let id = s("message_id");
+    format!(
+        "{:<24} {:<16} {:<36}  {}  {}",
+        s("occurred_at"),
+        s("type"),
+        s("correlation_id"),
+        &id[id.len().saturating_sub(8)..],
+        s("producer")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_tail_line_has_time_type_order_short_id_and_producer() {
+        let l = line(
+            &json!({"occurred_at": "2026-11-26T10:00:00.123Z", "type": "OrderCreated",
+                    "correlation_id": "o-1", "message_id": "0192f7a0-6c1e-7b3a-9d2e-5f4c3b2a1908",
+                    "producer": "order-svc"}),
+            "order.created",
+        );
+        assert!(l.starts_with("2026-11-26T10:00:00.123Z OrderCreated"));
+        assert!(l.contains("o-1"));
+        assert!(l.contains("3b2a1908"));
+        assert!(l.ends_with("order-svc"));
+    }
+}
