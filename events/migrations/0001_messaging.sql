@@ -13,7 +13,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     body           TEXT        NOT NULL,
     traceparent    TEXT,
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
-    sent_at        TIMESTAMPTZ
+    sent_at        TIMESTAMPTZ,
+    -- A row the broker refused (unroutable, nacked) waits before its next try, so it never
+    -- blocks the rows behind it.
+    attempts        INT         NOT NULL DEFAULT 0,
+    next_attempt_at TIMESTAMPTZ,
+    last_error      TEXT
 );
 
 -- The relay's poll: unsent rows in id order. A partial index stays as small as the backlog.

@@ -319,6 +319,9 @@ impl DecodeError {
 }
 
 /// Decodes a message body: size, JSON, envelope, type, version, payload, validation.
+// The error carries the envelope when one could be read, so the dead-letter copy can name
+// its ids; a failed decode is the rare path, and boxing it would only move the cost there.
+#[allow(clippy::result_large_err)]
 pub fn decode_body(body: &[u8]) -> Result<(Envelope, Event), (Option<Envelope>, DecodeError)> {
     if body.len() > crate::envelope::MAX_MESSAGE_BYTES {
         return Err((None, DecodeError::TooLarge(body.len())));

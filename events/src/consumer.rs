@@ -376,6 +376,7 @@ impl<H: Handler> EventConsumer<H> {
         .await?;
         let channel = conn.create_channel().await?;
         inner.topology.declare(&channel).await?;
+        crate::topology::declare_peers(&conn, &inner.topology.service).await;
         channel
             .basic_qos(inner.settings.prefetch, BasicQosOptions::default())
             .await?;

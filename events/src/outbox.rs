@@ -199,7 +199,8 @@ impl OutboxRelay {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<PendingRow> = sqlx::query_as(
             "SELECT id, message_id, event_type, routing_key, correlation_id, producer, occurred_at, body, traceparent
-             FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+             FROM outbox WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.settings.batch_size)
         .fetch_all(&mut *tx)
@@ -211,6 +212,7 @@ impl OutboxRelay {
         let messages: Vec<_> = rows.iter().map(PendingRow::to_message).collect();
         let results = publisher.publish_all(&messages).await;
         let mut sent = Vec::with_capacity(rows.len());
+        let mut refused = Vec::new();
         let mut first_error = None;
         let mut failed = 0;
         for (row, result) in rows.iter().zip(results) {
@@ -218,9 +220,25 @@ impl OutboxRelay {
                 Ok(()) => sent.push(row.id),
                 Err(e) => {
                     failed += 1;
+                    // A refusal is about this message; a broken channel is about none of them.
+                    if !e.breaks_channel() {
+                        refused.push(row.id);
+                    }
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        if !refused.is_empty() {
+            let reason = first_error.as_ref().map(|e| e.to_string());
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                     next_attempt_at = now() + make_interval(secs => LEAST(power(2, attempts), 60))
+                 WHERE id = ANY($1)",
+            )
+            .bind(&refused)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
         }
         if !sent.is_empty() {
             sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")

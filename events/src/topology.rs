@@ -108,6 +108,68 @@ impl ServiceTopology {
     }
 }
 
+/// The saga's services and the events each consumes: the contract's routing table.
+pub const SAGA_SERVICES: [(&str, &[EventType]); 3] = [
+    (
+        "order-svc",
+        &[
+            EventType::StockReserved,
+            EventType::StockRejected,
+            EventType::PaymentDone,
+            EventType::PaymentFailed,
+            EventType::StockReleased,
+            EventType::PaymentRefunded,
+        ],
+    ),
+    (
+        "inventory-svc",
+        &[
+            EventType::OrderCreated,
+            EventType::OrderConfirmed,
+            EventType::OrderCancelled,
+            EventType::StockAdjusted,
+        ],
+    ),
+    (
+        "payment-svc",
+        &[
+            EventType::StockReserved,
+            EventType::OrderCancelled,
+            EventType::FundsDeposited,
+        ],
+    ),
+];
+
+/// The topology of one of the saga's services, by name.
+pub fn saga_service(name: &str) -> Option<ServiceTopology> {
+    SAGA_SERVICES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, consumes)| ServiceTopology::new(*n, consumes))
+}
+
+/// Declares the queues of every saga service, each on a channel of its own so that a
+/// refusal (a broker user allowed to configure its own queues only) closes nothing else.
+///
+/// Why every service declares its peers' queues too: an event published before its
+/// consumer ever started would otherwise be unroutable, or worse, routed only to a
+/// bystander such as `sagactl tail`'s queue and so marked sent while its real consumer
+/// never gets it. Failures are logged and ignored: the peer declares its own on start.
+pub async fn declare_peers(conn: &lapin::Connection, own: &str) {
+    for (name, consumes) in SAGA_SERVICES.iter().filter(|(n, _)| *n != own) {
+        let declared = async {
+            let channel = conn.create_channel().await?;
+            ServiceTopology::new(*name, consumes)
+                .declare(&channel)
+                .await?;
+            channel.close(200, "declared".into()).await
+        };
+        if let Err(e) = declared.await {
+            tracing::debug!(peer = name, error = %e, "could not declare a peer's queues");
+        }
+    }
+}
+
 pub fn dead_letter_queue(service: &str) -> String {
     format!("{service}.dlq")
 }
@@ -187,6 +249,16 @@ fn long_string(s: &str) -> AMQPValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_of_the_catalog_has_a_consumer() {
+        for t in EventType::ALL {
+            assert!(
+                SAGA_SERVICES.iter().any(|(_, c)| c.contains(&t)),
+                "{t} would be unroutable"
+            );
+        }
+    }
 
     #[test]
     fn names_are_readable_and_derived_from_the_service() {

@@ -20,5 +20,3 @@ CREATE TABLE reservations (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Totals by status (GET /reservations).
-CREATE INDEX reservations_by_status ON reservations (status);

@@ -1,23 +1,16 @@
 //! inventory-svc's reactions: OrderCreated, OrderConfirmed and OrderCancelled drive a
 //! reservation through the saga; StockAdjusted changes what is on hand.
 
+use events::Event;
 use events::catalog::{OrderCreated, StockAdjusted, StockRejected, StockReleased, StockReserved};
 use events::consumer::{Handler, IncomingEvent, lock_saga};
 use events::outbox::Emitter;
 use events::retry::HandlerError;
-use events::{Event, EventType};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::saga::{self, InventoryInput, ReservationState, Step};
 use crate::store;
-
-pub const CONSUMES: [EventType; 4] = [
-    EventType::OrderCreated,
-    EventType::OrderConfirmed,
-    EventType::OrderCancelled,
-    EventType::StockAdjusted,
-];
 
 pub struct InventoryHandler;
 

@@ -24,7 +24,7 @@ pub fn config_from_env() -> anyhow::Result<ServiceConfig> {
 }
 
 pub fn topology() -> ServiceTopology {
-    ServiceTopology::new(SERVICE, &handlers::CONSUMES)
+    events::topology::saga_service(SERVICE).unwrap_or_else(|| ServiceTopology::new(SERVICE, &[]))
 }
 
 /// Builds the running service: database, consumer, relay, housekeeping and HTTP.

@@ -38,7 +38,8 @@ pub async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
         .await?;
         cancelled += 1;
     }
-    out.write(&mut tx, None).await?;
+    out.write(&mut tx, Some(&events::envelope::new_traceparent()))
+        .await?;
     tx.commit().await?;
     Ok(cancelled)
 }

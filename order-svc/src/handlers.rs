@@ -3,26 +3,16 @@
 //! deadline sweep alike).
 
 use chrono::{DateTime, Utc};
+use events::Event;
 use events::catalog::{OrderCancelled, OrderConfirmed};
 use events::consumer::{Handler, IncomingEvent};
 use events::outbox::Emitter;
 use events::retry::HandlerError;
-use events::{Event, EventType};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::saga::{self, Decision, OrderEmit, OrderInput, OrderStatus};
 use crate::store;
-
-/// The events order-svc consumes.
-pub const CONSUMES: [EventType; 6] = [
-    EventType::StockReserved,
-    EventType::StockRejected,
-    EventType::PaymentDone,
-    EventType::PaymentFailed,
-    EventType::StockReleased,
-    EventType::PaymentRefunded,
-];
 
 pub struct OrderHandler;
 

@@ -35,16 +35,23 @@ impl OrderConfig {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(OrderConfig {
             service: ServiceConfig::from_env(SERVICE, "ORDER", 8080, "orders")?,
-            deadline: Duration::from_secs_f64(platform::config::env_parse(
-                "SAGA_ORDER_DEADLINE_SECS",
-                30.0f64,
-            )?),
+            deadline: deadline_from_env()?,
         })
     }
 }
 
+fn deadline_from_env() -> anyhow::Result<Duration> {
+    let secs: f64 = platform::config::env_parse("SAGA_ORDER_DEADLINE_SECS", 30.0)?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            anyhow::anyhow!("SAGA_ORDER_DEADLINE_SECS={secs} must be a positive number of seconds")
+        })
+}
+
 pub fn topology() -> ServiceTopology {
-    ServiceTopology::new(SERVICE, &handlers::CONSUMES)
+    events::topology::saga_service(SERVICE).unwrap_or_else(|| ServiceTopology::new(SERVICE, &[]))
 }
 
 /// Builds the running service: database, consumer, relay, housekeeping, deadline sweep

@@ -25,5 +25,3 @@ CREATE TABLE payments (
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- A customer's payments (GET /wallets/{id}/payments).
-CREATE INDEX payments_by_customer ON payments (customer_id, created_at);

@@ -1,6 +1,7 @@
 //! payment-svc's reactions: StockReserved charges, OrderCancelled refunds or voids, and
 //! FundsDeposited fills a wallet.
 
+use events::Event;
 use events::catalog::{
     FundsDeposited, PaymentDone, PaymentFailed, PaymentFailureReason, PaymentRefunded,
     StockReserved,
@@ -8,18 +9,11 @@ use events::catalog::{
 use events::consumer::{Handler, IncomingEvent, lock_saga};
 use events::outbox::Emitter;
 use events::retry::HandlerError;
-use events::{Event, EventType};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::saga::{self, PaymentInput, PaymentState, Step};
 use crate::store::{self, PaymentRecord, PaymentRow};
-
-pub const CONSUMES: [EventType; 3] = [
-    EventType::StockReserved,
-    EventType::OrderCancelled,
-    EventType::FundsDeposited,
-];
 
 pub struct PaymentHandler;
 

@@ -3,14 +3,12 @@
 use std::io::Read;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use events::catalog::Event;
 use events::envelope::{Envelope, properties_for};
 use events::publisher::OutgoingMessage;
 use events::topology::EVENTS_EXCHANGE;
 use lapin::BasicProperties;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::cli::{PayloadInput, PublishArgs};
 use crate::context::{CliError, Context};
@@ -90,19 +88,11 @@ async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Result<E
             &envelope.correlation_id,
             &envelope.producer,
             envelope.occurred_at,
-            Some(&new_traceparent()),
+            Some(&events::envelope::new_traceparent()),
         ),
     };
     ctx.publish(&message).await?;
     Ok(envelope)
-}
-
-/// A fresh W3C trace context, so a saga started from the command line is one trace.
-fn new_traceparent() -> String {
-    let trace = Uuid::new_v4().simple().to_string();
-    let span = &Uuid::new_v4().simple().to_string()[..16];
-    let _ = Utc::now();
-    format!("00-{trace}-{span}-01")
 }
 
 fn read_input(input: &PayloadInput) -> anyhow::Result<Vec<u8>> {
