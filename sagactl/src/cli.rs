@@ -112,6 +112,9 @@ pub enum Command {
     /// Read, replay or purge a dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Declarative saga tests against the running stack.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
     /// Check the contract's at-rest invariants across the three services (exit 1 on any breach).
     Verify,
     /// Print a shell completion script (bash, zsh, fish, …).
@@ -217,6 +220,15 @@ fn parse_dash(s: &str) -> Result<Stdin, String> {
             "{s:?}: give the payload with --data, --file or - (standard input)"
         ))
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run scenario files (or every *.toml of a directory); exit 1 if any fails.
+    Run {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

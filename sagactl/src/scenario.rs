@@ -102,6 +102,10 @@ pub struct Publish {
     #[serde(rename = "type")]
     pub event_type: String,
     pub data: toml::Value,
+    /// A name for the message id: two publishes with the same name send the same
+    /// `message_id` (a duplicate), without one every publish gets a fresh id.
+    #[serde(default)]
+    pub message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,9 +1,11 @@
 //! One module per command family, behind one dispatch.
 
+mod bus;
 mod dlq;
 mod order;
 mod publish;
 mod queues;
+mod scenario;
 mod stock;
 mod tail;
 mod trace;
@@ -12,7 +14,7 @@ mod wallet;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ScenarioCommand};
 use crate::context::Context;
 
 pub use publish::publish_event;
@@ -27,6 +29,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Trace { order_id } => trace::run(ctx, order_id).await,
         Command::Queues { watch } => queues::run(ctx, watch).await,
         Command::Dlq(cmd) => dlq::run(ctx, cmd).await,
+        Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,
         Command::Verify => verify::run(ctx).await,
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -71,7 +71,7 @@ pub async fn publish_event(ctx: &Context, event: Event) -> anyhow::Result<Envelo
     publish_envelope(ctx, Envelope::wrap(&event, "sagactl", None)).await
 }
 
-async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Result<Envelope> {
+pub async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Result<Envelope> {
     if envelope.correlation_id.is_empty() || envelope.correlation_id.chars().count() > 128 {
         return Err(
             CliError::Refused("the correlation id must be 1 to 128 characters".into()).into(),

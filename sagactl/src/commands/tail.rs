@@ -1,56 +1,16 @@
-//! `sagactl tail`: every event on `saga.events`, live. It reads through an exclusive,
-//! auto-deleted queue of its own bound to `#`, so it never takes a message from a service
-//! and leaves nothing behind when it exits.
+//! `sagactl tail`: every event on `saga.events`, live, through a watcher queue of its own
+//! (see `bus`).
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
 
 use crate::cli::TailArgs;
 use crate::context::Context;
 
 pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
-    let conn = ctx.broker("tail").await?;
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(|e| ctx.broker_unreachable(e))?;
-    events::topology::declare_exchanges(&channel).await?;
-    let queue = format!("sagactl.tail.{}", std::process::id());
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            events::topology::EVENTS_EXCHANGE.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "sagactl-tail".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (conn, mut deliveries) = super::bus::watch(ctx, "tail").await?;
     if !ctx.json {
         eprintln!("following saga.events (Ctrl-C to stop)");
     }

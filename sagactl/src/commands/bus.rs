@@ -1,0 +1,70 @@
+//! Watching `saga.events` from a command: an exclusive, auto-deleted queue bound to `#`,
+//! so the watcher never takes a service's messages and leaves nothing behind.
+
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, Consumer};
+use serde_json::Value;
+
+use crate::context::Context;
+
+/// Opens the watcher's queue and returns its consumer (messages are auto-acked).
+pub async fn watch(ctx: &Context, purpose: &str) -> anyhow::Result<(Connection, Consumer)> {
+    let conn = ctx.broker(purpose).await?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|e| ctx.broker_unreachable(e))?;
+    events::topology::declare_exchanges(&channel).await?;
+    let queue = format!("sagactl.{purpose}.{}", std::process::id());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            events::topology::EVENTS_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            format!("sagactl-{purpose}").as_str().into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, consumer))
+}
+
+/// Collects every envelope seen into a shared list until the consumer ends.
+pub fn collect(mut consumer: Consumer) -> Arc<Mutex<Vec<Value>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let envelope: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
+            if let Ok(mut s) = sink.lock() {
+                s.push(envelope);
+            }
+        }
+    });
+    seen
+}

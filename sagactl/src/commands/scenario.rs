@@ -1,0 +1,443 @@
+//! `sagactl scenario run <file|dir>…`: runs declarative saga scenarios (format in
+//! `sagactl::scenario`) against the running stack and reports pass or fail per scenario,
+//! with the differences on failure. Exit status 1 when any scenario fails.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use events::catalog::{Event, FundsDeposited, StockAdjusted};
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use sagactl::scenario::{Expect, Names, Scenario, Step, bind_payload, missing_events};
+
+use crate::cli::parse_item;
+use crate::context::{CliError, Context, Service, ok_or_refused};
+use crate::output;
+
+use super::publish_event;
+
+/// The scenario files named: files as they are, directories for their `*.toml`, sorted.
+pub fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut in_dir: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else if p.exists() {
+            files.push(p.clone());
+        } else {
+            return Err(CliError::Refused(format!("{} does not exist", p.display())).into());
+        }
+    }
+    if files.is_empty() {
+        return Err(CliError::Refused("no scenario files (*.toml) found".into()).into());
+    }
+    Ok(files)
+}
+
+pub async fn run(ctx: &Context, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+    let files = scenario_files(&paths)?;
+    let bar = if std::io::stderr().is_terminal() && !ctx.json {
+        ProgressBar::new(files.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut results = Vec::new();
+    for file in &files {
+        bar.set_message(file.display().to_string());
+        let started = Instant::now();
+        let outcome = run_file(ctx, file).await;
+        let (name, problems) = match outcome {
+            Ok((name, problems)) => (name, problems),
+            Err(e) => (file.display().to_string(), vec![format!("{e:#}")]),
+        };
+        results.push(json!({
+            "file": file.display().to_string(),
+            "name": name,
+            "passed": problems.is_empty(),
+            "problems": problems,
+            "seconds": started.elapsed().as_secs_f64(),
+        }));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let failed = results.iter().filter(|r| r["passed"] == false).count();
+    let report = json!({"scenarios": results, "passed": results.len() - failed, "failed": failed});
+    output::show(ctx, &report, render);
+    if failed > 0 {
+        return Err(
+            CliError::Refused(format!("{failed} of {} scenarios failed", results.len())).into(),
+        );
+    }
+    Ok(())
+}
+
+fn render(report: &Value) -> String {
+    let colour = std::io::stdout().is_terminal();
+    let mut s = String::new();
+    for r in report["scenarios"].as_array().into_iter().flatten() {
+        let passed = r["passed"] == true;
+        let mark = match (passed, colour) {
+            (true, true) => "\x1b[32mPASS\x1b[0m",
+            (true, false) => "PASS",
+            (false, true) => "\x1b[31mFAIL\x1b[0m",
+            (false, false) => "FAIL",
+        };
+        s.push_str(&format!(
+            "{mark}  {}  ({:.1}s, {})\n",
+            r["name"].as_str().unwrap_or("?"),
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["file"].as_str().unwrap_or("?")
+        ));
+        for p in r["problems"].as_array().into_iter().flatten() {
+            s.push_str(&format!("      {}\n", p.as_str().unwrap_or("?")));
+        }
+    }
+    s.push_str(&format!(
+        "{} passed, {} failed",
+        report["passed"], report["failed"]
+    ));
+    s
+}
+
+/// The state of one run of one scenario.
+struct Run<'a> {
+    ctx: &'a Context,
+    names: Names,
+    orders: HashMap<String, Uuid>,
+    messages: HashMap<String, Uuid>,
+}
+
+impl Run<'_> {
+    fn order_id(&mut self, reference: &str) -> Uuid {
+        *self
+            .orders
+            .entry(reference.to_owned())
+            .or_insert_with(Uuid::now_v7)
+    }
+}
+
+async fn run_file(ctx: &Context, file: &Path) -> anyhow::Result<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(file)?;
+    let scenario = Scenario::parse(&text)
+        .map_err(|e| CliError::Refused(format!("{}: {e}", file.display())))?;
+    let (conn, consumer) = super::bus::watch(ctx, "scenario").await?;
+    let seen = super::bus::collect(consumer);
+    let mut run = Run {
+        ctx,
+        names: Names {
+            suffix: Uuid::new_v4().simple().to_string()[..8].to_owned(),
+        },
+        orders: HashMap::new(),
+        messages: HashMap::new(),
+    };
+    let timeout = Duration::from_secs(scenario.timeout_secs);
+    let result = async {
+        given(&mut run, &scenario, timeout).await?;
+        for (i, step) in scenario.when.iter().enumerate() {
+            when(&mut run, step, timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!("step {} ({}): {e:#}", i + 1, step_name(step)))?;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let types = seen_types(&run, &seen);
+            let problems = check(&mut run, &scenario.expect, &types).await?;
+            if problems.is_empty() || Instant::now() > deadline {
+                return Ok::<_, anyhow::Error>(problems);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok((scenario.name, result?))
+}
+
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::Place(_) => "place",
+        Step::Cancel(_) => "cancel",
+        Step::Publish(_) => "publish",
+        Step::Wait(_) => "wait",
+    }
+}
+
+fn seen_types(run: &Run<'_>, seen: &std::sync::Mutex<Vec<Value>>) -> Vec<String> {
+    let ids: Vec<String> = run.orders.values().map(Uuid::to_string).collect();
+    seen.lock()
+        .map(|s| {
+            s.iter()
+                .filter(|e| {
+                    e["correlation_id"]
+                        .as_str()
+                        .is_some_and(|c| ids.iter().any(|i| i == c))
+                })
+                .filter_map(|e| e["type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn poll<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::Refused(format!("timed out waiting for {what}")).into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn given(run: &mut Run<'_>, s: &Scenario, timeout: Duration) -> anyhow::Result<()> {
+    let ctx = run.ctx;
+    for (sku, qty) in &s.given.stock {
+        let sku = run.names.sku(sku);
+        publish_event(
+            ctx,
+            Event::StockAdjusted(StockAdjusted {
+                sku: sku.clone(),
+                delta: *qty,
+            }),
+        )
+        .await?;
+        poll(timeout, &format!("stock of {sku}"), || async {
+            let (st, v) = ctx
+                .call(
+                    Service::Inventory,
+                    Method::GET,
+                    &format!("/stock/{sku}"),
+                    None,
+                    &[],
+                )
+                .await?;
+            Ok(st.is_success() && v["available"] == json!(qty))
+        })
+        .await?;
+    }
+    for (customer, d) in &s.given.wallets {
+        let customer = run.names.customer(customer);
+        if d.amount > 0 {
+            publish_event(
+                ctx,
+                Event::FundsDeposited(FundsDeposited {
+                    customer_id: customer.clone(),
+                    amount: d.amount,
+                    currency: d.currency.clone(),
+                }),
+            )
+            .await?;
+            poll(timeout, &format!("wallet of {customer}"), || async {
+                let (st, v) = ctx
+                    .call(
+                        Service::Payment,
+                        Method::GET,
+                        &format!("/wallets/{customer}"),
+                        None,
+                        &[],
+                    )
+                    .await?;
+                Ok(st.is_success() && v["balance"] == json!(d.amount))
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn when(run: &mut Run<'_>, step: &Step, timeout: Duration) -> anyhow::Result<()> {
+    let ctx = run.ctx;
+    match step {
+        Step::Place(p) => {
+            let items = p
+                .items
+                .iter()
+                .map(|i| {
+                    parse_item(i).map(|mut it| {
+                        it.sku = run.names.sku(&it.sku);
+                        it
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(CliError::Refused)?;
+            let body = json!({"customer_id": run.names.customer(&p.customer), "currency": p.currency, "items": items});
+            let (st, v) = ctx
+                .call(Service::Order, Method::POST, "/orders", Some(&body), &[])
+                .await?;
+            let v = ok_or_refused(st, v)?;
+            let id: Uuid = v["order_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| CliError::Refused("no order_id in the answer".into()))?;
+            run.orders.insert(p.reference.clone(), id);
+        }
+        Step::Cancel(reference) => {
+            let id = run.order_id(reference);
+            let (st, v) = ctx
+                .call(
+                    Service::Order,
+                    Method::POST,
+                    &format!("/orders/{id}/cancel"),
+                    None,
+                    &[],
+                )
+                .await?;
+            ok_or_refused(st, v)?;
+        }
+        Step::Publish(p) => {
+            let mut ids = run.orders.clone();
+            let payload = bind_payload(&p.data, &run.names, &mut |r| {
+                ids.entry(r.to_owned())
+                    .or_insert_with(Uuid::now_v7)
+                    .to_string()
+            });
+            run.orders = ids;
+            let t: events::EventType = p
+                .event_type
+                .parse()
+                .map_err(|e| CliError::Refused(format!("{e}")))?;
+            let event = Event::decode(t.name(), t.version(), &payload)
+                .map_err(|e| CliError::Refused(e.to_string()))?;
+            let mut envelope = events::Envelope::wrap(&event, "sagactl", None);
+            if let Some(name) = &p.message_id {
+                envelope.message_id = *run
+                    .messages
+                    .entry(name.clone())
+                    .or_insert(envelope.message_id);
+            }
+            super::publish::publish_envelope(ctx, envelope).await?;
+        }
+        Step::Wait(w) => {
+            let id = run.order_id(&w.order);
+            poll(
+                timeout,
+                &format!("order {} to be {}", w.order, w.status),
+                || async {
+                    let (st, v) = ctx
+                        .call(
+                            Service::Order,
+                            Method::GET,
+                            &format!("/orders/{id}"),
+                            None,
+                            &[],
+                        )
+                        .await?;
+                    Ok(st.is_success() && v["status"] == json!(w.status))
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every difference between what is expected and what the services report now.
+async fn check(run: &mut Run<'_>, expect: &Expect, seen: &[String]) -> anyhow::Result<Vec<String>> {
+    let ctx = run.ctx;
+    let mut problems = Vec::new();
+    let get = |service: Service, path: String| async move {
+        let (st, v) = ctx.call(service, Method::GET, &path, None, &[]).await?;
+        Ok::<_, anyhow::Error>(if st == StatusCode::NOT_FOUND {
+            Value::Null
+        } else {
+            v
+        })
+    };
+    for (reference, fields) in &expect.orders {
+        let id = run.order_id(reference);
+        let order = get(Service::Order, format!("/orders/{id}")).await?;
+        for (field, want) in fields {
+            let want = toml_to_json(want);
+            let got = order.get(field).cloned().unwrap_or(Value::Null);
+            if got != want {
+                problems.push(format!(
+                    "order {reference}.{field}: expected {want}, got {got}"
+                ));
+            }
+        }
+    }
+    for (sku, fields) in &expect.stock {
+        let stock = get(Service::Inventory, format!("/stock/{}", run.names.sku(sku))).await?;
+        for (field, want) in fields {
+            let got = stock.get(field).cloned().unwrap_or(Value::Null);
+            if got != json!(want) {
+                problems.push(format!("stock {sku}.{field}: expected {want}, got {got}"));
+            }
+        }
+    }
+    for (customer, fields) in &expect.wallets {
+        let wallet = get(
+            Service::Payment,
+            format!("/wallets/{}", run.names.customer(customer)),
+        )
+        .await?;
+        for (field, want) in fields {
+            let got = wallet.get(field).cloned().unwrap_or(Value::Null);
+            if got != json!(want) {
+                problems.push(format!(
+                    "wallet {customer}.{field}: expected {want}, got {got}"
+                ));
+            }
+        }
+    }
+    for (reference, want) in &expect.reservations {
+        let id = run.order_id(reference);
+        let r = get(Service::Inventory, format!("/reservations/{id}")).await?;
+        let got = r["status"].as_str().unwrap_or("none");
+        if got != want {
+            problems.push(format!(
+                "reservation of {reference}: expected {want}, got {got}"
+            ));
+        }
+    }
+    for (reference, want) in &expect.payments {
+        let id = run.order_id(reference);
+        let p = get(Service::Payment, format!("/payments/{id}")).await?;
+        let got = p["status"].as_str().unwrap_or("none");
+        if got != want {
+            problems.push(format!(
+                "payment of {reference}: expected {want}, got {got}"
+            ));
+        }
+    }
+    let missing = missing_events(&expect.events, seen);
+    if !missing.is_empty() {
+        problems.push(format!(
+            "events not seen on the bus: {}; seen: {}",
+            missing.join(", "),
+            seen.join(", ")
+        ));
+    }
+    for absent in &expect.absent_events {
+        if seen.contains(absent) {
+            problems.push(format!(
+                "event {absent} was seen on the bus but must not be"
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+fn toml_to_json(v: &toml::Value) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
