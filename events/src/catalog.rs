@@ -494,13 +494,7 @@ impl Event {
             }
             Event::PaymentFailed(e) => check_non_negative("amount", e.amount),
             Event::OrderConfirmed(_) | Event::OrderCancelled(_) => Ok(()),
-            Event::StockReleased(e) => {
-                for item in &e.items {
-                    check_sku(&item.sku)?;
-                    check_quantity(item.quantity)?;
-                }
-                Ok(())
-            }
+            Event::StockReleased(e) => e.items.iter().try_for_each(check_stock_item),
             Event::PaymentRefunded(e) => {
                 check_currency(&e.currency)?;
                 check_non_negative("amount", e.amount)
@@ -587,13 +581,25 @@ fn check_count(field: &str, n: usize) -> Result<(), String> {
     }
 }
 
+/// Largest quantity of one SKU in a reservation: inventory merges an order's lines per
+/// SKU, so up to `MAX_ITEMS` lines of `MAX_QUANTITY` each may add up in one item.
+pub const MAX_MERGED_QUANTITY: i64 = MAX_ITEMS as i64 * MAX_QUANTITY;
+
+fn check_stock_item(item: &StockItem) -> Result<(), String> {
+    check_sku(&item.sku)?;
+    if (1..=MAX_MERGED_QUANTITY).contains(&item.quantity) {
+        Ok(())
+    } else {
+        Err(format!(
+            "quantity {} must be 1 to {MAX_MERGED_QUANTITY}",
+            item.quantity
+        ))
+    }
+}
+
 fn check_stock_items(items: &[StockItem]) -> Result<(), String> {
     check_count("items", items.len())?;
-    for item in items {
-        check_sku(&item.sku)?;
-        check_quantity(item.quantity)?;
-    }
-    Ok(())
+    items.iter().try_for_each(check_stock_item)
 }
 
 #[cfg(test)]

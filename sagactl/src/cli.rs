@@ -112,6 +112,8 @@ pub enum Command {
     /// Read, replay or purge a dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Load the stack: place orders, follow each saga on the bus, report throughput and latency.
+    Load(LoadArgs),
     /// Declarative saga tests against the running stack.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
@@ -220,6 +222,25 @@ fn parse_dash(s: &str) -> Result<Stdin, String> {
             "{s:?}: give the payload with --data, --file or - (standard input)"
         ))
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// How many orders to place.
+    #[arg(long, default_value_t = 1000)]
+    pub orders: u32,
+    /// Orders in flight over HTTP at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u32,
+    /// Most orders placed per second (default: as fast as the concurrency allows).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Share of each outcome, as weights.
+    #[arg(long, default_value = "happy=100", value_parser = crate::commands::load_mix)]
+    pub mix: crate::commands::Mix,
+    /// How long to wait for the last sagas after the last order was placed.
+    #[arg(long, default_value_t = 60)]
+    pub wait_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 
 mod bus;
 mod dlq;
+mod load;
 mod order;
 mod publish;
 mod queues;
@@ -17,7 +18,12 @@ use clap::CommandFactory;
 use crate::cli::{Cli, Command, ScenarioCommand};
 use crate::context::Context;
 
+pub use load::Mix;
 pub use publish::publish_event;
+
+pub fn load_mix(s: &str) -> Result<Mix, String> {
+    Mix::parse(s)
+}
 
 pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
     match command {
@@ -30,6 +36,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Queues { watch } => queues::run(ctx, watch).await,
         Command::Dlq(cmd) => dlq::run(ctx, cmd).await,
         Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,
+        Command::Load(args) => load::run(ctx, args).await,
         Command::Verify => verify::run(ctx).await,
         Command::Completions { shell } => {
             clap_complete::generate(
