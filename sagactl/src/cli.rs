@@ -114,6 +114,8 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Load the stack: place orders, follow each saga on the bus, report throughput and latency.
     Load(LoadArgs),
+    /// Measure the parts' ceilings, the cost of one saga and the saga throughput, in one run.
+    Bench(BenchArgs),
     /// Declarative saga tests against the running stack.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
@@ -241,6 +243,42 @@ pub struct LoadArgs {
     /// How long to wait for the last sagas after the last order was placed.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Orders of the happy-path load.
+    #[arg(long, default_value_t = 2000)]
+    pub orders: u32,
+    /// HTTP concurrency of the load.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: u32,
+    /// Messages for the broker ceiling.
+    #[arg(long, default_value_t = 20_000)]
+    pub broker_messages: usize,
+    /// Seconds of the database ceiling.
+    #[arg(long, default_value_t = 5)]
+    pub db_seconds: u64,
+    /// Connections for the database ceiling (the services' pool size).
+    #[arg(long, default_value_t = 12)]
+    pub pool: u32,
+    /// Outbox rows for the relay backlog.
+    #[arg(long, default_value_t = 50_000)]
+    pub relay_rows: u32,
+    /// PostgreSQL server (no database): a scratch database saga_bench is made there.
+    #[arg(
+        long,
+        env = "SAGA_BENCH_DATABASE_SERVER",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub database_server: String,
+    /// The services' databases, whose commits are counted.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "orders,inventory,payments"
+    )]
+    pub databases: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,6 @@
 //! One module per command family, behind one dispatch.
 
+mod bench;
 mod bus;
 mod dlq;
 mod load;
@@ -37,6 +38,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Dlq(cmd) => dlq::run(ctx, cmd).await,
         Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,
         Command::Load(args) => load::run(ctx, args).await,
+        Command::Bench(args) => bench::run(ctx, args).await,
         Command::Verify => verify::run(ctx).await,
         Command::Completions { shell } => {
             clap_complete::generate(
