@@ -189,6 +189,20 @@ impl<H: Handler> EventConsumer<H> {
             attempt,
             traceparent: header_str(properties, TRACEPARENT_HEADER),
         };
+        // The properties may lack what the envelope says; the span shows the envelope's.
+        let span = tracing::Span::current();
+        span.record("event_type", incoming.envelope.event_type.as_str());
+        span.record(
+            "message_id",
+            tracing::field::display(incoming.envelope.message_id),
+        );
+        span.record("order_id", incoming.envelope.correlation_id.as_str());
+        if let Some(c) = incoming.envelope.causation_id {
+            span.record("causation_id", tracing::field::display(c));
+        }
+        if let Some(tp) = &incoming.traceparent {
+            span.record("traceparent", tp.as_str());
+        }
         let started = Instant::now();
         let result = self.apply(&incoming).await;
         let event_type = incoming.envelope.event_type.clone();
@@ -440,6 +454,8 @@ fn delivery_span(delivery: &Delivery) -> tracing::Span {
         event_type = %s(p.kind()),
         message_id = %s(p.message_id()),
         order_id = %s(p.correlation_id()),
+        causation_id = tracing::field::Empty,
+        traceparent = tracing::field::Empty,
     )
 }
 

@@ -36,14 +36,18 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; is another process using it?"))?;
+        let concurrency: usize = crate::config::env_parse("SAGA_HTTP_CONCURRENCY", 256)?;
         let router = with_ops_routes(api, health)
+            .layer(axum::middleware::from_fn(crate::http::record_request))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 REQUEST_TIMEOUT,
             ))
             // Outermost, so that it also sees the timeout layer's answers.
-            .layer(axum::middleware::from_fn(json_errors));
+            .layer(axum::middleware::from_fn(json_errors))
+            // Requests past the limit wait (and time out with 408) rather than pile up work.
+            .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency.max(1)));
         Ok(Application {
             listener,
             router,

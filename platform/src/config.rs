@@ -4,7 +4,10 @@
 //! `SAGA_CONCURRENCY`, `SAGA_RELAY_BATCH`, `SAGA_RELAY_POLL_MS`, `SAGA_CONFIRM_TIMEOUT_MS`,
 //! `SAGA_OUTBOX_RETENTION_SECS`, `SAGA_INBOX_RETENTION_SECS`, `SAGA_PURGE_INTERVAL_SECS`.
 //! Per service (`<S>` = `ORDER`, `INVENTORY` or `PAYMENT`): `SAGA_<S>_DATABASE_URL`,
-//! `SAGA_<S>_HTTP_ADDR`. docs/configuration.md lists them all.
+//! `SAGA_<S>_DATABASE_PASSWORD`, `SAGA_<S>_AMQP_URL` (overrides `SAGA_AMQP_URL`, for a
+//! broker user of its own), `SAGA_<S>_AMQP_PASSWORD`, `SAGA_<S>_HTTP_ADDR`.
+//! Every variable may instead be given as `<NAME>_FILE`, the path of a file holding the
+//! value (a mounted secret). docs/configuration.md lists them all.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -17,11 +20,62 @@ use events::outbox::RelaySettings;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/saga?heartbeat=10";
 
-/// Reads `name`, or `default` when it is unset or empty.
-pub fn env_or(name: &str, default: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v,
-        _ => default.to_owned(),
+/// The value of `name`, or else the contents of the file `name_FILE` names (a mounted
+/// secret; one trailing newline is dropped), or `None`.
+pub fn env_value(name: &str) -> anyhow::Result<Option<String>> {
+    if let Ok(v) = std::env::var(name)
+        && !v.trim().is_empty()
+    {
+        return Ok(Some(v));
+    }
+    let file_var = format!("{name}_FILE");
+    match std::env::var(&file_var) {
+        Ok(path) if !path.trim().is_empty() => {
+            let text = std::fs::read_to_string(path.trim())
+                .with_context(|| format!("{file_var}={path:?} cannot be read"))?;
+            Ok(Some(text.strip_suffix('\n').unwrap_or(&text).to_owned()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Reads `name` (or `name_FILE`), or `default` when neither is set.
+pub fn env_or(name: &str, default: &str) -> anyhow::Result<String> {
+    Ok(env_value(name)?.unwrap_or_else(|| default.to_owned()))
+}
+
+/// Puts `password` into the user-info of `url` (`scheme://user:password@host/…`).
+pub fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| anyhow::anyhow!("{} is not a URL", events::amqp::redact_url(url)))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next().unwrap_or(""), host),
+        None => ("", authority),
+    };
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok(format!("{scheme}://{user}:{encoded}@{host}{path}"))
+}
+
+/// A connection URL from `url_var` (default `default`), with the password replaced by
+/// `password_var` (or `password_var_FILE`) when that is set.
+fn url_with_secret(url_var: &str, password_var: &str, default: &str) -> anyhow::Result<String> {
+    let url = env_or(url_var, default)?;
+    match env_value(password_var)? {
+        Some(pw) => with_password(&url, &pw),
+        None => Ok(url),
     }
 }
 
@@ -31,12 +85,12 @@ pub fn env_parse<T: FromStr>(name: &str, default: T) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
+    match env_value(name)? {
+        Some(v) => v
             .trim()
             .parse()
             .map_err(|e| anyhow::anyhow!("environment variable {name}={v:?} is invalid: {e}")),
-        _ => Ok(default),
+        None => Ok(default),
     }
 }
 
@@ -66,10 +120,11 @@ impl ServiceConfig {
             &format!("SAGA_{prefix}_HTTP_ADDR"),
             SocketAddr::from(([127, 0, 0, 1], default_port)),
         )?;
-        let database_url = env_or(
+        let database_url = url_with_secret(
             &format!("SAGA_{prefix}_DATABASE_URL"),
+            &format!("SAGA_{prefix}_DATABASE_PASSWORD"),
             &format!("postgres://postgres@127.0.0.1:5432/{default_database}"),
-        );
+        )?;
         let confirm_timeout =
             Duration::from_millis(env_parse("SAGA_CONFIRM_TIMEOUT_MS", 10_000u64)?);
         let concurrency: usize = env_parse("SAGA_CONCURRENCY", 8)?;
@@ -77,7 +132,11 @@ impl ServiceConfig {
             name,
             http_addr,
             database_url,
-            amqp_url: env_or("SAGA_AMQP_URL", DEFAULT_AMQP_URL),
+            amqp_url: url_with_secret(
+                &format!("SAGA_{prefix}_AMQP_URL"),
+                &format!("SAGA_{prefix}_AMQP_PASSWORD"),
+                &env_or("SAGA_AMQP_URL", DEFAULT_AMQP_URL)?,
+            )?,
             // Handlers, the relay, its listener, HTTP and housekeeping each need a connection.
             db_pool_size: env_parse("SAGA_DB_POOL_SIZE", (concurrency as u32) + 4)?,
             consumer: ConsumerSettings {
@@ -104,5 +163,41 @@ impl ServiceConfig {
             },
         })
         .context("reading configuration from the environment")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_is_put_into_the_url_encoded() {
+        assert_eq!(
+            with_password(
+                "amqp://order-svc:old@rabbit:5672/saga?heartbeat=10",
+                "p@ss/w:rd"
+            )
+            .unwrap(),
+            "amqp://order-svc:p%40ss%2Fw%3Ard@rabbit:5672/saga?heartbeat=10"
+        );
+        assert_eq!(
+            with_password("postgres://127.0.0.1:5432/orders", "x").unwrap(),
+            "postgres://:x@127.0.0.1:5432/orders"
+        );
+    }
+
+    #[test]
+    fn a_file_variable_supplies_a_secret() {
+        let path = std::env::temp_dir().join(format!("saga-secret-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        // SAFETY: this test is the only one touching these variable names.
+        unsafe { std::env::set_var("SAGA_TEST_SECRET_FILE", &path) };
+        assert_eq!(
+            env_value("SAGA_TEST_SECRET").unwrap().as_deref(),
+            Some("s3cret")
+        );
+        unsafe { std::env::remove_var("SAGA_TEST_SECRET_FILE") };
+        assert_eq!(env_value("SAGA_TEST_SECRET").unwrap(), None);
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -178,11 +178,21 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
 /// The recorder behind `/metrics`, installed once per process.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    // Real histograms (not summaries), so dashboards can aggregate quantiles across replicas.
+    const BUCKETS: [f64; 16] = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        120.0,
+    ];
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let builder = || {
+                PrometheusBuilder::new()
+                    .set_buckets(&BUCKETS)
+                    .unwrap_or_else(|_| PrometheusBuilder::new())
+            };
+            builder()
                 .install_recorder()
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+                .unwrap_or_else(|_| builder().build_recorder().handle())
         })
         .clone()
 }
@@ -269,4 +279,22 @@ async fn messages(
     Ok(Json(
         json!({"correlation_id": correlation_id, "consumed": consumed, "emitted": emitted}),
     ))
+}
+
+/// Counts and times every request by method, route template and status
+/// (`saga_http_requests_total`, `saga_http_request_duration_seconds`).
+pub async fn record_request(req: Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("saga_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("saga_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
