@@ -1,1 +1,27 @@
+//! The test harness of the order saga: real binaries, a real broker, a real database.
+//!
+//! - [`stack`]: [`Stack`] starts order-svc, inventory-svc and payment-svc as processes in
+//!   a sandbox of their own and drives them over HTTP and AMQP.
+//! - [`sandbox`]: a fresh RabbitMQ vhost and fresh PostgreSQL databases per test, removed
+//!   afterwards; also used alone by the in-process tests of the messaging building blocks.
+//! - [`proxy`]: [`TcpProxy`], to cut one stack off the broker.
+//! - [`poll`]: [`eventually`], the only way tests wait for a result.
+//! - [`invariants`]: the contract's at-rest invariants over what the services answer.
+//! - [`prometheus`]: reading `/metrics`.
+//!
+//! The end-to-end tests run the binaries of `cargo build --workspace --bins`; PostgreSQL
+//! and RabbitMQ (with its management plugin) must be running, as `scripts/test.sh`
+//! arranges.
 
+pub mod invariants;
+pub mod poll;
+pub mod prometheus;
+pub mod proxy;
+pub mod sandbox;
+pub mod stack;
+
+pub use poll::{Poll, eventually};
+pub use proxy::TcpProxy;
+pub use reqwest::{Method, StatusCode};
+pub use sandbox::Sandbox;
+pub use stack::{Service, Stack, StackOptions, order_request};

@@ -34,7 +34,9 @@ fn order_table() -> String {
                         let emit = match emit {
                             None => String::new(),
                             Some(OrderEmit::Confirmed) => " + OrderConfirmed".to_owned(),
-                            Some(OrderEmit::Cancelled(r)) => format!(" + OrderCancelled({})", r.as_str()),
+                            Some(OrderEmit::Cancelled(r)) => {
+                                format!(" + OrderCancelled({})", r.as_str())
+                            }
                         };
                         format!("→ {}{emit}", to.as_str())
                     }
@@ -49,18 +51,30 @@ fn order_table() -> String {
 }
 
 fn inventory_table() -> String {
-    let inputs: Vec<String> = InventoryInput::ALL.iter().map(|i| format!("{i:?}")).collect();
+    let inputs: Vec<String> = InventoryInput::ALL
+        .iter()
+        .map(|i| format!("{i:?}"))
+        .collect();
     let rows = ReservationState::ALL
         .iter()
         .map(|&st| {
             let cells = InventoryInput::ALL
                 .iter()
                 .map(|&i| match inventory::decide(st, i) {
-                    inventory::Step::TryReserve => "reserve all → reserved + StockReserved, or none → rejected + StockRejected".to_owned(),
+                    inventory::Step::TryReserve => {
+                        "reserve all → reserved + StockReserved, or none → rejected + StockRejected"
+                            .to_owned()
+                    }
                     inventory::Step::Sell => "→ sold".to_owned(),
-                    inventory::Step::ReleaseReserved => "give back reserved → released + StockReleased".to_owned(),
-                    inventory::Step::ReturnSold => "give back sold → released + StockReleased".to_owned(),
-                    inventory::Step::ReleaseNothing => "→ released + StockReleased (no items)".to_owned(),
+                    inventory::Step::ReleaseReserved => {
+                        "give back reserved → released + StockReleased".to_owned()
+                    }
+                    inventory::Step::ReturnSold => {
+                        "give back sold → released + StockReleased".to_owned()
+                    }
+                    inventory::Step::ReleaseNothing => {
+                        "→ released + StockReleased (no items)".to_owned()
+                    }
                     inventory::Step::Ignore => "·".to_owned(),
                 })
                 .collect();
@@ -78,10 +92,15 @@ fn payment_table() -> String {
             let cells = PaymentInput::ALL
                 .iter()
                 .map(|&i| match payment::decide(st, i) {
-                    payment::Step::TryCharge => "debit → captured + PaymentDone, or → failed + PaymentFailed(reason)".to_owned(),
+                    payment::Step::TryCharge => {
+                        "debit → captured + PaymentDone, or → failed + PaymentFailed(reason)"
+                            .to_owned()
+                    }
                     payment::Step::Refund => "credit back → refunded + PaymentRefunded".to_owned(),
                     payment::Step::Void => "→ voided".to_owned(),
-                    payment::Step::RefuseCancelled => "→ failed + PaymentFailed(order_cancelled)".to_owned(),
+                    payment::Step::RefuseCancelled => {
+                        "→ failed + PaymentFailed(order_cancelled)".to_owned()
+                    }
                     payment::Step::Ignore => "·".to_owned(),
                 })
                 .collect();

@@ -1,0 +1,910 @@
+//! A whole saga for one test: the three real service binaries as OS processes, in a
+//! [`Sandbox`] of their own, with helpers to drive them over HTTP and AMQP and to check
+//! what they did.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` left next to the test
+//! executable (`target/debug`), started with the environment variables of the contract.
+//! Each one logs to a file in a temporary directory; when a test fails, the tail of every
+//! log is printed and the directory is kept. Dropping the [`Stack`], on success or while a
+//! test panics, kills the processes and removes the vhost and the databases.
+//!
+//! The harness itself plays the operator and the client: it publishes straight to the
+//! broker (never through the stack's proxy, so it can still seed while the services are
+//! cut off) and reads every result through the public HTTP API.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Display;
+use std::fs::{File, OpenOptions};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::Utc;
+use events::catalog::{FundsDeposited, StockAdjusted};
+use events::envelope::properties_for;
+use events::publisher::{ConfirmedPublisher, OutgoingMessage};
+use events::topology::EVENTS_EXCHANGE;
+use events::{Envelope, Event};
+use futures_util::{StreamExt, stream};
+use lapin::{BasicProperties, Connection};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::invariants::{self, Snapshot};
+use crate::poll::{Poll, eventually, until};
+use crate::prometheus;
+use crate::proxy::TcpProxy;
+use crate::sandbox::{self, Sandbox};
+
+/// How long the three services get to answer `/healthz` 200 after being spawned.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Lines of each log printed when a test fails.
+const LOG_TAIL_LINES: usize = 80;
+
+/// One of the three services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    Order,
+    Inventory,
+    Payment,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Order, Service::Inventory, Service::Payment];
+
+    /// The binary's (and the service's) name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Order => "order-svc",
+            Service::Inventory => "inventory-svc",
+            Service::Payment => "payment-svc",
+        }
+    }
+
+    /// `SAGA_<PREFIX>_DATABASE_URL`, `SAGA_<PREFIX>_HTTP_ADDR`.
+    fn env_prefix(self) -> &'static str {
+        match self {
+            Service::Order => "ORDER",
+            Service::Inventory => "INVENTORY",
+            Service::Payment => "PAYMENT",
+        }
+    }
+
+    /// The contract's database name, which the sandbox suffixes.
+    fn database(self) -> &'static str {
+        match self {
+            Service::Order => "orders",
+            Service::Inventory => "inventory",
+            Service::Payment => "payments",
+        }
+    }
+}
+
+impl Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a [`Stack`] is started.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// `SAGA_ORDER_DEADLINE_SECS`.
+    pub deadline_secs: f64,
+    /// Route the services' AMQP through a [`TcpProxy`] (see [`Stack::proxy`]).
+    pub amqp_via_proxy: bool,
+    /// How long the waiting helpers (`seed_stock`, `wait_for_status`, …) wait.
+    pub wait: Duration,
+    /// More environment variables for every service (`SAGA_CONCURRENCY`, say).
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            deadline_secs: 30.0,
+            amqp_via_proxy: false,
+            wait: Duration::from_secs(30),
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+impl StackOptions {
+    pub fn deadline_secs(mut self, secs: f64) -> Self {
+        self.deadline_secs = secs;
+        self
+    }
+
+    pub fn with_proxy(mut self) -> Self {
+        self.amqp_via_proxy = true;
+        self
+    }
+
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_env.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// The body of `POST /orders` for `items` given as `(sku, quantity, unit_price)`.
+pub fn order_request(customer_id: &str, currency: &str, items: &[(&str, i64, i64)]) -> Value {
+    json!({
+        "customer_id": customer_id,
+        "currency": currency,
+        "items": items
+            .iter()
+            .map(|(sku, quantity, unit_price)| json!({"sku": sku, "quantity": quantity, "unit_price": unit_price}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// Where the service binaries are: `target/<profile>/<name>`, next to the `deps`
+/// directory that holds the running test executable.
+pub fn binary_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()));
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} not found: the end-to-end tests run the real service binaries; \
+         run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A port nobody listens on right now. The service binds it a moment later; another
+/// process could take it in between, which the kernel's port allocation makes unlikely.
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener.local_addr().expect("a bound listener's address")
+}
+
+/// One order's id with its reservation and payment, when inventory and payment have one.
+type OrderRecords = (String, Option<Value>, Option<Value>);
+
+/// A link to the broker for publishing, opened on first use.
+type BrokerLink = (Connection, ConfirmedPublisher);
+
+/// The three services of one test, running.
+pub struct Stack {
+    options: StackOptions,
+    http: reqwest::Client,
+    addrs: HashMap<Service, SocketAddr>,
+    amqp_url_for_services: String,
+    log_dir: PathBuf,
+    children: Mutex<HashMap<Service, Child>>,
+    publisher: tokio::sync::Mutex<Option<BrokerLink>>,
+    proxy: Option<TcpProxy>,
+    // Last: fields drop in order, and the vhost and databases go once nothing uses them.
+    sandbox: Sandbox,
+}
+
+impl Stack {
+    /// Starts the three services in a fresh sandbox and waits until all three are healthy.
+    /// Panics (after printing their logs) if they are not within [`STARTUP_DEADLINE`].
+    pub async fn start(options: StackOptions) -> Stack {
+        let sandbox = Sandbox::create(&Service::ALL.map(Service::database)).await;
+        let proxy = if options.amqp_via_proxy {
+            Some(
+                TcpProxy::start(sandbox::broker_addr())
+                    .await
+                    .expect("starting the AMQP proxy"),
+            )
+        } else {
+            None
+        };
+        let amqp_url_for_services = match &proxy {
+            Some(p) => sandbox.amqp_url_via(p.addr()),
+            None => sandbox.amqp_url(),
+        };
+        let log_dir = std::env::temp_dir().join("saga-tests").join(sandbox.id());
+        std::fs::create_dir_all(&log_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
+        let stack = Stack {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("building an HTTP client"),
+            addrs: Service::ALL.iter().map(|s| (*s, free_port())).collect(),
+            amqp_url_for_services,
+            log_dir,
+            children: Mutex::new(HashMap::new()),
+            publisher: tokio::sync::Mutex::new(None),
+            proxy,
+            sandbox,
+            options,
+        };
+        // A panic from here on drops `stack`, which prints the logs and cleans up.
+        for service in Service::ALL {
+            stack.spawn(service);
+        }
+        stack.wait_healthy(&Service::ALL).await;
+        stack
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "SAGA_AMQP_URL".to_owned(),
+                self.amqp_url_for_services.clone(),
+            ),
+            (
+                "SAGA_LOG".to_owned(),
+                std::env::var("SAGA_LOG")
+                    .unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".to_owned()),
+            ),
+            (
+                "SAGA_ORDER_DEADLINE_SECS".to_owned(),
+                self.options.deadline_secs.to_string(),
+            ),
+        ];
+        // Every service gets all three addresses and databases: harmless to the others,
+        // and a service that read the wrong variable would be caught by a port clash.
+        for s in Service::ALL {
+            let prefix = s.env_prefix();
+            env.push((
+                format!("SAGA_{prefix}_DATABASE_URL"),
+                self.sandbox.database_url(s.database()),
+            ));
+            env.push((
+                format!("SAGA_{prefix}_HTTP_ADDR"),
+                self.addrs[&s].to_string(),
+            ));
+        }
+        env.extend(self.options.extra_env.iter().cloned());
+        env
+    }
+
+    fn log_file(&self, service: Service) -> File {
+        let path = self.log_path(service);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+    }
+
+    fn spawn(&self, service: Service) {
+        let log = self.log_file(service);
+        let mut command = Command::new(binary_path(service.name()));
+        command
+            .envs(self.env())
+            // The error chain says enough; anyhow backtraces would bury the log tails.
+            .env("RUST_LIB_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicating a log file handle"))
+            .stderr(log);
+        die_with_the_test(&mut command);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service, child);
+    }
+
+    /// Why `service` is not running, if it is not.
+    fn exit_status(&self, service: Service) -> Option<String> {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        match children.get_mut(&service) {
+            None => Some("it was killed by the test".to_owned()),
+            Some(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(format!("it exited ({status})")),
+                Ok(None) => None,
+                Err(e) => Some(format!("its status is unknown: {e}")),
+            },
+        }
+    }
+
+    /// The process id of `service`, while the stack holds a process for it.
+    pub fn pid(&self, service: Service) -> Option<u32> {
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&service)
+            .map(Child::id)
+    }
+
+    pub fn is_running(&self, service: Service) -> bool {
+        self.exit_status(service).is_none()
+    }
+
+    async fn wait_healthy(&self, services: &[Service]) {
+        for &service in services {
+            let result = until(STARTUP_DEADLINE, || async move {
+                if let Some(why) = self.exit_status(service) {
+                    return Poll::Failed(format!("{service} is not running: {why}"));
+                }
+                match self.try_get(service, "/healthz").await {
+                    Ok((StatusCode::OK, _)) => Poll::Ready(()),
+                    Ok((status, body)) => {
+                        Poll::Pending(format!("{service} /healthz answered {status} {body}"))
+                    }
+                    Err(e) => Poll::Pending(format!("{service} /healthz: {e}")),
+                }
+            })
+            .await;
+            if let Err(last) = result {
+                panic!(
+                    "{service} did not become healthy: {last} (logs in {})",
+                    self.log_dir.display()
+                );
+            }
+        }
+    }
+
+    /// SIGKILLs `service` (no graceful shutdown: in-flight work is lost mid-way) and
+    /// reaps it.
+    pub fn kill(&self, service: Service) {
+        let child = self
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&service);
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `service` again with the same environment (same port, database and vhost)
+    /// and waits until it is healthy. Its log continues in the same file.
+    pub async fn start_service(&self, service: Service) {
+        assert!(!self.is_running(service), "{service} is already running");
+        self.spawn(service);
+        self.wait_healthy(&[service]).await;
+    }
+
+    // ------------------------------------------------------------------ accessors
+
+    pub fn options(&self) -> &StackOptions {
+        &self.options
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// The proxy between the services and the broker; panics unless the stack was started
+    /// with [`StackOptions::with_proxy`].
+    pub fn proxy(&self) -> &TcpProxy {
+        self.proxy
+            .as_ref()
+            .expect("this stack was started without StackOptions::with_proxy()")
+    }
+
+    pub fn addr(&self, service: Service) -> SocketAddr {
+        self.addrs[&service]
+    }
+
+    pub fn base_url(&self, service: Service) -> String {
+        format!("http://{}", self.addrs[&service])
+    }
+
+    pub fn log_path(&self, service: Service) -> PathBuf {
+        self.log_dir.join(format!("{}.log", service.name()))
+    }
+
+    /// The last lines of every service's log.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for s in Service::ALL {
+            let path = self.log_path(s);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+            out.push_str(&format!(
+                "----- {} (last {} of {} lines) -----\n",
+                path.display(),
+                lines.len() - from,
+                lines.len()
+            ));
+            for line in &lines[from..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// A small pool on `service`'s database, for assertions on its tables.
+    pub async fn db(&self, service: Service) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.sandbox.database_url(service.database()))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {service}'s database: {e}"))
+    }
+
+    // ------------------------------------------------------------------ HTTP
+
+    fn url(&self, service: Service, path: &str) -> String {
+        format!("{}{path}", self.base_url(service))
+    }
+
+    /// Sends a request; the body is answered as JSON when it is JSON, as a JSON string
+    /// otherwise, and as `null` when empty.
+    pub async fn try_request(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> reqwest::Result<(StatusCode, Value)> {
+        let mut request = self.http.request(method, self.url(service, path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status, value))
+    }
+
+    /// [`Stack::try_request`] that panics when the service cannot be reached.
+    pub async fn request(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let what = format!("{method} {service} {path}");
+        self.try_request(service, method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{what} failed: {e}"))
+    }
+
+    pub async fn try_get(
+        &self,
+        service: Service,
+        path: &str,
+    ) -> reqwest::Result<(StatusCode, Value)> {
+        self.try_request(service, Method::GET, path, &[], None)
+            .await
+    }
+
+    pub async fn get(&self, service: Service, path: &str) -> (StatusCode, Value) {
+        self.request(service, Method::GET, path, &[], None).await
+    }
+
+    pub async fn post_json(
+        &self,
+        service: Service,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.request(
+            service,
+            Method::POST,
+            path,
+            &all,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// `POST /orders` without an idempotency key.
+    pub async fn place_order(&self, body: &Value) -> (StatusCode, Value) {
+        self.post_json(Service::Order, "/orders", &[], body).await
+    }
+
+    /// `POST /orders` with `Idempotency-Key: key`.
+    pub async fn place_order_with_key(&self, key: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_json(Service::Order, "/orders", &[("idempotency-key", key)], body)
+            .await
+    }
+
+    /// `POST /orders`, asserting 202; returns the order id.
+    pub async fn place_order_ok(&self, body: &Value) -> String {
+        let (status, answer) = self.place_order(body).await;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "POST /orders {body} answered {answer}"
+        );
+        answer["order_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("POST /orders answered no order_id: {answer}"))
+            .to_owned()
+    }
+
+    /// `GET /orders/{id}`.
+    pub async fn order(&self, order_id: &str) -> (StatusCode, Value) {
+        self.get(
+            Service::Order,
+            &format!("/orders/{}", sandbox::encode_segment(order_id)),
+        )
+        .await
+    }
+
+    /// `POST /orders/{id}/cancel`.
+    pub async fn cancel(&self, order_id: &str) -> (StatusCode, Value) {
+        let path = format!("/orders/{}/cancel", sandbox::encode_segment(order_id));
+        self.request(Service::Order, Method::POST, &path, &[], None)
+            .await
+    }
+
+    /// `GET /stock/{sku}`.
+    pub async fn stock(&self, sku: &str) -> (StatusCode, Value) {
+        self.get(
+            Service::Inventory,
+            &format!("/stock/{}", sandbox::encode_segment(sku)),
+        )
+        .await
+    }
+
+    /// `GET /wallets/{customer_id}`.
+    pub async fn wallet(&self, customer_id: &str) -> (StatusCode, Value) {
+        let path = format!("/wallets/{}", sandbox::encode_segment(customer_id));
+        self.get(Service::Payment, &path).await
+    }
+
+    /// The value of a metric of `service`: the sum of its series whose labels include
+    /// `labels` (0 when there is none yet).
+    pub async fn metric(&self, service: Service, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, body) = self.get(service, "/metrics").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{service} /metrics answered {status}"
+        );
+        let text = body.as_str().unwrap_or_default();
+        prometheus::sum(&prometheus::parse(text), name, labels)
+    }
+
+    /// Waits until order `order_id` has `status` and returns the order. Fails at once if
+    /// the order settles in another terminal status (`rejected` and `cancelled` never move).
+    pub async fn wait_for_status(&self, order_id: &str, status: &str) -> Value {
+        eventually(self.options.wait, || async move {
+            let (code, order) = self.order(order_id).await;
+            let now = order["status"].as_str().unwrap_or("");
+            if code == StatusCode::OK && now == status {
+                Poll::Ready(order)
+            } else if code == StatusCode::OK && matches!(now, "rejected" | "cancelled") {
+                Poll::Failed(format!(
+                    "order {order_id} settled as {now} while waiting for {status}: {order}"
+                ))
+            } else {
+                Poll::Pending(format!("order {order_id}: {code} {order}"))
+            }
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------ AMQP
+
+    /// A confirm-mode publisher on the sandbox's vhost, straight to the broker.
+    pub async fn publisher(&self) -> ConfirmedPublisher {
+        let mut link = self.publisher.lock().await;
+        if let Some((_, publisher)) = link.as_ref()
+            && publisher.is_usable()
+        {
+            return publisher.clone();
+        }
+        let url = self.sandbox.amqp_url();
+        let connection = events::amqp::connect(&url, "saga-tests publisher")
+            .await
+            .unwrap_or_else(|e| {
+                panic!("cannot connect to {}: {e}", events::amqp::redact_url(&url))
+            });
+        let publisher = ConfirmedPublisher::open(&connection, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("cannot open a confirm-mode channel: {e}"));
+        *link = Some((connection, publisher.clone()));
+        publisher
+    }
+
+    async fn publish_message(&self, message: OutgoingMessage) {
+        let publisher = self.publisher().await;
+        if let Err(e) = publisher.publish(&message).await {
+            panic!(
+                "publishing to {} with key {:?} failed: {e}",
+                message.exchange, message.routing_key
+            );
+        }
+    }
+
+    /// Publishes `event` as its contract producer would (fresh message id, no cause) and
+    /// waits for the broker's confirm; returns the envelope sent.
+    pub async fn publish(&self, event: &Event) -> Envelope {
+        let envelope = Envelope::wrap(event, event.event_type().producer(), None);
+        self.publish_envelope(&envelope).await;
+        envelope
+    }
+
+    /// Publishes `envelope` as is (publish one twice to duplicate a message).
+    pub async fn publish_envelope(&self, envelope: &Envelope) {
+        let routing_key = envelope.routing_key().unwrap_or_else(|| {
+            panic!(
+                "{:?} is not in the catalog; use publish_raw for made-up types",
+                envelope.event_type
+            )
+        });
+        self.publish_message(OutgoingMessage {
+            exchange: EVENTS_EXCHANGE.to_owned(),
+            routing_key: routing_key.to_owned(),
+            body: envelope.to_body(),
+            properties: properties_for(
+                envelope.message_id,
+                &envelope.event_type,
+                &envelope.correlation_id,
+                &envelope.producer,
+                envelope.occurred_at,
+                None,
+            ),
+        })
+        .await;
+    }
+
+    /// Publishes any bytes on `saga.events` with `routing_key`, as a persistent JSON
+    /// message with no other properties.
+    pub async fn publish_raw(&self, routing_key: &str, body: Vec<u8>) {
+        self.publish_message(OutgoingMessage {
+            exchange: EVENTS_EXCHANGE.to_owned(),
+            routing_key: routing_key.to_owned(),
+            body,
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2),
+        })
+        .await;
+    }
+
+    /// available + reserved + sold of `sku` (what its adjustments add up to), 0 if unknown.
+    async fn stock_total(&self, sku: &str) -> Result<i64, String> {
+        match self.stock(sku).await {
+            (StatusCode::NOT_FOUND, _) => Ok(0),
+            (StatusCode::OK, s) => Ok(["available", "reserved", "sold"]
+                .iter()
+                .map(|k| s[*k].as_i64().unwrap_or(0))
+                .sum()),
+            (status, body) => Err(format!("GET /stock/{sku} answered {status} {body}")),
+        }
+    }
+
+    /// balance + captured - refunded of `customer_id` (what was deposited), 0 if unknown.
+    async fn wallet_total(&self, customer_id: &str) -> Result<i64, String> {
+        match self.wallet(customer_id).await {
+            (StatusCode::NOT_FOUND, _) => Ok(0),
+            (StatusCode::OK, w) => Ok(w["balance"].as_i64().unwrap_or(0)
+                + w["captured"].as_i64().unwrap_or(0)
+                - w["refunded"].as_i64().unwrap_or(0)),
+            (status, body) => Err(format!(
+                "GET /wallets/{customer_id} answered {status} {body}"
+            )),
+        }
+    }
+
+    /// Publishes StockAdjusted(`sku`, `delta`) and waits until inventory shows it.
+    pub async fn seed_stock(&self, sku: &str, delta: i64) {
+        let before = self
+            .stock_total(sku)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.publish(&Event::StockAdjusted(StockAdjusted {
+            sku: sku.to_owned(),
+            delta,
+        }))
+        .await;
+        let want = before + delta;
+        eventually(self.options.wait, || async move {
+            match self.stock_total(sku).await {
+                Ok(total) if total == want => Ok(()),
+                Ok(total) => Err(format!(
+                    "stock of {sku} adds up to {total}, waiting for {want}"
+                )),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+    }
+
+    /// Publishes FundsDeposited(`customer_id`, `amount`, `currency`) and waits until
+    /// payment-svc shows it.
+    pub async fn deposit(&self, customer_id: &str, amount: i64, currency: &str) {
+        let before = self
+            .wallet_total(customer_id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.publish(&Event::FundsDeposited(FundsDeposited {
+            customer_id: customer_id.to_owned(),
+            amount,
+            currency: currency.to_owned(),
+        }))
+        .await;
+        let want = before + amount;
+        eventually(self.options.wait, || async move {
+            match self.wallet_total(customer_id).await {
+                Ok(total) if total == want => Ok(()),
+                Ok(total) => Err(format!(
+                    "deposits of {customer_id} add up to {total}, waiting for {want}"
+                )),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+    }
+
+    // ------------------------------------------------------------------ invariants
+
+    async fn list(&self, service: Service, path: &str, key: &str) -> Result<Vec<Value>, String> {
+        match self.try_get(service, path).await {
+            Ok((StatusCode::OK, body)) => body[key]
+                .as_array()
+                .cloned()
+                .ok_or_else(|| format!("GET {path} answered no {key:?} list: {body}")),
+            Ok((status, body)) => Err(format!("GET {path} answered {status} {body}")),
+            Err(e) => Err(format!("GET {path}: {e}")),
+        }
+    }
+
+    /// `Some(body)` on 200, `None` on 404.
+    async fn optional(&self, service: Service, path: String) -> Result<Option<Value>, String> {
+        match self.try_get(service, &path).await {
+            Ok((StatusCode::OK, body)) => Ok(Some(body)),
+            Ok((StatusCode::NOT_FOUND, _)) => Ok(None),
+            Ok((status, body)) => Err(format!("GET {path} answered {status} {body}")),
+            Err(e) => Err(format!("GET {path}: {e}")),
+        }
+    }
+
+    /// Everything the read endpoints say, for [`invariants::breaches`].
+    pub async fn snapshot(&self) -> Result<Snapshot, String> {
+        let taken_at = Utc::now();
+        let orders = self
+            .list(Service::Order, "/orders?limit=10000", "orders")
+            .await?;
+        let stock = self.list(Service::Inventory, "/stock", "stock").await?;
+        let wallets = self.list(Service::Payment, "/wallets", "wallets").await?;
+        let ids: BTreeSet<String> = orders
+            .iter()
+            .filter_map(|o| o["order_id"].as_str().map(str::to_owned))
+            .collect();
+        let per_order: Vec<Result<OrderRecords, String>> = stream::iter(ids)
+            .map(|id| async move {
+                let r = self
+                    .optional(Service::Inventory, format!("/reservations/{id}"))
+                    .await?;
+                let p = self
+                    .optional(Service::Payment, format!("/payments/{id}"))
+                    .await?;
+                Ok((id, r, p))
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut snapshot = Snapshot {
+            orders,
+            stock,
+            wallets,
+            taken_at,
+            ..Snapshot::default()
+        };
+        for entry in per_order {
+            let (id, reservation, payment) = entry?;
+            if let Some(r) = reservation {
+                snapshot.reservations.insert(id.clone(), r);
+            }
+            if let Some(p) = payment {
+                snapshot.payments.insert(id, p);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// The breaches of the at-rest invariants right now (empty when they all hold).
+    pub async fn invariant_breaches(&self) -> Vec<String> {
+        match self.snapshot().await {
+            Ok(s) => invariants::breaches(&s, Duration::from_secs_f64(self.options.deadline_secs)),
+            Err(e) => vec![format!("cannot read the state of the stack: {e}")],
+        }
+    }
+
+    /// Waits for the stack to come to rest with every invariant holding; panics with the
+    /// breaches still seen at the deadline. (While messages are in flight some invariants
+    /// do not hold yet, so one look is not enough.)
+    pub async fn assert_invariants(&self) {
+        eventually(self.options.wait, || async {
+            let found = self.invariant_breaches().await;
+            if found.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("invariants broken:\n  - {}", found.join("\n  - ")))
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let children: Vec<_> = self
+            .children
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (_, mut child) in children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            // libtest shows this output with the failure; the log directory stays.
+            eprintln!(
+                "\nthe test failed; service logs are kept in {}\n{}",
+                self.log_dir.display(),
+                self.log_tails()
+            );
+        } else if !sandbox::keep_leftovers() {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
+    }
+}
+
+/// Makes the child die when the test process does (Linux): a test run killed by a
+/// timeout must not leave services behind that reconnect for ever. The signal is tied to
+/// the spawning thread, which is the test's own thread for as long as the stack lives.
+fn die_with_the_test(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (prctl, getppid, kill).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The test may have died between fork and prctl.
+                if libc::getppid() as u32 != parent {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[should_panic(expected = "run `cargo build --workspace --bins` first")]
+    fn a_missing_binary_says_how_to_build_it() {
+        super::binary_path("no-such-service");
+    }
+}
