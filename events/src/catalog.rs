@@ -8,67 +8,107 @@
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, MAX_CORRELATION_ID_CHARS};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderItem {
+    #[schemars(regex(pattern = SKU_PATTERN))]
     pub sku: String,
+    #[schemars(range(min = 1, max = MAX_QUANTITY))]
     pub quantity: i64,
+    /// Price of one unit, in minor units of the order's currency.
+    #[schemars(range(min = 0))]
     pub unit_price: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A quantity of one SKU held for an order. inventory-svc merges an order's lines per SKU,
+/// so one item may hold more than one line's largest quantity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockItem {
+    #[schemars(regex(pattern = SKU_PATTERN))]
     pub sku: String,
+    #[schemars(range(min = 1, max = MAX_MERGED_QUANTITY))]
     pub quantity: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A SKU that was short when an order asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Unavailable {
+    #[schemars(regex(pattern = SKU_PATTERN))]
     pub sku: String,
+    /// The quantity wanted, summed over the order's lines of this SKU.
     pub requested: i64,
+    /// What was on hand (0 for a SKU never adjusted).
     pub available: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An order was placed (`POST /orders`). Correlation id: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     pub order_id: Uuid,
+    #[schemars(length(min = 1, max = MAX_CUSTOMER_ID_CHARS))]
     pub customer_id: String,
+    #[schemars(length(min = 1, max = MAX_ITEMS))]
     pub items: Vec<OrderItem>,
+    /// The sum of quantity × unit_price, in minor units (written by order-svc, not
+    /// recomputed by readers).
+    #[schemars(range(min = 0))]
     pub total: i64,
+    /// ISO 4217 code.
+    #[schemars(regex(pattern = CURRENCY_PATTERN))]
     pub currency: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// inventory-svc reserved every item of the order. Correlation id: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockReserved {
     pub order_id: Uuid,
+    #[schemars(length(min = 1, max = MAX_CUSTOMER_ID_CHARS))]
     pub customer_id: String,
+    /// One entry per SKU (repeated SKUs of the order summed), sorted by SKU.
+    #[schemars(length(min = 1, max = MAX_ITEMS))]
     pub items: Vec<StockItem>,
+    /// The order's total, copied, in minor units.
+    #[schemars(range(min = 0))]
     pub total: i64,
+    /// ISO 4217 code.
+    #[schemars(regex(pattern = CURRENCY_PATTERN))]
     pub currency: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// inventory-svc reserved nothing because some SKU is short. Correlation id: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockRejected {
     pub order_id: Uuid,
+    /// Free text, not checked; inventory-svc writes `insufficient_stock`.
     pub reason: String,
+    /// May be empty.
     pub unavailable: Vec<Unavailable>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// payment-svc captured the order's total. Correlation id: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentDone {
     pub order_id: Uuid,
+    /// New for each capture.
     pub payment_id: Uuid,
+    #[schemars(length(min = 1, max = MAX_CUSTOMER_ID_CHARS))]
     pub customer_id: String,
+    /// In minor units.
+    #[schemars(range(min = 0))]
     pub amount: i64,
+    /// ISO 4217 code.
+    #[schemars(regex(pattern = CURRENCY_PATTERN))]
     pub currency: String,
 }
 
 /// Why a payment was not taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentFailureReason {
     InsufficientFunds,
@@ -77,21 +117,28 @@ pub enum PaymentFailureReason {
     OrderCancelled,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// payment-svc charged nothing. Correlation id: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentFailed {
     pub order_id: Uuid,
+    /// Not checked.
     pub customer_id: String,
+    /// The amount that was asked, in minor units.
+    #[schemars(range(min = 0))]
     pub amount: i64,
+    /// `insufficient_funds`, `unknown_customer` (no wallet), `currency_mismatch` (wallet in
+    /// another currency) or `order_cancelled` (the order was cancelled before the charge).
     pub reason: PaymentFailureReason,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The order is confirmed. Correlation id: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderConfirmed {
     pub order_id: Uuid,
 }
 
 /// Why an order was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     PaymentFailed,
@@ -109,36 +156,59 @@ impl CancelReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The order is cancelled. Correlation id: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCancelled {
     pub order_id: Uuid,
+    /// `payment_failed`, `timeout` (the deadline passed) or `customer_request`.
     pub reason: CancelReason,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// inventory-svc gave back what it held for a cancelled order (compensates StockReserved).
+/// Correlation id: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockReleased {
     pub order_id: Uuid,
+    /// May be empty (nothing was held).
     pub items: Vec<StockItem>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// payment-svc refunded a captured payment (compensates PaymentDone). Correlation id: the
+/// order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentRefunded {
     pub order_id: Uuid,
+    /// The refunded capture.
     pub payment_id: Uuid,
+    /// In minor units.
+    #[schemars(range(min = 0))]
     pub amount: i64,
+    /// ISO 4217 code.
+    #[schemars(regex(pattern = CURRENCY_PATTERN))]
     pub currency: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An operator adds or removes available stock. Correlation id: the SKU. An adjustment that
+/// would make the stock negative is dead-lettered (`negative_stock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockAdjusted {
+    #[schemars(regex(pattern = SKU_PATTERN))]
     pub sku: String,
+    /// Not 0: positive adds, negative removes.
+    #[schemars(extend("not" = {"const": 0}))]
     pub delta: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An operator credits a customer's wallet. Correlation id: the customer id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FundsDeposited {
+    #[schemars(length(min = 1, max = MAX_CUSTOMER_ID_CHARS))]
     pub customer_id: String,
+    /// Positive, in minor units.
+    #[schemars(range(min = 1))]
     pub amount: i64,
+    /// ISO 4217 code.
+    #[schemars(regex(pattern = CURRENCY_PATTERN))]
     pub currency: String,
 }
 
@@ -524,6 +594,10 @@ pub const MAX_ITEMS: usize = 100;
 pub const MAX_QUANTITY: i64 = 10_000;
 /// Longest customer id.
 pub const MAX_CUSTOMER_ID_CHARS: usize = 64;
+/// What [`check_sku`] accepts, as a regular expression (for the published JSON Schemas).
+pub const SKU_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// What [`check_currency`] accepts, as a regular expression (for the published JSON Schemas).
+pub const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
 
 pub fn check_sku(sku: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&sku.len())

@@ -8,6 +8,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -23,20 +24,31 @@ pub const MAX_CORRELATION_ID_CHARS: usize = 128;
 /// AMQP header carrying the W3C trace context.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The JSON object every message body is. Unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope {
     /// Unique per message; the deduplication key of every inbox.
     pub message_id: Uuid,
+    /// The event type, a name from the catalog.
     #[serde(rename = "type")]
     pub event_type: String,
+    /// The payload's schema version.
     pub version: u32,
+    /// When the event was made: written RFC 3339 UTC with milliseconds and `Z`, read in any
+    /// RFC 3339 form.
     #[serde(with = "millis_timestamp")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub occurred_at: DateTime<Utc>,
     /// The saga id (the order id) or, for operator events, the SKU or customer.
+    #[schemars(length(min = 1, max = MAX_CORRELATION_ID_CHARS))]
     pub correlation_id: String,
-    /// The message that caused this one; `None` for events started by a client or operator.
+    /// The `message_id` of the message whose handling produced this one; none (`null`) for
+    /// events started by a client request, the deadline sweep or an operator.
     pub causation_id: Option<Uuid>,
+    /// The process that wrote it.
+    #[schemars(length(min = 1))]
     pub producer: String,
+    /// The event's fields, checked against `type`.
     pub payload: serde_json::Value,
 }
 
@@ -48,7 +60,9 @@ impl Envelope {
             message_id: Uuid::now_v7(),
             event_type: event.event_type().name().to_owned(),
             version: event.event_type().version(),
-            occurred_at: Utc::now(),
+            // Whole milliseconds, as the body carries them: an envelope reads back equal.
+            occurred_at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
+                .unwrap_or_default(),
             correlation_id: event.correlation_id(),
             causation_id,
             producer: producer.to_owned(),

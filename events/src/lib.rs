@@ -4,6 +4,7 @@
 //!
 //! - [`envelope`]: the JSON envelope every message is wrapped in, and its AMQP properties.
 //! - [`catalog`]: every event of the contract as a typed payload, with its routing key.
+//! - [`contract`]: the catalog as JSON Schemas and an AsyncAPI document (`docs/asyncapi/`).
 //! - [`topology`]: the exchanges and queues, declared the same way by every process.
 //! - [`publisher`]: a publisher that only reports success once the broker confirmed the
 //!   message and routed it to at least one queue.
@@ -19,6 +20,7 @@
 pub mod amqp;
 pub mod catalog;
 pub mod consumer;
+pub mod contract;
 pub mod envelope;
 pub mod housekeeping;
 pub mod inbox;

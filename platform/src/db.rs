@@ -15,8 +15,16 @@ pub async fn connect_and_migrate(
     pool_size: u32,
     migrator: &Migrator,
 ) -> anyhow::Result<PgPool> {
+    let lock_timeout: u64 = crate::config::env_parse("SAGA_DB_LOCK_TIMEOUT_MS", 5_000)?;
+    let statement_timeout: u64 = crate::config::env_parse("SAGA_DB_STATEMENT_TIMEOUT_MS", 30_000)?;
+    // Bounded waits: a handler stuck behind a lock fails (and is retried later through the
+    // retry queues) instead of holding its delivery and connection indefinitely.
     let options = PgConnectOptions::from_str(url)
-        .with_context(|| format!("invalid database URL {}", events::amqp::redact_url(url)))?;
+        .with_context(|| format!("invalid database URL {}", events::amqp::redact_url(url)))?
+        .options([
+            ("lock_timeout", format!("{lock_timeout}ms")),
+            ("statement_timeout", format!("{statement_timeout}ms")),
+        ]);
     ensure_database(&options).await.with_context(|| {
         format!(
             "cannot reach PostgreSQL at {}",

@@ -1,0 +1,635 @@
+//! The event contract as machine-readable documents, generated from the types of this crate:
+//! one JSON Schema per event type ([`event_schema`]) and an AsyncAPI 3.0 description of the
+//! whole bus ([`asyncapi`]). The schemas come from the `JsonSchema` derives on the envelope
+//! and payload types, whose attributes restate the format rules of [`Event::validate`];
+//! routing keys, producers and consumers come from [`EventType`] and
+//! [`SAGA_SERVICES`](crate::topology::SAGA_SERVICES). The rendered files live in
+//! `docs/asyncapi/`, and a test (`events/tests/contract_docs.rs`) fails when they differ from
+//! what this module generates, so the published contract cannot drift from the code.
+//!
+//! Both functions are pure and deterministic: objects come out with their keys sorted.
+
+use chrono::NaiveDate;
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::catalog::*;
+use crate::envelope::{Envelope, TRACEPARENT_HEADER};
+use crate::topology::{EVENTS_EXCHANGE, SAGA_SERVICES, dead_letter_queue};
+
+/// The AMQP protocol binding version the AsyncAPI document's bindings follow.
+const AMQP_BINDING_VERSION: &str = "0.3.0";
+
+/// The local development broker: host, port and virtual host.
+const LOCAL_BROKER_HOST: &str = "127.0.0.1:5672";
+const LOCAL_VHOST: &str = "saga";
+
+/// The JSON Schema (draft 2020-12) of a whole message body of type `t`: the envelope, with
+/// `type` and `version` fixed to this event's and `payload` referring to its payload schema
+/// (under `$defs`, with the types it uses).
+pub fn event_schema(t: EventType) -> Value {
+    let mut generator = SchemaSettings::draft2020_12().into_generator();
+    let payload = payload_subschema(t, &mut generator);
+    let mut schema = envelope_schema(t, &mut generator, payload);
+    let definitions = generator.take_definitions(true);
+    if let Value::Object(object) = &mut schema {
+        object.insert(
+            "$schema".into(),
+            schemars::consts::meta_schemas::DRAFT2020_12.into(),
+        );
+        object.insert("title".into(), t.name().into());
+        object.insert("$defs".into(), Value::Object(definitions));
+    }
+    sorted(schema)
+}
+
+/// The AsyncAPI 3.0.0 document of the bus: the broker, one channel per routing key on the
+/// `saga.events` exchange, who sends and who receives each event, and every message's
+/// properties and body. Schemas are JSON Schema draft-07 (AsyncAPI's default schema format),
+/// shared ones under `components.schemas`.
+pub fn asyncapi() -> Value {
+    let mut generator = SchemaSettings::draft07()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .into_generator();
+
+    let mut channels = Map::new();
+    let mut operations = Map::new();
+    let mut messages = Map::new();
+    for t in EventType::ALL {
+        let name = t.name();
+        let consumers: Vec<&str> = SAGA_SERVICES
+            .iter()
+            .filter(|(_, consumes)| consumes.contains(&t))
+            .map(|(service, _)| *service)
+            .collect();
+
+        channels.insert(
+            channel_id(t),
+            json!({
+                "address": t.routing_key(),
+                "title": t.routing_key(),
+                "description": format!(
+                    "{name} events, published to the topic exchange `{EVENTS_EXCHANGE}` with \
+                     routing key `{key}`. Bound to the input queue of {consumers}.",
+                    key = t.routing_key(),
+                    consumers = consumers.join(", "),
+                ),
+                "messages": {
+                    name: {"$ref": format!("#/components/messages/{name}")}
+                },
+                "bindings": {
+                    "amqp": {
+                        "is": "routingKey",
+                        "exchange": {
+                            "name": EVENTS_EXCHANGE,
+                            "type": "topic",
+                            "durable": true,
+                            "autoDelete": false,
+                            "vhost": LOCAL_VHOST,
+                        },
+                        "bindingVersion": AMQP_BINDING_VERSION,
+                    }
+                },
+            }),
+        );
+
+        let channel_ref = json!({"$ref": format!("#/channels/{}", channel_id(t))});
+        let message_ref = json!([
+            {"$ref": format!("#/channels/{}/messages/{name}", channel_id(t))}
+        ]);
+        let producer = t.producer();
+        operations.insert(
+            format!("{producer}_sends_{name}"),
+            json!({
+                "action": "send",
+                "title": format!("{producer} sends {name}"),
+                "description": format!(
+                    "Published to `{EVENTS_EXCHANGE}` with routing key `{key}`: persistent, \
+                     `mandatory`, with publisher confirms.",
+                    key = t.routing_key(),
+                ),
+                "channel": channel_ref,
+                "messages": message_ref,
+                "tags": [{"name": producer}],
+                "bindings": {
+                    "amqp": {
+                        "deliveryMode": 2,
+                        "mandatory": true,
+                        "timestamp": true,
+                        "bindingVersion": AMQP_BINDING_VERSION,
+                    }
+                },
+            }),
+        );
+        for consumer in &consumers {
+            operations.insert(
+                format!("{consumer}_receives_{name}"),
+                json!({
+                    "action": "receive",
+                    "title": format!("{consumer} receives {name}"),
+                    "description": format!(
+                        "Consumed from the durable quorum queue `{consumer}`, bound to `{key}`; \
+                         acknowledged once handled, and a message that can never be handled \
+                         goes to `{dlq}`.",
+                        key = t.routing_key(),
+                        dlq = dead_letter_queue(consumer),
+                    ),
+                    "channel": channel_ref,
+                    "messages": message_ref,
+                    "tags": [{"name": consumer}],
+                    "bindings": {
+                        "amqp": {"ack": true, "bindingVersion": AMQP_BINDING_VERSION}
+                    },
+                }),
+            );
+        }
+
+        let payload = payload_subschema(t, &mut generator);
+        let description = generator
+            .definitions()
+            .get(name)
+            .and_then(|s| s.get("description"))
+            .cloned()
+            .unwrap_or_else(|| name.into());
+        messages.insert(
+            name.to_owned(),
+            json!({
+                "name": name,
+                "title": name,
+                "summary": description,
+                "contentType": "application/json",
+                "correlationId": {
+                    "description": "The saga id (the order id), or the SKU or customer id of \
+                                    an operator event.",
+                    "location": "$message.payload#/correlation_id",
+                },
+                "headers": headers_schema(t),
+                "payload": envelope_schema(t, &mut generator, payload),
+                "bindings": {
+                    "amqp": {
+                        "contentEncoding": "utf-8",
+                        "messageType": name,
+                        "bindingVersion": AMQP_BINDING_VERSION,
+                    }
+                },
+                "examples": [example_message(t)],
+            }),
+        );
+    }
+    let schemas = generator.take_definitions(true);
+
+    let mut tags: Vec<Value> = SAGA_SERVICES
+        .iter()
+        .map(|(service, _)| json!({"name": service, "description": service_description(service)}))
+        .collect();
+    tags.push(json!({"name": "sagactl", "description": service_description("sagactl")}));
+
+    sorted(json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Order saga events",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": INFO_DESCRIPTION,
+            "license": {"name": env!("CARGO_PKG_LICENSE")},
+            "tags": tags,
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {
+                "host": LOCAL_BROKER_HOST,
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "pathname": format!("/{LOCAL_VHOST}"),
+                "description": "The local development broker (virtual host `saga`). Every \
+                                service takes its broker address from its environment.",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "messages": messages,
+            "schemas": schemas,
+        },
+    }))
+}
+
+const INFO_DESCRIPTION: &str = "\
+The events of the order saga, choreographed over RabbitMQ: order-svc, inventory-svc and \
+payment-svc talk to each other only through these messages, and operators add stock and \
+funds with sagactl.
+
+Every message body is a UTF-8 JSON envelope of at most 256 KiB around a typed payload. \
+Readers are tolerant: unknown fields of the envelope and of the payload are ignored. A body \
+that is not a valid envelope, an unknown `type` or `version`, or a payload that breaks its \
+rules is dead-lettered to the consumer's `<service>.dlq` queue, never dropped.
+
+Money is in integer minor units and `currency` is an ISO 4217 code. Every event type is at \
+`version` 1; see docs/events.md for the meaning of each event and how versions change.
+
+This document is generated from the Rust types (`events::contract`) and checked against them \
+by a test; edit the code, not this file.";
+
+fn service_description(service: &str) -> &'static str {
+    match service {
+        "order-svc" => "Owns orders; the only HTTP entry point for customers.",
+        "inventory-svc" => "Owns stock and reservations.",
+        "payment-svc" => "Owns customer wallets and payments.",
+        "sagactl" => "The operator and developer command line.",
+        _ => "",
+    }
+}
+
+/// Channel ids may not contain dots: the routing key with `-` for `.`.
+fn channel_id(t: EventType) -> String {
+    t.routing_key().replace('.', "-")
+}
+
+/// A reference to the payload schema of `t`, which is added to the generator's definitions.
+fn payload_subschema(t: EventType, generator: &mut SchemaGenerator) -> Schema {
+    fn of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<T>()
+    }
+    match t {
+        EventType::OrderCreated => of::<OrderCreated>(generator),
+        EventType::StockReserved => of::<StockReserved>(generator),
+        EventType::StockRejected => of::<StockRejected>(generator),
+        EventType::PaymentDone => of::<PaymentDone>(generator),
+        EventType::PaymentFailed => of::<PaymentFailed>(generator),
+        EventType::OrderConfirmed => of::<OrderConfirmed>(generator),
+        EventType::OrderCancelled => of::<OrderCancelled>(generator),
+        EventType::StockReleased => of::<StockReleased>(generator),
+        EventType::PaymentRefunded => of::<PaymentRefunded>(generator),
+        EventType::StockAdjusted => of::<StockAdjusted>(generator),
+        EventType::FundsDeposited => of::<FundsDeposited>(generator),
+    }
+}
+
+/// The envelope's schema narrowed to one event type.
+fn envelope_schema(t: EventType, generator: &mut SchemaGenerator, payload: Schema) -> Value {
+    let mut schema = Envelope::json_schema(generator);
+    for transform in generator.transforms_mut() {
+        transform.transform(&mut schema);
+    }
+    let mut schema = schema.to_value();
+    schema["description"] = format!(
+        "The envelope of an event of type {name}, published by {producer} to \
+         `{EVENTS_EXCHANGE}` with routing key `{key}`. Unknown fields are ignored.",
+        name = t.name(),
+        producer = t.producer(),
+        key = t.routing_key(),
+    )
+    .into();
+    let properties = &mut schema["properties"];
+    properties["type"]["const"] = t.name().into();
+    properties["version"]["const"] = t.version().into();
+    properties["producer"]["examples"] = json!([t.producer()]);
+    properties["payload"] = payload.to_value();
+    schema
+}
+
+/// The AMQP properties and headers every published event carries. Consumers read only the
+/// body (and `traceparent`): these mirror the envelope for operators and tools.
+fn headers_schema(t: EventType) -> Value {
+    json!({
+        "type": "object",
+        "description": "AMQP basic properties mirroring the envelope, and the `traceparent` \
+                        header. Consumers read only the body and `traceparent`.",
+        "properties": {
+            "message_id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "Property `message_id`: the envelope's `message_id`.",
+            },
+            "type": {
+                "type": "string",
+                "const": t.name(),
+                "description": "Property `type`: the envelope's `type`.",
+            },
+            "correlation_id": {
+                "type": "string",
+                "description": "Property `correlation_id`: the envelope's `correlation_id`.",
+            },
+            "app_id": {
+                "type": "string",
+                "examples": [t.producer()],
+                "description": "Property `app_id`: the envelope's `producer`.",
+            },
+            "timestamp": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Property `timestamp`: `occurred_at` in whole seconds since \
+                                the Unix epoch.",
+            },
+            "delivery_mode": {
+                "type": "integer",
+                "const": 2,
+                "description": "Property `delivery_mode`: persistent.",
+            },
+            "content_type": {"type": "string", "const": "application/json"},
+            "content_encoding": {"type": "string", "const": "utf-8"},
+            TRACEPARENT_HEADER: {
+                "type": "string",
+                "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                "description": "Header `traceparent`: the W3C trace context, copied from the \
+                                message whose handling produced this one, or from the HTTP \
+                                request that started it, or new.",
+            },
+        },
+        "required": [
+            "message_id", "type", "correlation_id", "app_id", "timestamp",
+            "delivery_mode", "content_type", "content_encoding",
+        ],
+    })
+}
+
+const EXAMPLE_ORDER: Uuid = Uuid::from_u128(0x0193a4f2_7a00_7c4d_8e5f_0a1b2c3d4e5f);
+const EXAMPLE_PAYMENT: Uuid = Uuid::from_u128(0x0193a4f2_7d10_7aa0_b1c2_d3e4f5a6b7c8);
+const EXAMPLE_MESSAGE: Uuid = Uuid::from_u128(0x0193a4f2_7c1e_7b3a_9d2e_5f4c3b2a1908);
+const EXAMPLE_CAUSE: Uuid = Uuid::from_u128(0x0193a4f2_7b00_7d6e_9f10_2132435465a7);
+const EXAMPLE_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// A typical event of each type: the payloads of docs/events.md.
+fn example_event(t: EventType) -> Event {
+    let customer = || "alice".to_owned();
+    let eur = || "EUR".to_owned();
+    let stock = || {
+        vec![
+            StockItem {
+                sku: "BOOK".into(),
+                quantity: 2,
+            },
+            StockItem {
+                sku: "PEN-01".into(),
+                quantity: 1,
+            },
+        ]
+    };
+    match t {
+        EventType::OrderCreated => Event::OrderCreated(OrderCreated {
+            order_id: EXAMPLE_ORDER,
+            customer_id: customer(),
+            items: vec![
+                OrderItem {
+                    sku: "BOOK".into(),
+                    quantity: 2,
+                    unit_price: 1500,
+                },
+                OrderItem {
+                    sku: "PEN-01".into(),
+                    quantity: 1,
+                    unit_price: 250,
+                },
+            ],
+            total: 3250,
+            currency: eur(),
+        }),
+        EventType::StockReserved => Event::StockReserved(StockReserved {
+            order_id: EXAMPLE_ORDER,
+            customer_id: customer(),
+            items: stock(),
+            total: 3250,
+            currency: eur(),
+        }),
+        EventType::StockRejected => Event::StockRejected(StockRejected {
+            order_id: EXAMPLE_ORDER,
+            reason: "insufficient_stock".into(),
+            unavailable: vec![Unavailable {
+                sku: "BOOK".into(),
+                requested: 2,
+                available: 1,
+            }],
+        }),
+        EventType::PaymentDone => Event::PaymentDone(PaymentDone {
+            order_id: EXAMPLE_ORDER,
+            payment_id: EXAMPLE_PAYMENT,
+            customer_id: customer(),
+            amount: 3250,
+            currency: eur(),
+        }),
+        EventType::PaymentFailed => Event::PaymentFailed(PaymentFailed {
+            order_id: EXAMPLE_ORDER,
+            customer_id: customer(),
+            amount: 3250,
+            reason: PaymentFailureReason::InsufficientFunds,
+        }),
+        EventType::OrderConfirmed => Event::OrderConfirmed(OrderConfirmed {
+            order_id: EXAMPLE_ORDER,
+        }),
+        EventType::OrderCancelled => Event::OrderCancelled(OrderCancelled {
+            order_id: EXAMPLE_ORDER,
+            reason: CancelReason::PaymentFailed,
+        }),
+        EventType::StockReleased => Event::StockReleased(StockReleased {
+            order_id: EXAMPLE_ORDER,
+            items: stock(),
+        }),
+        EventType::PaymentRefunded => Event::PaymentRefunded(PaymentRefunded {
+            order_id: EXAMPLE_ORDER,
+            payment_id: EXAMPLE_PAYMENT,
+            amount: 3250,
+            currency: eur(),
+        }),
+        EventType::StockAdjusted => Event::StockAdjusted(StockAdjusted {
+            sku: "BOOK".into(),
+            delta: 10,
+        }),
+        EventType::FundsDeposited => Event::FundsDeposited(FundsDeposited {
+            customer_id: customer(),
+            amount: 5000,
+            currency: eur(),
+        }),
+    }
+}
+
+/// The envelope of [`example_event`], with fixed ids and time.
+fn example_envelope(t: EventType) -> Envelope {
+    let event = example_event(t);
+    // Events that start a saga or come from an operator have no cause.
+    let started_here = matches!(
+        t,
+        EventType::OrderCreated | EventType::StockAdjusted | EventType::FundsDeposited
+    );
+    Envelope {
+        message_id: EXAMPLE_MESSAGE,
+        event_type: t.name().to_owned(),
+        version: t.version(),
+        occurred_at: NaiveDate::from_ymd_opt(2026, 11, 26)
+            .and_then(|d| d.and_hms_milli_opt(10, 0, 0, 123))
+            .map(|t| t.and_utc())
+            .unwrap_or_default(),
+        correlation_id: event.correlation_id(),
+        causation_id: (!started_here).then_some(EXAMPLE_CAUSE),
+        producer: t.producer().to_owned(),
+        payload: event.payload(),
+    }
+}
+
+fn example_message(t: EventType) -> Value {
+    let envelope = example_envelope(t);
+    json!({
+        "name": format!("{}-example", t.routing_key().replace('.', "-")),
+        "summary": format!("A typical {}.", t.name()),
+        "headers": {
+            "message_id": envelope.message_id,
+            "type": envelope.event_type,
+            "correlation_id": envelope.correlation_id,
+            "app_id": envelope.producer,
+            "timestamp": envelope.occurred_at.timestamp(),
+            "delivery_mode": 2,
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+            TRACEPARENT_HEADER: EXAMPLE_TRACEPARENT,
+        },
+        "payload": serde_json::from_slice::<Value>(&envelope.to_body()).unwrap_or_default(),
+    })
+}
+
+/// `value` with every object's keys in sorted order, whatever map serde_json was built with,
+/// and descriptions taken from doc comments unwrapped: a single line break becomes a space,
+/// a blank line still separates paragraphs.
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(object) => {
+            let mut entries: Vec<(String, Value)> = object.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        Value::String(text) if k == "description" => {
+                            let paragraphs: Vec<String> =
+                                text.split("\n\n").map(|p| p.replace('\n', " ")).collect();
+                            (k, Value::String(paragraphs.join("\n\n")))
+                        }
+                        v => (k, sorted(v)),
+                    })
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The top-level field names of [`EventType::fields`], e.g. `items` of `items[{…}]`.
+    fn listed_fields(t: EventType) -> Vec<String> {
+        let mut names = Vec::new();
+        let (mut depth, mut current) = (0, String::new());
+        for c in t.fields().chars() {
+            match c {
+                '[' | '{' | '(' => depth += 1,
+                ']' | '}' | ')' => depth -= 1,
+                ',' if depth == 0 => names.push(std::mem::take(&mut current)),
+                c if depth == 0 => current.push(c),
+                _ => {}
+            }
+        }
+        names.push(current);
+        let mut names: Vec<String> = names.iter().map(|n| n.trim().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    fn strings(v: &Value) -> Vec<String> {
+        let mut out: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn payload_schemas_require_exactly_the_catalogs_fields() {
+        for t in EventType::ALL {
+            let schema = event_schema(t);
+            let payload = &schema["$defs"][t.name()];
+            assert_eq!(
+                strings(&payload["required"]),
+                listed_fields(t),
+                "{t}: schema and EventType::fields disagree"
+            );
+            let mut properties: Vec<String> = payload["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            properties.sort();
+            assert_eq!(properties, listed_fields(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn event_schemas_fix_type_and_version_and_require_the_envelope() {
+        for t in EventType::ALL {
+            let schema = event_schema(t);
+            assert_eq!(schema["properties"]["type"]["const"], t.name());
+            assert_eq!(schema["properties"]["version"]["const"], t.version());
+            assert_eq!(
+                schema["properties"]["payload"]["$ref"],
+                format!("#/$defs/{}", t.name())
+            );
+            assert_eq!(
+                strings(&schema["required"]),
+                [
+                    "correlation_id",
+                    "message_id",
+                    "occurred_at",
+                    "payload",
+                    "producer",
+                    "type",
+                    "version"
+                ]
+            );
+            assert_eq!(
+                schema["properties"]["occurred_at"]["format"], "date-time",
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn examples_are_valid_messages() {
+        for t in EventType::ALL {
+            let envelope = example_envelope(t);
+            let (read, event) = decode_body(&envelope.to_body()).unwrap();
+            assert_eq!(read, envelope);
+            assert_eq!(event, example_event(t));
+        }
+    }
+
+    #[test]
+    fn every_operation_names_a_channel_and_its_message() {
+        let doc = asyncapi();
+        let operations = doc["operations"].as_object().unwrap();
+        for t in EventType::ALL {
+            let channel = format!("#/channels/{}", channel_id(t));
+            let on_it: Vec<_> = operations
+                .values()
+                .filter(|op| op["channel"]["$ref"] == channel.as_str())
+                .collect();
+            let senders = on_it.iter().filter(|op| op["action"] == "send").count();
+            let consumers = SAGA_SERVICES.iter().filter(|(_, c)| c.contains(&t)).count();
+            assert_eq!(senders, 1, "{t}");
+            assert_eq!(on_it.len() - senders, consumers, "{t}");
+        }
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        assert_eq!(asyncapi(), asyncapi());
+        assert_eq!(
+            serde_json::to_string(&event_schema(EventType::OrderCreated)).unwrap(),
+            serde_json::to_string(&event_schema(EventType::OrderCreated)).unwrap()
+        );
+    }
+}
