@@ -20,12 +20,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
        target/release/payment-svc target/release/sagactl /out/
 
 FROM debian:bookworm-slim AS runtime
-# ca-certificates for TLS to a remote broker/database; curl for the healthchecks.
+# ca-certificates for TLS to a remote broker/database (a private CA is added by copying
+# it to /usr/local/share/ca-certificates/ and running update-ca-certificates in an image
+# built FROM this one, see docs/operations.md); curl for the compose healthchecks.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin saga
+ && groupadd --system --gid 10001 saga \
+ && useradd --system --uid 10001 --gid saga --no-create-home --shell /usr/sbin/nologin saga
 COPY --from=builder /out/ /usr/local/bin/
-USER saga
-# Overridden per service in compose.yaml.
+# Numeric, so that Kubernetes' runAsNonRoot can verify it (deploy/k8s).
+USER 10001:10001
+# order-svc, inventory-svc, payment-svc (each listens on 127.0.0.1 unless its
+# SAGA_<SVC>_HTTP_ADDR says otherwise, e.g. 0.0.0.0:8080).
+EXPOSE 8080 8081 8082
+# Overridden per service in compose.yaml and deploy/k8s.
 CMD ["order-svc"]

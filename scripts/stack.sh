@@ -143,7 +143,7 @@ wait_healthy() {
 print_summary() {
     local mode="$1" sagactl
     if [[ "$mode" == docker ]]; then
-        sagactl="docker compose exec order-svc sagactl"
+        sagactl="docker compose run --rm sagactl"
     else
         sagactl="target/release/sagactl"
     fi

@@ -29,6 +29,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 phase 3/6 "compose file: scripts/validate-compose.sh"
 ./scripts/validate-compose.sh
+./scripts/validate-deploy.sh
 
 phase 4/6 "PostgreSQL and RabbitMQ"
 ensure_postgres

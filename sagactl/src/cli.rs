@@ -120,7 +120,11 @@ pub enum Command {
     #[command(subcommand)]
     Scenario(ScenarioCommand),
     /// Check the contract's at-rest invariants across the three services (exit 1 on any breach).
-    Verify,
+    Verify {
+        /// Sagas may still be in flight: check again until there is no breach or SECS passed.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        settle: u64,
+    },
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
 }
@@ -350,7 +354,12 @@ pub enum OrderCommand {
         wait: bool,
     },
     /// Show an order with its history.
-    Show { order_id: String },
+    Show {
+        order_id: String,
+        /// Wait until the order reaches a final status first.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Cancel an order (refund and restock if it was confirmed).
     Cancel { order_id: String },
     /// List orders, newest first.

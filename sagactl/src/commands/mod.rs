@@ -39,7 +39,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,
         Command::Load(args) => load::run(ctx, args).await,
         Command::Bench(args) => bench::run(ctx, args).await,
-        Command::Verify => verify::run(ctx).await,
+        Command::Verify { settle } => verify::run(ctx, settle).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

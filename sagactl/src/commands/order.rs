@@ -45,10 +45,13 @@ pub async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> {
             output::show(ctx, &order, render_order);
             Ok(())
         }
-        OrderCommand::Show { order_id } => {
-            let order = ctx
-                .get_ok(Service::Order, &format!("/orders/{order_id}"))
-                .await?;
+        OrderCommand::Show { order_id, wait } => {
+            let order = if wait {
+                wait_for_final(ctx, &order_id).await?
+            } else {
+                ctx.get_ok(Service::Order, &format!("/orders/{order_id}"))
+                    .await?
+            };
             output::show(ctx, &order, render_order);
             Ok(())
         }

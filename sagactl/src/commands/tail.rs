@@ -11,9 +11,9 @@ use crate::context::Context;
 
 pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
     let (conn, mut deliveries) = super::bus::watch(ctx, "tail").await?;
-    if !ctx.json {
-        eprintln!("following saga.events (Ctrl-C to stop)");
-    }
+    // On stderr even with --json (stdout stays one envelope per line): scripts wait for it
+    // to know the watcher is bound before they publish.
+    eprintln!("following saga.events (Ctrl-C to stop)");
     let want_type = args.event_type.map(|t| t.event_type().name());
     let deadline = args
         .duration

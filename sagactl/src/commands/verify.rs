@@ -1,6 +1,8 @@
 //! `sagactl verify`: report every breach of the contract's at-rest invariants; exit 1 when
 //! there is any.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use sagactl::verify::{Endpoints, Snapshot, check};
@@ -8,25 +10,33 @@ use sagactl::verify::{Endpoints, Snapshot, check};
 use crate::context::{CliError, Context};
 use crate::output;
 
-pub async fn run(ctx: &Context) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context, settle_secs: u64) -> anyhow::Result<()> {
     let endpoints = Endpoints {
         order: ctx.conn.order_url.clone(),
         inventory: ctx.conn.inventory_url.clone(),
         payment: ctx.conn.payment_url.clone(),
     };
-    let snapshot =
-        Snapshot::fetch(&ctx.http, &endpoints)
-            .await
-            .map_err(|e| CliError::Unreachable {
-                what: "a service",
-                url: format!(
-                    "{}, {}, {}",
-                    endpoints.order, endpoints.inventory, endpoints.payment
-                ),
-                cause: format!("{e:#}"),
-                hint: "is the stack up? Start it with ./scripts/stack.sh up",
-            })?;
-    let breaches = check(&snapshot);
+    let deadline = Instant::now() + Duration::from_secs(settle_secs);
+    let (snapshot, breaches) = loop {
+        let snapshot =
+            Snapshot::fetch(&ctx.http, &endpoints)
+                .await
+                .map_err(|e| CliError::Unreachable {
+                    what: "a service",
+                    url: format!(
+                        "{}, {}, {}",
+                        endpoints.order, endpoints.inventory, endpoints.payment
+                    ),
+                    cause: format!("{e:#}"),
+                    hint: "is the stack up? Start it with ./scripts/stack.sh up",
+                })?;
+        let breaches = check(&snapshot);
+        // Sagas in flight look like breaches; with --settle, look again until they settle.
+        if breaches.is_empty() || Instant::now() >= deadline {
+            break (snapshot, breaches);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let report = json!({
         "checked": {
             "orders": snapshot.orders.len(), "skus": snapshot.stock.len(), "wallets": snapshot.wallets.len(),

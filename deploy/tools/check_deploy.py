@@ -1,0 +1,483 @@
+#!/usr/bin/env python3
+"""Consistency checks across the deployment files, run by scripts/validate-deploy.sh.
+
+Schema validation (Compose, Kubernetes, KEDA, GitHub workflow) is done by the script
+with kubernetes-validate and check-jsonschema. This file checks what no schema can:
+that the files agree with each other and with the code.
+
+    python3 deploy/tools/check_deploy.py [--no-yaml] [--verbose]
+
+Needs PyYAML unless --no-yaml is given (then only the JSON files and the broker
+definitions are checked). Prints a line per group of checks and one per failed check
+(--verbose, or SAGA_VALIDATE_VERBOSE=1: one per check); exits 1 if any failed.
+"""
+
+import json
+import os
+import re
+import sys
+from urllib.parse import unquote, urlsplit
+
+# No __pycache__ next to the deployment files.
+sys.dont_write_bytecode = True
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "deploy", "rabbitmq"))
+
+import generate_definitions as defs
+from rabbitmq_password import check_password
+
+SERVICES = {
+    # name: (env prefix, port, database, database role)
+    "order-svc": ("ORDER", 8080, "orders", "order_svc"),
+    "inventory-svc": ("INVENTORY", 8081, "inventory", "inventory_svc"),
+    "payment-svc": ("PAYMENT", 8082, "payments", "payment_svc"),
+}
+
+# Every metric the services export; the dashboard must show each one.
+METRICS = [
+    "saga_messages_handled_total",
+    "saga_handler_duration_seconds",
+    "saga_outbox_backlog",
+    "saga_outbox_oldest_unsent_seconds",
+    "saga_relay_published_total",
+    "saga_inbox_rows",
+    "saga_outcomes_total",
+    "saga_duration_seconds",
+    "saga_http_requests_total",
+    "saga_http_request_duration_seconds",
+]
+HISTOGRAMS = {
+    "saga_handler_duration_seconds",
+    "saga_duration_seconds",
+    "saga_http_request_duration_seconds",
+}
+
+failures: list[str] = []
+VERBOSE = False
+_section = {"title": None, "passed": 0}
+
+
+def section(title: str | None) -> None:
+    """Starts a group of checks; the previous group's passes are summed up in one line."""
+    if _section["title"] is not None and not VERBOSE:
+        print(f"  ok    {_section['passed']} checks passed")
+    _section.update(title=title, passed=0)
+    if title is not None:
+        print(title)
+
+
+def check(ok: bool, what: str, detail: str = "") -> bool:
+    if ok:
+        _section["passed"] += 1
+        if VERBOSE:
+            print(f"  ok    {what}")
+    else:
+        print(f"  FAIL  {what}{': ' + detail if detail else ''}")
+        failures.append(what)
+    return ok
+
+
+def note(what: str) -> None:
+    print(f"  note  {what}")
+
+
+def path(*parts: str) -> str:
+    return os.path.join(ROOT, *parts)
+
+
+def read(*parts: str) -> str:
+    with open(path(*parts), encoding="utf-8") as f:
+        return f.read()
+
+
+def load_json(rel: str):
+    try:
+        data = json.loads(read(rel))
+    except (OSError, ValueError) as e:
+        check(False, f"{rel} parses as JSON", str(e))
+        return None
+    check(True, f"{rel} parses as JSON")
+    return data
+
+
+def load_yaml_all(rel: str) -> list:
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(read(rel)) if d is not None]
+    except (OSError, yaml.YAMLError) as e:
+        check(False, f"{rel} parses as YAML", str(e))
+        return []
+    return docs
+
+
+def rabbit_match(regex: str, name: str) -> bool:
+    """RabbitMQ matches permission regexes unanchored (re:run), like re.search."""
+    return re.search(regex, name) is not None
+
+
+# --------------------------------------------------------------- broker definitions
+
+
+def rust_topology():
+    """What events/src reads as the topology, or None where it cannot be read."""
+    try:
+        topology = read("events", "src", "topology.rs")
+        catalog = read("events", "src", "catalog.rs")
+        retry = read("events", "src", "retry.rs")
+    except OSError:
+        return None
+    out = {}
+    m = re.search(r"DELIVERY_LIMIT:\s*i64\s*=\s*(\d+)", topology)
+    out["delivery_limit"] = int(m.group(1)) if m else None
+    m = re.search(r"RETRY_DELAYS[^=]*=\s*\[(.*?)\];", retry, re.DOTALL)
+    out["retry"] = [int(s) for s in re.findall(r"from_secs\((\d+)\)", m.group(1))] if m else None
+    exchanges = {}
+    for const in ["EVENTS_EXCHANGE", "RETRY_EXCHANGE", "REDELIVER_EXCHANGE", "DEAD_LETTER_EXCHANGE"]:
+        m = re.search(rf'{const}:\s*&str\s*=\s*"([^"]+)"', topology)
+        exchanges[const] = m.group(1) if m else None
+    out["exchanges"] = exchanges
+    keys = dict(re.findall(r'EventType::(\w+)\s*=>\s*"([a-z]+\.[a-z]+)"', catalog))
+    out["keys"] = keys or None
+    m = re.search(r"SAGA_SERVICES[^=]*=\s*\[(.*?)\n\];", topology, re.DOTALL)
+    consumes = {}
+    if m and keys:
+        for svc, body in re.findall(r'\(\s*"([a-z-]+)",\s*&\[(.*?)\]', m.group(1), re.DOTALL):
+            consumes[svc] = sorted(keys.get(t, "?" + t) for t in re.findall(r"EventType::(\w+)", body))
+    out["consumes"] = consumes or None
+    # Producers: the arms of the match in EventType::producer (or similar) naming a
+    # service; a type may share an arm with others (`A | B => "sagactl"`).
+    producers = {}
+    m = re.search(r"fn producer\(self\)[^{]*\{(.*?)\n    \}", catalog, re.DOTALL)
+    for arm, producer in re.findall(r"((?:EventType::\w+\s*\|?\s*)+)=>\s*\{?\s*\"([^\"]+)\"", m.group(1) if m else ""):
+        for t in re.findall(r"EventType::(\w+)", arm):
+            producers[t] = producer
+    out["producers"] = producers or None
+    return out
+
+
+def check_definitions() -> dict | None:
+    section("RabbitMQ definitions: hashes, least-privilege permissions, topology = events/src")
+    data = load_json("deploy/rabbitmq/definitions.json")
+    if data is None:
+        return None
+    check(read("deploy/rabbitmq/definitions.json") == defs.render(),
+          "definitions.json is what generate_definitions.py writes",
+          "run: python3 deploy/rabbitmq/generate_definitions.py")
+
+    users = {u["name"]: u for u in data.get("users", [])}
+    for name, password in defs.DEV_PASSWORDS.items():
+        u = users.get(name)
+        check(u is not None and u.get("hashing_algorithm") == "rabbit_password_hashing_sha256"
+              and check_password(u["password_hash"], password),
+              f"user {name}: SHA-256 hash of its documented development password")
+    check(users.get("sagactl", {}).get("tags") == ["management"], "user sagactl has the management tag")
+
+    vhost = defs.VHOST
+    perms = {p["user"]: p for p in data["permissions"] if p["vhost"] == vhost}
+    topic = {p["user"]: p for p in data.get("topic_permissions", []) if p["vhost"] == vhost}
+    for svc, (consumes, publishes) in defs.SERVICES.items():
+        p = perms.get(svc)
+        if not check(p is not None, f"{svc}: has permissions on vhost {vhost}"):
+            continue
+        exchanges = [defs.EVENTS, defs.RETRY, defs.REDELIVER, defs.DEAD_LETTER]
+        own_retry = [f"{svc}.retry.{s}s" for s in defs.RETRY_DELAYS_SECS]
+        own = [svc, f"{svc}.dlq"] + own_retry
+        needs = {
+            # exchange.declare; queue.declare of its own queues
+            "configure": exchanges + own,
+            # basic.publish; DLX of declared queues; queue.bind (write on the queue)
+            "write": exchanges + own,
+            # queue.bind (read on the exchange); basic.consume; DLX declare (read on the queue)
+            "read": exchanges + [svc] + own_retry,
+        }
+        peers = [q for other in defs.SERVICES if other != svc
+                 for q in [other, f"{other}.dlq", f"{other}.retry.1s"]]
+        forbidden = {
+            "configure": peers + ["amq.topic", "other", f"{svc}x", f"{svc}.other"],
+            "write": peers + ["amq.topic", "amq.default", f"{svc}.other"],
+            "read": peers + [f"{svc}.dlq", "amq.topic", f"{svc}.other"],
+        }
+        for kind in ("configure", "write", "read"):
+            missing = [n for n in needs[kind] if not rabbit_match(p[kind], n)]
+            extra = [n for n in forbidden[kind] if rabbit_match(p[kind], n)]
+            check(not missing and not extra, f"{svc}: {kind} allows exactly what it needs",
+                  f"misses {missing}, allows {extra}")
+        t = topic.get(svc)
+        if check(t is not None and t["exchange"] == defs.EVENTS, f"{svc}: topic permissions on {defs.EVENTS}"):
+            all_keys = {k for c, pub in defs.SERVICES.values() for k in c + pub} | {"stock.adjusted", "funds.deposited"}
+            check(sorted(k for k in all_keys if rabbit_match(t["write"], k)) == sorted(publishes),
+                  f"{svc}: may publish exactly {', '.join(sorted(publishes))}")
+            check(sorted(k for k in all_keys if rabbit_match(t["read"], k)) == sorted(consumes),
+                  f"{svc}: may bind exactly the keys it consumes")
+
+    keda = perms.get("keda")
+    check(keda is not None and all(keda[k] == "^$" for k in ("configure", "write", "read")),
+          "keda: may enter the vhost and nothing else (passive declares only)")
+
+    # The topology against the code.
+    rust = rust_topology()
+    if rust is None:
+        note("events/src not found: topology not compared with the code")
+        return data
+    if rust["delivery_limit"] is not None:
+        check(rust["delivery_limit"] == defs.DELIVERY_LIMIT, "delivery limit matches events/src/topology.rs",
+              f"code {rust['delivery_limit']}, definitions {defs.DELIVERY_LIMIT}")
+    else:
+        note("DELIVERY_LIMIT not found in events/src/topology.rs: not compared")
+    if rust["retry"]:
+        check(rust["retry"] == defs.RETRY_DELAYS_SECS, "retry delays match events/src/retry.rs",
+              f"code {rust['retry']}, definitions {defs.RETRY_DELAYS_SECS}")
+    else:
+        note("RETRY_DELAYS not found in events/src/retry.rs: not compared")
+    expected_ex = {"EVENTS_EXCHANGE": defs.EVENTS, "RETRY_EXCHANGE": defs.RETRY,
+                   "REDELIVER_EXCHANGE": defs.REDELIVER, "DEAD_LETTER_EXCHANGE": defs.DEAD_LETTER}
+    for const, name in expected_ex.items():
+        if rust["exchanges"].get(const):
+            check(rust["exchanges"][const] == name, f"{const} is {name} in the code")
+    if rust["consumes"]:
+        for svc, (consumes, _) in defs.SERVICES.items():
+            check(rust["consumes"].get(svc) == sorted(consumes),
+                  f"{svc}: bindings match SAGA_SERVICES in events/src/topology.rs",
+                  f"code {rust['consumes'].get(svc)}, definitions {sorted(consumes)}")
+    else:
+        note("SAGA_SERVICES not readable in events/src/topology.rs: bindings not compared")
+    if rust["producers"] and rust["keys"]:
+        for svc, (_, publishes) in defs.SERVICES.items():
+            code = sorted(rust["keys"][t] for t, p in rust["producers"].items() if p == svc and t in rust["keys"])
+            check(code == sorted(publishes), f"{svc}: topic write permission covers the events it produces (catalog)",
+                  f"code {code}, definitions {sorted(publishes)}")
+    else:
+        note("event producers not readable in events/src/catalog.rs: topic permissions not compared")
+
+    # The definitions' own topology is complete and consistent.
+    queues = {q["name"]: q for q in data["queues"]}
+    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in data["bindings"]}
+    for svc, (consumes, _) in defs.SERVICES.items():
+        check(all(n in queues for n in [svc, f"{svc}.dlq"] + [f"{svc}.retry.{s}s" for s in defs.RETRY_DELAYS_SECS])
+              and all(q["arguments"].get("x-queue-type") == "quorum" for n, q in queues.items() if n.startswith(svc)),
+              f"{svc}: input, DLQ and retry queues are declared as quorum queues")
+        check({(defs.EVENTS, svc, k) for k in consumes} | {(defs.REDELIVER, svc, svc)} <= bindings,
+              f"{svc}: input queue bound to its keys and to {defs.REDELIVER}")
+    return data
+
+
+# ------------------------------------------------------------------------ Grafana
+
+
+def check_grafana():
+    section("Grafana dashboards: JSON, every saga metric shown, p50/p99 from histogram buckets")
+    grafana_dir = path("deploy", "grafana")
+    dashboards = sorted(f for f in os.listdir(grafana_dir) if f.endswith(".json"))
+    check(bool(dashboards), "deploy/grafana has dashboards")
+    for name in dashboards:
+        d = load_json(f"deploy/grafana/{name}")
+        if d is None:
+            continue
+        panels = []
+        stack = list(d.get("panels", []))
+        while stack:
+            p = stack.pop(0)
+            panels.append(p)
+            stack.extend(p.get("panels", []))
+        ids = [p.get("id") for p in panels]
+        check(len(ids) == len(set(ids)) and None not in ids, f"{name}: panel ids are unique")
+        exprs = [t.get("expr", "") for p in panels for t in p.get("targets", [])]
+        check(all(exprs) and exprs, f"{name}: every query has an expression")
+        text = "\n".join(exprs)
+        for metric in METRICS:
+            shown = (metric + "_bucket") in text if metric in HISTOGRAMS else re.search(rf"\b{metric}\b", text)
+            check(bool(shown), f"{name}: shows {metric}" + (" (quantiles from _bucket)" if metric in HISTOGRAMS else ""))
+        for metric in sorted(HISTOGRAMS):
+            uses = [e for e in exprs if f"{metric}_bucket" in e]
+            check(all("by (le" in e for e in uses)
+                  and any("histogram_quantile(0.5," in e for e in uses)
+                  and any("histogram_quantile(0.99," in e for e in uses),
+                  f"{name}: p50 and p99 of {metric}, buckets summed by le")
+        balanced = all(e.count("(") == e.count(")") and e.count("{") == e.count("}") and e.count("[") == e.count("]")
+                       for e in exprs)
+        check(balanced, f"{name}: brackets balance in every query")
+    return dashboards
+
+
+# ----------------------------------------------------------------------- compose
+
+
+def url_parts(url: str):
+    u = urlsplit(url)
+    return unquote(u.username or ""), unquote(u.password or ""), u.hostname, u.port, u.path.lstrip("/")
+
+
+def check_compose(definitions: dict | None):
+    section("compose.yaml: broker users and database roles match definitions.json and 20-saga-roles.sql")
+    docs = load_yaml_all("compose.yaml")
+    if not docs:
+        return
+    compose = docs[0]
+    services = compose.get("services", {})
+    roles_sql = read("deploy/postgres/20-saga-roles.sql")
+    roles = dict(re.findall(r"CREATE ROLE (\w+) LOGIN PASSWORD '([^']*)'", roles_sql))
+    users = {u["name"]: u for u in (definitions or {}).get("users", [])}
+    for svc, (prefix, port, database, role) in SERVICES.items():
+        s = services.get(svc)
+        if not check(s is not None, f"compose: service {svc} exists"):
+            continue
+        env = s.get("environment", {})
+        user, password, host, _, vhost = url_parts(env.get("SAGA_AMQP_URL", ""))
+        check(user == svc and host == "rabbitmq" and vhost == defs.VHOST,
+              f"{svc}: connects to rabbitmq/{defs.VHOST} as broker user {svc}", f"got {user}@{host}/{vhost}")
+        if user in users:
+            check(check_password(users[user]["password_hash"], password),
+                  f"{svc}: its broker password matches the hash in definitions.json")
+        user, password, host, _, db = url_parts(env.get(f"SAGA_{prefix}_DATABASE_URL", ""))
+        check(user == role and host == "postgres" and db == database,
+              f"{svc}: connects to postgres/{database} as role {role}", f"got {user}@{host}/{db}")
+        check(roles.get(role) == password, f"{svc}: its database password is the one 20-saga-roles.sql sets")
+        check(re.search(rf"ALTER DATABASE {database} OWNER TO {role};", roles_sql) is not None,
+              f"{svc}: role {role} owns database {database}")
+        check(env.get(f"SAGA_{prefix}_HTTP_ADDR") == f"0.0.0.0:{port}", f"{svc}: listens on 0.0.0.0:{port}")
+        test = " ".join(s.get("healthcheck", {}).get("test", []))
+        check(f"127.0.0.1:{port}/healthz" in test, f"{svc}: healthcheck probes /healthz on {port}")
+        check(f"127.0.0.1:{port}:{port}" in s.get("ports", []), f"{svc}: port {port} published on 127.0.0.1 only")
+        check(s.get("restart") in ("unless-stopped", "always", "on-failure"), f"{svc}: has a restart policy")
+    for name, s in services.items():
+        for v in s.get("volumes", []):
+            src = v.split(":", 1)[0] if isinstance(v, str) else v.get("source", "")
+            if src.startswith("./"):
+                check(os.path.exists(path(src[2:])), f"compose: {name} mounts {src}, which exists")
+        for p in s.get("ports", []):
+            check(str(p).startswith("127.0.0.1:"), f"compose: {name} publishes {p} on loopback only")
+    for name in ("prometheus", "grafana"):
+        check("observability" in services.get(name, {}).get("profiles", []),
+              f"compose: {name} is in the observability profile")
+
+    section("Prometheus: scrapes every service and the broker")
+    prom = load_yaml_all("deploy/prometheus/prometheus.yml")
+    if prom:
+        targets = {}
+        for job in prom[0].get("scrape_configs", []):
+            for sc in job.get("static_configs", []):
+                for t in sc.get("targets", []):
+                    targets[t] = sc.get("labels", {}).get("service")
+        for svc, (_, port, _, _) in SERVICES.items():
+            check(targets.get(f"{svc}:{port}") == svc, f"prometheus scrapes {svc}:{port} with service={svc}")
+        check("rabbitmq:15692" in targets, "prometheus scrapes the broker's per-queue metrics")
+
+    section("Grafana provisioning: datasource and dashboard provider")
+    ds = load_yaml_all("deploy/grafana/provisioning/datasources/prometheus.yaml")
+    uids = [d.get("uid") for doc in ds for d in doc.get("datasources", [])]
+    dash = json.loads(read("deploy/grafana/saga-dashboard.json"))
+    current = next((v.get("current", {}).get("value") for v in dash["templating"]["list"]
+                    if v.get("type") == "datasource"), None)
+    check(current in uids, "the dashboard's default datasource is the provisioned one", f"{current} not in {uids}")
+    prov = load_yaml_all("deploy/grafana/provisioning/dashboards/saga.yaml")
+    paths = [p.get("options", {}).get("path") for doc in prov for p in doc.get("providers", [])]
+    mounts = " ".join(str(v) for v in services.get("grafana", {}).get("volumes", []))
+    check(all(p and p in mounts for p in paths), "the dashboard provider's path is mounted into Grafana")
+
+
+# -------------------------------------------------------------------- Kubernetes
+
+
+def check_k8s():
+    section("Kubernetes: kustomization, Deployments, Services, Secrets, KEDA refer to each other correctly")
+    base = path("deploy", "k8s")
+    kust = load_yaml_all("deploy/k8s/kustomization.yaml")
+    if not kust:
+        return
+    resources = kust[0].get("resources", [])
+    on_disk = sorted(os.path.relpath(os.path.join(d, f), base)
+                     for d, _, fs in os.walk(base) for f in fs
+                     if f.endswith((".yaml", ".yml")) and f != "kustomization.yaml")
+    check(sorted(resources) == on_disk, "kustomization.yaml lists every manifest, and only existing ones",
+          f"listed {sorted(resources)}, on disk {on_disk}")
+    objects = []
+    for rel in resources:
+        for doc in load_yaml_all(f"deploy/k8s/{rel}"):
+            objects.append((rel, doc))
+    by_kind: dict = {}
+    for _rel, o in objects:
+        by_kind.setdefault(o.get("kind"), {})[o.get("metadata", {}).get("name")] = o
+    secrets = {n: set((o.get("stringData") or {}) | (o.get("data") or {})) for n, o in by_kind.get("Secret", {}).items()}
+    configmaps = {n: set(o.get("data", {})) for n, o in by_kind.get("ConfigMap", {}).items()}
+    deployments = by_kind.get("Deployment", {})
+    dockerfile = read("Dockerfile")
+    m = re.search(r"^USER\s+(\d+)", dockerfile, re.MULTILINE)
+    image_uid = int(m.group(1)) if m else None
+
+    seen_auth: set = set()
+    for svc, (prefix, port, _, _) in SERVICES.items():
+        d = deployments.get(svc)
+        if not check(d is not None, f"{svc}: Deployment exists"):
+            continue
+        spec = d["spec"]
+        pod = spec["template"]["spec"]
+        c = pod["containers"][0]
+        check("replicas" not in spec, f"{svc}: replicas left to KEDA")
+        check(c.get("command") == [svc], f"{svc}: runs {svc}")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        check(env.get(f"SAGA_{prefix}_HTTP_ADDR") == f"0.0.0.0:{port}", f"{svc}: listens on 0.0.0.0:{port}")
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        check(ports.get("http") == port, f"{svc}: containerPort http is {port}")
+        ann = spec["template"]["metadata"].get("annotations", {})
+        check(ann.get("prometheus.io/port") == str(port) and ann.get("prometheus.io/path") == "/metrics",
+              f"{svc}: scrape annotations point at :{port}/metrics")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            p = c.get(probe, {}).get("httpGet", {})
+            check(p.get("path") == "/healthz" and p.get("port") in ("http", port), f"{svc}: {probe} on /healthz")
+        refs = c.get("envFrom", [])
+        secret_refs = [r["secretRef"]["name"] for r in refs if "secretRef" in r]
+        cm_refs = [r["configMapRef"]["name"] for r in refs if "configMapRef" in r]
+        check(all(r in configmaps for r in cm_refs) and cm_refs, f"{svc}: its ConfigMap exists")
+        provided = set().union(*(secrets.get(r, set()) for r in secret_refs)) if secret_refs else set()
+        check(all(r in secrets for r in secret_refs)
+              and {"SAGA_AMQP_URL", f"SAGA_{prefix}_DATABASE_URL"} <= provided,
+              f"{svc}: its Secret provides SAGA_AMQP_URL and SAGA_{prefix}_DATABASE_URL")
+        sc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+        check(sc.get("runAsNonRoot") is True and sc.get("runAsUser") == image_uid
+              and csc.get("allowPrivilegeEscalation") is False and csc.get("readOnlyRootFilesystem") is True
+              and csc.get("capabilities", {}).get("drop") == ["ALL"],
+              f"{svc}: non-root (uid {image_uid}, as in the Dockerfile), read-only, no capabilities")
+        res = c.get("resources", {})
+        check("requests" in res and "memory" in res.get("limits", {}), f"{svc}: resource requests and a memory limit")
+        svc_obj = by_kind.get("Service", {}).get(svc)
+        check(svc_obj is not None and svc_obj["spec"]["selector"] == spec["selector"]["matchLabels"]
+              and svc_obj["spec"]["ports"][0]["port"] == port,
+              f"{svc}: Service selects its pods on port {port}")
+        so = by_kind.get("ScaledObject", {}).get(svc)
+        if check(so is not None, f"{svc}: ScaledObject exists"):
+            check(so["spec"]["scaleTargetRef"]["name"] == svc, f"{svc}: ScaledObject targets its Deployment")
+            trig = so["spec"]["triggers"][0]
+            check(trig["type"] == "rabbitmq" and trig["metadata"].get("queueName") == svc,
+                  f"{svc}: scales on the depth of queue {svc}")
+            auth = trig.get("authenticationRef", {}).get("name")
+            ta = by_kind.get("TriggerAuthentication", {}).get(auth)
+            if check(ta is not None, f"{svc}: its TriggerAuthentication {auth} exists") and auth not in seen_auth:
+                seen_auth.add(auth)
+                for ref in ta["spec"].get("secretTargetRef", []):
+                    check(ref["key"] in secrets.get(ref["name"], set()),
+                          f"{auth}: Secret {ref['name']} has key {ref['key']}")
+    for name, o in by_kind.get("Secret", {}).items():
+        values = list((o.get("stringData") or {}).values())
+        check(all("CHANGE-ME" in v for v in values if "://" in v),
+              f"Secret {name}: holds placeholders only (no real credentials in the repository)")
+
+
+def main(argv: list[str]) -> int:
+    global VERBOSE
+    VERBOSE = "--verbose" in argv or os.environ.get("SAGA_VALIDATE_VERBOSE") == "1"
+    os.chdir(ROOT)
+    definitions = check_definitions()
+    check_grafana()
+    if "--no-yaml" not in argv:
+        check_compose(definitions)
+        check_k8s()
+    section(None)
+    if failures:
+        print(f"{len(failures)} consistency check(s) FAILED: {', '.join(failures)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
