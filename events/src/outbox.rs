@@ -336,6 +336,11 @@ impl OutboxRelay {
                     got = l.recv() => {
                         if got.is_err() {
                             *listener = None;
+                        } else {
+                            // One batch serves every commit notified so far: drop the
+                            // notifications already queued, so they do not each cost a
+                            // transaction that finds nothing.
+                            while l.next_buffered().is_some() {}
                         }
                     }
                 }
