@@ -104,12 +104,17 @@ pub async fn refresh_gauges(pool: &PgPool) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Purges and refreshes gauges until shutdown.
+/// Purges and refreshes gauges until shutdown, each on its own period: a purge interval
+/// shorter than the gauges' is honoured too.
 pub async fn run(pool: PgPool, retention: Retention, shutdown: CancellationToken) {
     let mut last_purge: Option<Instant> = None;
+    let mut last_gauges: Option<Instant> = None;
     loop {
-        if let Err(e) = refresh_gauges(&pool).await {
-            tracing::debug!(error = %e, "could not refresh messaging gauges");
+        if last_gauges.is_none_or(|t| t.elapsed() >= retention.gauges_every) {
+            last_gauges = Some(Instant::now());
+            if let Err(e) = refresh_gauges(&pool).await {
+                tracing::debug!(error = %e, "could not refresh messaging gauges");
+            }
         }
         if last_purge.is_none_or(|t| t.elapsed() >= retention.purge_every) {
             last_purge = Some(Instant::now());
@@ -125,7 +130,14 @@ pub async fn run(pool: PgPool, retention: Retention, shutdown: CancellationToken
                 Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
             }
         }
-        if !crate::amqp::pause(retention.gauges_every, &shutdown).await {
+        // Sleep until whichever of the two is due first.
+        let due = |last: Option<Instant>, every: Duration| {
+            last.map_or(Duration::ZERO, |t| every.saturating_sub(t.elapsed()))
+        };
+        let next = due(last_gauges, retention.gauges_every)
+            .min(due(last_purge, retention.purge_every))
+            .max(Duration::from_millis(10));
+        if !crate::amqp::pause(next, &shutdown).await {
             return;
         }
     }

@@ -106,12 +106,18 @@ pub async fn record_history(
     event_type: &str,
     message_id: Uuid,
 ) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO order_history (order_id, event_type, message_id) VALUES ($1, $2, $3)")
-        .bind(order_id)
-        .bind(event_type)
-        .bind(message_id)
-        .execute(conn)
-        .await?;
+    // Once per message: a message redelivered after its inbox row was purged is not a new
+    // event. The caller holds the order row's lock, so two inserts cannot race.
+    sqlx::query(
+        "INSERT INTO order_history (order_id, event_type, message_id)
+         SELECT $1, $2, $3
+         WHERE NOT EXISTS (SELECT 1 FROM order_history WHERE order_id = $1 AND message_id = $3)",
+    )
+    .bind(order_id)
+    .bind(event_type)
+    .bind(message_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

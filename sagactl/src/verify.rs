@@ -18,6 +18,8 @@ pub struct OrderView {
     pub status: String,
     pub total: i64,
     pub deadline: DateTime<Utc>,
+    /// The order's lines (`unit_price` is not needed here and is ignored).
+    pub items: Vec<ItemView>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +163,15 @@ async fn fetch_pages<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Quantities per SKU of `items`, a SKU listed twice counted once with the sum.
+fn quantities(items: &[ItemView]) -> BTreeMap<&str, i64> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        *out.entry(item.sku.as_str()).or_default() += item.quantity;
+    }
+    out
+}
+
 /// Every breach of the at-rest invariants in `s`.
 pub fn check(s: &Snapshot) -> Vec<Breach> {
     let mut breaches = Vec::new();
@@ -192,6 +203,17 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
                             payment.unwrap_or("missing")
                         ),
                     );
+                } else if let Some(p) = payments.get(&o.order_id)
+                    && p.amount != o.total
+                {
+                    breach(
+                        "confirmed_is_paid",
+                        subject.clone(),
+                        format!(
+                            "confirmed for {} but its payment captured {}",
+                            o.total, p.amount
+                        ),
+                    );
                 }
                 if reservation != Some("sold") {
                     breach(
@@ -200,6 +222,18 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
                         format!(
                             "confirmed but its stock is {}",
                             reservation.unwrap_or("missing")
+                        ),
+                    );
+                } else if let Some(r) = reservations.get(&o.order_id)
+                    && quantities(&r.items) != quantities(&o.items)
+                {
+                    breach(
+                        "confirmed_is_sold",
+                        subject,
+                        format!(
+                            "confirmed for {:?} but inventory sold {:?}",
+                            quantities(&o.items),
+                            quantities(&r.items)
                         ),
                     );
                 }
@@ -307,6 +341,18 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
             );
         }
     }
+    // Stock held by reservations of a SKU inventory does not list at all.
+    for (sku, (reserved, sold)) in &held {
+        if (*reserved, *sold) != (0, 0) && !s.stock.iter().any(|st| st.sku == *sku) {
+            breach(
+                "stock_matches_reservations",
+                format!("sku {sku}"),
+                format!(
+                    "inventory lists no such SKU; reservations say reserved {reserved} sold {sold}"
+                ),
+            );
+        }
+    }
 
     let mut paid: HashMap<&str, (i64, i64)> = HashMap::new();
     for p in &s.payments {
@@ -368,6 +414,10 @@ mod tests {
             status: status.into(),
             total: 10,
             deadline: Utc::now() + chrono::Duration::seconds(60),
+            items: vec![ItemView {
+                sku: "A".into(),
+                quantity: 2,
+            }],
         }
     }
 
@@ -470,5 +520,83 @@ mod tests {
         let r = rules(&s);
         assert!(r.contains(&"stock_balances"));
         assert!(r.contains(&"wallet_balances"));
+    }
+
+    #[test]
+    fn a_confirmed_order_charged_another_amount_is_a_breach() {
+        let mut s = consistent();
+        s.payments[0].amount = 9;
+        s.wallets[0].captured = 19;
+        s.wallets[0].balance = 91;
+        let found = check(&s);
+        assert_eq!(
+            found.iter().map(|b| b.rule).collect::<Vec<_>>(),
+            vec!["confirmed_is_paid"],
+            "{found:?}"
+        );
+        assert!(found[0].detail.contains("captured 9"), "{found:?}");
+    }
+
+    #[test]
+    fn a_confirmed_order_whose_sale_differs_from_its_items_is_a_breach() {
+        let mut s = consistent();
+        // The order asks for 2 of A, inventory sold 1 of A and 1 of B.
+        s.reservations[0].items = vec![
+            ItemView {
+                sku: "A".into(),
+                quantity: 1,
+            },
+            ItemView {
+                sku: "B".into(),
+                quantity: 1,
+            },
+        ];
+        s.stock[0].sold = 1;
+        s.stock[0].available = 9;
+        s.stock.push(StockView {
+            sku: "B".into(),
+            available: 0,
+            reserved: 0,
+            sold: 1,
+            adjusted: 1,
+        });
+        assert_eq!(rules(&s), vec!["confirmed_is_sold"]);
+    }
+
+    #[test]
+    fn a_sale_of_the_same_quantities_split_over_lines_is_no_breach() {
+        let mut s = consistent();
+        s.orders[0].items = vec![
+            ItemView {
+                sku: "A".into(),
+                quantity: 1,
+            },
+            ItemView {
+                sku: "A".into(),
+                quantity: 1,
+            },
+        ];
+        assert_eq!(check(&s), vec![]);
+    }
+
+    #[test]
+    fn stock_held_of_a_sku_inventory_does_not_list_is_a_breach() {
+        let mut s = consistent();
+        s.orders.push(order(3, "reserved"));
+        s.reservations.push(ReservationView {
+            order_id: Uuid::from_u128(3),
+            status: "reserved".into(),
+            items: vec![ItemView {
+                sku: "GHOST".into(),
+                quantity: 4,
+            }],
+        });
+        let found = check(&s);
+        assert_eq!(
+            found.iter().map(|b| b.rule).collect::<Vec<_>>(),
+            vec!["stock_matches_reservations"],
+            "{found:?}"
+        );
+        assert_eq!(found[0].subject, "sku GHOST");
     }
 }

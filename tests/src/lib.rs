@@ -6,17 +6,19 @@
 //!   afterwards; also used alone by the in-process tests of the messaging building blocks.
 //! - [`proxy`]: [`TcpProxy`], to cut one stack off the broker.
 //! - [`poll`]: [`eventually`], the only way tests wait for a result.
-//! - [`invariants`]: the contract's at-rest invariants over what the services answer.
+//! - [`saga_support`]: helpers for the saga tests: watching the events on the broker,
+//!   waiting for a service to have handled a message, reading reservations and payments.
 //! - [`prometheus`]: reading `/metrics`.
 //!
 //! The end-to-end tests run the binaries of `cargo build --workspace --bins`; PostgreSQL
 //! and RabbitMQ (with its management plugin) must be running, as `scripts/test.sh`
 //! arranges.
 
-pub mod invariants;
+pub mod failure_support;
 pub mod poll;
 pub mod prometheus;
 pub mod proxy;
+pub mod saga_support;
 pub mod sandbox;
 pub mod stack;
 

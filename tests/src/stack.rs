@@ -12,7 +12,7 @@
 //! broker (never through the stack's proxy, so it can still seed while the services are
 //! cut off) and reads every result through the public HTTP API.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::net::{SocketAddr, TcpListener};
@@ -21,20 +21,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::Utc;
 use events::catalog::{FundsDeposited, StockAdjusted};
 use events::envelope::properties_for;
 use events::publisher::{ConfirmedPublisher, OutgoingMessage};
 use events::topology::EVENTS_EXCHANGE;
 use events::{Envelope, Event};
-use futures_util::{StreamExt, stream};
 use lapin::{BasicProperties, Connection};
 use reqwest::{Method, StatusCode};
+use sagactl::verify::{self, Endpoints, Snapshot};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::invariants::{self, Snapshot};
 use crate::poll::{Poll, eventually, until};
 use crate::prometheus;
 use crate::proxy::TcpProxy;
@@ -174,9 +172,6 @@ fn free_port() -> SocketAddr {
     listener.local_addr().expect("a bound listener's address")
 }
 
-/// One order's id with its reservation and payment, when inventory and payment have one.
-type OrderRecords = (String, Option<Value>, Option<Value>);
-
 /// A link to the broker for publishing, opened on first use.
 type BrokerLink = (Connection, ConfirmedPublisher);
 
@@ -281,10 +276,22 @@ impl Stack {
     }
 
     fn spawn(&self, service: Service) {
+        self.spawn_with(service, &[]);
+    }
+
+    /// Starts `service` again with `env` on top of the stack's own (other credentials, say).
+    pub async fn start_service_with_env(&self, service: Service, env: &[(String, String)]) {
+        assert!(!self.is_running(service), "{service} is already running");
+        self.spawn_with(service, env);
+        self.wait_healthy(&[service]).await;
+    }
+
+    fn spawn_with(&self, service: Service, env: &[(String, String)]) {
         let log = self.log_file(service);
         let mut command = Command::new(binary_path(service.name()));
         command
             .envs(self.env())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // The error chain says enough; anyhow backtraces would bury the log tails.
             .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
@@ -759,75 +766,26 @@ impl Stack {
 
     // ------------------------------------------------------------------ invariants
 
-    async fn list(&self, service: Service, path: &str, key: &str) -> Result<Vec<Value>, String> {
-        match self.try_get(service, path).await {
-            Ok((StatusCode::OK, body)) => body[key]
-                .as_array()
-                .cloned()
-                .ok_or_else(|| format!("GET {path} answered no {key:?} list: {body}")),
-            Ok((status, body)) => Err(format!("GET {path} answered {status} {body}")),
-            Err(e) => Err(format!("GET {path}: {e}")),
-        }
-    }
-
-    /// `Some(body)` on 200, `None` on 404.
-    async fn optional(&self, service: Service, path: String) -> Result<Option<Value>, String> {
-        match self.try_get(service, &path).await {
-            Ok((StatusCode::OK, body)) => Ok(Some(body)),
-            Ok((StatusCode::NOT_FOUND, _)) => Ok(None),
-            Ok((status, body)) => Err(format!("GET {path} answered {status} {body}")),
-            Err(e) => Err(format!("GET {path}: {e}")),
-        }
-    }
-
-    /// Everything the read endpoints say, for [`invariants::breaches`].
+    /// Everything the read endpoints say, as `sagactl verify` reads it.
     pub async fn snapshot(&self) -> Result<Snapshot, String> {
-        let taken_at = Utc::now();
-        let orders = self
-            .list(Service::Order, "/orders?limit=10000", "orders")
-            .await?;
-        let stock = self.list(Service::Inventory, "/stock", "stock").await?;
-        let wallets = self.list(Service::Payment, "/wallets", "wallets").await?;
-        let ids: BTreeSet<String> = orders
-            .iter()
-            .filter_map(|o| o["order_id"].as_str().map(str::to_owned))
-            .collect();
-        let per_order: Vec<Result<OrderRecords, String>> = stream::iter(ids)
-            .map(|id| async move {
-                let r = self
-                    .optional(Service::Inventory, format!("/reservations/{id}"))
-                    .await?;
-                let p = self
-                    .optional(Service::Payment, format!("/payments/{id}"))
-                    .await?;
-                Ok((id, r, p))
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        let mut snapshot = Snapshot {
-            orders,
-            stock,
-            wallets,
-            taken_at,
-            ..Snapshot::default()
+        let endpoints = Endpoints {
+            order: self.base_url(Service::Order),
+            inventory: self.base_url(Service::Inventory),
+            payment: self.base_url(Service::Payment),
         };
-        for entry in per_order {
-            let (id, reservation, payment) = entry?;
-            if let Some(r) = reservation {
-                snapshot.reservations.insert(id.clone(), r);
-            }
-            if let Some(p) = payment {
-                snapshot.payments.insert(id, p);
-            }
-        }
-        Ok(snapshot)
+        Snapshot::fetch(&self.http, &endpoints)
+            .await
+            .map_err(|e| format!("{e:#}"))
     }
 
-    /// The breaches of the at-rest invariants right now (empty when they all hold).
+    /// The breaches of the at-rest invariants right now (empty when they all hold), one
+    /// sentence each: the rule of `sagactl verify`, what it is about and what is wrong.
     pub async fn invariant_breaches(&self) -> Vec<String> {
         match self.snapshot().await {
-            Ok(s) => invariants::breaches(&s, Duration::from_secs_f64(self.options.deadline_secs)),
+            Ok(s) => verify::check(&s)
+                .into_iter()
+                .map(|b| format!("{}: {}: {}", b.rule, b.subject, b.detail))
+                .collect(),
             Err(e) => vec![format!("cannot read the state of the stack: {e}")],
         }
     }

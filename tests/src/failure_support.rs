@@ -1,0 +1,770 @@
+//! What the failure and chaos tests need beyond [`Stack`]'s everyday helpers: a look into
+//! the broker's queues (dead-letter and retry queues read without removing anything), the
+//! real `sagactl` binary run against a stack, the messaging tables of each service's
+//! database, and control of the shared PostgreSQL and RabbitMQ servers with a guard that
+//! brings them back whatever happens to the test.
+//!
+//! Every wait here has a deadline: a check that cannot succeed fails the test with what it
+//! saw last instead of hanging it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use events::Envelope;
+use events::consumer::{
+    ATTEMPTS_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, FAILED_AT_HEADER, QUEUE_HEADER,
+};
+use events::envelope::properties_for;
+use events::publisher::OutgoingMessage;
+use events::retry::ATTEMPT_HEADER;
+use events::topology::{DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection};
+use serde_json::{Value, json};
+use sqlx::{Connection as _, PgConnection};
+
+use crate::poll::{Poll, eventually, until};
+use crate::sandbox;
+use crate::stack::{Service, Stack, binary_path};
+
+/// The statuses no event moves an order out of, plus `confirmed` (which only a customer's
+/// cancel moves): an order in one of them has finished its saga.
+pub const SETTLED: [&str; 3] = ["confirmed", "rejected", "cancelled"];
+
+// ---------------------------------------------------------------------- broker probe
+
+/// One message read from a queue (left in it).
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    /// The AMQP `message_id` property.
+    pub message_id: Option<String>,
+    /// The AMQP `type` property.
+    pub kind: Option<String>,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    /// Every header, strings as JSON strings and integers as JSON numbers.
+    pub headers: BTreeMap<String, Value>,
+}
+
+impl QueuedMessage {
+    pub fn header(&self, name: &str) -> &Value {
+        self.headers.get(name).unwrap_or(&Value::Null)
+    }
+
+    /// `x-saga-error-code`, or "" when there is none.
+    pub fn error_code(&self) -> &str {
+        self.header(ERROR_CODE_HEADER).as_str().unwrap_or("")
+    }
+
+    /// Checks the headers the consumer puts on a dead-lettered message: the code, the
+    /// explanation starting with it, the input queue, the attempt and a recent time.
+    /// Returns what is wrong, one sentence per problem.
+    pub fn dead_letter_problems(&self, code: &str, queue: &str, attempts: i64) -> Vec<String> {
+        let mut wrong = Vec::new();
+        let id = self.message_id.as_deref().unwrap_or("(no message id)");
+        if self.error_code() != code {
+            wrong.push(format!(
+                "{id}: {ERROR_CODE_HEADER} is {}, expected {code:?}",
+                self.header(ERROR_CODE_HEADER)
+            ));
+        }
+        let error = self.header(ERROR_HEADER).as_str().unwrap_or("");
+        if !error.starts_with(&format!("{code}: ")) || error.len() <= code.len() + 2 {
+            wrong.push(format!(
+                "{id}: {ERROR_HEADER} is {error:?}, expected \"{code}: <explanation>\""
+            ));
+        }
+        if self.header(QUEUE_HEADER).as_str() != Some(queue) {
+            wrong.push(format!(
+                "{id}: {QUEUE_HEADER} is {}, expected {queue:?}",
+                self.header(QUEUE_HEADER)
+            ));
+        }
+        if self.header(ATTEMPTS_HEADER).as_i64() != Some(attempts) {
+            wrong.push(format!(
+                "{id}: {ATTEMPTS_HEADER} is {}, expected {attempts}",
+                self.header(ATTEMPTS_HEADER)
+            ));
+        }
+        let failed_at = self.header(FAILED_AT_HEADER).as_str().unwrap_or("");
+        match DateTime::parse_from_rfc3339(failed_at) {
+            Ok(t) => {
+                let age = Utc::now() - t.with_timezone(&Utc);
+                if age > chrono::Duration::minutes(10) || age < chrono::Duration::minutes(-1) {
+                    wrong.push(format!(
+                        "{id}: {FAILED_AT_HEADER} {failed_at} is not recent"
+                    ));
+                }
+                if !failed_at.ends_with('Z') {
+                    wrong.push(format!("{id}: {FAILED_AT_HEADER} {failed_at} is not UTC"));
+                }
+            }
+            Err(e) => wrong.push(format!(
+                "{id}: {FAILED_AT_HEADER} {failed_at:?} is not RFC 3339: {e}"
+            )),
+        }
+        wrong
+    }
+}
+
+fn header_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::Boolean(b) => json!(b),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+/// A broker connection of its own on a stack's vhost, to look into queues.
+pub struct BrokerProbe {
+    connection: Connection,
+}
+
+impl BrokerProbe {
+    pub async fn connect(stack: &Stack) -> BrokerProbe {
+        let url = stack.sandbox().amqp_url();
+        let connection = tokio::time::timeout(
+            Duration::from_secs(30),
+            events::amqp::connect(&url, "saga-tests probe"),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "connecting to {} took over 30 s",
+                events::amqp::redact_url(&url)
+            )
+        })
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", events::amqp::redact_url(&url)));
+        BrokerProbe { connection }
+    }
+
+    /// Ready messages in `queue`, exactly (asked over AMQP; the management API lags).
+    pub async fn try_depth(&self, queue: &str) -> Result<u32, String> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("opening a channel: {e}"))?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("queue {queue}: {e}"))?;
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(declared.message_count())
+    }
+
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.try_depth(queue)
+            .await
+            .unwrap_or_else(|e| panic!("cannot count {queue}: {e}"))
+    }
+
+    /// Waits until `queue` holds exactly `want` messages.
+    pub async fn wait_depth(&self, queue: &str, want: u32, deadline: Duration) {
+        eventually(deadline, || async move {
+            match self.try_depth(queue).await {
+                Ok(n) if n == want => Ok(()),
+                Ok(n) => Err(format!("{queue} holds {n} messages, waiting for {want}")),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// Up to `limit` messages of `queue`, left in it: taken unacked, then handed back by
+    /// closing the channel.
+    pub async fn peek(&self, queue: &str, limit: usize) -> Vec<QueuedMessage> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .unwrap_or_else(|e| panic!("opening a channel: {e}"));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let got = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await
+                .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"));
+            let Some(message) = got else { break };
+            let d = message.delivery;
+            let p = &d.properties;
+            let short =
+                |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+            out.push(QueuedMessage {
+                message_id: short(p.message_id()),
+                kind: short(p.kind()),
+                routing_key: d.routing_key.as_str().to_owned(),
+                headers: p
+                    .headers()
+                    .as_ref()
+                    .map(|h| {
+                        h.inner()
+                            .iter()
+                            .map(|(k, v)| (k.as_str().to_owned(), header_json(v)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                body: d.data,
+            });
+        }
+        // Closing the channel returns every unacked message to the queue.
+        let _ = channel.close(200, "peeked".into()).await;
+        out
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+// ---------------------------------------------------------------------- sagactl
+
+/// What one run of `sagactl` did.
+#[derive(Debug, Clone)]
+pub struct SagactlRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl SagactlRun {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// stdout as JSON (for `--json`), panicking with the whole run when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("sagactl printed no JSON ({e}): {self:?}");
+        })
+    }
+}
+
+/// Longest a `sagactl` run may take before it is killed and the test fails.
+pub const SAGACTL_DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------- Stack additions
+
+impl Stack {
+    pub async fn probe(&self) -> BrokerProbe {
+        BrokerProbe::connect(self).await
+    }
+
+    /// Runs the real `sagactl` (next to the service binaries) against this stack, with
+    /// `env` added (EDITOR, say). Killed, and the test failed, after [`SAGACTL_DEADLINE`].
+    pub async fn sagactl(&self, args: &[&str], env: &[(&str, &str)]) -> SagactlRun {
+        let mut command = tokio::process::Command::new(binary_path("sagactl"));
+        command
+            .args(args)
+            .env("SAGA_AMQP_URL", self.sandbox().amqp_url())
+            .env("SAGA_ORDER_URL", self.base_url(Service::Order))
+            .env("SAGA_INVENTORY_URL", self.base_url(Service::Inventory))
+            .env("SAGA_PAYMENT_URL", self.base_url(Service::Payment))
+            .env("SAGA_MANAGEMENT_URL", sandbox::management_api())
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start sagactl: {e}"));
+        let output = tokio::time::timeout(SAGACTL_DEADLINE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("sagactl {args:?} ran over {SAGACTL_DEADLINE:?}"))
+            .unwrap_or_else(|e| panic!("sagactl {args:?}: {e}"));
+        SagactlRun {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `sagactl --json <args>`, asserting exit 0; returns what it printed.
+    pub async fn sagactl_json(&self, args: &[&str], env: &[(&str, &str)]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let run = self.sagactl(&all, env).await;
+        assert!(run.success(), "sagactl {all:?} failed: {run:?}");
+        run.json()
+    }
+
+    /// `sagactl dlq list`: messages per dead-letter queue, by queue name.
+    pub async fn dlq_counts(&self) -> BTreeMap<String, i64> {
+        let listed = self.sagactl_json(&["dlq", "list"], &[]).await;
+        listed["queues"]
+            .as_array()
+            .unwrap_or_else(|| panic!("sagactl dlq list printed no queues: {listed}"))
+            .iter()
+            .map(|q| {
+                (
+                    q["queue"].as_str().unwrap_or("?").to_owned(),
+                    q["messages"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect()
+    }
+
+    /// Publishes `body` as is on `saga.events` with `routing_key`, persistent, with the
+    /// AMQP `message_id` property set so the message can be found again.
+    pub async fn publish_bytes(&self, routing_key: &str, body: Vec<u8>, message_id: &str) {
+        let message = OutgoingMessage {
+            exchange: EVENTS_EXCHANGE.to_owned(),
+            routing_key: routing_key.to_owned(),
+            body,
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(message_id.into()),
+        };
+        self.publisher()
+            .await
+            .publish(&message)
+            .await
+            .unwrap_or_else(|e| panic!("publishing to {routing_key:?} failed: {e}"));
+    }
+
+    /// Puts a copy of `envelope` straight into `service`'s dead-letter queue, as the consumer
+    /// would have parked it (with the `x-saga-*` headers of a failure), without the service
+    /// ever seeing it: a DLQ holding a message that was in fact handled.
+    pub async fn park_in_dlq(&self, service: Service, envelope: &Envelope, code: &str) {
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ERROR_HEADER.into(),
+            text(&format!("{code}: parked by a test")),
+        );
+        headers.insert(ERROR_CODE_HEADER.into(), text(code));
+        headers.insert(QUEUE_HEADER.into(), text(service.name()));
+        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(1));
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(1));
+        headers.insert(
+            FAILED_AT_HEADER.into(),
+            text(&Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+        let properties = properties_for(
+            envelope.message_id,
+            &envelope.event_type,
+            &envelope.correlation_id,
+            &envelope.producer,
+            envelope.occurred_at,
+            None,
+        )
+        .with_headers(headers);
+        let message = OutgoingMessage {
+            exchange: DEAD_LETTER_EXCHANGE.to_owned(),
+            routing_key: format!("{}.dlq", service.name()),
+            body: envelope.to_body(),
+            properties,
+        };
+        self.publisher()
+            .await
+            .publish(&message)
+            .await
+            .unwrap_or_else(|e| panic!("parking a message in {service}.dlq failed: {e}"));
+    }
+
+    /// `GET /healthz` of `service`: its status, or `None` when nothing answers.
+    pub async fn health(&self, service: Service) -> Option<crate::StatusCode> {
+        self.try_get(service, "/healthz").await.ok().map(|(s, _)| s)
+    }
+
+    /// Waits until `/healthz` of every service answers `want`.
+    pub async fn wait_all_health(&self, want: crate::StatusCode, deadline: Duration) {
+        eventually(deadline, || async move {
+            let mut seen = Vec::new();
+            for s in Service::ALL {
+                let got = self.health(s).await;
+                if got != Some(want) {
+                    seen.push(format!("{s} answers {got:?}"));
+                }
+            }
+            if seen.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "waiting for {want} everywhere: {}",
+                    seen.join(", ")
+                ))
+            }
+        })
+        .await
+    }
+
+    /// A one-off connection to `service`'s database (the stack's pools are for assertions
+    /// that run while the database is up; this one is opened and closed per question).
+    async fn db_connection(&self, service: Service) -> Result<PgConnection, String> {
+        let prefix = match service {
+            Service::Order => "orders",
+            Service::Inventory => "inventory",
+            Service::Payment => "payments",
+        };
+        PgConnection::connect(&self.sandbox().database_url(prefix))
+            .await
+            .map_err(|e| format!("connecting to {service}'s database: {e}"))
+    }
+
+    /// The answer of one `SELECT count(*) …` in `service`'s database.
+    pub async fn db_count(&self, service: Service, sql: &'static str) -> Result<i64, String> {
+        let mut conn = self.db_connection(service).await?;
+        let n: Result<i64, _> = sqlx::query_scalar(sql).fetch_one(&mut conn).await;
+        let _ = conn.close().await;
+        n.map_err(|e| format!("{service}: {sql}: {e}"))
+    }
+
+    /// Outbox rows not yet published, per service.
+    pub async fn unsent_outbox(&self) -> Result<BTreeMap<Service, i64>, String> {
+        let mut out = BTreeMap::new();
+        for s in Service::ALL {
+            let n = self
+                .db_count(s, "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                .await?;
+            out.insert(s, n);
+        }
+        Ok(out)
+    }
+
+    /// Waits until no service has an unsent outbox row.
+    pub async fn wait_outbox_drained(&self, deadline: Duration) {
+        eventually(deadline, || async {
+            let unsent = self.unsent_outbox().await?;
+            if unsent.values().all(|n| *n == 0) {
+                Ok(())
+            } else {
+                Err(format!("unsent outbox rows: {unsent:?}"))
+            }
+        })
+        .await
+    }
+
+    /// Every order (up to 10000), as `GET /orders` lists them.
+    pub async fn try_all_orders(&self) -> Result<Vec<Value>, String> {
+        match self.try_get(Service::Order, "/orders?limit=10000").await {
+            Ok((crate::StatusCode::OK, body)) => body["orders"]
+                .as_array()
+                .cloned()
+                .ok_or_else(|| format!("GET /orders answered no list: {body}")),
+            Ok((status, body)) => Err(format!("GET /orders answered {status} {body}")),
+            Err(e) => Err(format!("GET /orders: {e}")),
+        }
+    }
+
+    /// Waits until every order has settled (no order `pending` or `reserved`) and returns
+    /// them all.
+    pub async fn wait_all_settled(&self, deadline: Duration) -> Vec<Value> {
+        eventually(deadline, || async {
+            let orders = self.try_all_orders().await?;
+            let open: Vec<String> = orders
+                .iter()
+                .filter(|o| !SETTLED.contains(&o["status"].as_str().unwrap_or("?")))
+                .map(|o| format!("{} {}", o["order_id"], o["status"]))
+                .collect();
+            if open.is_empty() {
+                Ok(orders)
+            } else {
+                Err(format!(
+                    "{} of {} orders still open, e.g. {:?}",
+                    open.len(),
+                    orders.len(),
+                    &open[..open.len().min(5)]
+                ))
+            }
+        })
+        .await
+    }
+
+    /// Customers whose wallet kept more or less than their confirmed orders cost:
+    /// captured − refunded must equal the sum of the totals of their confirmed orders
+    /// (a customer charged twice, or charged for an order that is not confirmed, breaks it).
+    pub async fn charge_mismatches(&self, orders: &[Value]) -> Result<Vec<String>, String> {
+        let mut confirmed: HashMap<String, i64> = HashMap::new();
+        for o in orders {
+            let customer = o["customer_id"].as_str().unwrap_or("?").to_owned();
+            let total = o["total"].as_i64().unwrap_or(0);
+            let entry = confirmed.entry(customer).or_default();
+            if o["status"] == "confirmed" {
+                *entry += total;
+            }
+        }
+        let mut wrong = Vec::new();
+        for (customer, want) in &confirmed {
+            let (status, w) = self
+                .try_get(
+                    Service::Payment,
+                    &format!("/wallets/{}", sandbox::encode_segment(customer)),
+                )
+                .await
+                .map_err(|e| format!("GET /wallets/{customer}: {e}"))?;
+            let kept = if status == crate::StatusCode::NOT_FOUND {
+                0
+            } else if status == crate::StatusCode::OK {
+                w["captured"].as_i64().unwrap_or(0) - w["refunded"].as_i64().unwrap_or(0)
+            } else {
+                return Err(format!("GET /wallets/{customer} answered {status} {w}"));
+            };
+            if kept != *want {
+                wrong.push(format!(
+                    "{customer}: captured − refunded = {kept}, but the confirmed orders total {want} ({w})"
+                ));
+            }
+        }
+        wrong.sort();
+        Ok(wrong)
+    }
+
+    /// Waits until every customer's wallet matches their confirmed orders.
+    pub async fn wait_no_double_charge(&self, deadline: Duration) {
+        eventually(deadline, || async {
+            let orders = self.try_all_orders().await?;
+            let wrong = self.charge_mismatches(&orders).await?;
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("wallets disagree with orders: {wrong:?}"))
+            }
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------- shared servers
+
+/// Runs a command with a deadline; `Ok(stdout)` on exit 0, else what went wrong.
+pub async fn run_command(
+    program: &str,
+    args: &[&str],
+    deadline: Duration,
+) -> Result<String, String> {
+    let what = format!("{program} {}", args.join(" "));
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    let output = tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .map_err(|_| format!("{what} ran over {deadline:?}"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what} exited with {}: {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Blocking twin of [`run_command`], for `Drop`: the command is killed at the deadline.
+fn run_command_blocking(program: &str, args: &[&str], deadline: Duration) -> Result<(), String> {
+    let what = format!("{program} {}", args.join(" "));
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("{what} exited with {status}")),
+            Ok(None) if started.elapsed() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what} ran over {deadline:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// The newest PostgreSQL major version installed (`/etc/postgresql/<version>`).
+pub fn postgres_version() -> String {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by_key(|v| {
+        v.split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    });
+    versions
+        .pop()
+        .expect("no PostgreSQL cluster under /etc/postgresql (pg_ctlcluster needs one)")
+}
+
+/// `pg_ctlcluster <version> main <action>` (`stop`, `start`, `restart`).
+pub async fn pg_cluster(action: &str) -> Result<String, String> {
+    let version = postgres_version();
+    run_command(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", &version, "main", action],
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// `rabbitmqctl <args>`, with a deadline.
+pub async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
+    run_command("rabbitmqctl", args, Duration::from_secs(90)).await
+}
+
+/// Whether PostgreSQL accepts a connection and answers a query.
+pub async fn postgres_answers() -> Result<(), String> {
+    let url = format!("{}/postgres", sandbox::postgres_server_url());
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&url))
+        .await
+        .map_err(|_| "connecting to PostgreSQL took over 5 s".to_owned())?
+        .map_err(|e| format!("PostgreSQL: {e}"))?;
+    let one: Result<i32, _> = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await;
+    let _ = conn.close().await;
+    one.map(|_| ()).map_err(|e| format!("PostgreSQL: {e}"))
+}
+
+/// Whether the broker accepts an AMQP connection on `vhost`.
+pub async fn broker_answers(vhost: &str) -> Result<(), String> {
+    let url = sandbox::amqp_url(sandbox::broker_addr(), vhost);
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        events::amqp::connect(&url, "saga-tests readiness"),
+    )
+    .await
+    .map_err(|_| "connecting to RabbitMQ took over 5 s".to_owned())?
+    .map_err(|e| format!("RabbitMQ: {e}"))?;
+    let _ = connected.close(200, "ready".into()).await;
+    Ok(())
+}
+
+/// Waits until PostgreSQL answers.
+pub async fn wait_postgres(deadline: Duration) -> Result<(), String> {
+    until(deadline, || async {
+        match postgres_answers().await {
+            Ok(()) => Poll::Ready(()),
+            Err(e) => Poll::Pending(e),
+        }
+    })
+    .await
+}
+
+/// Waits until RabbitMQ has finished starting and accepts connections on `vhost`.
+pub async fn wait_broker(vhost: &str, deadline: Duration) -> Result<(), String> {
+    until(deadline, || async {
+        if let Err(e) = rabbitmqctl(&["await_startup", "-t", "10"]).await {
+            return Poll::Pending(e);
+        }
+        match broker_answers(vhost).await {
+            Ok(()) => Poll::Ready(()),
+            Err(e) => Poll::Pending(e),
+        }
+    })
+    .await
+}
+
+/// Brings RabbitMQ's application and PostgreSQL back up when dropped, whatever happened:
+/// a test that stops either server holds one for as long as it may have them down, and
+/// leaves both running for everybody else even when it panics half-way through a fault.
+pub struct ServersGuard {
+    _private: (),
+}
+
+impl ServersGuard {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> ServersGuard {
+        ServersGuard { _private: () }
+    }
+
+    /// Starts both servers if they are down and waits (bounded) until they answer.
+    pub fn restore_blocking() -> Vec<String> {
+        let mut problems = Vec::new();
+        // start_app on a running node is a no-op; await_startup returns once it is up.
+        if let Err(e) = run_command_blocking("rabbitmqctl", &["start_app"], Duration::from_secs(90))
+        {
+            problems.push(e);
+        }
+        if let Err(e) = run_command_blocking(
+            "rabbitmqctl",
+            &["await_startup", "-t", "60"],
+            Duration::from_secs(75),
+        ) {
+            problems.push(e);
+        }
+        let version = postgres_version();
+        // `start` fails when the cluster already runs, so ask first.
+        let running = run_command_blocking(
+            "pg_ctlcluster",
+            &["--skip-systemctl-redirect", &version, "main", "status"],
+            Duration::from_secs(30),
+        )
+        .is_ok();
+        if !running
+            && let Err(e) = run_command_blocking(
+                "pg_ctlcluster",
+                &["--skip-systemctl-redirect", &version, "main", "start"],
+                Duration::from_secs(60),
+            )
+        {
+            problems.push(e);
+        }
+        let pg_host = std::env::var("SAGA_PG_HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
+        let ready = (0..60).any(|_| {
+            let ok = run_command_blocking(
+                "pg_isready",
+                &["-q", "-h", &pg_host, "-t", "2"],
+                Duration::from_secs(5),
+            )
+            .is_ok();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            ok
+        });
+        if !ready {
+            problems.push("PostgreSQL is still not ready".to_owned());
+        }
+        problems
+    }
+}
+
+impl Drop for ServersGuard {
+    fn drop(&mut self) {
+        let problems = ServersGuard::restore_blocking();
+        if !problems.is_empty() {
+            eprintln!(
+                "could not make sure RabbitMQ and PostgreSQL run again:\n  {}",
+                problems.join("\n  ")
+            );
+        }
+    }
+}

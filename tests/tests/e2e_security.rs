@@ -1,0 +1,310 @@
+//! Least privilege on the broker, and secrets kept out of logs.
+//!
+//! The per-service permissions are the ones `deploy/rabbitmq/definitions.json` grants
+//! (the file compose.yaml loads): the services run the whole saga with nothing more, and
+//! one service's credentials are refused on another's queue.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use saga_tests::sandbox::{broker_addr, encode_segment, management_api};
+use saga_tests::stack::binary_path;
+use saga_tests::{Sandbox, Service, Stack, StackOptions, eventually, order_request};
+use serde_json::{Value, json};
+
+const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
+
+fn definitions() -> Value {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rabbitmq/definitions.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("definitions.json")).expect("JSON")
+}
+
+/// Broker users made for one test (user names are global), removed when dropped.
+struct Users {
+    names: Vec<String>,
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.names);
+        // Drop may run inside the test's runtime: clean up from a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let http = reqwest::Client::new();
+                for n in names {
+                    let _ = http
+                        .delete(format!(
+                            "{}/api/users/{}",
+                            management_api(),
+                            encode_segment(&n)
+                        ))
+                        .basic_auth("guest", Some("guest"))
+                        .send()
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Creates, in `vhost`, a user per service with exactly the permissions and topic
+/// permissions the definitions give that service. Returns (service, user, password).
+async fn service_users(vhost: &str, suffix: &str) -> (Users, Vec<(String, String, String)>) {
+    let defs = definitions();
+    let http = reqwest::Client::new();
+    let api = management_api();
+    let mut made = Users { names: Vec::new() };
+    let mut out = Vec::new();
+    for service in SERVICES {
+        let user = format!("{service}-{suffix}");
+        let password = format!("pw-{suffix}-{service}");
+        let put = |path: String, body: Value| {
+            http.put(format!("{api}{path}"))
+                .basic_auth("guest", Some("guest"))
+                .json(&body)
+                .send()
+        };
+        let r = put(
+            format!("/api/users/{}", encode_segment(&user)),
+            json!({"password": password, "tags": ""}),
+        )
+        .await
+        .expect("management API");
+        assert!(
+            r.status().is_success(),
+            "creating user {user}: {}",
+            r.status()
+        );
+        made.names.push(user.clone());
+        let perm = defs["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["user"] == service)
+            .unwrap_or_else(|| panic!("definitions grant {service} nothing"));
+        let r = put(
+            format!(
+                "/api/permissions/{}/{}",
+                encode_segment(vhost),
+                encode_segment(&user)
+            ),
+            json!({"configure": perm["configure"], "write": perm["write"], "read": perm["read"]}),
+        )
+        .await
+        .expect("management API");
+        assert!(
+            r.status().is_success(),
+            "permissions of {user}: {}",
+            r.status()
+        );
+        for tp in defs["topic_permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["user"] == service)
+        {
+            let r = put(
+                format!(
+                    "/api/topic-permissions/{}/{}",
+                    encode_segment(vhost),
+                    encode_segment(&user)
+                ),
+                json!({"exchange": tp["exchange"], "write": tp["write"], "read": tp["read"]}),
+            )
+            .await
+            .expect("management API");
+            assert!(
+                r.status().is_success(),
+                "topic permissions of {user}: {}",
+                r.status()
+            );
+        }
+        out.push((service.to_owned(), user, password));
+    }
+    (made, out)
+}
+
+fn amqp_url(user: &str, password: &str, vhost: &str) -> String {
+    format!(
+        "amqp://{user}:{password}@{}/{}?heartbeat=5",
+        broker_addr(),
+        encode_segment(vhost)
+    )
+}
+
+#[tokio::test]
+async fn the_saga_runs_with_each_service_holding_only_its_own_broker_permissions() {
+    // The stack makes the vhost and its topology; then every service is restarted under a
+    // user holding only what the definitions grant it.
+    let stack = Stack::start(StackOptions::default()).await;
+    let vhost = stack.sandbox().vhost().to_owned();
+    let (_users, creds) = service_users(&vhost, stack.sandbox().id()).await;
+    let restricted: Vec<(String, String)> = creds
+        .iter()
+        .map(|(service, user, password)| {
+            let prefix = service.trim_end_matches("-svc").to_uppercase();
+            (
+                format!("SAGA_{prefix}_AMQP_URL"),
+                amqp_url(user, password, &vhost),
+            )
+        })
+        .collect();
+    for s in Service::ALL {
+        stack.kill(s);
+    }
+    for s in Service::ALL {
+        stack.start_service_with_env(s, &restricted).await;
+    }
+    stack.seed_stock("LEAST", 5).await;
+    stack.deposit("lea", 1000, "EUR").await;
+    let order_id = stack
+        .place_order_ok(&order_request("lea", "EUR", &[("LEAST", 2, 100)]))
+        .await;
+    stack.wait_for_status(&order_id, "confirmed").await;
+    stack.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn a_services_credentials_are_refused_on_another_services_queue() {
+    // The services declare their own queues in the stack's vhost.
+    let stack = Stack::start(StackOptions::default()).await;
+    let vhost = stack.sandbox().vhost().to_owned();
+    let (_users, creds) = service_users(&vhost, stack.sandbox().id()).await;
+    let (_, user, password) = &creds[0]; // order-svc's
+    let conn = Connection::connect(
+        &amqp_url(user, password, &vhost),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("order-svc's user may connect to the vhost");
+
+    // Its own queue: allowed.
+    let own = conn.create_channel().await.unwrap();
+    own.basic_consume(
+        "order-svc".into(),
+        "probe".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("order-svc may consume its own queue");
+
+    // Another service's queue, and another service's dead letters: refused.
+    for queue in ["inventory-svc", "payment-svc", "order-svc.dlq"] {
+        let ch = conn.create_channel().await.unwrap();
+        let err = ch
+            .basic_consume(
+                queue.into(),
+                "probe".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect_err(&format!("order-svc's user must not read {queue}"));
+        assert!(
+            err.to_string().to_uppercase().contains("ACCESS_REFUSED"),
+            "{queue}: {err}"
+        );
+    }
+
+    // Publishing an event it does not produce: refused by the topic permissions.
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let refused = ch
+        .basic_publish(
+            "saga.events".into(),
+            "payment.done".into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default(),
+        )
+        .then(|sent| async move {
+            match sent {
+                Err(e) => Some(e.to_string()),
+                Ok(confirm) => match tokio::time::timeout(Duration::from_secs(10), confirm).await {
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Ok(Ok(c)) if c.is_nack() => Some("nack".to_owned()),
+                    _ => None,
+                },
+            }
+        })
+        .await;
+    let refused = refused.expect("order-svc's user must not publish payment.done");
+    assert!(
+        refused.to_uppercase().contains("ACCESS_REFUSED") || refused == "nack",
+        "{refused}"
+    );
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn broker_passwords_never_reach_the_logs_and_may_come_from_a_file() {
+    let sandbox = Sandbox::create(&["orders"]).await;
+    let dir = std::env::temp_dir().join(format!("saga-secret-{}", sandbox.id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = format!("Sup3rSecret{}", sandbox.id());
+    let password_file = dir.join("amqp-password");
+    // The right user with a wrong password (from a file): the service keeps retrying and
+    // logging why, without the password.
+    std::fs::write(&password_file, format!("{secret}\n")).unwrap();
+    let log_path = dir.join("order-svc.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(binary_path("order-svc"))
+        .env(
+            "SAGA_AMQP_URL",
+            amqp_url("guest", "also-not-logged", sandbox.vhost()),
+        )
+        .env("SAGA_ORDER_AMQP_PASSWORD_FILE", &password_file)
+        .env("SAGA_ORDER_DATABASE_URL", sandbox.database_url("orders"))
+        .env("SAGA_ORDER_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("SAGA_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("order-svc starts");
+    let text = eventually(Duration::from_secs(30), || {
+        let log_path = log_path.clone();
+        async move {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            (text.contains("broker") && text.contains("***"))
+                .then_some(text.clone())
+                .ok_or(text)
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !text.contains(&secret),
+        "the password from the file was logged:\n{text}"
+    );
+    assert!(
+        !text.contains("also-not-logged"),
+        "the URL's password was logged:\n{text}"
+    );
+    assert!(
+        text.contains("guest:***@"),
+        "the redacted URL names the user:\n{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
