@@ -276,6 +276,10 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     pub database_server: String,
+    /// Before measuring, add this many finished sagas to the service databases (to see
+    /// whether cost stays flat as they grow).
+    #[arg(long, default_value_t = 0)]
+    pub preload: i64,
     /// The services' databases, whose commits are counted.
     #[arg(
         long,

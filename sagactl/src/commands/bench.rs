@@ -24,6 +24,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::cli::{BenchArgs, LoadArgs};
 use crate::context::{CliError, Context};
@@ -47,6 +48,21 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let relay_rate = relay_backlog(ctx, &pool, args.relay_rows).await?;
     pool.close().await;
 
+    let existing = if args.preload > 0 {
+        progress(&format!(
+            "preloading {} finished sagas into the service databases",
+            args.preload
+        ));
+        let db = service_databases(&args).await?;
+        super::preload::preload(&db, &Uuid::new_v4().simple().to_string()[..8], args.preload)
+            .await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&db.orders)
+            .await?;
+        n
+    } else {
+        0
+    };
     progress("saga cost: counting deliveries and commits during a happy-path load");
     let before = counters(ctx, &args).await?;
     let load = super::load::run_load(
@@ -79,6 +95,7 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         "saga_ceiling_per_second": ceiling,
         "sagas_per_second": throughput,
         "ratio_to_ceiling": throughput / ceiling,
+        "orders_stored_before": existing,
         "load": load,
     });
     output::show(ctx, &report, render);
@@ -95,7 +112,8 @@ fn machine() -> Value {
 fn render(r: &Value) -> String {
     let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
     format!(
-        "(a) broker ceiling        {:>10.0} msg/s   (confirmed publish + acked consume, 400 B, quorum)\n    database ceiling      {:>10.0} tx/s    (inbox + update + outbox, pool {})\n    relay backlog         {:>10.0} rows/s  ({:.2} x broker)\n(b) per saga              {:>10.2} deliveries, {:.2} committed transactions\n(c) saga ceiling          {:>10.1} sagas/s\n(d) saga throughput       {:>10.1} sagas/s\n    ratio (d)/(c)         {:>10.2}\n    latency               p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        "    orders stored         {:>10}          (before the load)\n(a) broker ceiling        {:>10.0} msg/s   (confirmed publish + acked consume, 400 B, quorum)\n    database ceiling      {:>10.0} tx/s    (inbox + update + outbox, pool {})\n    relay backlog         {:>10.0} rows/s  ({:.2} x broker)\n(b) per saga              {:>10.2} deliveries, {:.2} committed transactions\n(c) saga ceiling          {:>10.1} sagas/s\n(d) saga throughput       {:>10.1} sagas/s\n    ratio (d)/(c)         {:>10.2}\n    latency               p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        r["orders_stored_before"],
         f("broker_msgs_per_second"),
         f("db_transactions_per_second"),
         r["db_pool"],
@@ -307,6 +325,22 @@ async fn relay_backlog(ctx: &Context, pool: &PgPool, rows: u32) -> anyhow::Resul
         .await?;
     let _ = conn.close(200, "done".into()).await;
     Ok(rate)
+}
+
+/// Pools on the three service databases (`--databases`, in order orders, inventory, payments).
+async fn service_databases(args: &BenchArgs) -> anyhow::Result<super::preload::Databases> {
+    let url = |i: usize| {
+        format!(
+            "{}/{}",
+            args.database_server.trim_end_matches('/'),
+            args.databases.get(i).map(String::as_str).unwrap_or("")
+        )
+    };
+    Ok(super::preload::Databases {
+        orders: PgPool::connect(&url(0)).await?,
+        inventory: PgPool::connect(&url(1)).await?,
+        payments: PgPool::connect(&url(2)).await?,
+    })
 }
 
 /// (deliveries to the three input queues, commits in the three service databases).

@@ -5,6 +5,7 @@ mod bus;
 mod dlq;
 mod load;
 mod order;
+mod preload;
 mod publish;
 mod queues;
 mod scenario;
