@@ -1,10 +1,12 @@
 //! The test harness of the order saga: real binaries, a real broker, a real database.
 //!
 //! - [`stack`]: [`Stack`] starts order-svc, inventory-svc and payment-svc as processes in
-//!   a sandbox of their own and drives them over HTTP and AMQP.
+//!   a sandbox of their own and drives them over HTTP and AMQP. Its invariant checks are
+//!   `sagactl verify`'s ([`sagactl::verify`]), on what the services' read endpoints answer.
 //! - [`sandbox`]: a fresh RabbitMQ vhost and fresh PostgreSQL databases per test, removed
 //!   afterwards; also used alone by the in-process tests of the messaging building blocks.
 //! - [`proxy`]: [`TcpProxy`], to cut one stack off the broker.
+//! - [`replicas`]: more instances of a service on the same stack.
 //! - [`poll`]: [`eventually`], the only way tests wait for a result.
 //! - [`saga_support`]: helpers for the saga tests: watching the events on the broker,
 //!   waiting for a service to have handled a message, reading reservations and payments.
@@ -18,6 +20,7 @@ pub mod failure_support;
 pub mod poll;
 pub mod prometheus;
 pub mod proxy;
+pub mod replicas;
 pub mod saga_support;
 pub mod sandbox;
 pub mod stack;

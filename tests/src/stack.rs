@@ -65,7 +65,7 @@ impl Service {
     }
 
     /// `SAGA_<PREFIX>_DATABASE_URL`, `SAGA_<PREFIX>_HTTP_ADDR`.
-    fn env_prefix(self) -> &'static str {
+    pub fn env_prefix(self) -> &'static str {
         match self {
             Service::Order => "ORDER",
             Service::Inventory => "INVENTORY",
@@ -233,7 +233,8 @@ impl Stack {
         stack
     }
 
-    fn env(&self) -> Vec<(String, String)> {
+    /// The environment every service process of this stack gets.
+    pub fn service_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             (
                 "SAGA_AMQP_URL".to_owned(),
@@ -290,7 +291,7 @@ impl Stack {
         let log = self.log_file(service);
         let mut command = Command::new(binary_path(service.name()));
         command
-            .envs(self.env())
+            .envs(self.service_env())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // The error chain says enough; anyhow backtraces would bury the log tails.
             .env("RUST_LIB_BACKTRACE", "0")
@@ -834,7 +835,7 @@ impl Drop for Stack {
 /// Makes the child die when the test process does (Linux): a test run killed by a
 /// timeout must not leave services behind that reconnect for ever. The signal is tied to
 /// the spawning thread, which is the test's own thread for as long as the stack lives.
-fn die_with_the_test(command: &mut Command) {
+pub(crate) fn die_with_the_test(command: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

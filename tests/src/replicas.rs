@@ -1,0 +1,96 @@
+//! More instances of a service on one stack: the same broker vhost and database, an HTTP
+//! port of their own. Replicas compete for their service's queue and share its outbox, as
+//! they would behind a load balancer in production.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::poll::{Poll, until};
+use crate::prometheus;
+use crate::stack::{Service, Stack, binary_path};
+
+/// One extra running instance; killed when dropped.
+pub struct Replica {
+    pub service: Service,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Replica {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The sum of a metric on this replica's `/metrics`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.base_url()))
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("replica /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        prometheus::sum(&prometheus::parse(&text), name, labels)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Stack {
+    /// Starts one more instance of `service` and waits until its `/healthz` is 200.
+    pub async fn start_replica(&self, service: Service) -> Replica {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let log = self
+            .log_path(service)
+            .with_extension(format!("replica-{}.log", addr.port()));
+        let file = std::fs::File::create(&log).expect("replica log file");
+        let mut command = Command::new(binary_path(service.name()));
+        command
+            .envs(self.service_env())
+            .env(
+                format!("SAGA_{}_HTTP_ADDR", service.env_prefix()),
+                addr.to_string(),
+            )
+            .env("RUST_LIB_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file);
+        crate::stack::die_with_the_test(&mut command);
+        let child = command.spawn().expect("the replica starts");
+        let replica = Replica {
+            service,
+            addr,
+            log,
+            child,
+        };
+        let url = format!("{}/healthz", replica.base_url());
+        let healthy = until(Duration::from_secs(60), || {
+            let url = url.clone();
+            async move {
+                match reqwest::get(&url).await {
+                    Ok(r) if r.status().is_success() => Poll::Ready(()),
+                    Ok(r) => Poll::Pending(format!("/healthz answered {}", r.status())),
+                    Err(e) => Poll::Pending(e.to_string()),
+                }
+            }
+        })
+        .await;
+        if let Err(last) = healthy {
+            panic!(
+                "replica of {service} did not become healthy: {last} (log {})",
+                replica.log.display()
+            );
+        }
+        replica
+    }
+}
