@@ -137,12 +137,17 @@ pub struct RelaySettings {
     /// Longest time between two polls when no notification arrives.
     pub poll_interval: Duration,
     pub confirm_timeout: Duration,
+    /// Relay loops per process. Several let one loop's database work (claim, mark sent)
+    /// overlap another's wait for confirms; SKIP LOCKED keeps their batches disjoint.
+    /// Only the first loop answers notifications; the others join in on a backlog.
+    pub workers: usize,
 }
 
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
-            batch_size: 256,
+            workers: 4,
+            batch_size: 512,
             poll_interval: Duration::from_secs(1),
             confirm_timeout: Duration::from_secs(10),
         }
@@ -169,6 +174,9 @@ pub struct OutboxRelay {
     name: String,
     settings: RelaySettings,
     link: LinkState,
+    /// Raised by the first loop when it meets a backlog (a full batch): the other loops
+    /// only work then, so an ordinary commit wakes one loop, not all of them.
+    backlog: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl OutboxRelay {
@@ -185,6 +193,7 @@ impl OutboxRelay {
             name: name.into(),
             settings,
             link: LinkState::default(),
+            backlog: Default::default(),
         }
     }
 
@@ -258,16 +267,24 @@ impl OutboxRelay {
         }
     }
 
-    /// Relays until `shutdown`, reconnecting to the broker and the database as needed.
-    /// The batch in flight when shutdown comes is finished first.
+    /// Relays with `workers` loops until `shutdown`, reconnecting to the broker and the
+    /// database as needed. The batches in flight when shutdown comes are finished first.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut loops = tokio::task::JoinSet::new();
+        for worker in 0..self.settings.workers.max(1) {
+            loops.spawn(self.clone().run_worker(worker, shutdown.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+    }
+
+    async fn run_worker(self, worker: usize, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut link: Option<(Connection, ConfirmedPublisher)> = None;
         let mut listener: Option<PgListener> = None;
         while !shutdown.is_cancelled() {
             if link.as_ref().is_none_or(|(_, p)| !p.is_usable()) {
                 self.link.set(false);
-                match self.open_publisher().await {
+                match self.open_publisher(worker).await {
                     Ok(l) => {
                         tracing::info!(relay = %self.name, "outbox relay connected to the broker");
                         link = Some(l);
@@ -282,17 +299,30 @@ impl OutboxRelay {
                     }
                 }
             }
-            if listener.is_none() {
+            let primary = worker == 0;
+            if primary && listener.is_none() {
                 listener = self.listen().await;
             }
             let Some((_, publisher)) = link.as_ref() else {
                 continue;
             };
             match self.relay_once(publisher).await {
-                Ok(n) if n as i64 >= self.settings.batch_size => backoff.reset(),
-                Ok(_) => {
+                Ok(n) if n as i64 >= self.settings.batch_size => {
+                    backoff.reset();
+                    if primary {
+                        self.backlog.notify_waiters();
+                    }
+                }
+                Ok(_) if primary => {
                     backoff.reset();
                     self.wait_for_work(&mut listener, &shutdown).await;
+                }
+                Ok(_) => {
+                    backoff.reset();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = self.backlog.notified() => {}
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(relay = %self.name, error = %e, "outbox relay failed; will retry");
@@ -313,8 +343,11 @@ impl OutboxRelay {
         }
     }
 
-    async fn open_publisher(&self) -> lapin::Result<(Connection, ConfirmedPublisher)> {
-        let conn = amqp::connect(&self.amqp_url, &format!("{} relay", self.name)).await?;
+    async fn open_publisher(
+        &self,
+        worker: usize,
+    ) -> lapin::Result<(Connection, ConfirmedPublisher)> {
+        let conn = amqp::connect(&self.amqp_url, &format!("{} relay {worker}", self.name)).await?;
         let publisher = ConfirmedPublisher::open(&conn, self.settings.confirm_timeout).await?;
         Ok((conn, publisher))
     }

@@ -145,8 +145,9 @@ impl ServiceConfig {
                 confirm_timeout,
             },
             relay: RelaySettings {
-                batch_size: env_parse("SAGA_RELAY_BATCH", 256)?,
+                batch_size: env_parse("SAGA_RELAY_BATCH", 512)?,
                 poll_interval: Duration::from_millis(env_parse("SAGA_RELAY_POLL_MS", 1000u64)?),
+                workers: env_parse("SAGA_RELAY_WORKERS", 4usize)?,
                 confirm_timeout,
             },
             retention: Retention {

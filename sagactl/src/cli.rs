@@ -266,6 +266,12 @@ pub struct BenchArgs {
     /// Connections for the database ceiling (the services' pool size).
     #[arg(long, default_value_t = 12)]
     pub pool: u32,
+    /// Relay loops for the relay backlog (the services' SAGA_RELAY_WORKERS).
+    #[arg(long, env = "SAGA_RELAY_WORKERS", default_value_t = 4)]
+    pub relay_workers: usize,
+    /// Rows per relay batch (the services' SAGA_RELAY_BATCH).
+    #[arg(long, env = "SAGA_RELAY_BATCH", default_value_t = 512)]
+    pub relay_batch: i64,
     /// Outbox rows for the relay backlog.
     #[arg(long, default_value_t = 50_000)]
     pub relay_rows: u32,

@@ -45,7 +45,14 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let pool = scratch_database(&args.database_server, args.pool).await?;
     let db_rate = database_ceiling(&pool, args.pool, Duration::from_secs(args.db_seconds)).await?;
     progress("relay: publishing an outbox backlog");
-    let relay_rate = relay_backlog(ctx, &pool, args.relay_rows).await?;
+    let relay_rate = relay_backlog(
+        ctx,
+        &pool,
+        args.relay_rows,
+        args.relay_workers,
+        args.relay_batch,
+    )
+    .await?;
     pool.close().await;
 
     let existing = if args.preload > 0 {
@@ -206,6 +213,9 @@ async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
     }
     let acked = consumer_task.await??;
     let rate = acked as f64 / started.elapsed().as_secs_f64();
+    // Close the consuming channel first: deleting a queue under a live consumer makes the
+    // broker cancel it, which races the client's own shutdown of that channel.
+    let _ = consume.close(200, "done".into()).await;
     setup
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
@@ -263,7 +273,13 @@ async fn database_ceiling(pool: &PgPool, workers: u32, duration: Duration) -> an
 }
 
 /// Rows per second the outbox relay publishes from a backlog (confirmed, marked sent).
-async fn relay_backlog(ctx: &Context, pool: &PgPool, rows: u32) -> anyhow::Result<f64> {
+async fn relay_backlog(
+    ctx: &Context,
+    pool: &PgPool,
+    rows: u32,
+    workers: usize,
+    batch_size: i64,
+) -> anyhow::Result<f64> {
     sqlx::query("TRUNCATE outbox").execute(pool).await?;
     // Rows routed to a bench queue only (routing key bench.relay), not to any service.
     sqlx::query(
@@ -306,18 +322,32 @@ async fn relay_backlog(ctx: &Context, pool: &PgPool, rows: u32) -> anyhow::Resul
         pool.clone(),
         &ctx.conn.amqp_url,
         "bench",
-        events::outbox::RelaySettings::default(),
+        events::outbox::RelaySettings {
+            batch_size,
+            ..Default::default()
+        },
     );
-    let publisher =
-        events::publisher::ConfirmedPublisher::open(&conn, Duration::from_secs(10)).await?;
+    // As many loops as a service runs (SAGA_RELAY_WORKERS), each on its own confirm channel.
     let started = Instant::now();
+    let mut loops = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let publisher =
+            events::publisher::ConfirmedPublisher::open(&conn, Duration::from_secs(10)).await?;
+        let relay = relay.clone();
+        loops.spawn(async move {
+            let mut published = 0usize;
+            loop {
+                let n = relay.relay_once(&publisher).await?;
+                if n == 0 {
+                    return Ok::<_, events::outbox::RelayError>(published);
+                }
+                published += n;
+            }
+        });
+    }
     let mut published = 0usize;
-    loop {
-        let n = relay.relay_once(&publisher).await?;
-        if n == 0 {
-            break;
-        }
-        published += n;
+    while let Some(r) = loops.join_next().await {
+        published += r??;
     }
     let rate = published as f64 / started.elapsed().as_secs_f64();
     channel
