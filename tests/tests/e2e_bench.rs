@@ -1,0 +1,124 @@
+//! The load generator and the benchmark run end to end on a tiny load and report every
+//! figure. (No test asserts a speed: the figures only have to be there and make sense.)
+
+use std::process::Command;
+
+use saga_tests::sandbox::{management_api, postgres_server_url};
+use saga_tests::stack::binary_path;
+use saga_tests::{Service, Stack, StackOptions};
+use serde_json::Value;
+
+fn sagactl(stack: &Stack) -> Command {
+    let mut cmd = Command::new(binary_path("sagactl"));
+    cmd.env("SAGA_AMQP_URL", stack.sandbox().amqp_url())
+        .env("SAGA_ORDER_URL", stack.base_url(Service::Order))
+        .env("SAGA_INVENTORY_URL", stack.base_url(Service::Inventory))
+        .env("SAGA_PAYMENT_URL", stack.base_url(Service::Payment))
+        .env("SAGA_MANAGEMENT_URL", management_api())
+        .env("SAGA_BENCH_DATABASE_SERVER", postgres_server_url());
+    cmd
+}
+
+fn json_of(cmd: &mut Command) -> Value {
+    let out = cmd.output().expect("sagactl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn positive(report: &Value, pointer: &str) -> f64 {
+    let v = report
+        .pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{pointer} missing from {report:#}"));
+    assert!(v > 0.0 && v.is_finite(), "{pointer} = {v} in {report:#}");
+    v
+}
+
+#[tokio::test]
+async fn load_follows_every_saga_to_its_end_and_reports_outcomes_and_latency() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let report = json_of(sagactl(&stack).args([
+        "--json",
+        "load",
+        "--orders",
+        "60",
+        "--concurrency",
+        "8",
+        "--mix",
+        "happy=2,no-stock=1,no-funds=1",
+    ]));
+    assert_eq!(report["placed"], 60, "{report:#}");
+    assert_eq!(report["completed"], 60, "{report:#}");
+    assert_eq!(report["lost"], 0);
+    let outcomes = &report["outcomes"];
+    for status in ["confirmed", "rejected", "cancelled"] {
+        assert!(
+            outcomes[status].as_u64().unwrap_or(0) > 0,
+            "no {status} saga: {outcomes}"
+        );
+    }
+    positive(&report, "/sagas_per_second");
+    let p50 = positive(&report, "/latency_ms/p50");
+    let p99 = positive(&report, "/latency_ms/p99");
+    assert!(p50 <= p99, "{report:#}");
+    stack.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let databases = ["orders", "inventory", "payments"]
+        .map(|prefix| stack.sandbox().database_name(prefix).to_owned())
+        .join(",");
+    let report = json_of(sagactl(&stack).args([
+        "--json",
+        "bench",
+        "--orders",
+        "30",
+        "--concurrency",
+        "4",
+        "--broker-messages",
+        "500",
+        "--db-seconds",
+        "1",
+        "--relay-rows",
+        "500",
+        "--preload",
+        "100",
+        "--databases",
+        &databases,
+    ]));
+    for figure in [
+        "/broker_msgs_per_second",
+        "/db_transactions_per_second",
+        "/relay_rows_per_second",
+        "/relay_ratio_to_broker",
+        "/deliveries_per_saga",
+        "/transactions_per_saga",
+        "/saga_ceiling_per_second",
+        "/sagas_per_second",
+        "/ratio_to_ceiling",
+        "/load/latency_ms/p99",
+    ] {
+        positive(&report, figure);
+    }
+    assert!(
+        report["orders_stored_before"].as_i64().unwrap_or(0) >= 100,
+        "{report:#}"
+    );
+    // A happy saga takes at least five deliveries: OrderCreated, StockReserved (twice),
+    // PaymentDone, OrderConfirmed.
+    assert!(
+        positive(&report, "/deliveries_per_saga") >= 4.5,
+        "{report:#}"
+    );
+    assert_eq!(report["load"]["completed"], 30);
+    // The preloaded sagas are consistent: every invariant still holds.
+    stack.assert_invariants().await;
+}
