@@ -264,6 +264,7 @@ impl<H: Handler> EventConsumer<H> {
             .unwrap_or_else(|| "unknown".to_owned());
         metrics::counter!("saga_messages_handled_total", "type" => event_type, "outcome" => disposition.outcome())
             .increment(1);
+        tracing::debug!(outcome = disposition.outcome(), "message handled");
         let copy = match &disposition {
             Disposition::Handled | Disposition::Duplicate => None,
             Disposition::Retry {

@@ -1,0 +1,260 @@
+//! What an operator sees: one W3C trace across the whole saga, metrics that move under a
+//! saga, and structured handler logs that name the order, message, cause and type.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use events::envelope::{TRACEPARENT_HEADER, header_str};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use saga_tests::{Service, Stack, StackOptions, eventually, order_request};
+use serde_json::Value;
+
+/// Every (event type, correlation id, traceparent header) published on `saga.events`.
+async fn watch_traces(
+    stack: &Stack,
+) -> (
+    lapin::Connection,
+    Arc<Mutex<Vec<(String, String, Option<String>)>>>,
+) {
+    let conn = events::amqp::connect(&stack.sandbox().amqp_url(), "trace watch")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        "saga.events".into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "trace-watch".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let env: Value = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
+            let tp = header_str(&d.properties, TRACEPARENT_HEADER);
+            sink.lock().unwrap().push((
+                env["type"].as_str().unwrap_or("?").to_owned(),
+                env["correlation_id"].as_str().unwrap_or("?").to_owned(),
+                tp,
+            ));
+        }
+    });
+    (conn, seen)
+}
+
+#[tokio::test]
+async fn the_requests_traceparent_travels_through_every_event_of_the_saga() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack.seed_stock("TRC", 5).await;
+    stack.deposit("trudy", 1000, "EUR").await;
+    let (_conn, seen) = watch_traces(&stack).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let (status, body) = stack
+        .post_json(
+            Service::Order,
+            "/orders",
+            &[("traceparent", traceparent.as_str())],
+            &order_request("trudy", "EUR", &[("TRC", 1, 100)]),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let order_id = body["order_id"].as_str().unwrap().to_owned();
+    stack.wait_for_status(&order_id, "confirmed").await;
+    let events = eventually(Duration::from_secs(20), || async {
+        let mine: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, c, _)| *c == order_id)
+            .cloned()
+            .collect();
+        (mine.len() >= 4)
+            .then_some(mine.clone())
+            .ok_or(format!("{mine:?}"))
+    })
+    .await;
+    for (event_type, _, tp) in &events {
+        let tp = tp
+            .as_deref()
+            .unwrap_or_else(|| panic!("{event_type} carries no traceparent"));
+        assert!(tp.contains(trace_id), "{event_type} left the trace: {tp}");
+    }
+    let types: Vec<&str> = events.iter().map(|(t, _, _)| t.as_str()).collect();
+    for t in [
+        "OrderCreated",
+        "StockReserved",
+        "PaymentDone",
+        "OrderConfirmed",
+    ] {
+        assert!(types.contains(&t), "{t} not seen: {types:?}");
+    }
+    // The trace is kept in the outbox rows too, so a relay restarted later still sends it.
+    let db = stack.db(Service::Order).await;
+    let stored: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT traceparent FROM outbox WHERE correlation_id = $1")
+            .bind(&order_id)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert!(
+        !stored.is_empty()
+            && stored
+                .iter()
+                .all(|t| t.as_deref().is_some_and(|t| t.contains(trace_id))),
+        "{stored:?}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_exposed_and_move_under_a_saga() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack.seed_stock("MET", 5).await;
+    stack.deposit("mel", 1000, "EUR").await;
+    let order_id = stack
+        .place_order_ok(&order_request("mel", "EUR", &[("MET", 1, 100)]))
+        .await;
+    stack.wait_for_status(&order_id, "confirmed").await;
+    let stack = &stack;
+    eventually(Duration::from_secs(20), || async move {
+        let mut counts = Vec::new();
+        for s in Service::ALL {
+            counts.push(
+                stack
+                    .metric(s, "saga_messages_handled_total", &[("outcome", "ok")])
+                    .await,
+            );
+        }
+        counts
+            .iter()
+            .all(|c| *c >= 2.0)
+            .then_some(())
+            .ok_or(format!("{counts:?}"))
+    })
+    .await;
+    for s in Service::ALL {
+        let published = stack.metric(s, "saga_relay_published_total", &[]).await;
+        assert!(published >= 1.0, "{s} relayed nothing");
+        let (_, text) = stack.get(s, "/metrics").await;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        for name in [
+            "saga_handler_duration_seconds_bucket",
+            "saga_http_requests_total",
+            "saga_http_request_duration_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "{s} /metrics lacks {name}");
+        }
+    }
+    // The gauges refresh every few seconds.
+    eventually(Duration::from_secs(20), || async {
+        let (_, text) = stack.get(Service::Inventory, "/metrics").await;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        (text.contains("saga_outbox_backlog")
+            && text.contains("saga_outbox_oldest_unsent_seconds")
+            && text.contains("saga_inbox_rows"))
+        .then_some(())
+        .ok_or(text)
+    })
+    .await;
+    let confirmed = stack
+        .metric(
+            Service::Order,
+            "saga_outcomes_total",
+            &[("status", "confirmed")],
+        )
+        .await;
+    assert_eq!(confirmed, 1.0);
+    let (_, text) = stack.get(Service::Order, "/metrics").await;
+    assert!(
+        text.as_str()
+            .unwrap_or_default()
+            .contains("saga_duration_seconds_bucket")
+    );
+    let requests = stack
+        .metric(
+            Service::Order,
+            "saga_http_requests_total",
+            &[("route", "/orders"), ("method", "POST"), ("status", "202")],
+        )
+        .await;
+    assert!(requests >= 1.0, "POST /orders not counted");
+}
+
+#[tokio::test]
+async fn json_logs_inside_a_handler_name_the_order_message_cause_and_type() {
+    let stack = Stack::start(
+        StackOptions::default()
+            .env("SAGA_LOG_FORMAT", "json")
+            .env("SAGA_LOG", "info,events::consumer=debug"),
+    )
+    .await;
+    stack.seed_stock("LOGS", 3).await;
+    stack.deposit("logan", 1000, "EUR").await;
+    let order_id = stack
+        .place_order_ok(&order_request("logan", "EUR", &[("LOGS", 1, 100)]))
+        .await;
+    stack.wait_for_status(&order_id, "confirmed").await;
+    // payment-svc's line for the StockReserved it handled.
+    let line = eventually(Duration::from_secs(20), || async {
+        let log = std::fs::read_to_string(stack.log_path(Service::Payment)).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| {
+                v["fields"]["message"] == "message handled"
+                    && v["span"]["event_type"] == "StockReserved"
+            })
+            .ok_or_else(|| log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+    })
+    .await;
+    let span = &line["span"];
+    assert_eq!(span["order_id"], order_id.as_str(), "{line}");
+    assert!(
+        span["message_id"].as_str().is_some_and(|m| m.len() == 36),
+        "{line}"
+    );
+    assert!(
+        span["causation_id"].as_str().is_some_and(|m| m.len() == 36),
+        "{line}"
+    );
+    assert!(
+        span["traceparent"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("00-")),
+        "{line}"
+    );
+    assert_eq!(line["fields"]["outcome"], "ok", "{line}");
+    // Every line is JSON.
+    let log = std::fs::read_to_string(stack.log_path(Service::Payment)).unwrap();
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(serde_json::from_str::<Value>(l).is_ok(), "not JSON: {l}");
+    }
+}
