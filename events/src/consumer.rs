@@ -450,14 +450,22 @@ fn delivery_span(delivery: &Delivery) -> tracing::Span {
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default()
     };
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "message",
         event_type = %s(p.kind()),
         message_id = %s(p.message_id()),
         order_id = %s(p.correlation_id()),
         causation_id = tracing::field::Empty,
         traceparent = tracing::field::Empty,
-    )
+    );
+    // The span continues the trace the message carries, so an OTLP backend shows one trace
+    // from the HTTP request through every service's handler.
+    if let Some(tp) = header_str(p, TRACEPARENT_HEADER) {
+        let carrier = std::collections::HashMap::from([(TRACEPARENT_HEADER.to_owned(), tp)]);
+        let parent = opentelemetry::global::get_text_map_propagator(|prop| prop.extract(&carrier));
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+    }
+    span
 }
 
 fn copied_headers(props: &BasicProperties) -> FieldTable {

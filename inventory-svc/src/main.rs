@@ -4,7 +4,7 @@ use anyhow::Context;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init();
+    let _telemetry = platform::telemetry::init(inventory_svc::SERVICE);
     let config = inventory_svc::config_from_env()?;
     let shutdown = platform::shutdown::on_signal();
     let app = inventory_svc::build(config, shutdown)

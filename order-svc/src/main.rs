@@ -4,7 +4,7 @@ use anyhow::Context;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init();
+    let _telemetry = platform::telemetry::init(order_svc::SERVICE);
     let config = order_svc::OrderConfig::from_env()?;
     let shutdown = platform::shutdown::on_signal();
     let app = order_svc::build(config, shutdown)

@@ -1,21 +1,85 @@
-//! Logging: human-readable by default, one JSON object per line with `SAGA_LOG_FORMAT=json`.
-//! The filter comes from `SAGA_LOG` (or `RUST_LOG`), `info` by default.
+//! Logs and traces.
+//!
+//! Logs: human-readable by default, one JSON object per line with `SAGA_LOG_FORMAT=json`;
+//! the filter comes from `SAGA_LOG` (or `RUST_LOG`), `info` by default.
+//!
+//! Traces: when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (each handled
+//! message is one, a child of the W3C `traceparent` the message carries) are exported over
+//! OTLP/HTTP (protobuf) with the standard `OTEL_*` settings, under the service's name.
+//! Without it nothing is exported and no exporter runs.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-pub fn init() {
+/// Keeps the trace exporter alive; dropping it flushes the spans not yet sent.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Installs logging, and OTLP trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+pub fn init(service: &'static str) -> Telemetry {
     let filter = std::env::var("SAGA_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".to_owned());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("SAGA_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().with_current_span(true).try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if std::env::var("SAGA_LOG_FORMAT").as_deref() == Ok("json") {
+        fmt.json().with_current_span(true).boxed()
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed()
     };
+    let (provider, otel_error) = match otlp_provider(service) {
+        Ok(p) => (p, None),
+        Err(e) => (None, Some(e)),
+    };
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service))
+            // One span per handled message; the libraries' spans and log events stay out.
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span() && m.name() == "message"
+            }))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    if let Some(e) = otel_error {
+        tracing::warn!(error = %e, "OTLP trace export is off: the exporter could not be built");
+    }
+    Telemetry { provider }
+}
+
+fn otlp_provider(service: &'static str) -> anyhow::Result<Option<SdkTracerProvider>> {
+    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").map_or(true, |v| v.trim().is_empty()) {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    ))
 }

@@ -258,3 +258,74 @@ async fn json_logs_inside_a_handler_name_the_order_message_cause_and_type() {
         assert!(serde_json::from_str::<Value>(l).is_ok(), "not JSON: {l}");
     }
 }
+
+/// A stand-in OTLP/HTTP collector: keeps the body of every `POST /v1/traces`.
+async fn otlp_collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use axum::routing::post;
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, received)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn handler_spans_are_exported_over_otlp_in_the_requests_trace() {
+    let (collector, received) = otlp_collector().await;
+    let stack = Stack::start(
+        StackOptions::default()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    )
+    .await;
+    stack.seed_stock("OTLP", 5).await;
+    stack.deposit("otto", 1000, "EUR").await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{trace_id}-b7ad6b7169203331-01");
+    let (status, body) = stack
+        .post_json(
+            Service::Order,
+            "/orders",
+            &[("traceparent", traceparent.as_str())],
+            &order_request("otto", "EUR", &[("OTLP", 1, 100)]),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let order_id = body["order_id"].as_str().unwrap().to_owned();
+    stack.wait_for_status(&order_id, "confirmed").await;
+    // OTLP carries trace ids as 16 raw bytes, and each batch names its service.
+    let trace_bytes = hex::decode(trace_id).unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let bodies = received.lock().unwrap().clone();
+        let in_trace: Vec<&Vec<u8>> = bodies
+            .iter()
+            .filter(|b| contains(b, &trace_bytes))
+            .collect();
+        let services: Vec<&str> = ["order-svc", "inventory-svc", "payment-svc"]
+            .into_iter()
+            .filter(|s| in_trace.iter().any(|b| contains(b, s.as_bytes())))
+            .collect();
+        (services.len() == 3).then_some(()).ok_or(format!(
+            "{} exports, services in the trace so far: {services:?}",
+            bodies.len()
+        ))
+    })
+    .await;
+}
