@@ -21,6 +21,26 @@ pub struct OutgoingMessage {
     pub properties: BasicProperties,
 }
 
+impl OutgoingMessage {
+    /// An envelope as it travels on `saga.events`: its bytes, its type's routing key, and
+    /// the AMQP properties that mirror it (with the trace context, when there is one).
+    pub fn event(envelope: &crate::Envelope, traceparent: Option<&str>) -> OutgoingMessage {
+        OutgoingMessage {
+            exchange: crate::topology::EVENTS_EXCHANGE.to_owned(),
+            routing_key: envelope.routing_key().unwrap_or_default().to_owned(),
+            body: envelope.to_body(),
+            properties: crate::envelope::properties_for(
+                envelope.message_id,
+                &envelope.event_type,
+                &envelope.correlation_id,
+                &envelope.producer,
+                envelope.occurred_at,
+                traceparent,
+            ),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("broker channel failed: {0}")]

@@ -22,7 +22,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use events::catalog::{FundsDeposited, StockAdjusted};
-use events::envelope::properties_for;
 use events::publisher::{ConfirmedPublisher, OutgoingMessage};
 use events::topology::EVENTS_EXCHANGE;
 use events::{Envelope, Event};
@@ -660,20 +659,9 @@ impl Stack {
                 envelope.event_type
             )
         });
-        self.publish_message(OutgoingMessage {
-            exchange: EVENTS_EXCHANGE.to_owned(),
-            routing_key: routing_key.to_owned(),
-            body: envelope.to_body(),
-            properties: properties_for(
-                envelope.message_id,
-                &envelope.event_type,
-                &envelope.correlation_id,
-                &envelope.producer,
-                envelope.occurred_at,
-                None,
-            ),
-        })
-        .await;
+        let message = OutgoingMessage::event(envelope, None);
+        assert_eq!(message.routing_key, routing_key);
+        self.publish_message(message).await;
     }
 
     /// Publishes any bytes on `saga.events` with `routing_key`, as a persistent JSON

@@ -11,8 +11,13 @@ use serde_json::Value;
 
 use crate::context::Context;
 
-/// Opens the watcher's queue and returns its consumer (messages are auto-acked).
-pub async fn watch(ctx: &Context, purpose: &str) -> anyhow::Result<(Connection, Consumer)> {
+/// Opens the watcher's queue, bound to `keys` (`#` for everything), and returns its
+/// consumer (messages are auto-acked).
+pub async fn watch(
+    ctx: &Context,
+    purpose: &str,
+    keys: &[&str],
+) -> anyhow::Result<(Connection, Consumer)> {
     let conn = ctx.broker(purpose).await?;
     let channel = conn
         .create_channel()
@@ -31,15 +36,17 @@ pub async fn watch(ctx: &Context, purpose: &str) -> anyhow::Result<(Connection, 
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            events::topology::EVENTS_EXCHANGE.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    for key in keys {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                events::topology::EVENTS_EXCHANGE.into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     let consumer = channel
         .basic_consume(
             queue.as_str().into(),

@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use rand::Rng;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -147,7 +145,14 @@ pub async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<Value> {
     wait_seeded(ctx, &sku, &poor).await?;
 
     // Follow the final events of every saga on the bus.
-    let (conn, mut finals) = final_events(ctx).await?;
+    // A watcher bound only to the events that end a saga.
+    let finals_keys = [
+        EventType::OrderConfirmed,
+        EventType::StockRejected,
+        EventType::OrderCancelled,
+    ]
+    .map(|t| t.routing_key());
+    let (conn, mut finals) = super::bus::watch(ctx, "load", &finals_keys).await?;
     let placed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let finished: Arc<Mutex<Vec<Finished>>> = Arc::default();
     let total = args.orders as usize;
@@ -330,54 +335,6 @@ async fn wait_seeded(ctx: &Context, sku: &str, poor: &str) -> anyhow::Result<()>
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A watcher queue bound only to the events that end a saga.
-async fn final_events(ctx: &Context) -> anyhow::Result<(lapin::Connection, lapin::Consumer)> {
-    let conn = ctx.broker("load").await?;
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(|e| ctx.broker_unreachable(e))?;
-    let queue = format!("sagactl.load.{}", std::process::id());
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    for t in [
-        EventType::OrderConfirmed,
-        EventType::StockRejected,
-        EventType::OrderCancelled,
-    ] {
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                events::topology::EVENTS_EXCHANGE.into(),
-                t.routing_key().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "sagactl-load".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((conn, consumer))
 }
 
 pub fn render(r: &Value) -> String {

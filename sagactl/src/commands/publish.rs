@@ -4,7 +4,7 @@ use std::io::Read;
 
 use anyhow::Context as _;
 use events::catalog::Event;
-use events::envelope::{Envelope, properties_for};
+use events::envelope::Envelope;
 use events::publisher::OutgoingMessage;
 use events::topology::EVENTS_EXCHANGE;
 use lapin::BasicProperties;
@@ -37,7 +37,6 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
     let Some(event_type) = args.event_type else {
         return Err(CliError::Refused("give an event type, or --raw".into()).into());
     };
-    let event_type = event_type.event_type();
     let payload: serde_json::Value = serde_json::from_slice(&input).map_err(|e| {
         CliError::Refused(format!("the payload is not JSON: {e}; nothing was sent"))
     })?;
@@ -77,20 +76,7 @@ pub async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Resu
             CliError::Refused("the correlation id must be 1 to 128 characters".into()).into(),
         );
     }
-    let routing_key = envelope.routing_key().unwrap_or_default();
-    let message = OutgoingMessage {
-        exchange: EVENTS_EXCHANGE.to_owned(),
-        routing_key: routing_key.to_owned(),
-        body: envelope.to_body(),
-        properties: properties_for(
-            envelope.message_id,
-            &envelope.event_type,
-            &envelope.correlation_id,
-            &envelope.producer,
-            envelope.occurred_at,
-            Some(&events::envelope::new_traceparent()),
-        ),
-    };
+    let message = OutgoingMessage::event(&envelope, Some(&events::envelope::new_traceparent()));
     ctx.publish(&message).await?;
     Ok(envelope)
 }

@@ -134,7 +134,7 @@ async fn run_file(ctx: &Context, file: &Path) -> anyhow::Result<(String, Vec<Str
     let text = std::fs::read_to_string(file)?;
     let scenario = Scenario::parse(&text)
         .map_err(|e| CliError::Refused(format!("{}: {e}", file.display())))?;
-    let (conn, consumer) = super::bus::watch(ctx, "scenario").await?;
+    let (conn, consumer) = super::bus::watch(ctx, "scenario", &["#"]).await?;
     let seen = super::bus::collect(consumer);
     let mut run = Run {
         ctx,

@@ -10,11 +10,11 @@ use crate::cli::TailArgs;
 use crate::context::Context;
 
 pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
-    let (conn, mut deliveries) = super::bus::watch(ctx, "tail").await?;
+    let (conn, mut deliveries) = super::bus::watch(ctx, "tail", &["#"]).await?;
     // On stderr even with --json (stdout stays one envelope per line): scripts wait for it
     // to know the watcher is bound before they publish.
     eprintln!("following saga.events (Ctrl-C to stop)");
-    let want_type = args.event_type.map(|t| t.event_type().name());
+    let want_type = args.event_type.map(|t| t.name());
     let deadline = args
         .duration
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
