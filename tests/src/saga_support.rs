@@ -392,11 +392,14 @@ impl Stack {
     }
 }
 
+/// An envelope seen on the bus, with the `traceparent` header it travelled with.
+type Seen = (Envelope, Option<String>);
+
 /// Every event published on `saga.events` while it lives, seen through an exclusive,
 /// auto-deleted queue bound to `#` (it takes no service's messages, and it goes with its
 /// connection).
 pub struct EventWatch {
-    seen: Arc<Mutex<Vec<Envelope>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     wait: Duration,
     // Kept open for as long as the watch lives.
     _connection: Connection,
@@ -453,9 +456,13 @@ impl EventWatch {
             while let Some(Ok(delivery)) = consumer.next().await {
                 // Only envelopes: the tests that publish bytes that are none do not watch.
                 if let Ok(envelope) = serde_json::from_slice::<Envelope>(&delivery.data) {
+                    let traceparent = events::envelope::header_str(
+                        &delivery.properties,
+                        events::envelope::TRACEPARENT_HEADER,
+                    );
                     sink.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push(envelope);
+                        .push((envelope, traceparent));
                 }
             }
         });
@@ -473,8 +480,20 @@ impl EventWatch {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .map(|(e, _)| e)
             .filter(|e| e.event_type == event_type && e.correlation_id == correlation_id)
             .cloned()
+            .collect()
+    }
+
+    /// Every event about `correlation_id` seen so far, as (type, traceparent header).
+    pub fn traces_of(&self, correlation_id: &str) -> Vec<(String, Option<String>)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(e, _)| e.correlation_id == correlation_id)
+            .map(|(e, tp)| (e.event_type.clone(), tp.clone()))
             .collect()
     }
 

@@ -4,79 +4,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use events::envelope::{TRACEPARENT_HEADER, header_str};
-use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use saga_tests::{Service, Stack, StackOptions, eventually, order_request};
 use serde_json::Value;
-
-/// Every (event type, correlation id, traceparent header) published on `saga.events`.
-async fn watch_traces(
-    stack: &Stack,
-) -> (
-    lapin::Connection,
-    Arc<Mutex<Vec<(String, String, Option<String>)>>>,
-) {
-    let conn = events::amqp::connect(&stack.sandbox().amqp_url(), "trace watch")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        "saga.events".into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "trace-watch".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            let env: Value = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
-            let tp = header_str(&d.properties, TRACEPARENT_HEADER);
-            sink.lock().unwrap().push((
-                env["type"].as_str().unwrap_or("?").to_owned(),
-                env["correlation_id"].as_str().unwrap_or("?").to_owned(),
-                tp,
-            ));
-        }
-    });
-    (conn, seen)
-}
 
 #[tokio::test]
 async fn the_requests_traceparent_travels_through_every_event_of_the_saga() {
     let stack = Stack::start(StackOptions::default()).await;
     stack.seed_stock("TRC", 5).await;
     stack.deposit("trudy", 1000, "EUR").await;
-    let (_conn, seen) = watch_traces(&stack).await;
+    let watch = stack.watch_events().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let (status, body) = stack
@@ -91,25 +27,19 @@ async fn the_requests_traceparent_travels_through_every_event_of_the_saga() {
     let order_id = body["order_id"].as_str().unwrap().to_owned();
     stack.wait_for_status(&order_id, "confirmed").await;
     let events = eventually(Duration::from_secs(20), || async {
-        let mine: Vec<_> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, c, _)| *c == order_id)
-            .cloned()
-            .collect();
+        let mine = watch.traces_of(&order_id);
         (mine.len() >= 4)
             .then_some(mine.clone())
             .ok_or(format!("{mine:?}"))
     })
     .await;
-    for (event_type, _, tp) in &events {
+    for (event_type, tp) in &events {
         let tp = tp
             .as_deref()
             .unwrap_or_else(|| panic!("{event_type} carries no traceparent"));
         assert!(tp.contains(trace_id), "{event_type} left the trace: {tp}");
     }
-    let types: Vec<&str> = events.iter().map(|(t, _, _)| t.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     for t in [
         "OrderCreated",
         "StockReserved",

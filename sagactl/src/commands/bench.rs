@@ -138,19 +138,16 @@ fn render(r: &Value) -> String {
     )
 }
 
-/// Messages per second through one quorum queue, publish to ack.
-async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
-    let conn = ctx.broker("bench").await?;
-    let queue = format!("sagactl.bench.{}", std::process::id());
-    let setup = conn.create_channel().await?;
+/// A durable quorum queue of the benchmark's own, like the services' input queues.
+async fn declare_quorum_queue(channel: &lapin::Channel, name: &str) -> lapin::Result<()> {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString(LongString::from("quorum")),
     );
-    setup
+    channel
         .queue_declare(
-            queue.as_str().into(),
+            name.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -158,6 +155,15 @@ async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
             args,
         )
         .await?;
+    Ok(())
+}
+
+/// Messages per second through one quorum queue, publish to ack.
+async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
+    let conn = ctx.broker("bench").await?;
+    let queue = format!("sagactl.bench.{}", std::process::id());
+    let setup = conn.create_channel().await?;
+    declare_quorum_queue(&setup, &queue).await?;
     let consume = conn.create_channel().await?;
     consume
         .basic_qos(WINDOW as u16, BasicQosOptions::default())
@@ -294,21 +300,7 @@ async fn relay_backlog(
     let channel = conn.create_channel().await?;
     events::topology::declare_exchanges(&channel).await?;
     let queue = format!("sagactl.bench.relay.{}", std::process::id());
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
+    declare_quorum_queue(&channel, &queue).await?;
     channel
         .queue_bind(
             queue.as_str().into(),
