@@ -215,7 +215,12 @@ fn at_least_once_dead_letter(exchange: &str, routing_key: &str) -> FieldTable {
     args
 }
 
-async fn declare_quorum(channel: &Channel, name: &str, mut args: FieldTable) -> lapin::Result<()> {
+/// Declares a durable quorum queue with `args` (its type is added here).
+pub async fn declare_quorum(
+    channel: &Channel,
+    name: &str,
+    mut args: FieldTable,
+) -> lapin::Result<()> {
     args.insert("x-queue-type".into(), long_string("quorum"));
     channel
         .queue_declare(

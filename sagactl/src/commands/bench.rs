@@ -19,9 +19,9 @@ use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -138,32 +138,12 @@ fn render(r: &Value) -> String {
     )
 }
 
-/// A durable quorum queue of the benchmark's own, like the services' input queues.
-async fn declare_quorum_queue(channel: &lapin::Channel, name: &str) -> lapin::Result<()> {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
-    Ok(())
-}
-
 /// Messages per second through one quorum queue, publish to ack.
 async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
     let conn = ctx.broker("bench").await?;
     let queue = format!("sagactl.bench.{}", std::process::id());
     let setup = conn.create_channel().await?;
-    declare_quorum_queue(&setup, &queue).await?;
+    events::topology::declare_quorum(&setup, &queue, FieldTable::default()).await?;
     let consume = conn.create_channel().await?;
     consume
         .basic_qos(WINDOW as u16, BasicQosOptions::default())
@@ -300,7 +280,7 @@ async fn relay_backlog(
     let channel = conn.create_channel().await?;
     events::topology::declare_exchanges(&channel).await?;
     let queue = format!("sagactl.bench.relay.{}", std::process::id());
-    declare_quorum_queue(&channel, &queue).await?;
+    events::topology::declare_quorum(&channel, &queue, FieldTable::default()).await?;
     channel
         .queue_bind(
             queue.as_str().into(),
