@@ -255,6 +255,11 @@ impl<H: Handler> EventConsumer<H> {
         delivery: Delivery,
         publisher: &ConfirmedPublisher,
     ) -> Disposition {
+        if delivery.redelivered {
+            // Came back unacked from an earlier consumer (a crash, a lost channel): the inbox
+            // decides whether it was applied already.
+            metrics::counter!("saga_messages_redelivered_total").increment(1);
+        }
         let disposition = self.process(&delivery.data, &delivery.properties).await;
         let event_type = delivery
             .properties

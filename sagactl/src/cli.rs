@@ -124,9 +124,32 @@ pub enum Command {
         /// Sagas may still be in flight: check again until there is no breach or SECS passed.
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         settle: u64,
+        /// What you know was published as StockAdjusted for a SKU, summed (repeatable):
+        /// available + reserved + sold must add up to it. Catches an adjustment applied
+        /// twice, which the services' own counters cannot.
+        #[arg(long, value_name = "SKU=TOTAL", value_parser = parse_total)]
+        expect_stock: Vec<(String, i64)>,
+        /// What you know was published as FundsDeposited for a customer, summed
+        /// (repeatable): balance + captured − refunded must add up to it.
+        #[arg(long, value_name = "CUSTOMER=TOTAL", value_parser = parse_total)]
+        expect_deposits: Vec<(String, i64)>,
     },
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
+}
+
+/// `NAME=TOTAL` for `verify --expect-*`.
+fn parse_total(s: &str) -> Result<(String, i64), String> {
+    let (name, total) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected NAME=TOTAL, e.g. BOOK=10, not {s:?}"))?;
+    if name.is_empty() {
+        return Err(format!("no name before '=' in {s:?}"));
+    }
+    let total = total
+        .parse()
+        .map_err(|e| format!("{total:?} is not a whole number: {e}"))?;
+    Ok((name.to_owned(), total))
 }
 
 fn publish_help() -> String {

@@ -18,8 +18,8 @@ use events::consumer::{
 };
 use events::envelope::properties_for;
 use events::publisher::OutgoingMessage;
-use events::retry::ATTEMPT_HEADER;
-use events::topology::{DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE};
+use events::retry::{ATTEMPT_HEADER, RETRY_DELAYS};
+use events::topology::{DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, ServiceTopology};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection};
@@ -454,6 +454,47 @@ impl Stack {
             }
         })
         .await
+    }
+
+    /// What keeps the stack from being at rest right now (an open order, an unsent outbox
+    /// row, a message waiting in an input or retry queue), or `None` when nothing is in
+    /// flight. Only at rest do the contract's invariants have to hold.
+    pub async fn in_flight(&self) -> Result<Option<String>, String> {
+        let unsent = self.unsent_outbox().await?;
+        if unsent.values().any(|n| *n > 0) {
+            return Ok(Some(format!("unsent outbox rows: {unsent:?}")));
+        }
+        let orders = self.try_all_orders().await?;
+        let open = orders
+            .iter()
+            .filter(|o| !SETTLED.contains(&o["status"].as_str().unwrap_or("?")))
+            .count();
+        if open > 0 {
+            return Ok(Some(format!(
+                "{open} of {} orders still open",
+                orders.len()
+            )));
+        }
+        let probe = self.probe().await;
+        let mut waiting = Vec::new();
+        for service in Service::ALL {
+            let topology = ServiceTopology::new(service.name(), &[]);
+            let queues = std::iter::once(topology.input_queue().to_owned())
+                .chain(RETRY_DELAYS.iter().map(|d| topology.retry_queue(*d)));
+            for queue in queues {
+                match probe.try_depth(&queue).await {
+                    Ok(0) => {}
+                    Ok(n) => waiting.push(format!("{queue}: {n}")),
+                    Err(e) => waiting.push(e),
+                }
+            }
+        }
+        probe.close().await;
+        if waiting.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(format!("messages waiting: {}", waiting.join(", "))))
+        }
     }
 
     /// Every order (up to 10000), as `GET /orders` lists them.

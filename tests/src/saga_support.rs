@@ -486,6 +486,21 @@ impl EventWatch {
             .collect()
     }
 
+    /// Waits until the message `message_id` has been seen on the bus; returns it.
+    pub async fn wait_for_id(&self, message_id: &str) -> Envelope {
+        eventually(self.wait, || async move {
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(e, _)| e)
+                .find(|e| e.message_id.to_string() == message_id)
+                .cloned()
+                .ok_or_else(|| format!("message {message_id} not seen on the bus yet"))
+        })
+        .await
+    }
+
     /// Every event about `correlation_id` seen so far, as (type, traceparent header).
     pub fn traces_of(&self, correlation_id: &str) -> Vec<(String, Option<String>)> {
         self.seen

@@ -27,7 +27,7 @@ use events::topology::EVENTS_EXCHANGE;
 use events::{Envelope, Event};
 use lapin::{BasicProperties, Connection};
 use reqwest::{Method, StatusCode};
-use sagactl::verify::{self, Endpoints, Snapshot};
+use sagactl::verify::{self, Endpoints, Expected, Snapshot};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -184,6 +184,10 @@ pub struct Stack {
     children: Mutex<HashMap<Service, Child>>,
     publisher: tokio::sync::Mutex<Option<BrokerLink>>,
     proxy: Option<TcpProxy>,
+    /// What the harness published as StockAdjusted and FundsDeposited (through
+    /// [`Stack::seed_stock`] and [`Stack::deposit`]): totals known without asking the
+    /// services, which the invariant checks compare stock and wallets with.
+    published: Mutex<Expected>,
     // Last: fields drop in order, and the vhost and databases go once nothing uses them.
     sandbox: Sandbox,
 }
@@ -221,6 +225,7 @@ impl Stack {
             children: Mutex::new(HashMap::new()),
             publisher: tokio::sync::Mutex::new(None),
             proxy,
+            published: Mutex::new(Expected::default()),
             sandbox,
             options,
         };
@@ -714,6 +719,7 @@ impl Stack {
             delta,
         }))
         .await;
+        self.expect_published_stock(sku, delta);
         let want = before + delta;
         eventually(self.options.wait, || async move {
             match self.stock_total(sku).await {
@@ -740,6 +746,7 @@ impl Stack {
             currency: currency.to_owned(),
         }))
         .await;
+        self.expect_published_deposit(customer_id, amount);
         let want = before + amount;
         eventually(self.options.wait, || async move {
             match self.wallet_total(customer_id).await {
@@ -754,6 +761,30 @@ impl Stack {
     }
 
     // ------------------------------------------------------------------ invariants
+
+    /// Records a StockAdjusted that a test published itself (not through
+    /// [`Stack::seed_stock`]) and expects inventory to apply.
+    pub fn expect_published_stock(&self, sku: &str, delta: i64) {
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        *published.stock.entry(sku.to_owned()).or_default() += delta;
+    }
+
+    /// Records a FundsDeposited that a test published itself and expects payment-svc to
+    /// apply.
+    pub fn expect_published_deposit(&self, customer_id: &str, amount: i64) {
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        *published
+            .deposits
+            .entry(customer_id.to_owned())
+            .or_default() += amount;
+    }
+
+    fn published(&self) -> Expected {
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 
     /// Everything the read endpoints say, as `sagactl verify` reads it.
     pub async fn snapshot(&self) -> Result<Snapshot, String> {
@@ -771,7 +802,7 @@ impl Stack {
     /// sentence each: the rule of `sagactl verify`, what it is about and what is wrong.
     pub async fn invariant_breaches(&self) -> Vec<String> {
         match self.snapshot().await {
-            Ok(s) => verify::check(&s)
+            Ok(s) => verify::check_against(&s, &self.published())
                 .into_iter()
                 .map(|b| format!("{}: {}: {}", b.rule, b.subject, b.detail))
                 .collect(),
@@ -779,11 +810,18 @@ impl Stack {
         }
     }
 
-    /// Waits for the stack to come to rest with every invariant holding; panics with the
-    /// breaches still seen at the deadline. (While messages are in flight some invariants
-    /// do not hold yet, so one look is not enough.)
+    /// Waits for the stack to come to rest (no order open, nothing in an outbox, an input
+    /// or a retry queue) and then checks every invariant; panics with what is still in
+    /// flight, or the breaches still seen, at the deadline. A look while messages are in
+    /// flight proves nothing either way, so breaches only count at rest. The wait covers one
+    /// order deadline, the longest an open order may rightly stay open.
     pub async fn assert_invariants(&self) {
-        eventually(self.options.wait, || async {
+        let deadline =
+            self.options.wait + Duration::from_secs_f64(self.options.deadline_secs.max(0.0));
+        eventually(deadline, || async {
+            if let Some(busy) = self.in_flight().await? {
+                return Err(format!("not at rest yet: {busy}"));
+            }
             let found = self.invariant_breaches().await;
             if found.is_empty() {
                 Ok(())

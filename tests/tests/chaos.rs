@@ -405,6 +405,8 @@ async fn inject_faults(stack: &Stack, journal: &Journal) {
                 currency: "EUR".into(),
             }))
             .await;
+        stack.expect_published_stock("SKU-PLENTY", 1);
+        stack.expect_published_deposit("rich-0", 1);
     }
     journal.note(format!(
         "published {OUTAGE_EVENTS} StockAdjusted(SKU-PLENTY, +1) and {OUTAGE_EVENTS} \

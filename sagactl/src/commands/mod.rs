@@ -19,6 +19,7 @@ use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, ScenarioCommand};
 use crate::context::Context;
+use sagactl::verify::Expected;
 
 pub use load::Mix;
 pub use publish::publish_event;
@@ -40,7 +41,17 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,
         Command::Load(args) => load::run(ctx, args).await,
         Command::Bench(args) => bench::run(ctx, args).await,
-        Command::Verify { settle } => verify::run(ctx, settle).await,
+        Command::Verify {
+            settle,
+            expect_stock,
+            expect_deposits,
+        } => {
+            let expected = Expected {
+                stock: expect_stock.into_iter().collect(),
+                deposits: expect_deposits.into_iter().collect(),
+            };
+            verify::run(ctx, settle, &expected).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use sagactl::verify::{Endpoints, Snapshot, check};
+use sagactl::verify::{Endpoints, Expected, Snapshot, check_against};
 
 use crate::context::{CliError, Context};
 use crate::output;
 
-pub async fn run(ctx: &Context, settle_secs: u64) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context, settle_secs: u64, expected: &Expected) -> anyhow::Result<()> {
     let endpoints = Endpoints {
         order: ctx.conn.order_url.clone(),
         inventory: ctx.conn.inventory_url.clone(),
@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, settle_secs: u64) -> anyhow::Result<()> {
                     cause: format!("{e:#}"),
                     hint: "is the stack up? Start it with ./scripts/stack.sh up",
                 })?;
-        let breaches = check(&snapshot);
+        let breaches = check_against(&snapshot, expected);
         // Sagas in flight look like breaches; with --settle, look again until they settle.
         if breaches.is_empty() || Instant::now() >= deadline {
             break (snapshot, breaches);
