@@ -181,6 +181,10 @@ EOF
 cmd_up() {
     if use_docker; then
         log "Docker engine found: starting the stack with docker compose"
+        # With the observability profile the services send their spans to its Jaeger.
+        if [[ ",${COMPOSE_PROFILES:-}," == *,observability,* && -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
+            export OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318
+        fi
         docker compose up -d --build --wait
         print_summary docker
         return 0

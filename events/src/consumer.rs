@@ -242,7 +242,9 @@ impl<H: Handler> EventConsumer<H> {
         }
         let mut out = Emitter::new(self.consumer_name(), Some(incoming.envelope.message_id));
         inner.handler.handle(&mut tx, incoming, &mut out).await?;
-        out.write(&mut tx, incoming.traceparent.as_deref()).await?;
+        // Emitted events are children of the handling span, not siblings of this message.
+        let trace = crate::trace::current_traceparent();
+        out.write(&mut tx, trace.as_deref()).await?;
         tx.commit().await?;
         Ok(InboxClaim::Claimed)
     }
@@ -457,19 +459,17 @@ fn delivery_span(delivery: &Delivery) -> tracing::Span {
     };
     let span = tracing::info_span!(
         "message",
+        otel.name = %format!("{} process", s(p.kind())),
+        otel.kind = "consumer",
         event_type = %s(p.kind()),
         message_id = %s(p.message_id()),
         order_id = %s(p.correlation_id()),
         causation_id = tracing::field::Empty,
         traceparent = tracing::field::Empty,
     );
-    // The span continues the trace the message carries, so an OTLP backend shows one trace
-    // from the HTTP request through every service's handler.
-    if let Some(tp) = header_str(p, TRACEPARENT_HEADER) {
-        let carrier = std::collections::HashMap::from([(TRACEPARENT_HEADER.to_owned(), tp)]);
-        let parent = opentelemetry::global::get_text_map_propagator(|prop| prop.extract(&carrier));
-        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
-    }
+    // The span is a child of the relay's publish span, whose context the message carries,
+    // so an OTLP backend shows one trace from the HTTP request through every handler.
+    crate::trace::continue_from_message(&span, p);
     span
 }
 

@@ -332,9 +332,9 @@ fn headers_schema(t: EventType) -> Value {
             TRACEPARENT_HEADER: {
                 "type": "string",
                 "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
-                "description": "Header `traceparent`: the W3C trace context, copied from the \
-                                message whose handling produced this one, or from the HTTP \
-                                request that started it, or new.",
+                "description": "Header `traceparent`: the W3C trace context of the \
+                                publish, a child span of the HTTP request or the handling \
+                                that wrote the event, so one saga is one trace.",
             },
         },
         "required": [

@@ -85,33 +85,6 @@ impl Envelope {
     }
 }
 
-/// A fresh W3C trace context (version 00, sampled), for a saga that starts here.
-pub fn new_traceparent() -> String {
-    let trace = Uuid::new_v4().simple().to_string();
-    let span = Uuid::new_v4().simple().to_string();
-    format!("00-{trace}-{}-01", &span[..16])
-}
-
-/// Whether `s` is a well-formed W3C `traceparent` (version 00).
-pub fn is_traceparent(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| {
-        p.len() == n
-            && p.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    matches!(parts[..], [v, t, p, f] if v == "00" && hex(t, 32) && hex(p, 16) && hex(f, 2)
-        && t != "00000000000000000000000000000000" && p != "0000000000000000")
-}
-
-/// The caller's trace context when it sent a valid one, else a new trace.
-pub fn continue_or_start_trace(incoming: Option<&str>) -> String {
-    match incoming {
-        Some(tp) if is_traceparent(tp) => tp.to_owned(),
-        _ => new_traceparent(),
-    }
-}
-
 /// The AMQP properties that mirror an envelope, as the contract lists them.
 pub fn properties_for(
     message_id: Uuid,
@@ -245,21 +218,6 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
         json.as_object_mut().unwrap().remove("message_id");
         assert!(serde_json::from_value::<Envelope>(json).is_err());
-    }
-
-    #[test]
-    fn trace_contexts_are_checked_and_made() {
-        assert!(is_traceparent(
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        ));
-        assert!(!is_traceparent(
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"
-        ));
-        assert!(!is_traceparent(
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01"
-        ));
-        assert!(is_traceparent(&new_traceparent()));
-        assert_eq!(continue_or_start_trace(Some("junk")).len(), 55);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   effects, outbox rows), acks only after commit, and routes failures to retry or dead letter.
 //! - [`housekeeping`]: retention of the outbox and inbox, and their gauges.
 //! - [`retry`]: the error classes of a handler and the delayed-retry schedule.
+//! - [`trace`]: the trace context of a saga across HTTP, outbox rows and messages.
 //! - [`amqp`]: connecting with backoff, and the connection settings every component shares.
 
 pub mod amqp;
@@ -28,6 +29,7 @@ pub mod outbox;
 pub mod publisher;
 pub mod retry;
 pub mod topology;
+pub mod trace;
 
 pub use catalog::{Event, EventType};
 pub use envelope::Envelope;

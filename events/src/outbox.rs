@@ -113,7 +113,25 @@ struct PendingRow {
 }
 
 impl PendingRow {
-    fn to_message(&self) -> OutgoingMessage {
+    /// The publish of this row as a span: a child of the span that wrote the row, so the
+    /// trace runs on from the request or the handler that emitted the event.
+    fn publish_span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("{} publish", self.routing_key),
+            otel.kind = "producer",
+            event_type = %self.event_type,
+            message_id = %self.message_id,
+            order_id = %self.correlation_id,
+            error = tracing::field::Empty,
+        );
+        crate::trace::continue_from_traceparent(&span, self.traceparent.as_deref());
+        span
+    }
+
+    /// The message for this row; its `traceparent` is the publish span's, so the consumer's
+    /// handling span becomes a child of the publish.
+    fn to_message(&self, publish: &tracing::Span) -> OutgoingMessage {
         OutgoingMessage {
             exchange: EVENTS_EXCHANGE.to_owned(),
             routing_key: self.routing_key.clone(),
@@ -124,7 +142,9 @@ impl PendingRow {
                 &self.correlation_id,
                 &self.producer,
                 self.occurred_at,
-                self.traceparent.as_deref(),
+                crate::trace::traceparent_of(publish)
+                    .or_else(|| self.traceparent.clone())
+                    .as_deref(),
             ),
         }
     }
@@ -218,16 +238,22 @@ impl OutboxRelay {
             tx.commit().await?;
             return Ok(0);
         }
-        let messages: Vec<_> = rows.iter().map(PendingRow::to_message).collect();
+        let spans: Vec<_> = rows.iter().map(PendingRow::publish_span).collect();
+        let messages: Vec<_> = rows
+            .iter()
+            .zip(&spans)
+            .map(|(row, span)| row.to_message(span))
+            .collect();
         let results = publisher.publish_all(&messages).await;
         let mut sent = Vec::with_capacity(rows.len());
         let mut refused = Vec::new();
         let mut first_error = None;
         let mut failed = 0;
-        for (row, result) in rows.iter().zip(results) {
+        for ((row, result), span) in rows.iter().zip(results).zip(&spans) {
             match result {
                 Ok(()) => sent.push(row.id),
                 Err(e) => {
+                    span.record("error", tracing::field::display(&e));
                     failed += 1;
                     // A refusal is about this message; a broken channel is about none of them.
                     if !e.breaks_channel() {

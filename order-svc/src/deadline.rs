@@ -38,8 +38,12 @@ pub async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
         .await?;
         cancelled += 1;
     }
-    out.write(&mut tx, Some(&events::envelope::new_traceparent()))
-        .await?;
+    // The cancellations of one sweep start one trace, rooted at this span (made only when
+    // there are some, so an idle sweep exports nothing).
+    let trace = (cancelled > 0)
+        .then(|| events::trace::traceparent_of(&tracing::info_span!("deadline sweep", cancelled)))
+        .flatten();
+    out.write(&mut tx, trace.as_deref()).await?;
     tx.commit().await?;
     Ok(cancelled)
 }

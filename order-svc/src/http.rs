@@ -90,14 +90,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// The W3C trace the request belongs to (its `traceparent` header), or a new one: the
-/// saga's events carry it on, so one trace spans the request and every handler.
-fn trace_of(headers: &HeaderMap) -> String {
-    events::envelope::continue_or_start_trace(
-        headers.get("traceparent").and_then(|v| v.to_str().ok()),
-    )
-}
-
 fn request_hash(req: &PlaceOrder) -> String {
     // The parsed request re-serialised: the same order written with other spacing or key
     // order hashes the same.
@@ -112,7 +104,7 @@ async fn place_order(
 ) -> Result<impl IntoResponse, ApiError> {
     let total = validate(&req)?;
     let key = idempotency_key(&headers)?;
-    let trace = trace_of(&headers);
+    let trace = events::trace::current_traceparent();
     let hash = request_hash(&req);
     let mut tx = api.pool.begin().await?;
     if let Some(key) = &key
@@ -155,9 +147,9 @@ async fn place_order(
     }));
     let (event_type, message_id) = (envelope.event_type.clone(), envelope.message_id);
     store::record_history(&mut tx, order_id, &event_type, message_id).await?;
-    out.write(&mut tx, Some(&trace)).await?;
+    out.write(&mut tx, trace.as_deref()).await?;
     tx.commit().await?;
-    tracing::info!(%order_id, traceparent = %trace, customer_id = %req.customer_id, total, "order placed");
+    tracing::info!(%order_id, traceparent = trace.as_deref().unwrap_or_default(), customer_id = %req.customer_id, total, "order placed");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"order_id": order_id, "status": OrderStatus::Pending.as_str()})),
@@ -263,7 +255,6 @@ async fn list_orders(
 
 async fn cancel_order(
     State(api): State<OrderApi>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let order_id = parse_id(&id)?;
@@ -289,7 +280,8 @@ async fn cancel_order(
             format!("order {order_id} is already {}", status.as_str()),
         ));
     }
-    out.write(&mut tx, Some(&trace_of(&headers))).await?;
+    out.write(&mut tx, events::trace::current_traceparent().as_deref())
+        .await?;
     tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -39,6 +39,9 @@ impl Application {
         let concurrency: usize = crate::config::env_parse("SAGA_HTTP_CONCURRENCY", 256)?;
         let router = with_ops_routes(api, health)
             .layer(axum::middleware::from_fn(crate::http::record_request))
+            .layer(axum::middleware::from_fn(
+                crate::request_span::trace_request,
+            ))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,

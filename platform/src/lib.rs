@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod request_span;
 pub mod shutdown;
 pub mod telemetry;
 

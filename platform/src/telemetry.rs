@@ -3,10 +3,11 @@
 //! Logs: human-readable by default, one JSON object per line with `SAGA_LOG_FORMAT=json`;
 //! the filter comes from `SAGA_LOG` (or `RUST_LOG`), `info` by default.
 //!
-//! Traces: when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (each handled
-//! message is one, a child of the W3C `traceparent` the message carries) are exported over
-//! OTLP/HTTP (protobuf) with the standard `OTEL_*` settings, under the service's name.
-//! Without it nothing is exported and no exporter runs.
+//! Traces: every HTTP request, outbox publish and handled message is a span, and one saga
+//! is one trace (see `events::trace`). Spans always carry a trace context, so the
+//! `traceparent` headers chain even when nothing is exported. When the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the spans are also exported over OTLP/HTTP
+//! (protobuf) with the standard `OTEL_*` settings, under the service's name.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -44,14 +45,18 @@ pub fn init(service: &'static str) -> Telemetry {
         Ok(p) => (p, None),
         Err(e) => (None, Some(e)),
     };
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service))
-            // One span per handled message; the libraries' spans and log events stay out.
-            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-                m.is_span() && m.name() == "message"
-            }))
-    });
+    // Without an exporter the spans still get ids, so trace contexts propagate.
+    let tracer = provider.as_ref().map_or_else(
+        || SdkTracerProvider::builder().build().tracer(service),
+        |p| p.tracer(service),
+    );
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        // The project's own spans (requests, publishes, handled messages); the libraries'
+        // spans and every log event stay out.
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.is_span() && is_own_target(m.target())
+        }));
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
@@ -64,6 +69,22 @@ pub fn init(service: &'static str) -> Telemetry {
         tracing::warn!(error = %e, "OTLP trace export is off: the exporter could not be built");
     }
     Telemetry { provider }
+}
+
+/// Whether a span comes from one of the project's crates.
+fn is_own_target(target: &str) -> bool {
+    const OWN: [&str; 5] = [
+        "events",
+        "platform",
+        "order_svc",
+        "inventory_svc",
+        "payment_svc",
+    ];
+    OWN.iter().any(|own| {
+        target
+            .strip_prefix(own)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
 }
 
 fn otlp_provider(service: &'static str) -> anyhow::Result<Option<SdkTracerProvider>> {

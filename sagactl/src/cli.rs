@@ -15,14 +15,51 @@ use events::EventType;
 pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
-    /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// How results are printed; global, so they go before or after the subcommand.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Output")]
+pub struct OutputArgs {
+    /// Output format: `table` (text for people), `json` (one document), `jsonl` (one JSON
+    /// object per line for lists).
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value_t = OutputFormat::Table
+    )]
+    pub format: OutputFormat,
+    /// Short for `-o json`.
+    #[arg(long, global = true, conflicts_with = "format")]
+    pub json: bool,
+    /// When to use colours; `auto` uses them on a terminal unless NO_COLOR is set.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value_t = clap::ColorChoice::Auto
+    )]
+    pub color: clap::ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Jsonl,
+}
+
+/// Where the broker, the services and the management API are; global, and each also read
+/// from the same environment variable the services use.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
 pub struct Connection {
     /// Broker URL (with vhost).
     #[arg(
@@ -102,7 +139,10 @@ pub enum Command {
     /// Follow every event on saga.events live (through a queue of its own).
     Tail(TailArgs),
     /// An order's whole saga as a timeline with its causation tree and final state.
-    Trace { order_id: uuid::Uuid },
+    Trace {
+        /// The order id (the saga's correlation id).
+        order_id: uuid::Uuid,
+    },
     /// The project's queues with ready/unacked/consumers and rates (management API).
     Queues {
         /// Refresh every N seconds until interrupted.
@@ -135,7 +175,10 @@ pub enum Command {
         expect_deposits: Vec<(String, i64)>,
     },
     /// Print a shell completion script (bash, zsh, fish, …).
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to write the script for.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `NAME=TOTAL` for `verify --expect-*`.
@@ -296,6 +339,7 @@ pub struct BenchArgs {
 pub enum ScenarioCommand {
     /// Run scenario files (or every *.toml of a directory); exit 1 if any fails.
     Run {
+        /// Scenario files (TOML) or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -325,12 +369,14 @@ pub enum DlqCommand {
     Show {
         /// A dead-letter queue (order-svc.dlq) or a service name (order-svc).
         queue: String,
+        /// Show at most this many messages (the oldest first).
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// Send dead-lettered messages back to their service's input queue (the inbox drops any
     /// that were already handled).
     Replay {
+        /// A dead-letter queue (order-svc.dlq) or a service name (order-svc).
         queue: String,
         /// Replay only this message.
         #[arg(long)]
@@ -339,21 +385,31 @@ pub enum DlqCommand {
         #[arg(long, requires = "message_id")]
         edit: bool,
     },
-    /// Delete every message of a dead-letter queue.
-    Purge { queue: String },
+    /// Delete every message of a dead-letter queue (asks first unless --yes).
+    Purge {
+        /// A dead-letter queue (order-svc.dlq) or a service name (order-svc).
+        queue: String,
+        /// Do not ask; needed when standard input is not a terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum OrderCommand {
     /// Place an order: `sagactl order place --customer alice --currency EUR --item BOOK:2:1500`.
     Place {
+        /// The customer placing the order (their wallet pays).
         #[arg(long)]
         customer: String,
+        /// ISO 4217 currency of the prices (three upper-case letters).
         #[arg(long, default_value = "EUR")]
         currency: String,
         /// SKU:QUANTITY:UNIT_PRICE (unit price in minor units); repeat for more items.
         #[arg(long = "item", required = true, value_parser = parse_item)]
         items: Vec<events::catalog::OrderItem>,
+        /// Sent as the Idempotency-Key header: placing again with the same key and items
+        /// returns the same order instead of a second one.
         #[arg(long)]
         idempotency_key: Option<String>,
         /// Wait until the order reaches a final status and show it.
@@ -362,17 +418,23 @@ pub enum OrderCommand {
     },
     /// Show an order with its history.
     Show {
+        /// The order id.
         order_id: String,
         /// Wait until the order reaches a final status first.
         #[arg(long)]
         wait: bool,
     },
     /// Cancel an order (refund and restock if it was confirmed).
-    Cancel { order_id: String },
+    Cancel {
+        /// The order id.
+        order_id: String,
+    },
     /// List orders, newest first.
     List {
-        #[arg(long)]
+        /// Only orders in this status.
+        #[arg(long, value_parser = ["pending", "reserved", "confirmed", "rejected", "cancelled"])]
         status: Option<String>,
+        /// Show at most this many orders.
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
@@ -382,25 +444,36 @@ pub enum OrderCommand {
 pub enum StockCommand {
     /// Add (or with a negative delta remove) available stock: publishes StockAdjusted.
     Adjust {
+        /// The SKU.
         sku: String,
+        /// Units to add; negative to remove.
         #[arg(allow_hyphen_values = true)]
         delta: i64,
     },
     /// Show a SKU's stock.
-    Show { sku: String },
+    Show {
+        /// The SKU.
+        sku: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum WalletCommand {
     /// Deposit money (minor units) into a customer's wallet: publishes FundsDeposited.
     Deposit {
+        /// The customer whose wallet receives the money.
         customer: String,
+        /// The amount in minor units of the currency (cents for EUR: 1500 is 15.00 EUR).
         amount: i64,
+        /// ISO 4217 currency of the amount.
         #[arg(long, default_value = "EUR")]
         currency: String,
     },
     /// Show a customer's wallet.
-    Show { customer: String },
+    Show {
+        /// The customer.
+        customer: String,
+    },
 }
 
 /// `SKU:QUANTITY:UNIT_PRICE`.
@@ -432,6 +505,72 @@ mod tests {
     #[test]
     fn the_grammar_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every argument of every command, with the path of commands that leads to it.
+    fn all_args(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments() {
+            out.push((path.clone(), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            all_args(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help_text() {
+        let mut args = Vec::new();
+        all_args(&Cli::command(), "sagactl".into(), &mut args);
+        let undocumented: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter(|(_, a)| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|(path, a)| format!("{path}: {}", a.get_id()))
+            .collect();
+        assert!(undocumented.is_empty(), "no help text: {undocumented:?}");
+    }
+
+    #[test]
+    fn global_flags_are_under_their_own_headings_in_every_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        let dlq = cli.find_subcommand_mut("dlq").unwrap();
+        let mut purge = dlq.find_subcommand_mut("purge").unwrap().clone();
+        let help = purge.render_long_help().to_string();
+        let connection = help.find("Connection:").expect(&help);
+        let output = help.find("Output:").expect(&help);
+        let own = help.find("Options:").expect(&help);
+        // The command's own options first, then the global groups.
+        assert!(own < connection && own < output, "{help}");
+        assert!(
+            help[own..connection.min(output)].contains("--yes"),
+            "{help}"
+        );
+        assert!(
+            !help[own..connection.min(output)].contains("--amqp-url"),
+            "{help}"
+        );
+        assert!(help[connection..].contains("--amqp-url"), "{help}");
+        assert!(help[output..].contains("--color"), "{help}");
+    }
+
+    #[test]
+    fn output_format_and_colour_parse() {
+        let cli = Cli::try_parse_from(["sagactl", "dlq", "list", "-o", "jsonl"]).unwrap();
+        assert_eq!(cli.output.format, OutputFormat::Jsonl);
+        let cli = Cli::try_parse_from(["sagactl", "--color", "never", "queues"]).unwrap();
+        assert_eq!(cli.output.color, clap::ColorChoice::Never);
+        assert!(Cli::try_parse_from(["sagactl", "queues", "-o", "yaml"]).is_err());
+        assert!(Cli::try_parse_from(["sagactl", "queues", "-o", "table", "--json"]).is_err());
+    }
+
+    #[test]
+    fn purge_takes_yes() {
+        let cli = Cli::try_parse_from(["sagactl", "dlq", "purge", "order-svc", "--yes"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Dlq(DlqCommand::Purge { yes: true, .. })
+        ));
     }
 
     #[test]

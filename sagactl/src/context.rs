@@ -7,11 +7,16 @@ use events::publisher::{ConfirmedPublisher, OutgoingMessage};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::cli::{Cli, Connection};
+use crate::cli::{Cli, Connection, OutputFormat};
 
 pub struct Context {
     pub conn: Connection,
+    /// `-o`: table, json or jsonl.
+    pub format: OutputFormat,
+    /// Output is JSON (`-o json`, `-o jsonl` or `--json`): no text for people.
     pub json: bool,
+    /// `--color`, resolved per stream by `output::use_color`.
+    pub color: clap::ColorChoice,
     pub http: reqwest::Client,
 }
 
@@ -65,9 +70,16 @@ pub enum Service {
 
 impl Context {
     pub fn from_cli(cli: &Cli) -> Self {
+        let format = if cli.output.json {
+            OutputFormat::Json
+        } else {
+            cli.output.format
+        };
         Context {
             conn: cli.conn.clone(),
-            json: cli.json,
+            format,
+            json: format != OutputFormat::Table,
+            color: cli.output.color,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()
@@ -137,14 +149,13 @@ impl Context {
         }
     }
 
-    /// The vhost named in the AMQP URL (`/` when none).
+    /// The vhost named in the AMQP URL (`/` when none), read by the same parser the
+    /// broker connection uses.
     pub fn vhost(&self) -> String {
-        let url = self.conn.amqp_url.split('?').next().unwrap_or_default();
-        let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
-        match after_scheme.split_once('/') {
-            Some((_, v)) if !v.is_empty() => v.replace("%2f", "/").replace("%2F", "/"),
-            _ => "/".to_owned(),
-        }
+        self.conn
+            .amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_or_else(|_| "/".to_owned(), |uri| uri.vhost)
     }
 
     /// GET on the RabbitMQ management API.
@@ -183,6 +194,16 @@ impl Context {
         let _ = conn.close(200, "done".into()).await;
         result.map_err(|e| CliError::Refused(format!("not published: {e}")).into())
     }
+}
+
+/// A URL path from raw segments, each percent-encoded: a SKU, customer or vhost name may
+/// hold `/`, `?`, `%` or spaces, which must stay inside their segment.
+pub fn path(segments: &[&str]) -> String {
+    let mut url = url::Url::parse("http://localhost/").unwrap_or_else(|_| unreachable!());
+    if let Ok(mut p) = url.path_segments_mut() {
+        p.clear().extend(segments);
+    }
+    url.path().to_owned()
 }
 
 pub fn ok_or_refused(status: StatusCode, body: Value) -> anyhow::Result<Value> {

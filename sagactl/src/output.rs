@@ -1,25 +1,77 @@
-//! Printing results: JSON with `--json`, readable text otherwise; colour only on a
-//! terminal.
+//! Printing results: text for people (`-o table`, the default), one JSON document
+//! (`-o json`, `--json`) or one JSON object per line for lists (`-o jsonl`); colour only
+//! where `--color` and `NO_COLOR` allow it. Everything goes through [`line`], so a reader
+//! that closes the pipe early (`sagactl … | head`) ends the command quietly.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use serde_json::Value;
 
+use crate::cli::OutputFormat;
 use crate::context::{Context, Failure};
 
-pub fn json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+/// Writes `text` and a newline to standard output. When the reader has gone (a closed
+/// pipe) there is nobody left to tell, so the process ends at once with status 0.
+pub fn line(text: &str) {
+    write_out(format!("{text}\n").as_bytes());
 }
 
-/// Prints `value` as JSON with `--json`, else the text `human` renders.
+/// Writes bytes to standard output as they are, ending quietly on a closed pipe.
+pub fn write_out(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+pub fn json(value: &Value) {
+    line(&serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// Prints `value` as JSON with `-o json` (one compact line with `-o jsonl`), else the text
+/// `human` renders.
 pub fn show(ctx: &Context, value: &Value, human: impl FnOnce(&Value) -> String) {
-    if ctx.json {
-        json(value);
+    match ctx.format {
+        OutputFormat::Table => line(&human(value)),
+        OutputFormat::Json => json(value),
+        OutputFormat::Jsonl => line(&value.to_string()),
+    }
+}
+
+/// Like [`show`] for a result that is a list under `key`: with `-o jsonl` each entry of
+/// the list is one line.
+pub fn list(ctx: &Context, value: &Value, key: &str, human: impl FnOnce(&Value) -> String) {
+    if ctx.format == OutputFormat::Jsonl {
+        for entry in value[key].as_array().into_iter().flatten() {
+            line(&entry.to_string());
+        }
     } else {
-        println!("{}", human(value));
+        show(ctx, value, human);
+    }
+}
+
+/// Whether colours go to a stream: `--color always|never`, or on `auto` a terminal without
+/// `NO_COLOR` set to a non-empty value (<https://no-color.org>).
+pub fn use_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {
+    match choice {
+        clap::ColorChoice::Always => true,
+        clap::ColorChoice::Never => false,
+        clap::ColorChoice::Auto => {
+            is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    }
+}
+
+/// `text` in an ANSI colour (`31` red, `32` green) when the output is coloured.
+pub fn paint(color: bool, code: &str, text: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
     }
 }
 
@@ -33,11 +85,38 @@ pub fn error(ctx: &Context, e: &anyhow::Error, failure: Failure) {
             "{}",
             serde_json::json!({"error": kind, "message": format!("{e:#}")})
         );
-    } else if std::io::stderr().is_terminal() {
-        eprintln!("\x1b[31merror:\x1b[0m {e:#}");
     } else {
-        eprintln!("error: {e:#}");
+        let color = use_color(ctx.color, std::io::stderr().is_terminal());
+        eprintln!("{} {e:#}", paint(color, "31", "error:"));
     }
+}
+
+/// An amount of money given in minor units, in major units with the currency's number of
+/// decimals (ISO 4217: EUR 2, JPY 0, BHD 3), followed by the code: `480, EUR` is
+/// `4.80 EUR`. A code ISO 4217 does not know is shown with the minor units as they are.
+pub fn money(minor: i64, currency: &str) -> String {
+    let decimals = iso_currency::Currency::from_code(currency)
+        .and_then(|c| c.exponent())
+        .unwrap_or(0);
+    if decimals == 0 {
+        return format!("{minor} {currency}");
+    }
+    let scale = 10u64.pow(u32::from(decimals));
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$} {currency}",
+        abs / scale,
+        abs % scale,
+        width = usize::from(decimals)
+    )
+}
+
+/// [`money`] for fields of a JSON answer (`-` when the amount is missing).
+pub fn money_field(v: &Value, key: &str, currency: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_i64)
+        .map_or_else(|| "-".to_owned(), |n| money(n, currency))
 }
 
 /// A field as display text: strings without quotes, null as "-".
@@ -50,8 +129,9 @@ pub fn field(v: &Value, key: &str) -> String {
 }
 
 pub fn render_order(o: &Value) -> String {
+    let currency = field(o, "currency");
     let mut s = format!(
-        "order    {}\nstatus   {}{}\ncustomer {}\ntotal    {} {}\n",
+        "order    {}\nstatus   {}{}\ncustomer {}\ntotal    {}\n",
         field(o, "order_id"),
         field(o, "status"),
         match o.get("reason").and_then(Value::as_str) {
@@ -59,8 +139,7 @@ pub fn render_order(o: &Value) -> String {
             None => String::new(),
         },
         field(o, "customer_id"),
-        field(o, "total"),
-        field(o, "currency"),
+        money_field(o, "total", &currency),
     );
     if let Some(items) = o.get("items").and_then(Value::as_array) {
         s.push_str("items\n");
@@ -69,7 +148,7 @@ pub fn render_order(o: &Value) -> String {
                 "  {:<20} x{:<6} @ {}\n",
                 field(i, "sku"),
                 field(i, "quantity"),
-                field(i, "unit_price")
+                money_field(i, "unit_price", &currency)
             ));
         }
     }
@@ -102,8 +181,30 @@ mod tests {
         }));
         assert!(text.contains("status   cancelled (payment_failed)"));
         assert!(text.contains("BOOK"));
+        assert!(text.contains("total    30.00 EUR"), "{text}");
+        assert!(text.contains("@ 15.00 EUR"), "{text}");
         assert!(text.contains("OrderCreated"));
         assert!(!text.contains('"'));
+    }
+
+    #[test]
+    fn money_is_shown_in_major_units_with_the_currencys_decimals() {
+        assert_eq!(money(480, "EUR"), "4.80 EUR");
+        assert_eq!(money(5, "EUR"), "0.05 EUR");
+        assert_eq!(money(-1205, "USD"), "-12.05 USD");
+        assert_eq!(money(480, "JPY"), "480 JPY");
+        assert_eq!(money(1234, "BHD"), "1.234 BHD");
+        assert_eq!(money(480, "XXZ"), "480 XXZ");
+        assert_eq!(money(i64::MIN, "EUR"), "-92233720368547758.08 EUR");
+    }
+
+    #[test]
+    fn colour_follows_the_choice_and_the_terminal() {
+        assert!(use_color(clap::ColorChoice::Always, false));
+        assert!(!use_color(clap::ColorChoice::Never, true));
+        assert!(!use_color(clap::ColorChoice::Auto, false));
+        assert_eq!(paint(false, "31", "x"), "x");
+        assert_eq!(paint(true, "31", "x"), "\x1b[31mx\x1b[0m");
     }
 
     #[test]

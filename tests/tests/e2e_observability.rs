@@ -212,12 +212,150 @@ async fn otlp_collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
     (addr, received)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// One exported span, with the service that exported it.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+}
+
+/// Every span in the OTLP/HTTP protobuf bodies received so far.
+fn exported_spans(bodies: &[Vec<u8>]) -> Vec<ExportedSpan> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+    let mut spans = Vec::new();
+    for body in bodies {
+        let request = ExportTraceServiceRequest::decode(body.as_slice())
+            .expect("the exporter sends valid OTLP protobuf");
+        for resource_spans in request.resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Any::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                spans.push(ExportedSpan {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: hex::encode(span.trace_id),
+                    span_id: hex::encode(span.span_id),
+                    parent_span_id: hex::encode(span.parent_span_id),
+                });
+            }
+        }
+    }
+    spans
+}
+
+/// The span `name` exported by `service` whose parent is `parent_span_id`, in `trace_id`.
+fn child_of<'a>(
+    spans: &'a [ExportedSpan],
+    trace_id: &str,
+    parent_span_id: &str,
+    service: &str,
+    name: &str,
+) -> Result<&'a ExportedSpan, String> {
+    spans
+        .iter()
+        .find(|s| {
+            s.trace_id == trace_id
+                && s.parent_span_id == parent_span_id
+                && s.service == service
+                && s.name == name
+        })
+        .ok_or_else(|| {
+            let in_trace: Vec<String> = spans
+                .iter()
+                .filter(|s| s.trace_id == trace_id)
+                .map(|s| {
+                    format!(
+                        "{}:{} ({}<-{})",
+                        s.service, s.name, s.span_id, s.parent_span_id
+                    )
+                })
+                .collect();
+            format!(
+                "no {service} span {name:?} under {parent_span_id}; the trace so far: {in_trace:?}"
+            )
+        })
+}
+
+/// The request → outbox → publish → consume → emit chain of a confirmed saga, every link
+/// a parent/child pair in one trace that starts at the caller's `traceparent`.
+fn confirmed_saga_tree(spans: &[ExportedSpan], trace_id: &str, caller: &str) -> Result<(), String> {
+    let t = trace_id;
+    let request = child_of(spans, t, caller, "order-svc", "POST /orders")?;
+    let created = child_of(
+        spans,
+        t,
+        &request.span_id,
+        "order-svc",
+        "order.created publish",
+    )?;
+    let reserve = child_of(
+        spans,
+        t,
+        &created.span_id,
+        "inventory-svc",
+        "OrderCreated process",
+    )?;
+    let reserved = child_of(
+        spans,
+        t,
+        &reserve.span_id,
+        "inventory-svc",
+        "stock.reserved publish",
+    )?;
+    child_of(
+        spans,
+        t,
+        &reserved.span_id,
+        "order-svc",
+        "StockReserved process",
+    )?;
+    let pay = child_of(
+        spans,
+        t,
+        &reserved.span_id,
+        "payment-svc",
+        "StockReserved process",
+    )?;
+    let paid = child_of(
+        spans,
+        t,
+        &pay.span_id,
+        "payment-svc",
+        "payment.done publish",
+    )?;
+    let confirm = child_of(spans, t, &paid.span_id, "order-svc", "PaymentDone process")?;
+    let confirmed = child_of(
+        spans,
+        t,
+        &confirm.span_id,
+        "order-svc",
+        "order.confirmed publish",
+    )?;
+    child_of(
+        spans,
+        t,
+        &confirmed.span_id,
+        "inventory-svc",
+        "OrderConfirmed process",
+    )?;
+    Ok(())
 }
 
 #[tokio::test]
-async fn handler_spans_are_exported_over_otlp_in_the_requests_trace() {
+async fn one_saga_is_one_trace_of_parent_and_child_spans_across_the_services() {
     let (collector, received) = otlp_collector().await;
     let stack = Stack::start(
         StackOptions::default()
@@ -228,7 +366,8 @@ async fn handler_spans_are_exported_over_otlp_in_the_requests_trace() {
     stack.seed_stock("OTLP", 5).await;
     stack.deposit("otto", 1000, "EUR").await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let traceparent = format!("00-{trace_id}-b7ad6b7169203331-01");
+    let caller_span = "b7ad6b7169203331";
+    let traceparent = format!("00-{trace_id}-{caller_span}-01");
     let (status, body) = stack
         .post_json(
             Service::Order,
@@ -240,22 +379,9 @@ async fn handler_spans_are_exported_over_otlp_in_the_requests_trace() {
     assert!(status.is_success(), "{status} {body}");
     let order_id = body["order_id"].as_str().unwrap().to_owned();
     stack.wait_for_status(&order_id, "confirmed").await;
-    // OTLP carries trace ids as 16 raw bytes, and each batch names its service.
-    let trace_bytes = hex::decode(trace_id).unwrap();
     eventually(Duration::from_secs(30), || async {
         let bodies = received.lock().unwrap().clone();
-        let in_trace: Vec<&Vec<u8>> = bodies
-            .iter()
-            .filter(|b| contains(b, &trace_bytes))
-            .collect();
-        let services: Vec<&str> = ["order-svc", "inventory-svc", "payment-svc"]
-            .into_iter()
-            .filter(|s| in_trace.iter().any(|b| contains(b, s.as_bytes())))
-            .collect();
-        (services.len() == 3).then_some(()).ok_or(format!(
-            "{} exports, services in the trace so far: {services:?}",
-            bodies.len()
-        ))
+        confirmed_saga_tree(&exported_spans(&bodies), trace_id, caller_span)
     })
     .await;
 }

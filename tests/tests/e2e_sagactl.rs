@@ -483,3 +483,124 @@ async fn the_readme_tour_runs_as_written() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Exit status and standard error of `sagactl` with `args`, stdin closed, no stack needed.
+fn offline(args: &[&str]) -> Output {
+    run(Command::new(binary_path("sagactl"))
+        .args(args)
+        .stdin(Stdio::null())
+        .env("SAGA_ORDER_URL", "http://127.0.0.1:9")
+        .env("SAGA_AMQP_URL", "amqp://guest:guest@127.0.0.1:9/saga"))
+}
+
+#[test]
+fn every_help_lists_the_commands_own_options_before_the_global_groups() {
+    for args in [
+        vec!["--help"],
+        vec!["order", "place", "--help"],
+        vec!["order", "list", "--help"],
+        vec!["dlq", "purge", "--help"],
+        vec!["queues", "--help"],
+    ] {
+        let out = offline(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = text(&out.stdout);
+        let connection = help.find("Connection:").unwrap_or_else(|| panic!("{help}"));
+        let output = help.find("Output:").unwrap_or_else(|| panic!("{help}"));
+        assert!(connection < help.find("--amqp-url").unwrap_or(0), "{help}");
+        assert!(output < help.find("--color").unwrap_or(0), "{help}");
+        assert!(help.contains("NO_COLOR"), "{help}");
+    }
+    let place = text(&offline(&["order", "place", "--help"]).stdout);
+    for documented in [
+        "The customer placing the order",
+        "Sent as the Idempotency-Key header",
+    ] {
+        assert!(place.contains(documented), "{place}");
+    }
+}
+
+#[test]
+fn exit_status_says_what_kind_of_failure_it_was() {
+    // 2: the arguments are wrong.
+    let out = offline(&["order", "list", "--status", "lost"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // 3: a service cannot be reached.
+    let out = offline(&["order", "show", "x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // Colour only when asked for, or on a terminal.
+    assert!(!text(&out.stderr).contains('\x1b'), "{}", text(&out.stderr));
+    let out = offline(&["--color", "always", "order", "show", "x"]);
+    assert!(
+        text(&out.stderr).contains("\x1b[31merror:"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_reader_that_closes_the_pipe_ends_sagactl_quietly() {
+    let mut child = Command::new(binary_path("sagactl"))
+        .args(["completions", "zsh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sagactl starts");
+    // Like `| head -c 0`: the reader is gone before sagactl writes its first byte.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("sagactl ends");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test]
+async fn dlq_purge_asks_first_and_without_a_terminal_needs_yes() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack
+        .publish_raw("order.created", b"not json".to_vec())
+        .await;
+    let listed = |stack: &Stack| {
+        let out = ok_stdout(sagactl(stack).args(["dlq", "list", "-o", "jsonl"]));
+        out.lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object per line"))
+            .find(|q| q["queue"] == "inventory-svc.dlq")
+            .and_then(|q| q["messages"].as_i64())
+            .unwrap_or(-1)
+    };
+    eventually(Duration::from_secs(20), || async {
+        let n = listed(&stack);
+        (n == 1).then_some(()).ok_or(n)
+    })
+    .await;
+    let out = run(sagactl(&stack)
+        .args(["dlq", "purge", "inventory-svc"])
+        .stdin(Stdio::null()));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--yes"), "{}", text(&out.stderr));
+    assert_eq!(listed(&stack), 1, "nothing is purged without a yes");
+    let out = ok_stdout(sagactl(&stack).args(["dlq", "purge", "inventory-svc", "--yes"]));
+    assert!(out.contains("purged 1 messages"), "{out}");
+    assert_eq!(listed(&stack), 0);
+}
+
+#[tokio::test]
+async fn money_is_printed_in_major_units_with_the_currencys_decimals() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack.seed_stock("YEN", 5).await;
+    stack.deposit("kenji", 5000, "JPY").await;
+    stack.deposit("eva", 5000, "EUR").await;
+    let wallet = ok_stdout(sagactl(&stack).args(["wallet", "show", "kenji"]));
+    assert!(wallet.contains("balance 5000 JPY"), "{wallet}");
+    let order_id = stack
+        .place_order_ok(&order_request("eva", "EUR", &[("YEN", 2, 1500)]))
+        .await;
+    stack.wait_for_status(&order_id, "confirmed").await;
+    let order = ok_stdout(sagactl(&stack).args(["order", "show", &order_id]));
+    assert!(order.contains("total    30.00 EUR"), "{order}");
+    let wallet = ok_stdout(sagactl(&stack).args(["wallet", "show", "eva"]));
+    assert!(
+        wallet.contains("balance 20.00 EUR  captured 30.00 EUR"),
+        "{wallet}"
+    );
+}

@@ -347,10 +347,12 @@ async fn service_databases(args: &BenchArgs) -> anyhow::Result<super::preload::D
 
 /// (deliveries to the three input queues, commits in the three service databases).
 async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<(i64, i64)> {
-    let vhost = ctx.vhost().replace('/', "%2F");
+    let vhost = ctx.vhost();
     let mut deliveries = 0;
     for q in ["order-svc", "inventory-svc", "payment-svc"] {
-        let v = ctx.management(&format!("/api/queues/{vhost}/{q}")).await?;
+        let v = ctx
+            .management(&crate::context::path(&["api", "queues", &vhost, q]))
+            .await?;
         deliveries += v
             .pointer("/message_stats/deliver_get")
             .and_then(Value::as_i64)

@@ -62,8 +62,11 @@ pub async fn run(ctx: &Context, cmd: DlqCommand) -> anyhow::Result<()> {
             )
             .await
         }
-        DlqCommand::Purge { queue } => {
+        DlqCommand::Purge { queue, yes } => {
             let name = dlq_name(&queue)?.0;
+            if !yes {
+                confirm_purge(&channel, &name).await?;
+            }
             let n = channel
                 .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
                 .await?;
@@ -99,7 +102,7 @@ async fn list(ctx: &Context, channel: &Channel) -> anyhow::Result<()> {
         let name = format!("{s}.dlq");
         rows.push(json!({"queue": name, "messages": count(channel, &name).await?}));
     }
-    output::show(ctx, &json!({"queues": rows}), |v| {
+    output::list(ctx, &json!({"queues": rows}), "queues", |v| {
         let mut s = format!("{:<20} {:>8}\n", "QUEUE", "MESSAGES");
         for r in v["queues"].as_array().into_iter().flatten() {
             s.push_str(&format!(
@@ -111,6 +114,28 @@ async fn list(ctx: &Context, channel: &Channel) -> anyhow::Result<()> {
         s.trim_end().to_owned()
     });
     Ok(())
+}
+
+/// Asks on the terminal before a purge: deleting dead letters cannot be undone, and they
+/// are the only copy of the messages that failed. Without a terminal to ask on, refuses:
+/// a script must say `--yes`.
+async fn confirm_purge(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Refused(format!(
+            "not purging {queue}: standard input is not a terminal to confirm on; add --yes"
+        ))
+        .into());
+    }
+    let n = count(channel, queue).await?;
+    eprint!("delete all {n} messages of {queue}? This cannot be undone. [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(CliError::Refused(format!("not purging {queue}: not confirmed")).into())
+    }
 }
 
 /// Takes up to `limit` messages without acking them.
@@ -166,9 +191,10 @@ async fn show(ctx: &Context, channel: &Channel, queue: &str, limit: usize) -> an
     let total = count(channel, queue).await?;
     let taken = take(channel, queue, limit).await?;
     let messages: Vec<Value> = taken.iter().map(describe).collect();
-    output::show(
+    output::list(
         ctx,
         &json!({"queue": queue, "total": total, "messages": messages}),
+        "messages",
         |v| {
             let mut s = format!("{queue}: {total} messages\n");
             for m in v["messages"].as_array().into_iter().flatten() {

@@ -53,12 +53,10 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             verify::run(ctx, settle, &expected).await
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "sagactl",
-                &mut std::io::stdout(),
-            );
+            // Written in one piece through the output module, so `| head` ends quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "sagactl", &mut script);
+            crate::output::write_out(&script);
             Ok(())
         }
     }

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::cli::OrderCommand;
-use crate::context::{CliError, Context, Service, ok_or_refused};
+use crate::context::{CliError, Context, Service, ok_or_refused, path};
 use crate::output::{self, field, render_order};
 
 /// Longest `order place --wait` waits for a final status.
@@ -49,7 +49,7 @@ pub async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> {
             let order = if wait {
                 wait_for_final(ctx, &order_id).await?
             } else {
-                ctx.get_ok(Service::Order, &format!("/orders/{order_id}"))
+                ctx.get_ok(Service::Order, &path(&["orders", &order_id]))
                     .await?
             };
             output::show(ctx, &order, render_order);
@@ -60,7 +60,7 @@ pub async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> {
                 .call(
                     Service::Order,
                     Method::POST,
-                    &format!("/orders/{order_id}/cancel"),
+                    &path(&["orders", &order_id, "cancel"]),
                     None,
                     &[],
                 )
@@ -72,12 +72,14 @@ pub async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> {
             Ok(())
         }
         OrderCommand::List { status, limit } => {
-            let mut path = format!("/orders?limit={limit}");
-            if let Some(s) = status {
-                path.push_str(&format!("&status={s}"));
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            if let Some(s) = &status {
+                query.append_pair("status", s);
             }
-            let body = ctx.get_ok(Service::Order, &path).await?;
-            output::show(ctx, &body, render_list);
+            let list = format!("{}?{}", path(&["orders"]), query.finish());
+            let body = ctx.get_ok(Service::Order, &list).await?;
+            output::list(ctx, &body, "orders", render_list);
             Ok(())
         }
     }
@@ -87,7 +89,7 @@ pub async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> {
 async fn wait_for_final(ctx: &Context, id: &str) -> anyhow::Result<Value> {
     let started = Instant::now();
     loop {
-        let order = ctx.get_ok(Service::Order, &format!("/orders/{id}")).await?;
+        let order = ctx.get_ok(Service::Order, &path(&["orders", id])).await?;
         let status = field(&order, "status");
         if matches!(status.as_str(), "confirmed" | "rejected" | "cancelled") {
             return Ok(order);
@@ -105,7 +107,7 @@ async fn wait_for_final(ctx: &Context, id: &str) -> anyhow::Result<Value> {
 
 fn render_list(v: &Value) -> String {
     let mut s = format!(
-        "{:<38} {:<10} {:<12} {:>10}  {}\n",
+        "{:<38} {:<10} {:<12} {:>16}  {}\n",
         "ORDER", "STATUS", "CUSTOMER", "TOTAL", "CREATED"
     );
     for o in v
@@ -115,11 +117,11 @@ fn render_list(v: &Value) -> String {
         .flatten()
     {
         s.push_str(&format!(
-            "{:<38} {:<10} {:<12} {:>10}  {}\n",
+            "{:<38} {:<10} {:<12} {:>16}  {}\n",
             field(o, "order_id"),
             field(o, "status"),
             field(o, "customer_id"),
-            format!("{} {}", field(o, "total"), field(o, "currency")),
+            output::money_field(o, "total", &field(o, "currency")),
             field(o, "created_at"),
         ));
     }

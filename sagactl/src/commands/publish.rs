@@ -76,7 +76,7 @@ pub async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Resu
             CliError::Refused("the correlation id must be 1 to 128 characters".into()).into(),
         );
     }
-    let message = OutgoingMessage::event(&envelope, Some(&events::envelope::new_traceparent()));
+    let message = OutgoingMessage::event(&envelope, None);
     ctx.publish(&message).await?;
     Ok(envelope)
 }

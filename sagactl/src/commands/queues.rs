@@ -12,7 +12,7 @@ const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
 pub async fn run(ctx: &Context, watch: Option<u64>) -> anyhow::Result<()> {
     loop {
         let vhost = ctx.vhost();
-        let path = format!("/api/queues/{}", urlencode(&vhost));
+        let path = crate::context::path(&["api", "queues", &vhost]);
         let all = ctx.management(&path).await?;
         let rows: Vec<Value> = all
             .as_array()
@@ -28,9 +28,10 @@ pub async fn run(ctx: &Context, watch: Option<u64>) -> anyhow::Result<()> {
             .collect();
         let report = json!({"vhost": vhost, "queues": rows});
         if watch.is_some() && !ctx.json {
-            print!("\x1b[2J\x1b[H");
+            // Clears the terminal so the table redraws in place.
+            output::write_out(b"\x1b[2J\x1b[H");
         }
-        output::show(ctx, &report, render);
+        output::list(ctx, &report, "queues", render);
         match watch {
             Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
             None => return Ok(()),
@@ -78,10 +79,6 @@ pub fn render(report: &Value) -> String {
     s.trim_end().to_owned()
 }
 
-fn urlencode(s: &str) -> String {
-    s.replace('%', "%25").replace('/', "%2F")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,8 +96,14 @@ mod tests {
     }
 
     #[test]
-    fn the_default_vhost_is_encoded() {
-        assert_eq!(urlencode("/"), "%2F");
-        assert_eq!(urlencode("saga"), "saga");
+    fn the_default_vhost_is_one_encoded_segment() {
+        assert_eq!(
+            crate::context::path(&["api", "queues", "/"]),
+            "/api/queues/%2F"
+        );
+        assert_eq!(
+            crate::context::path(&["api", "queues", "saga"]),
+            "/api/queues/saga"
+        );
     }
 }

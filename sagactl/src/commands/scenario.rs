@@ -76,7 +76,8 @@ pub async fn run(ctx: &Context, paths: Vec<PathBuf>) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let failed = results.iter().filter(|r| r["passed"] == false).count();
     let report = json!({"scenarios": results, "passed": results.len() - failed, "failed": failed});
-    output::show(ctx, &report, render);
+    let colour = output::use_color(ctx.color, std::io::stdout().is_terminal());
+    output::show(ctx, &report, |r| render(r, colour));
     if failed > 0 {
         return Err(
             CliError::Refused(format!("{failed} of {} scenarios failed", results.len())).into(),
@@ -85,16 +86,14 @@ pub async fn run(ctx: &Context, paths: Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn render(report: &Value) -> String {
-    let colour = std::io::stdout().is_terminal();
+fn render(report: &Value, colour: bool) -> String {
     let mut s = String::new();
     for r in report["scenarios"].as_array().into_iter().flatten() {
         let passed = r["passed"] == true;
-        let mark = match (passed, colour) {
-            (true, true) => "\x1b[32mPASS\x1b[0m",
-            (true, false) => "PASS",
-            (false, true) => "\x1b[31mFAIL\x1b[0m",
-            (false, false) => "FAIL",
+        let mark = if passed {
+            output::paint(colour, "32", "PASS")
+        } else {
+            output::paint(colour, "31", "FAIL")
         };
         s.push_str(&format!(
             "{mark}  {}  ({:.1}s, {})\n",

@@ -32,7 +32,7 @@ pub async fn run(ctx: &Context, cmd: StockCommand) -> anyhow::Result<()> {
         }
         StockCommand::Show { sku } => {
             let v = ctx
-                .get_ok(Service::Inventory, &format!("/stock/{sku}"))
+                .get_ok(Service::Inventory, &crate::context::path(&["stock", &sku]))
                 .await?;
             output::show(ctx, &v, |v| {
                 format!(

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::cli::TailArgs;
 use crate::context::Context;
+use crate::output;
 
 pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
     let (conn, mut deliveries) = super::bus::watch(ctx, "tail", &["#"]).await?;
@@ -48,9 +49,9 @@ pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
             } else {
                 envelope
             };
-            println!("{line}");
+            output::line(&line.to_string());
         } else {
-            println!("{}", line(&envelope, delivery.routing_key.as_str()));
+            output::line(&line(&envelope, delivery.routing_key.as_str()));
         }
         seen += 1;
         if args.count.is_some_and(|c| seen >= c) {

@@ -181,7 +181,7 @@ fn render(report: &Value, events: &[TracedEvent]) -> String {
         })
     };
     let mut s = format!(
-        "order {}  {}{}  ({}, {} {})\n\ntimeline\n",
+        "order {}  {}{}  ({}, {})\n\ntimeline\n",
         f(o, "order_id"),
         f(o, "status"),
         o["reason"]
@@ -189,8 +189,7 @@ fn render(report: &Value, events: &[TracedEvent]) -> String {
             .map(|r| format!(" ({r})"))
             .unwrap_or_default(),
         f(o, "customer_id"),
-        f(o, "total"),
-        f(o, "currency"),
+        crate::output::money_field(o, "total", &f(o, "currency")),
     );
     let start = events.first().map(|e| e.occurred_at);
     let mut previous = start;
@@ -242,10 +241,9 @@ fn render(report: &Value, events: &[TracedEvent]) -> String {
         s.push_str("  payment      none\n");
     } else {
         s.push_str(&format!(
-            "  payment      {}  {} {}{}\n",
+            "  payment      {}  {}{}\n",
             f(p, "status"),
-            f(p, "amount"),
-            f(p, "currency"),
+            crate::output::money_field(p, "amount", &f(p, "currency")),
             p["reason"]
                 .as_str()
                 .map(|r| format!("  ({r})"))

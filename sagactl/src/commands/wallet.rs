@@ -29,7 +29,8 @@ pub async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()> {
             let v = json!({"message_id": envelope.message_id, "customer_id": customer, "amount": amount, "currency": currency});
             output::show(ctx, &v, |_| {
                 format!(
-                    "FundsDeposited {customer} {amount} {currency} published ({})",
+                    "FundsDeposited {customer} {} published ({})",
+                    output::money(amount, &currency),
                     envelope.message_id
                 )
             });
@@ -37,16 +38,19 @@ pub async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()> {
         }
         WalletCommand::Show { customer } => {
             let v = ctx
-                .get_ok(Service::Payment, &format!("/wallets/{customer}"))
+                .get_ok(
+                    Service::Payment,
+                    &crate::context::path(&["wallets", &customer]),
+                )
                 .await?;
             output::show(ctx, &v, |v| {
+                let currency = field(v, "currency");
                 format!(
-                    "{}  balance {} {}  captured {}  refunded {}",
+                    "{}  balance {}  captured {}  refunded {}",
                     field(v, "customer_id"),
-                    field(v, "balance"),
-                    field(v, "currency"),
-                    field(v, "captured"),
-                    field(v, "refunded")
+                    output::money_field(v, "balance", &currency),
+                    output::money_field(v, "captured", &currency),
+                    output::money_field(v, "refunded", &currency)
                 )
             });
             Ok(())
