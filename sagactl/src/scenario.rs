@@ -80,7 +80,7 @@ pub enum Step {
     /// Publish an event; `{ref}` in string values becomes that order's id, and SKU and
     /// customer names get the run's suffix.
     Publish(Publish),
-    /// Wait until an order has a status.
+    /// Wait until an order has a status, or an event about it was seen.
     Wait(Wait),
 }
 
@@ -112,7 +112,13 @@ pub struct Publish {
 #[serde(deny_unknown_fields)]
 pub struct Wait {
     pub order: String,
-    pub status: String,
+    /// Wait until the order (at order-svc) has this status ...
+    #[serde(default)]
+    pub status: Option<String>,
+    /// ... or until an event of this type about it has been seen on the bus (for orders
+    /// that exist only in the events a scenario publishes).
+    #[serde(default)]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use events::catalog::{Event, FundsDeposited, StockAdjusted};
@@ -13,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use sagactl::scenario::{Expect, Names, Scenario, Step, bind_payload, missing_events};
+use sagactl::scenario::{Expect, Names, Scenario, Step, Wait, bind_payload, missing_events};
 
 use crate::cli::parse_item;
 use crate::context::{CliError, Context, Service, ok_or_refused};
@@ -118,6 +119,8 @@ struct Run<'a> {
     names: Names,
     orders: HashMap<String, Uuid>,
     messages: HashMap<String, Uuid>,
+    /// Every envelope seen on the bus since the run started.
+    seen: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Run<'_> {
@@ -142,6 +145,7 @@ async fn run_file(ctx: &Context, file: &Path) -> anyhow::Result<(String, Vec<Str
         },
         orders: HashMap::new(),
         messages: HashMap::new(),
+        seen: seen.clone(),
     };
     let timeout = Duration::from_secs(scenario.timeout_secs);
     let result = async {
@@ -326,11 +330,42 @@ async fn when(run: &mut Run<'_>, step: &Step, timeout: Duration) -> anyhow::Resu
             }
             super::publish::publish_envelope(ctx, envelope).await?;
         }
+        Step::Wait(Wait {
+            order,
+            event: Some(event),
+            ..
+        }) => {
+            let id = run.order_id(order).to_string();
+            let seen = run.seen.clone();
+            poll(
+                timeout,
+                &format!("{event} about {order} on the bus"),
+                || {
+                    let found = seen.lock().is_ok_and(|s| {
+                        s.iter()
+                            .any(|e| e["type"] == json!(event) && e["correlation_id"] == json!(id))
+                    });
+                    async move { Ok(found) }
+                },
+            )
+            .await?;
+        }
+        Step::Wait(Wait {
+            status: None,
+            order,
+            ..
+        }) => {
+            return Err(CliError::Refused(format!(
+                "wait for {order}: say which status or event to wait for"
+            ))
+            .into());
+        }
         Step::Wait(w) => {
+            let status = w.status.clone().unwrap_or_default();
             let id = run.order_id(&w.order);
             poll(
                 timeout,
-                &format!("order {} to be {}", w.order, w.status),
+                &format!("order {} to be {status}", w.order),
                 || async {
                     let (st, v) = ctx
                         .call(
@@ -341,7 +376,7 @@ async fn when(run: &mut Run<'_>, step: &Step, timeout: Duration) -> anyhow::Resu
                             &[],
                         )
                         .await?;
-                    Ok(st.is_success() && v["status"] == json!(w.status))
+                    Ok(st.is_success() && v["status"] == json!(status))
                 },
             )
             .await?;
