@@ -15,6 +15,10 @@
 //!   effects, outbox rows), acks only after commit, and routes failures to retry or dead letter.
 //! - [`housekeeping`]: retention of the outbox and inbox, and their gauges.
 //! - [`retry`]: the error classes of a handler and the delayed-retry schedule.
+//! - [`metric_labels`]: label values from closed sets.
+//! - [`failure`]: the three failure classes (bad input, transient, unreachable).
+//! - [`pause`]: the gate that stops a consumer while its database is unreachable.
+//! - [`parking`]: publishing a retry or dead-letter copy with backoff and channel reopening.
 //! - [`amqp`]: connecting with backoff, and the connection settings every component shares.
 
 pub mod amqp;
@@ -22,9 +26,13 @@ pub mod catalog;
 pub mod consumer;
 pub mod contract;
 pub mod envelope;
+pub mod failure;
 pub mod housekeeping;
 pub mod inbox;
+pub mod metric_labels;
 pub mod outbox;
+pub mod parking;
+pub mod pause;
 pub mod publisher;
 pub mod retry;
 pub mod topology;
