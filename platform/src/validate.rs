@@ -3,8 +3,8 @@
 //! forgets a message before its last retry can apply it twice; a pool smaller than what
 //! runs at once times out under load).
 
-use std::ops::RangeInclusive;
 use crate::ServiceConfig;
+use std::ops::RangeInclusive;
 
 /// Database connections the HTTP API may hold at once besides the background work.
 pub const HTTP_CONNECTIONS: u32 = 4;

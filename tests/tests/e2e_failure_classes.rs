@@ -346,7 +346,7 @@ async fn made_up_methods_and_message_types_create_no_time_series() {
                     "stock.adjusted".into(),
                     BasicPublishOptions::default(),
                     b"{}",
-                    BasicProperties::default().with_kind(made_up(i).as_str().into()),
+                    BasicProperties::default().with_type(made_up(i).as_str().into()),
                 )
                 .await
                 .expect("publishing");
