@@ -358,6 +358,9 @@ async fn made_up_methods_and_message_types_create_no_time_series() {
     probe
         .wait_depth("inventory-svc.dlq", 1, stack.options().wait)
         .await;
+    // Reading /metrics is a request too: its own series exist after the first read.
+    series(&stack, Service::Order).await;
+    series(&stack, Service::Inventory).await;
     let before = (
         series(&stack, Service::Order).await,
         series(&stack, Service::Inventory).await,
