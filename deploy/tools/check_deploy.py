@@ -422,9 +422,12 @@ def check_k8s():
         ann = spec["template"]["metadata"].get("annotations", {})
         check(ann.get("prometheus.io/port") == str(port) and ann.get("prometheus.io/path") == "/metrics",
               f"{svc}: scrape annotations point at :{port}/metrics")
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # Liveness checks no dependency (an outage must not restart pods); readiness checks
+        # the database.
+        for probe, want in (("startupProbe", "/healthz/live"), ("readinessProbe", "/healthz/ready"),
+                            ("livenessProbe", "/healthz/live")):
             p = c.get(probe, {}).get("httpGet", {})
-            check(p.get("path") == "/healthz" and p.get("port") in ("http", port), f"{svc}: {probe} on /healthz")
+            check(p.get("path") == want and p.get("port") in ("http", port), f"{svc}: {probe} on {want}")
         refs = c.get("envFrom", [])
         secret_refs = [r["secretRef"]["name"] for r in refs if "secretRef" in r]
         cm_refs = [r["configMapRef"]["name"] for r in refs if "configMapRef" in r]

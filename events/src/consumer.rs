@@ -11,7 +11,9 @@
 //! A handler failure rolls the transaction back (no trace of the attempt) and then, by its
 //! class, either publishes the message to a delayed retry queue or to the dead-letter
 //! queue; the original is acked only once that copy is confirmed by the broker. A retry
-//! never blocks other messages and never spins: it waits in a TTL queue.
+//! never blocks other messages and never spins: it waits in a TTL queue. A copy that cannot
+//! be published is held and tried again after a delay ([`crate::parking`]). An unreachable
+//! database is no failure of the message: the consumer pauses ([`crate::pause`]).
 //!
 //! Deliveries are handled concurrently (up to `concurrency` at once, with a prefetch that
 //! keeps the workers fed). Handlers lock the rows they change, so two events about one order
@@ -25,7 +27,7 @@ use chrono::{SecondsFormat, Utc};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection};
@@ -41,7 +43,9 @@ use crate::catalog::{DecodeError, Event, decode_body};
 use crate::envelope::{Envelope, TRACEPARENT_HEADER, header_str, header_u32};
 use crate::inbox::{self, InboxClaim};
 use crate::outbox::Emitter;
-use crate::publisher::{ConfirmedPublisher, OutgoingMessage};
+use crate::parking::{PATIENCE, ParkError, ParkingPublisher};
+use crate::pause::PauseGate;
+use crate::publisher::OutgoingMessage;
 use crate::retry::{ATTEMPT_HEADER, HandlerError, next_delay};
 use crate::topology::{DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE, ServiceTopology};
 
@@ -93,6 +97,8 @@ pub enum Disposition {
         error: String,
         attempts: u32,
     },
+    /// The database is unreachable: hold the delivery and pause until it answers.
+    Paused { error: String },
 }
 
 impl Disposition {
@@ -102,6 +108,7 @@ impl Disposition {
             Disposition::Duplicate => "duplicate",
             Disposition::Retry { .. } => "retried",
             Disposition::DeadLetter { .. } => "dead_lettered",
+            Disposition::Paused { .. } => "paused",
         }
     }
 }
@@ -132,6 +139,7 @@ struct Inner<H> {
     handler: H,
     settings: ConsumerSettings,
     link: LinkState,
+    gate: PauseGate,
 }
 
 /// Consumes a service's input queue with a [`Handler`].
@@ -163,6 +171,7 @@ impl<H: Handler> EventConsumer<H> {
                 handler,
                 settings,
                 link: LinkState::default(),
+                gate: PauseGate::default(),
             }),
         }
     }
@@ -205,7 +214,8 @@ impl<H: Handler> EventConsumer<H> {
         }
         let started = Instant::now();
         let result = self.apply(&incoming).await;
-        let event_type = incoming.envelope.event_type.clone();
+        let event_type =
+            crate::metric_labels::event_type(Some(incoming.envelope.event_type.as_str()));
         metrics::histogram!("saga_handler_duration_seconds", "type" => event_type)
             .record(started.elapsed().as_secs_f64());
         match result {
@@ -216,6 +226,18 @@ impl<H: Handler> EventConsumer<H> {
                 error: message,
                 attempts: attempt,
             },
+            Err(HandlerError::Unreachable(e)) => Disposition::Paused {
+                error: format!("{e:#}"),
+            },
+            // A connection lost mid-transaction is transient only if the database is still
+            // there; when it does not answer, this was the start of an outage.
+            Err(HandlerError::Transient(e))
+                if !crate::pause::database_answers(&self.inner.pool).await =>
+            {
+                Disposition::Paused {
+                    error: format!("{e:#}"),
+                }
+            }
             Err(HandlerError::Transient(e)) => match next_delay(attempt) {
                 Some(delay) => Disposition::Retry {
                     attempt,
@@ -250,30 +272,42 @@ impl<H: Handler> EventConsumer<H> {
     }
 
     /// Handles one delivery to the end: process, then ack, or retry / dead-letter and ack
-    /// once the copy is confirmed. If the copy cannot be published the delivery is nacked
-    /// back to the queue (the quorum queue's delivery limit bounds that loop).
+    /// once the copy is confirmed. While the database is unreachable the delivery is held
+    /// and processed again once it answers. A copy that cannot be published is held and
+    /// tried again with backoff; after [`PATIENCE`] the delivery is rejected back to the
+    /// queue (after that delay, and counted toward the delivery limit on every RabbitMQ
+    /// version, so it never spins).
     pub async fn handle_delivery(
         &self,
         delivery: Delivery,
-        publisher: &ConfirmedPublisher,
+        publisher: &ParkingPublisher,
+        shutdown: &CancellationToken,
     ) -> Disposition {
         if delivery.redelivered {
             // Came back unacked from an earlier consumer (a crash, a lost channel): the inbox
             // decides whether it was applied already.
             metrics::counter!("saga_messages_redelivered_total").increment(1);
         }
-        let disposition = self.process(&delivery.data, &delivery.properties).await;
-        let event_type = delivery
-            .properties
-            .kind()
-            .as_ref()
-            .map(|k| k.as_str().to_owned())
-            .unwrap_or_else(|| "unknown".to_owned());
-        metrics::counter!("saga_messages_handled_total", "type" => event_type, "outcome" => disposition.outcome())
+        let disposition = loop {
+            let disposition = self.process(&delivery.data, &delivery.properties).await;
+            if let Disposition::Paused { error } = &disposition {
+                tracing::warn!(%error, "database unreachable; holding the message");
+                if self.inner.gate.ride_out(&self.inner.pool, shutdown).await {
+                    continue;
+                }
+                // Shutting down: the held delivery returns to the queue with the channel.
+            }
+            break disposition;
+        };
+        metrics::counter!("saga_messages_handled_total", "type" => crate::metric_labels::event_type(delivery.properties.kind().as_ref().map(|k| k.as_str())), "outcome" => disposition.outcome())
             .increment(1);
         tracing::debug!(outcome = disposition.outcome(), "message handled");
+        // Paused only when shutting down: the delivery goes back with the channel.
+        if matches!(disposition, Disposition::Paused { .. }) {
+            return disposition;
+        }
         let copy = match &disposition {
-            Disposition::Handled | Disposition::Duplicate => None,
+            Disposition::Handled | Disposition::Duplicate | Disposition::Paused { .. } => None,
             Disposition::Retry {
                 attempt,
                 delay,
@@ -292,16 +326,15 @@ impl<H: Handler> EventConsumer<H> {
             }
         };
         if let Some(copy) = copy
-            && let Err(e) = publisher.publish(&copy).await
+            && let Err(e) = publisher.park(&copy, PATIENCE, shutdown).await
         {
-            tracing::error!(error = %e, "could not park the failed message; returning it to the queue");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            if let ParkError::Refused(_) = e {
+                tracing::error!(error = %e, "could not park the failed message; rejecting it back to the queue");
+                let _ = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: true })
+                    .await;
+            }
             return disposition;
         }
         if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
@@ -391,18 +424,22 @@ impl<H: Handler> EventConsumer<H> {
         backoff: &mut Backoff,
     ) -> anyhow::Result<()> {
         let inner = &self.inner;
-        let conn: Connection = amqp::connect(
-            &inner.amqp_url,
-            &format!("{} consumer", self.consumer_name()),
-        )
-        .await?;
+        // Shared with the parking publisher, which reopens its channel on it.
+        let conn: Arc<Connection> = Arc::new(
+            amqp::connect(
+                &inner.amqp_url,
+                &format!("{} consumer", self.consumer_name()),
+            )
+            .await?,
+        );
         let channel = conn.create_channel().await?;
         inner.topology.declare(&channel).await?;
         crate::topology::declare_peers(&conn, &inner.topology.service).await;
         channel
             .basic_qos(inner.settings.prefetch, BasicQosOptions::default())
             .await?;
-        let publisher = ConfirmedPublisher::open(&conn, inner.settings.confirm_timeout).await?;
+        let publisher =
+            Arc::new(ParkingPublisher::open(conn.clone(), inner.settings.confirm_timeout).await?);
         let tag = format!("{}-{}", self.consumer_name(), std::process::id());
         let mut deliveries = channel
             .basic_consume(
@@ -417,6 +454,10 @@ impl<H: Handler> EventConsumer<H> {
         tracing::info!(queue = inner.topology.input_queue(), "consuming");
         let workers = Arc::new(Semaphore::new(inner.settings.concurrency.max(1)));
         let result = loop {
+            // Paused: take nothing new; what is prefetched stays unacked with the broker.
+            if inner.gate.is_paused() && !inner.gate.wait_open(shutdown).await {
+                break Ok(());
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
@@ -427,9 +468,10 @@ impl<H: Handler> EventConsumer<H> {
                         let permit = workers.clone().acquire_owned().await?;
                         let this = self.clone();
                         let publisher = publisher.clone();
+                        let shutdown = shutdown.clone();
                         let span = delivery_span(&delivery);
                         tracker.spawn(async move {
-                            this.handle_delivery(delivery, &publisher).await;
+                            this.handle_delivery(delivery, &publisher, &shutdown).await;
                             drop(permit);
                         }.instrument(span));
                     }

@@ -16,6 +16,10 @@
 //! - [`housekeeping`]: retention of the outbox and inbox, and their gauges.
 //! - [`retry`]: the error classes of a handler and the delayed-retry schedule.
 //! - [`trace`]: the trace context of a saga across HTTP, outbox rows and messages.
+//! - [`metric_labels`]: label values from closed sets.
+//! - [`failure`]: the three failure classes (bad input, transient, unreachable).
+//! - [`pause`]: the gate that stops a consumer while its database is unreachable.
+//! - [`parking`]: publishing a retry or dead-letter copy with backoff and channel reopening.
 //! - [`amqp`]: connecting with backoff, and the connection settings every component shares.
 
 pub mod amqp;
@@ -23,9 +27,13 @@ pub mod catalog;
 pub mod consumer;
 pub mod contract;
 pub mod envelope;
+pub mod failure;
 pub mod housekeeping;
 pub mod inbox;
+pub mod metric_labels;
 pub mod outbox;
+pub mod parking;
+pub mod pause;
 pub mod publisher;
 pub mod retry;
 pub mod topology;

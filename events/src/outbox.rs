@@ -255,8 +255,12 @@ impl OutboxRelay {
                 Err(e) => {
                     span.record("error", tracing::field::display(&e));
                     failed += 1;
-                    // A refusal is about this message; a broken channel is about none of them.
-                    if !e.breaks_channel() {
+                    // A refusal is about this message; a broken channel is about none of
+                    // them, except when the broker closed it over this very message: the
+                    // first one to fail, with a channel-level error (ACCESS_REFUSED, say).
+                    // Confirms come in publish order, so that one is the culprit, and it
+                    // backs off alone instead of heading every batch.
+                    if !e.breaks_channel() || (failed == 1 && e.closed_channel_over_message()) {
                         refused.push(row.id);
                     }
                     first_error.get_or_insert(e);
@@ -264,6 +268,7 @@ impl OutboxRelay {
             }
         }
         if !refused.is_empty() {
+            metrics::counter!("saga_outbox_refused_total").increment(refused.len() as u64);
             let reason = first_error.as_ref().map(|e| e.to_string());
             sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = $2,

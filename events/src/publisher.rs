@@ -64,6 +64,12 @@ impl PublishError {
     pub fn breaks_channel(&self) -> bool {
         matches!(self, PublishError::Channel(_) | PublishError::Timeout(_))
     }
+
+    /// Whether the broker closed the channel because of this message (a channel-level
+    /// error such as ACCESS_REFUSED for a routing key the user may not write to).
+    pub fn closed_channel_over_message(&self) -> bool {
+        matches!(self, PublishError::Channel(e) if e.is_amqp_soft_error())
+    }
 }
 
 /// A confirm-mode channel.

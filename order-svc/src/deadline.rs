@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::apply;
+use crate::outage::OutageClock;
 use crate::saga::{OrderInput, OrderStatus};
 use crate::{SERVICE, store};
 
@@ -48,14 +49,29 @@ pub async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
     Ok(cancelled)
 }
 
-/// Sweeps every `interval` until shutdown.
-pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+/// Sweeps every `interval` until shutdown; never while order-svc cannot work (`clock`).
+pub async fn run(
+    pool: PgPool,
+    interval: Duration,
+    mut clock: OutageClock,
+    shutdown: CancellationToken,
+) {
     loop {
-        match sweep_once(&pool).await {
-            Ok(n) if n as i64 >= SWEEP_BATCH => continue,
-            Ok(n) if n > 0 => tracing::info!(cancelled = n, "cancelled orders past their deadline"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "deadline sweep failed; will retry"),
+        if clock.settle(&pool).await {
+            match sweep_once(&pool).await {
+                Ok(n) if n as i64 >= SWEEP_BATCH => continue,
+                Ok(n) if n > 0 => {
+                    tracing::info!(cancelled = n, "cancelled orders past their deadline")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Whatever the error, a database that does not answer is an outage.
+                    if !events::pause::database_answers(&pool).await {
+                        clock.down();
+                    }
+                    tracing::warn!(error = %e, "deadline sweep failed; will retry")
+                }
+            }
         }
         if !events::amqp::pause(interval, &shutdown).await {
             return;

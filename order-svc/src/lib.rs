@@ -5,11 +5,13 @@
 //!   and PaymentRefunded, and the function that applies a saga decision.
 //! - [`http`]: `POST /orders`, `GET /orders/{id}`, `GET /orders`, `POST /orders/{id}/cancel`.
 //! - [`deadline`]: cancels orders still open when their deadline passes.
+//! - [`outage`]: stops the deadline while order-svc cannot reach its broker or database.
 //! - [`store`]: the order tables' queries.
 
 pub mod deadline;
 pub mod handlers;
 pub mod http;
+pub mod outage;
 pub mod saga;
 pub mod store;
 
@@ -72,6 +74,7 @@ pub async fn build(
     )
     .await?;
     let sweep_every = (deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    app.spawn(deadline::run(pool, sweep_every, shutdown));
+    let clock = outage::OutageClock::new(app.broker_links());
+    app.spawn(deadline::run(pool, sweep_every, clock, shutdown));
     Ok(app)
 }

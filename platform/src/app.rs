@@ -23,6 +23,8 @@ pub struct Application {
     router: Router,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// The broker links `/healthz` reports, for tasks that must know whether they are up.
+    links: Vec<events::amqp::LinkState>,
 }
 
 impl Application {
@@ -37,30 +39,48 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {addr}; is another process using it?"))?;
         let concurrency: usize = crate::config::env_parse("SAGA_HTTP_CONCURRENCY", 256)?;
+        if concurrency == 0 {
+            anyhow::bail!(
+                "environment variable SAGA_HTTP_CONCURRENCY=0 is out of range: it must be at least 1"
+            );
+        }
+        let links = health.links.iter().map(|(_, l)| l.clone()).collect();
+        // One limit for the whole process, shared by every route.
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let router = with_ops_routes(api, health)
             .layer(axum::middleware::from_fn(crate::http::record_request))
             .layer(axum::middleware::from_fn(
                 crate::request_span::trace_request,
             ))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            // Inside the timeout: requests past the limit wait, and time out with 408,
+            // rather than pile up work.
+            .layer(axum::middleware::from_fn_with_state(
+                slots,
+                crate::edge::limit_concurrency,
+            ))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 REQUEST_TIMEOUT,
             ))
             // Outermost, so that it also sees the timeout layer's answers.
-            .layer(axum::middleware::from_fn(json_errors))
-            // Requests past the limit wait (and time out with 408) rather than pile up work.
-            .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency.max(1)));
+            .layer(axum::middleware::from_fn(json_errors));
         Ok(Application {
             listener,
             router,
             tasks: TaskTracker::new(),
             shutdown,
+            links,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The broker links (consumer, relay): all up when the service can reach the broker.
+    pub fn broker_links(&self) -> Vec<events::amqp::LinkState> {
+        self.links.clone()
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {

@@ -128,7 +128,8 @@ impl ServiceConfig {
         let confirm_timeout =
             Duration::from_millis(env_parse("SAGA_CONFIRM_TIMEOUT_MS", 10_000u64)?);
         let concurrency: usize = env_parse("SAGA_CONCURRENCY", 8)?;
-        Ok::<_, anyhow::Error>(ServiceConfig {
+        let relay_workers: usize = env_parse("SAGA_RELAY_WORKERS", 4usize)?;
+        let config = ServiceConfig {
             name,
             http_addr,
             database_url,
@@ -137,8 +138,12 @@ impl ServiceConfig {
                 &format!("SAGA_{prefix}_AMQP_PASSWORD"),
                 &env_or("SAGA_AMQP_URL", DEFAULT_AMQP_URL)?,
             )?,
-            // Handlers, the relay, its listener, HTTP and housekeeping each need a connection.
-            db_pool_size: env_parse("SAGA_DB_POOL_SIZE", (concurrency as u32) + 4)?,
+            // Handlers, the relay loops, its listener, HTTP and housekeeping each need a
+            // connection at once (see `validate::pool_needed`).
+            db_pool_size: env_parse(
+                "SAGA_DB_POOL_SIZE",
+                crate::validate::pool_needed(concurrency, relay_workers),
+            )?,
             consumer: ConsumerSettings {
                 prefetch: env_parse("SAGA_PREFETCH", 64)?,
                 concurrency,
@@ -147,7 +152,7 @@ impl ServiceConfig {
             relay: RelaySettings {
                 batch_size: env_parse("SAGA_RELAY_BATCH", 512)?,
                 poll_interval: Duration::from_millis(env_parse("SAGA_RELAY_POLL_MS", 1000u64)?),
-                workers: env_parse("SAGA_RELAY_WORKERS", 4usize)?,
+                workers: relay_workers,
                 confirm_timeout,
             },
             retention: Retention {
@@ -162,8 +167,9 @@ impl ServiceConfig {
                 purge_every: Duration::from_secs(env_parse("SAGA_PURGE_INTERVAL_SECS", 60u64)?),
                 ..Retention::default()
             },
-        })
-        .context("reading configuration from the environment")
+        };
+        crate::validate::check(&config)?;
+        Ok(config)
     }
 }
 

@@ -63,8 +63,20 @@ impl ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// A value the database cannot store (a NUL character, a number out of range, a broken
+    /// constraint) is the client's bad input: 400. Anything else is ours: 503.
     fn from(e: sqlx::Error) -> Self {
-        ApiError::unavailable(e)
+        match events::failure::classify_sqlx(&e) {
+            events::failure::FailureClass::BadInput => {
+                tracing::info!(error = %e, "request refused: a value the database cannot store");
+                ApiError::bad_request(
+                    events::failure::bad_input_code(&e),
+                    "the request holds a value that cannot be stored \
+                     (a NUL character, a number out of range, or a value breaking a rule)",
+                )
+            }
+            _ => ApiError::unavailable(e),
+        }
     }
 }
 
@@ -238,6 +250,8 @@ pub fn with_ops_routes(api: Router, health: Health) -> Router {
     let metrics = metrics_handle();
     let ops = Router::new()
         .route("/healthz", get(healthz))
+        .route("/healthz/live", get(crate::health::live))
+        .route("/healthz/ready", get(crate::health::ready))
         .route("/messages/{correlation_id}", get(messages))
         .with_state(health)
         .route(
@@ -284,7 +298,7 @@ async fn messages(
 /// Counts and times every request by method, route template and status
 /// (`saga_http_requests_total`, `saga_http_request_duration_seconds`).
 pub async fn record_request(req: Request, next: axum::middleware::Next) -> Response {
-    let method = req.method().as_str().to_owned();
+    let method = crate::edge::method_label(req.method());
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -292,7 +306,7 @@ pub async fn record_request(req: Request, next: axum::middleware::Next) -> Respo
     let started = std::time::Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("saga_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("saga_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("saga_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());

@@ -6,10 +6,13 @@
 pub mod app;
 pub mod config;
 pub mod db;
+pub mod edge;
+pub mod health;
 pub mod http;
 pub mod request_span;
 pub mod shutdown;
 pub mod telemetry;
+pub mod validate;
 
 pub use app::Application;
 pub use config::ServiceConfig;

@@ -39,6 +39,17 @@ pub fn postgres_server_url() -> String {
     )
 }
 
+/// The PostgreSQL server's address, for a [`crate::proxy::TcpProxy`] in front of it.
+pub fn postgres_addr() -> SocketAddr {
+    let addr = format!(
+        "{}:{}",
+        env_or("SAGA_PG_HOST", "127.0.0.1"),
+        env_or("SAGA_PG_PORT", "5432")
+    );
+    addr.parse()
+        .unwrap_or_else(|e| panic!("SAGA_PG_HOST:SAGA_PG_PORT={addr:?} is not an IP:port: {e}"))
+}
+
 /// The RabbitMQ management API's base URL.
 pub fn management_api() -> String {
     env_or("SAGA_RABBITMQ_API", "http://127.0.0.1:15672")
@@ -191,6 +202,15 @@ impl Sandbox {
 
     pub fn database_url(&self, prefix: &str) -> String {
         format!("{}/{}", postgres_server_url(), self.database_name(prefix))
+    }
+
+    /// The URL of the database of `prefix` through a proxy listening at `addr`.
+    pub fn database_url_via(&self, prefix: &str, addr: SocketAddr) -> String {
+        format!(
+            "postgres://{}@{addr}/{}",
+            env_or("SAGA_PG_USERINFO", "postgres"),
+            self.database_name(prefix)
+        )
     }
 
     /// Creates the database of `prefix` if needed, migrates it, and opens a small pool.

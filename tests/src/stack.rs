@@ -95,6 +95,9 @@ pub struct StackOptions {
     pub deadline_secs: f64,
     /// Route the services' AMQP through a [`TcpProxy`] (see [`Stack::proxy`]).
     pub amqp_via_proxy: bool,
+    /// Route the services' PostgreSQL connections through a [`TcpProxy`] (see
+    /// [`Stack::db_proxy`]): a database outage for this stack alone.
+    pub db_via_proxy: bool,
     /// How long the waiting helpers (`seed_stock`, `wait_for_status`, …) wait.
     pub wait: Duration,
     /// More environment variables for every service (`SAGA_CONCURRENCY`, say).
@@ -106,6 +109,7 @@ impl Default for StackOptions {
         StackOptions {
             deadline_secs: 30.0,
             amqp_via_proxy: false,
+            db_via_proxy: false,
             wait: Duration::from_secs(30),
             extra_env: Vec::new(),
         }
@@ -120,6 +124,11 @@ impl StackOptions {
 
     pub fn with_proxy(mut self) -> Self {
         self.amqp_via_proxy = true;
+        self
+    }
+
+    pub fn with_db_proxy(mut self) -> Self {
+        self.db_via_proxy = true;
         self
     }
 
@@ -188,6 +197,7 @@ pub struct Stack {
     /// [`Stack::seed_stock`] and [`Stack::deposit`]): totals known without asking the
     /// services, which the invariant checks compare stock and wallets with.
     published: Mutex<Expected>,
+    db_proxy: Option<TcpProxy>,
     // Last: fields drop in order, and the vhost and databases go once nothing uses them.
     sandbox: Sandbox,
 }
@@ -202,6 +212,15 @@ impl Stack {
                 TcpProxy::start(sandbox::broker_addr())
                     .await
                     .expect("starting the AMQP proxy"),
+            )
+        } else {
+            None
+        };
+        let db_proxy = if options.db_via_proxy {
+            Some(
+                TcpProxy::start(sandbox::postgres_addr())
+                    .await
+                    .expect("starting the PostgreSQL proxy"),
             )
         } else {
             None
@@ -226,6 +245,7 @@ impl Stack {
             publisher: tokio::sync::Mutex::new(None),
             proxy,
             published: Mutex::new(Expected::default()),
+            db_proxy,
             sandbox,
             options,
         };
@@ -260,7 +280,10 @@ impl Stack {
             let prefix = s.env_prefix();
             env.push((
                 format!("SAGA_{prefix}_DATABASE_URL"),
-                self.sandbox.database_url(s.database()),
+                match &self.db_proxy {
+                    Some(p) => self.sandbox.database_url_via(s.database(), p.addr()),
+                    None => self.sandbox.database_url(s.database()),
+                },
             ));
             env.push((
                 format!("SAGA_{prefix}_HTTP_ADDR"),
@@ -400,6 +423,14 @@ impl Stack {
         self.proxy
             .as_ref()
             .expect("this stack was started without StackOptions::with_proxy()")
+    }
+
+    /// The proxy between the services and PostgreSQL; panics unless the stack was started
+    /// with [`StackOptions::with_db_proxy`]. The test's own pools ([`Stack::db`]) bypass it.
+    pub fn db_proxy(&self) -> &TcpProxy {
+        self.db_proxy
+            .as_ref()
+            .expect("this stack was started without StackOptions::with_db_proxy()")
     }
 
     pub fn addr(&self, service: Service) -> SocketAddr {

@@ -174,12 +174,19 @@ pub fn describe(delivery: &lapin::message::Delivery) -> Value {
     let short = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
     let body = String::from_utf8_lossy(&delivery.data);
     let preview: String = body.chars().take(400).collect();
+    // A message the broker dead-lettered by itself has no x-saga-error: x-death says why.
+    let death = super::death::last_death(p);
+    let or_death = |v: Value, key: &str| match (&v, &death) {
+        (Value::Null, Some(d)) => d[key].clone(),
+        _ => v,
+    };
     json!({
         "message_id": short(p.message_id()),
         "type": short(p.kind()),
         "routing_key": delivery.routing_key.as_str(),
-        "error": header(p, ERROR_HEADER),
-        "queue": header(p, QUEUE_HEADER),
+        "error": or_death(header(p, ERROR_HEADER), "explanation"),
+        "queue": or_death(header(p, QUEUE_HEADER), "queue"),
+        "death": death,
         "attempts": header(p, ATTEMPTS_HEADER),
         "failed_at": header(p, FAILED_AT_HEADER),
         "body": preview,

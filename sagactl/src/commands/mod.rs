@@ -2,6 +2,7 @@
 
 mod bench;
 mod bus;
+mod death;
 mod dlq;
 mod load;
 mod order;

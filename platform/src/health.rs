@@ -1,0 +1,39 @@
+//! The Kubernetes probes. `/healthz/live` checks nothing but that the process answers, so
+//! an outage of the database or the broker never gets a pod restarted (a restart cannot
+//! bring a dependency back, and would crash-loop while it is away). `/healthz/ready` is 200
+//! when the service can serve its HTTP API, that is when its database answers; the body
+//! reports the database and the broker separately, so an operator sees which one is away.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::http::Health;
+
+/// `GET /healthz/live`: 200 while the process answers.
+pub async fn live() -> Response {
+    (StatusCode::OK, Json(json!({"status": "live"}))).into_response()
+}
+
+/// `GET /healthz/ready`: 200 when the database answers; the broker links are reported but
+/// do not decide (the outbox keeps what is written while the broker is away).
+pub async fn ready(State(health): State<Health>) -> Response {
+    let (_, mut body) = health.check().await;
+    let db_ok = body["database"] == "up";
+    body["status"] = json!(if db_ok { "ready" } else { "unavailable" });
+    // Conditions an operator should know about while the service still serves.
+    body["warnings"] = json!(warnings());
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Warnings reported in the readiness body (none yet).
+pub fn warnings() -> Vec<String> {
+    Vec::new()
+}
