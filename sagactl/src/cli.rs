@@ -125,6 +125,13 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         settle: u64,
     },
+    /// Serve the saga explorer in the browser: recent orders, one saga drawn as a timeline
+    /// and causation tree, the dead-letter queues, live queue depths.
+    Ui {
+        /// Address to listen on (keep it on localhost: the explorer can replay and purge).
+        #[arg(long, env = "SAGA_UI_LISTEN", default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
 }

@@ -12,6 +12,7 @@ mod scenario;
 mod stock;
 mod tail;
 mod trace;
+mod ui;
 mod verify;
 mod wallet;
 
@@ -41,6 +42,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Load(args) => load::run(ctx, args).await,
         Command::Bench(args) => bench::run(ctx, args).await,
         Command::Verify { settle } => verify::run(ctx, settle).await,
+        Command::Ui { listen } => ui::run(ctx, listen).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
