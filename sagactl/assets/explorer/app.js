@@ -303,13 +303,14 @@ function treePicture(roots) {
   const rowGap = 12;
   const placed = [];
   let nextRow = 0;
-  // Leaves take the next free row; a parent sits level with its first child.
+  // Leaves take the next free row; a parent sits level with its first child. Nodes are
+  // listed parent first (document order reads like the tree).
   const place = (node, depth) => {
-    const kids = node.caused || [];
-    const rows = kids.map((k) => place(k, depth + 1));
-    const r = rows.length ? rows[0] : nextRow++;
-    placed.push({ node, depth, row: r, kids: rows });
-    return r;
+    const entry = { node, depth, row: 0, kids: [] };
+    placed.push(entry);
+    entry.kids = (node.caused || []).map((k) => place(k, depth + 1));
+    entry.row = entry.kids.length ? entry.kids[0] : nextRow++;
+    return entry.row;
   };
   roots.forEach((n) => place(n, 0));
   const maxDepth = Math.max(0, ...placed.map((p) => p.depth));
