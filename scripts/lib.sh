@@ -272,3 +272,20 @@ ensure_rabbitmq() {
     _rmq_vhost_via_ctl || die "could not create vhost ${SAGA_RABBITMQ_VHOST} or grant guest access to it"
     log "RabbitMQ is ready (vhost ${SAGA_RABBITMQ_VHOST}, console ${SAGA_RABBITMQ_API})"
 }
+
+# ------------------------------------------------------------------ headless browser
+
+# The saga explorer's end-to-end test (tests/tests/e2e_explorer.rs) drives Debian's
+# chromium through chromedriver. Installed as root when missing; otherwise a hint.
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return 0
+    fi
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        apt_install chromium chromium-driver
+    else
+        die "chromium and chromedriver are missing (the explorer test needs them).
+    Install them, e.g.:  sudo apt-get install -y chromium chromium-driver
+    (or run this script as root and it will do so), then run it again."
+    fi
+}

@@ -5,7 +5,8 @@
 #   1. formatting          cargo fmt --all --check
 #   2. lints               cargo clippy --workspace --all-targets -- -D warnings
 #   3. compose file        scripts/validate-compose.sh
-#   4. PostgreSQL+RabbitMQ started (installed as root if missing)
+#   4. PostgreSQL+RabbitMQ started, chromium for the explorer test (installed as
+#      root if missing)
 #   5. binaries            cargo build --workspace --bins (the end-to-end tests run them)
 #   6. tests               cargo test --workspace --no-fail-fast [ARGS...]
 #
@@ -31,9 +32,10 @@ phase 3/6 "compose file: scripts/validate-compose.sh"
 ./scripts/validate-compose.sh
 ./scripts/validate-deploy.sh
 
-phase 4/6 "PostgreSQL and RabbitMQ"
+phase 4/6 "PostgreSQL, RabbitMQ and a headless browser"
 ensure_postgres
 ensure_rabbitmq
+ensure_chromium
 
 phase 5/6 "binaries: cargo build --workspace --bins"
 cargo build --workspace --bins

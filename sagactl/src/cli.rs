@@ -174,6 +174,13 @@ pub enum Command {
         #[arg(long, value_name = "CUSTOMER=TOTAL", value_parser = parse_total)]
         expect_deposits: Vec<(String, i64)>,
     },
+    /// Serve the saga explorer in the browser: recent orders, one saga drawn as a timeline
+    /// and causation tree, the dead-letter queues, live queue depths.
+    Ui {
+        /// Address to listen on (keep it on localhost: the explorer can replay and purge).
+        #[arg(long, env = "SAGA_UI_LISTEN", default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions {
         /// The shell to write the script for.

@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use crate::cli::{Cli, Connection, OutputFormat};
 
+/// Cloned by `sagactl ui`, whose request handlers each hold one.
+#[derive(Clone)]
 pub struct Context {
     pub conn: Connection,
     /// `-o`: table, json or jsonl.

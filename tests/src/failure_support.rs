@@ -271,6 +271,23 @@ impl Stack {
     /// Runs the real `sagactl` (next to the service binaries) against this stack, with
     /// `env` added (EDITOR, say). Killed, and the test failed, after [`SAGACTL_DEADLINE`].
     pub async fn sagactl(&self, args: &[&str], env: &[(&str, &str)]) -> SagactlRun {
+        let child = self
+            .sagactl_command(args, env)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start sagactl: {e}"));
+        let output = tokio::time::timeout(SAGACTL_DEADLINE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("sagactl {args:?} ran over {SAGACTL_DEADLINE:?}"))
+            .unwrap_or_else(|e| panic!("sagactl {args:?}: {e}"));
+        SagactlRun {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The real `sagactl` configured for this stack, not started; killed when dropped.
+    pub fn sagactl_command(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary_path("sagactl"));
         command
             .args(args)
@@ -285,18 +302,7 @@ impl Stack {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start sagactl: {e}"));
-        let output = tokio::time::timeout(SAGACTL_DEADLINE, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("sagactl {args:?} ran over {SAGACTL_DEADLINE:?}"))
-            .unwrap_or_else(|e| panic!("sagactl {args:?}: {e}"));
-        SagactlRun {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        command
     }
 
     /// `sagactl --json <args>`, asserting exit 0; returns what it printed.

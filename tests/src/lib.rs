@@ -11,11 +11,13 @@
 //! - [`saga_support`]: helpers for the saga tests: watching the events on the broker,
 //!   waiting for a service to have handled a message, reading reservations and payments.
 //! - [`prometheus`]: reading `/metrics`.
+//! - [`browser`]: a headless chromium through chromedriver, and `sagactl ui` for a stack.
 //!
 //! The end-to-end tests run the binaries of `cargo build --workspace --bins`; PostgreSQL
 //! and RabbitMQ (with its management plugin) must be running, as `scripts/test.sh`
 //! arranges.
 
+pub mod browser;
 pub mod failure_support;
 pub mod poll;
 pub mod prometheus;

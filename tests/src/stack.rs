@@ -175,7 +175,7 @@ pub fn binary_path(name: &str) -> PathBuf {
 
 /// A port nobody listens on right now. The service binds it a moment later; another
 /// process could take it in between, which the kernel's port allocation makes unlikely.
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
     listener.local_addr().expect("a bound listener's address")
 }

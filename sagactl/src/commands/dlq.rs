@@ -67,11 +67,9 @@ pub async fn run(ctx: &Context, cmd: DlqCommand) -> anyhow::Result<()> {
             if !yes {
                 confirm_purge(&channel, &name).await?;
             }
-            let n = channel
-                .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
-                .await?;
-            output::show(ctx, &json!({"queue": name, "purged": n}), |_| {
-                format!("purged {n} messages from {name}")
+            let report = purge(&channel, &name).await?;
+            output::show(ctx, &report, |r| {
+                format!("purged {} messages from {name}", r["purged"])
             });
             Ok(())
         }
@@ -96,24 +94,22 @@ async fn count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
     Ok(q.message_count())
 }
 
-async fn list(ctx: &Context, channel: &Channel) -> anyhow::Result<()> {
+/// Deletes every message of the dead-letter queue `name`.
+pub async fn purge(channel: &Channel, name: &str) -> anyhow::Result<Value> {
+    let n = channel
+        .queue_purge(name.into(), QueuePurgeOptions::default())
+        .await?;
+    Ok(json!({"queue": name, "purged": n}))
+}
+
+/// Each dead-letter queue with its exact message count.
+pub async fn counts(channel: &Channel) -> anyhow::Result<Value> {
     let mut rows = Vec::new();
     for s in SERVICES {
         let name = format!("{s}.dlq");
         rows.push(json!({"queue": name, "messages": count(channel, &name).await?}));
     }
-    output::list(ctx, &json!({"queues": rows}), "queues", |v| {
-        let mut s = format!("{:<20} {:>8}\n", "QUEUE", "MESSAGES");
-        for r in v["queues"].as_array().into_iter().flatten() {
-            s.push_str(&format!(
-                "{:<20} {:>8}\n",
-                r["queue"].as_str().unwrap_or("?"),
-                r["messages"].as_i64().unwrap_or(0)
-            ));
-        }
-        s.trim_end().to_owned()
-    });
-    Ok(())
+    Ok(json!({"queues": rows}))
 }
 
 /// Asks on the terminal before a purge: deleting dead letters cannot be undone, and they
@@ -136,6 +132,21 @@ async fn confirm_purge(channel: &Channel, queue: &str) -> anyhow::Result<()> {
     } else {
         Err(CliError::Refused(format!("not purging {queue}: not confirmed")).into())
     }
+}
+
+async fn list(ctx: &Context, channel: &Channel) -> anyhow::Result<()> {
+    output::list(ctx, &counts(channel).await?, "queues", |v| {
+        let mut s = format!("{:<20} {:>8}\n", "QUEUE", "MESSAGES");
+        for r in v["queues"].as_array().into_iter().flatten() {
+            s.push_str(&format!(
+                "{:<20} {:>8}\n",
+                r["queue"].as_str().unwrap_or("?"),
+                r["messages"].as_i64().unwrap_or(0)
+            ));
+        }
+        s.trim_end().to_owned()
+    });
+    Ok(())
 }
 
 /// Takes up to `limit` messages without acking them.
@@ -194,30 +205,31 @@ pub fn describe(delivery: &lapin::message::Delivery) -> Value {
     })
 }
 
-async fn show(ctx: &Context, channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<()> {
+/// Up to `limit` messages of a dead-letter queue, described, and its total; they stay in
+/// the queue once the channel is closed.
+pub async fn peek(channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<Value> {
     let total = count(channel, queue).await?;
     let taken = take(channel, queue, limit).await?;
     let messages: Vec<Value> = taken.iter().map(describe).collect();
-    output::list(
-        ctx,
-        &json!({"queue": queue, "total": total, "messages": messages}),
-        "messages",
-        |v| {
-            let mut s = format!("{queue}: {total} messages\n");
-            for m in v["messages"].as_array().into_iter().flatten() {
-                let f = |k: &str| match &m[k] {
-                    Value::Null => "-".to_owned(),
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                s.push_str(&format!(
+    Ok(json!({"queue": queue, "total": total, "messages": messages}))
+}
+
+async fn show(ctx: &Context, channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<()> {
+    output::list(ctx, &peek(channel, queue, limit).await?, "messages", |v| {
+        let mut s = format!("{queue}: {} messages\n", v["total"]);
+        for m in v["messages"].as_array().into_iter().flatten() {
+            let f = |k: &str| match &m[k] {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            s.push_str(&format!(
                 "\nmessage  {}\ntype     {}  (routing key {})\nerror    {}\nfrom     {}  attempts {}  failed at {}\nbody     {}\n",
                 f("message_id"), f("type"), f("routing_key"), f("error"), f("queue"), f("attempts"), f("failed_at"), f("body")
             ));
-            }
-            s.trim_end().to_owned()
-        },
-    );
+        }
+        s.trim_end().to_owned()
+    });
     Ok(())
 }
 
@@ -247,6 +259,30 @@ async fn replay(
     message_id: Option<String>,
     edit: bool,
 ) -> anyhow::Result<()> {
+    let report = resend(
+        channel,
+        publisher,
+        (queue.clone(), service.clone()),
+        message_id,
+        edit,
+    )
+    .await?;
+    let n = report["replayed"].as_array().map_or(0, Vec::len);
+    output::show(ctx, &report, |_| {
+        format!("replayed {n} messages from {queue} to {service}")
+    });
+    Ok(())
+}
+
+/// Sends the dead-lettered messages of `queue` (or only `message_id`) back to `service`
+/// and reports which it sent.
+pub async fn resend(
+    channel: &Channel,
+    publisher: &ConfirmedPublisher,
+    (queue, service): (String, String),
+    message_id: Option<String>,
+    edit: bool,
+) -> anyhow::Result<Value> {
     let total = count(channel, &queue).await? as usize;
     let taken = take(channel, &queue, total.max(1)).await?;
     let mut replayed = Vec::new();
@@ -287,11 +323,7 @@ async fn replay(
         ))
         .into());
     }
-    let n = replayed.len();
-    output::show(ctx, &json!({"queue": queue, "replayed": replayed}), |_| {
-        format!("replayed {n} messages from {queue} to {service}")
-    });
-    Ok(())
+    Ok(json!({"queue": queue, "replayed": replayed}))
 }
 
 /// Opens the body in `$EDITOR` (or `vi`) and returns what was saved.

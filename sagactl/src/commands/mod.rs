@@ -13,6 +13,7 @@ mod scenario;
 mod stock;
 mod tail;
 mod trace;
+mod ui;
 mod verify;
 mod wallet;
 
@@ -53,6 +54,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             };
             verify::run(ctx, settle, &expected).await
         }
+        Command::Ui { listen } => ui::run(ctx, listen).await,
         Command::Completions { shell } => {
             // Written in one piece through the output module, so `| head` ends quietly.
             let mut script = Vec::new();

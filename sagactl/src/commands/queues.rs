@@ -11,22 +11,7 @@ const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
 
 pub async fn run(ctx: &Context, watch: Option<u64>) -> anyhow::Result<()> {
     loop {
-        let vhost = ctx.vhost();
-        let path = crate::context::path(&["api", "queues", &vhost]);
-        let all = ctx.management(&path).await?;
-        let rows: Vec<Value> = all
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|q| {
-                let name = q.get("name").and_then(Value::as_str).unwrap_or("");
-                SERVICES
-                    .iter()
-                    .any(|s| name == *s || name.starts_with(&format!("{s}.")))
-            })
-            .map(summarize)
-            .collect();
-        let report = json!({"vhost": vhost, "queues": rows});
+        let report = snapshot(ctx).await?;
         if watch.is_some() && !ctx.json {
             // Clears the terminal so the table redraws in place.
             output::write_out(b"\x1b[2J\x1b[H");
@@ -37,6 +22,26 @@ pub async fn run(ctx: &Context, watch: Option<u64>) -> anyhow::Result<()> {
             None => return Ok(()),
         }
     }
+}
+
+/// The project's queues with their counts and rates, as `--json` prints them.
+pub async fn snapshot(ctx: &Context) -> anyhow::Result<Value> {
+    let vhost = ctx.vhost();
+    let path = crate::context::path(&["api", "queues", &vhost]);
+    let all = ctx.management(&path).await?;
+    let rows: Vec<Value> = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|q| {
+            let name = q.get("name").and_then(Value::as_str).unwrap_or("");
+            SERVICES
+                .iter()
+                .any(|s| name == *s || name.starts_with(&format!("{s}.")))
+        })
+        .map(summarize)
+        .collect();
+    Ok(json!({"vhost": vhost, "queues": rows}))
 }
 
 fn rate(q: &Value, key: &str) -> f64 {

@@ -30,6 +30,14 @@ pub struct TracedEvent {
 }
 
 pub async fn run(ctx: &Context, order_id: Uuid) -> anyhow::Result<()> {
+    let (report, events) = report(ctx, order_id).await?;
+    output::show(ctx, &report, |r| render(r, &events));
+    Ok(())
+}
+
+/// The saga as `--json` prints it (order, events, tree, reservation, payment), with the
+/// events in the order they occurred.
+pub async fn report(ctx: &Context, order_id: Uuid) -> anyhow::Result<(Value, Vec<TracedEvent>)> {
     let order = ctx
         .get_ok(Service::Order, &format!("/orders/{order_id}"))
         .await?;
@@ -59,11 +67,11 @@ pub async fn run(ctx: &Context, order_id: Uuid) -> anyhow::Result<()> {
         "reservation": reservation,
         "payment": payment,
     });
-    output::show(ctx, &report, |r| render(r, &events));
-    Ok(())
+    Ok((report, events))
 }
 
-async fn optional(ctx: &Context, service: Service, path: &str) -> anyhow::Result<Value> {
+/// A GET whose 404 means "none" (Null) rather than an error.
+pub async fn optional(ctx: &Context, service: Service, path: &str) -> anyhow::Result<Value> {
     let (status, body) = ctx.call(service, Method::GET, path, None, &[]).await?;
     if status == StatusCode::NOT_FOUND {
         return Ok(Value::Null);

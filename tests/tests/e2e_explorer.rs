@@ -1,0 +1,181 @@
+//! The saga explorer (`sagactl ui`) in a real headless browser (Debian's chromium through
+//! chromedriver), against a running stack: the orders page lists, filters and searches;
+//! the saga page draws the timeline and causation tree of a confirmed and of a compensated
+//! saga in the order the events happened; a replay from the DLQ page, confirmed in its
+//! dialog, moves the message out of the dead-letter queue. Screenshots of every page are
+//! kept under `target/explorer-screenshots/`.
+
+use events::Event;
+use events::catalog::StockAdjusted;
+use saga_tests::browser::{Browser, Explorer, PAGE_DEADLINE};
+use saga_tests::{Poll, Stack, StackOptions, eventually, order_request};
+
+const CONFIRMED_SAGA: [&str; 4] = [
+    "OrderCreated",
+    "StockReserved",
+    "PaymentDone",
+    "OrderConfirmed",
+];
+const COMPENSATED_SAGA: [&str; 5] = [
+    "OrderCreated",
+    "StockReserved",
+    "PaymentFailed",
+    "OrderCancelled",
+    "StockReleased",
+];
+
+/// Opens the saga page of `order_id` until its timeline shows `want` (the last events of a
+/// compensation may still be on their way when the order is already cancelled), and
+/// returns the causation tree's (type, depth) pairs.
+async fn saga_page_shows(
+    browser: &Browser,
+    explorer: &Explorer,
+    order_id: &str,
+    want: &[&str],
+) -> Vec<(String, String)> {
+    let url = explorer.url(&format!("/orders/{order_id}"));
+    eventually(PAGE_DEADLINE, || {
+        let url = url.clone();
+        async move {
+            browser.goto(&url).await;
+            browser.wait_for("#state").await;
+            let shown = browser.attributes("#timeline .event", "data-type").await;
+            if shown == want {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("the timeline shows {shown:?}"))
+            }
+        }
+    })
+    .await;
+    let types = browser.attributes("#tree .node", "data-type").await;
+    let depths = browser.attributes("#tree .node", "data-depth").await;
+    types.into_iter().zip(depths).collect()
+}
+
+/// Waits until the orders page lists exactly `want`, in that order.
+async fn orders_listed(browser: &Browser, want: &[&str]) {
+    eventually(PAGE_DEADLINE, || async {
+        let ids = browser.attributes("tr.order", "data-order-id").await;
+        if ids == want {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("orders listed: {ids:?}, waiting for {want:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_explorer_lists_orders_and_draws_a_confirmed_and_a_compensated_saga() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack.seed_stock("BOOK", 10).await;
+    stack.deposit("alice", 5000, "EUR").await;
+    let confirmed = stack
+        .place_order_ok(&order_request("alice", "EUR", &[("BOOK", 2, 1500)]))
+        .await;
+    stack.wait_for_status(&confirmed, "confirmed").await;
+    let compensated = stack
+        .place_order_ok(&order_request("alice", "EUR", &[("BOOK", 1, 9900)]))
+        .await;
+    stack.wait_for_status(&compensated, "cancelled").await;
+
+    let explorer = Explorer::start(&stack).await;
+    let browser = Browser::start().await;
+
+    // Recent orders: both, newest first; the status filter and the search narrow them.
+    browser.goto(&explorer.url("/")).await;
+    orders_listed(&browser, &[&compensated, &confirmed]).await;
+    browser.screenshot("orders").await;
+    browser.click("button[data-status=cancelled]").await;
+    orders_listed(&browser, &[&compensated]).await;
+    browser.click("button[data-status=all]").await;
+    let search = browser.wait_for("#search").await;
+    search
+        .send_keys(&confirmed[confirmed.len() - 12..])
+        .await
+        .unwrap_or_else(|e| panic!("typing into the search box: {e}"));
+    orders_listed(&browser, &[&confirmed]).await;
+
+    // The confirmed saga: four events, each caused by the one before.
+    let tree = saga_page_shows(&browser, &explorer, &confirmed, &CONFIRMED_SAGA).await;
+    let chain: Vec<(String, String)> = CONFIRMED_SAGA
+        .iter()
+        .enumerate()
+        .map(|(depth, t)| (t.to_string(), depth.to_string()))
+        .collect();
+    assert_eq!(tree, chain);
+    let state = browser.text("#state").await;
+    assert!(state.contains("confirmed"), "{state}");
+    assert!(state.contains("sold"), "{state}");
+    assert!(state.contains("€30.00"), "the total in euros: {state}");
+    browser.screenshot("saga-confirmed").await;
+
+    // The compensated saga: the payment failed, the order was cancelled, the stock released.
+    let tree = saga_page_shows(&browser, &explorer, &compensated, &COMPENSATED_SAGA).await;
+    assert_eq!(tree.len(), COMPENSATED_SAGA.len(), "{tree:?}");
+    assert_eq!(tree[0], ("OrderCreated".to_owned(), "0".to_owned()));
+    assert!(
+        tree.contains(&("StockReleased".to_owned(), "4".to_owned())),
+        "StockReleased answers OrderCancelled, which answers PaymentFailed: {tree:?}"
+    );
+    let state = browser.text("#state").await;
+    assert!(state.contains("payment_failed"), "{state}");
+    assert!(state.contains("released"), "{state}");
+    browser.screenshot("saga-compensated").await;
+
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_replay_confirmed_on_the_dlq_page_moves_the_message_out_of_the_dlq() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let probe = stack.probe().await;
+    let dlq = "inventory-svc.dlq";
+    // Taking 5 of a SKU nobody stocked cannot be done: dead-lettered.
+    let take_five = stack
+        .publish(&Event::StockAdjusted(StockAdjusted {
+            sku: "SKU-UI".to_owned(),
+            delta: -5,
+        }))
+        .await;
+    let id = take_five.message_id.to_string();
+    probe.wait_depth(dlq, 1, stack.options().wait).await;
+
+    let explorer = Explorer::start(&stack).await;
+    let browser = Browser::start().await;
+    browser.goto(&explorer.url("/dlq")).await;
+    let row = format!(".dlq[data-queue=\"{dlq}\"] tr.message[data-message-id=\"{id}\"]");
+    browser.wait_for(&row).await;
+    let reason = browser.text(&format!("{row} .reason")).await;
+    assert!(reason.starts_with("negative_stock"), "{reason}");
+    browser.screenshot("dlq").await;
+
+    // Once there is stock, the replayed adjustment applies.
+    stack.seed_stock("SKU-UI", 10).await;
+    browser.click(&format!("{row} button.replay")).await;
+    let question = browser.confirm().await;
+    assert!(question.contains(&id), "{question}");
+    probe.wait_depth(dlq, 0, stack.options().wait).await;
+    eventually(stack.options().wait, || async {
+        let (_, stock) = stack.stock("SKU-UI").await;
+        if stock["available"] == 5 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("stock {stock}"))
+        }
+    })
+    .await;
+    // The page says so, and the queue is shown empty.
+    let notice = browser.wait_for("#notice").await;
+    let notice = notice.text().await.unwrap_or_default();
+    assert!(notice.contains("replayed 1 message"), "{notice}");
+    let total = browser
+        .attributes(&format!(".dlq[data-queue=\"{dlq}\"]"), "data-total")
+        .await;
+    assert_eq!(total, ["0"]);
+    browser.screenshot("dlq-after-replay").await;
+
+    browser.close().await;
+    probe.close().await;
+}
