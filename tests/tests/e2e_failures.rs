@@ -460,12 +460,12 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
         .await;
     assert_eq!(stack.dlq_counts().await, counts(3, 1));
     let purged = stack
-        .sagactl_json(&["dlq", "purge", "inventory-svc"], &[])
+        .sagactl_json(&["dlq", "purge", "inventory-svc", "--yes"], &[])
         .await;
     assert_eq!(purged["purged"], 3, "{purged}");
     assert_eq!(stack.dlq_counts().await, counts(0, 1));
     let purged = stack
-        .sagactl_json(&["dlq", "purge", "order-svc.dlq"], &[])
+        .sagactl_json(&["dlq", "purge", "order-svc.dlq", "--yes"], &[])
         .await;
     assert_eq!(purged["purged"], 1, "{purged}");
     assert_eq!(stack.dlq_counts().await, counts(0, 0));
