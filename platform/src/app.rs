@@ -21,6 +21,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: crate::listener::ConnectionLimits,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -37,7 +38,12 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {addr}; is another process using it?"))?;
         let concurrency: usize = crate::config::env_parse("SAGA_HTTP_CONCURRENCY", 256)?;
+        let auth = crate::auth::Authenticator::from_env().await?;
         let router = with_ops_routes(api, health)
+            .layer(axum::middleware::from_fn_with_state(
+                auth,
+                crate::auth::require_bearer,
+            ))
             .layer(axum::middleware::from_fn(crate::http::record_request))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(TimeoutLayer::with_status_code(
@@ -51,6 +57,7 @@ impl Application {
         Ok(Application {
             listener,
             router,
+            limits: crate::listener::ConnectionLimits::from_env()?,
             tasks: TaskTracker::new(),
             shutdown,
         })
@@ -78,15 +85,13 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "listening");
         let shutdown = self.shutdown.clone();
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        crate::listener::serve(self.listener, self.router, self.limits, shutdown).await;
         // If the server stopped by itself, stop everything else too.
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         tracing::info!("stopped");
-        served.context("HTTP server failed")
+        Ok(())
     }
 }
 

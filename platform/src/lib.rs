@@ -4,9 +4,11 @@
 //! service's parts together so `main` and the tests start it the same way.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod listener;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -15,6 +15,8 @@ use events::EventType;
 pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
+    #[command(flatten)]
+    pub identity: crate::identity::Identity,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -127,6 +129,10 @@ pub enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
+    /// Print a bearer token signed with the development key (for curl).
+    Token(crate::identity::TokenArgs),
+    /// Create the development key pair and its JWKS (./scripts/stack.sh up runs this).
+    DevKeys(crate::identity::DevKeysArgs),
 }
 
 fn publish_help() -> String {

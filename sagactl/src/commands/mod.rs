@@ -41,6 +41,8 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Load(args) => load::run(ctx, args).await,
         Command::Bench(args) => bench::run(ctx, args).await,
         Command::Verify { settle } => verify::run(ctx, settle).await,
+        Command::Token(args) => crate::identity::print_token(&ctx.identity, &args),
+        Command::DevKeys(args) => crate::identity::create_dev_keys(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
