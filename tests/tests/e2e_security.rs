@@ -145,6 +145,23 @@ fn amqp_url(user: &str, password: &str, vhost: &str) -> String {
     )
 }
 
+/// The environment that makes every service log in as its own user and accept each event
+/// type only from its producer's user (the harness, as guest, is the operator).
+fn restricted_env(creds: &[(String, String, String)], vhost: &str) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (service, user, password) in creds {
+        let prefix = service.trim_end_matches("-svc").to_uppercase();
+        env.push((
+            format!("SAGA_{prefix}_AMQP_URL"),
+            amqp_url(user, password, vhost),
+        ));
+        let producer = service.to_uppercase().replace('-', "_");
+        env.push((format!("SAGA_PRODUCER_USERS_{producer}"), user.clone()));
+    }
+    env.push(("SAGA_PRODUCER_USERS_SAGACTL".into(), "guest".into()));
+    env
+}
+
 #[tokio::test]
 async fn the_saga_runs_with_each_service_holding_only_its_own_broker_permissions() {
     // The stack makes the vhost and its topology; then every service is restarted under a
@@ -152,16 +169,7 @@ async fn the_saga_runs_with_each_service_holding_only_its_own_broker_permissions
     let stack = Stack::start(StackOptions::default()).await;
     let vhost = stack.sandbox().vhost().to_owned();
     let (_users, creds) = service_users(&vhost, stack.sandbox().id()).await;
-    let restricted: Vec<(String, String)> = creds
-        .iter()
-        .map(|(service, user, password)| {
-            let prefix = service.trim_end_matches("-svc").to_uppercase();
-            (
-                format!("SAGA_{prefix}_AMQP_URL"),
-                amqp_url(user, password, &vhost),
-            )
-        })
-        .collect();
+    let restricted = restricted_env(&creds, &vhost);
     for s in Service::ALL {
         stack.kill(s);
     }
@@ -401,17 +409,7 @@ async fn events_from_the_wrong_broker_user_are_dead_lettered_and_change_nothing(
     };
     // Each service publishes as its own user and accepts each event type only from its
     // producer's user; the harness (guest) is the operator.
-    let mut env: Vec<(String, String)> = Vec::new();
-    for (service, user, password) in &creds {
-        let prefix = service.trim_end_matches("-svc").to_uppercase();
-        env.push((
-            format!("SAGA_{prefix}_AMQP_URL"),
-            amqp_url(user, password, &vhost),
-        ));
-        let producer = service.to_uppercase().replace('-', "_");
-        env.push((format!("SAGA_PRODUCER_USERS_{producer}"), user.clone()));
-    }
-    env.push(("SAGA_PRODUCER_USERS_SAGACTL".into(), "guest".into()));
+    let env = restricted_env(&creds, &vhost);
     for s in Service::ALL {
         stack.kill(s);
     }
