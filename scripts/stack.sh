@@ -108,6 +108,11 @@ export_service_env() {
         var="SAGA_${key}_HTTP_ADDR"
         export "${var}=$(svc_addr "$svc")"
     done
+    # Client tokens are checked against the development key's JWKS unless another source
+    # (a real identity provider's JWKS URL, say) is configured.
+    if [[ -z "${SAGA_AUTH_JWKS_URL:-}" ]]; then
+        export SAGA_AUTH_JWKS_FILE="${SAGA_AUTH_JWKS_FILE:-${PWD}/${STATE_DIR}/dev-jwks.json}"
+    fi
 }
 
 start_service() {
@@ -170,8 +175,10 @@ EOF
   Operator CLI              ${sagactl}
                             e.g. ${sagactl} --help
 
-Place an order:
+Place an order as the customer alice (tokens are signed with ${STATE_DIR}/dev-signing-key.pem):
+  TOKEN=\$(${sagactl} token --sub alice --role customer)
   curl -si -X POST $(svc_url order-svc)/orders -H 'content-type: application/json' \\
+    -H "authorization: Bearer \$TOKEN" \\
     -d '{"customer_id":"alice","currency":"EUR","items":[{"sku":"BOOK-1","quantity":1,"unit_price":1200}]}'
 
 Stop it with: ./scripts/stack.sh down
@@ -185,7 +192,10 @@ cmd_up() {
         if [[ ",${COMPOSE_PROFILES:-}," == *,observability,* && -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
             export OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318
         fi
-        docker compose up -d --build --wait
+        # The one-shot dev-keys service writes the development key pair into .stack/ as
+        # this user, so sagactl on the host signs with the same key.
+        mkdir -p "$STATE_DIR"
+        SAGA_UID="$(id -u)" SAGA_GID="$(id -g)" docker compose up -d --build --wait
         print_summary docker
         return 0
     fi
@@ -198,6 +208,8 @@ cmd_up() {
 
     log "building the release binaries (cargo build --release --bins)"
     cargo build --release --bins
+    log "development signing key: ${STATE_DIR}/dev-signing-key.pem (JWKS ${STATE_DIR}/dev-jwks.json)"
+    target/release/sagactl dev-keys --dir "$STATE_DIR" >/dev/null
 
     mkdir -p "$LOG_DIR"
     local svc

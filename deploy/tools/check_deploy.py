@@ -343,7 +343,8 @@ def check_compose(definitions: dict | None):
     for name, s in services.items():
         for v in s.get("volumes", []):
             src = v.split(":", 1)[0] if isinstance(v, str) else v.get("source", "")
-            if src.startswith("./"):
+            # .stack/ is made at run time (the development key pair, by the dev-keys service).
+            if src.startswith("./") and not src.startswith("./.stack"):
                 check(os.path.exists(path(src[2:])), f"compose: {name} mounts {src}, which exists")
         for p in s.get("ports", []):
             check(str(p).startswith("127.0.0.1:"), f"compose: {name} publishes {p} on loopback only")
@@ -460,10 +461,41 @@ def check_k8s():
                 for ref in ta["spec"].get("secretTargetRef", []):
                     check(ref["key"] in secrets.get(ref["name"], set()),
                           f"{auth}: Secret {ref['name']} has key {ref['key']}")
+    check_network_policies(by_kind.get("NetworkPolicy", {}))
     for name, o in by_kind.get("Secret", {}).items():
         values = list((o.get("stringData") or {}).values())
         check(all("CHANGE-ME" in v for v in values if "://" in v),
               f"Secret {name}: holds placeholders only (no real credentials in the repository)")
+
+
+def check_network_policies(policies: dict):
+    """Only order-svc's HTTP is reachable from outside the namespace; the others' from the
+    namespace and the monitoring namespace; everything else is denied."""
+    deny = policies.get("default-deny", {}).get("spec", {})
+    check(deny.get("podSelector") == {} and set(deny.get("policyTypes", [])) == {"Ingress", "Egress"}
+          and not deny.get("ingress") and not deny.get("egress"),
+          "NetworkPolicy default-deny denies all ingress and egress")
+    for svc, (_prefix, port, _, _) in SERVICES.items():
+        mine = [p["spec"] for p in policies.values()
+                if p["spec"].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == svc]
+        rules = [r for spec in mine for r in spec.get("ingress", [])]
+        ports = {p.get("port") for r in rules for p in r.get("ports", [])}
+        check(ports == {port}, f"{svc}: ingress allowed on its HTTP port {port} only", f"ports {ports}")
+        from_anywhere = any("from" not in r for r in rules)
+        if svc == "order-svc":
+            check(from_anywhere, f"{svc}: its HTTP API is reachable from outside the namespace")
+        else:
+            sources = [f for r in rules for f in r.get("from", [])]
+            in_namespace = {"podSelector": {}} in sources
+            monitoring = any(f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                             == "monitoring" and "podSelector" not in f for f in sources)
+            others = [f for f in sources if f != {"podSelector": {}} and "namespaceSelector" not in f]
+            check(not from_anywhere and in_namespace and monitoring and not others,
+                  f"{svc}: reachable only from the namespace and the monitoring namespace")
+    egress = [r for p in policies.values() for r in p["spec"].get("egress", [])]
+    egress_ports = {(p.get("protocol"), p.get("port")) for r in egress for p in r.get("ports", [])}
+    check({("UDP", 53), ("TCP", 5432), ("TCP", 5672)} <= egress_ports,
+          "egress allows DNS, PostgreSQL and RabbitMQ", f"{sorted(egress_ports, key=str)}")
 
 
 def main(argv: list[str]) -> int:

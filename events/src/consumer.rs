@@ -192,6 +192,18 @@ impl<H: Handler> EventConsumer<H> {
             Ok(decoded) => decoded,
             Err((_, e)) => return dead_letter(&e, attempt),
         };
+        if let Err(error) = crate::authenticity::check_delivery(
+            event.event_type(),
+            properties,
+            &self.inner.amqp_url,
+        ) {
+            let code = crate::authenticity::FORGED_PRODUCER.to_owned();
+            return Disposition::DeadLetter {
+                code,
+                error,
+                attempts: attempt,
+            };
+        }
         let incoming = IncomingEvent {
             envelope,
             event,
@@ -346,6 +358,11 @@ impl<H: Handler> EventConsumer<H> {
 
     fn retry_copy(&self, delivery: &Delivery, attempt: u32, delay: Duration) -> OutgoingMessage {
         let mut headers = copied_headers(&delivery.properties);
+        crate::authenticity::record_delivery_publisher(
+            &delivery.properties,
+            &self.inner.amqp_url,
+            &mut headers,
+        );
         headers.insert(
             ATTEMPT_HEADER.into(),
             AMQPValue::LongLongInt(attempt.into()),
@@ -366,6 +383,11 @@ impl<H: Handler> EventConsumer<H> {
         attempts: u32,
     ) -> OutgoingMessage {
         let mut headers = copied_headers(&delivery.properties);
+        crate::authenticity::record_delivery_publisher(
+            &delivery.properties,
+            &self.inner.amqp_url,
+            &mut headers,
+        );
         let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
         headers.insert(ERROR_HEADER.into(), text(&format!("{code}: {error}")));
         headers.insert(ERROR_CODE_HEADER.into(), text(code));

@@ -11,6 +11,8 @@
 //! - [`outbox`]: events written in the same transaction as the state change, and the relay
 //!   that publishes them.
 //! - [`inbox`]: the per-consumer record of handled message ids that makes handlers idempotent.
+//! - [`authenticity`]: which broker users may publish each event type (`user_id`), and the
+//!   header that keeps the original publisher of a relayed copy.
 //! - [`consumer`]: the consume loop that wraps a handler in one transaction (inbox claim,
 //!   effects, outbox rows), acks only after commit, and routes failures to retry or dead letter.
 //! - [`housekeeping`]: retention of the outbox and inbox, and their gauges.
@@ -23,6 +25,7 @@
 //! - [`amqp`]: connecting with backoff, and the connection settings every component shares.
 
 pub mod amqp;
+pub mod authenticity;
 pub mod catalog;
 pub mod consumer;
 pub mod contract;

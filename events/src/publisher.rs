@@ -77,6 +77,9 @@ impl PublishError {
 pub struct ConfirmedPublisher {
     channel: Channel,
     confirm_timeout: Duration,
+    /// The connection's broker user, set as every message's `user_id`: the broker checks
+    /// it, so consumers can tell who published what (see [`crate::authenticity`]).
+    user_id: lapin::types::ShortString,
 }
 
 impl ConfirmedPublisher {
@@ -88,6 +91,7 @@ impl ConfirmedPublisher {
         Ok(ConfirmedPublisher {
             channel,
             confirm_timeout,
+            user_id: conn.status().username().into(),
         })
     }
 
@@ -121,7 +125,7 @@ impl ConfirmedPublisher {
                         ..Default::default()
                     },
                     &m.body,
-                    m.properties.clone(),
+                    m.properties.clone().with_user_id(self.user_id.clone()),
                 )
                 .await;
             pending.push(sent);

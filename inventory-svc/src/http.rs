@@ -4,6 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::ApiError;
+use platform::auth::Caller;
 use platform::http::Page;
 use serde_json::json;
 use sqlx::PgPool;
@@ -22,8 +23,10 @@ pub fn router(pool: PgPool) -> Router {
 
 async fn show_stock(
     State(pool): State<PgPool>,
+    caller: Caller,
     Path(sku): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_any_role()?;
     let mut conn = pool.acquire().await?;
     let row = store::get_stock(&mut conn, &sku)
         .await?
@@ -33,7 +36,11 @@ async fn show_stock(
     })))
 }
 
-async fn list_stock(State(pool): State<PgPool>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_stock(
+    State(pool): State<PgPool>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
     let mut conn = pool.acquire().await?;
     let rows = store::list_stock(&mut conn).await?;
     Ok(Json(json!({ "stock": rows })))
@@ -41,8 +48,10 @@ async fn list_stock(State(pool): State<PgPool>) -> Result<Json<serde_json::Value
 
 async fn show_reservation(
     State(pool): State<PgPool>,
+    caller: Caller,
     Path(order_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
     let not_found = || {
         ApiError::not_found(format!(
             "inventory holds no reservation for order {order_id:?}"
@@ -60,8 +69,10 @@ async fn show_reservation(
 
 async fn list_reservations(
     State(pool): State<PgPool>,
+    caller: Caller,
     Query(page): Query<Page>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
     let limit = page.limit()?;
     let mut conn = pool.acquire().await?;
     let rows = store::list_reservations(&mut conn, page.after, limit).await?;

@@ -9,6 +9,7 @@ use chrono::Utc;
 use events::Event;
 use events::catalog::{self, OrderCreated, OrderItem};
 use events::outbox::Emitter;
+use platform::auth::Caller;
 use platform::{ApiError, ApiJson};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -99,9 +100,15 @@ fn request_hash(req: &PlaceOrder) -> String {
 
 async fn place_order(
     State(api): State<OrderApi>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(req): ApiJson<PlaceOrder>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if !caller.may_act_for(&req.customer_id) {
+        return Err(platform::auth::forbidden(
+            "a customer may place orders only for themselves",
+        ));
+    }
     let total = validate(&req)?;
     let key = idempotency_key(&headers)?;
     let trace = events::trace::current_traceparent();
@@ -191,15 +198,27 @@ fn order_json(row: &store::OrderRow) -> serde_json::Value {
     })
 }
 
+/// The order if `caller` may see it; another customer's order is answered as if it did
+/// not exist, so order ids cannot be probed.
+async fn visible_order(
+    conn: &mut sqlx::PgConnection,
+    caller: &Caller,
+    order_id: Uuid,
+) -> Result<store::OrderRow, ApiError> {
+    store::get_order(conn, order_id)
+        .await?
+        .filter(|row| caller.may_act_for(&row.customer_id))
+        .ok_or_else(|| ApiError::not_found(format!("no order {order_id}")))
+}
+
 async fn show_order(
     State(api): State<OrderApi>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let order_id = parse_id(&id)?;
     let mut conn = api.pool.acquire().await?;
-    let row = store::get_order(&mut conn, order_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no order {order_id}")))?;
+    let row = visible_order(&mut conn, &caller, order_id).await?;
     let history: Vec<_> = store::history(&mut conn, order_id)
         .await?
         .into_iter()
@@ -221,8 +240,10 @@ struct ListQuery {
 
 async fn list_orders(
     State(api): State<OrderApi>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
@@ -232,13 +253,7 @@ async fn list_orders(
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be 1 to 10000",
-        ));
-    }
+    let limit = platform::http::check_limit(q.limit.unwrap_or(100))?;
     let mut conn = api.pool.acquire().await?;
     let rows = match q.after {
         Some(after) => store::page_orders(&mut conn, status, after, limit).await?,
@@ -255,10 +270,12 @@ async fn list_orders(
 
 async fn cancel_order(
     State(api): State<OrderApi>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let order_id = parse_id(&id)?;
     let mut tx = api.pool.begin().await?;
+    visible_order(&mut tx, &caller, order_id).await?;
     let (status, created_at) = store::lock_status(&mut tx, order_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no order {order_id}")))?;

@@ -4,6 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::ApiError;
+use platform::auth::Caller;
 use platform::http::Page;
 use serde_json::json;
 use sqlx::PgPool;
@@ -22,11 +23,14 @@ pub fn router(pool: PgPool) -> Router {
 
 async fn show_wallet(
     State(pool): State<PgPool>,
+    caller: Caller,
     Path(customer_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut conn = pool.acquire().await?;
+    // Another customer's wallet is answered as if it did not exist.
     let w = store::get_wallet(&mut conn, &customer_id)
         .await?
+        .filter(|_| caller.may_act_for(&customer_id))
         .ok_or_else(|| ApiError::not_found(format!("customer {customer_id:?} never deposited")))?;
     Ok(Json(json!({
         "customer_id": w.customer_id, "balance": w.balance, "captured": w.captured,
@@ -34,7 +38,11 @@ async fn show_wallet(
     })))
 }
 
-async fn list_wallets(State(pool): State<PgPool>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_wallets(
+    State(pool): State<PgPool>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
     let mut conn = pool.acquire().await?;
     let rows = store::list_wallets(&mut conn).await?;
     Ok(Json(json!({ "wallets": rows })))
@@ -42,8 +50,10 @@ async fn list_wallets(State(pool): State<PgPool>) -> Result<Json<serde_json::Val
 
 async fn show_payment(
     State(pool): State<PgPool>,
+    caller: Caller,
     Path(order_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
     let not_found =
         || ApiError::not_found(format!("payment-svc has no payment for order {order_id:?}"));
     let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
@@ -56,8 +66,10 @@ async fn show_payment(
 
 async fn list_payments(
     State(pool): State<PgPool>,
+    caller: Caller,
     Query(page): Query<Page>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
     let limit = page.limit()?;
     let mut conn = pool.acquire().await?;
     let rows = store::list_payments(&mut conn, page.after, limit).await?;

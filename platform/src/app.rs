@@ -21,6 +21,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: crate::listener::ConnectionLimits,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     /// The broker links `/healthz` reports, for tasks that must know whether they are up.
@@ -47,7 +48,12 @@ impl Application {
         let links = health.links.iter().map(|(_, l)| l.clone()).collect();
         // One limit for the whole process, shared by every route.
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let auth = crate::auth::Authenticator::from_env().await?;
         let router = with_ops_routes(api, health)
+            .layer(axum::middleware::from_fn_with_state(
+                auth,
+                crate::auth::require_bearer,
+            ))
             .layer(axum::middleware::from_fn(crate::http::record_request))
             .layer(axum::middleware::from_fn(
                 crate::request_span::trace_request,
@@ -68,6 +74,7 @@ impl Application {
         Ok(Application {
             listener,
             router,
+            limits: crate::listener::ConnectionLimits::from_env()?,
             tasks: TaskTracker::new(),
             shutdown,
             links,
@@ -101,15 +108,13 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "listening");
         let shutdown = self.shutdown.clone();
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        crate::listener::serve(self.listener, self.router, self.limits, shutdown).await;
         // If the server stopped by itself, stop everything else too.
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         tracing::info!("stopped");
-        served.context("HTTP server failed")
+        Ok(())
     }
 }
 

@@ -139,17 +139,24 @@ pub struct Page {
 }
 
 impl Page {
-    /// The page size: 1000 unless asked, at most 10000.
+    /// The page size: [`MAX_PAGE`] unless asked, at most that.
     pub fn limit(&self) -> Result<i64, ApiError> {
-        let limit = self.limit.unwrap_or(1000);
-        if (1..=10_000).contains(&limit) {
-            Ok(limit)
-        } else {
-            Err(ApiError::bad_request(
-                "invalid_limit",
-                "limit must be 1 to 10000",
-            ))
-        }
+        check_limit(self.limit.unwrap_or(MAX_PAGE))
+    }
+}
+
+/// The largest page a list endpoint answers.
+pub const MAX_PAGE: i64 = 1000;
+
+/// `limit` unless it is outside 1..=[`MAX_PAGE`] (400).
+pub fn check_limit(limit: i64) -> Result<i64, ApiError> {
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ))
     }
 }
 
@@ -240,6 +247,7 @@ impl Health {
                 "status": if ok { "ok" } else { "unavailable" },
                 "database": if db_ok { "up" } else { "down" },
                 "broker": broker,
+                "auth": crate::auth::mode_label(),
             }),
         )
     }
@@ -286,8 +294,10 @@ async fn healthz(State(health): State<Health>) -> Response {
 /// (outbox) about one saga, for `sagactl trace`.
 async fn messages(
     State(health): State<Health>,
+    caller: crate::auth::Caller,
     axum::extract::Path(correlation_id): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
     let consumed = events::inbox::for_correlation(&health.pool, &correlation_id).await?;
     let emitted = events::outbox::for_correlation(&health.pool, &correlation_id).await?;
     Ok(Json(

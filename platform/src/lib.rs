@@ -4,12 +4,14 @@
 //! service's parts together so `main` and the tests start it the same way.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod edge;
 pub mod health;
 pub mod http;
 pub mod request_span;
+pub mod listener;
 pub mod shutdown;
 pub mod telemetry;
 pub mod validate;

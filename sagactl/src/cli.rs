@@ -17,6 +17,8 @@ pub struct Cli {
     pub conn: Connection,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub identity: crate::identity::Identity,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -186,6 +188,10 @@ pub enum Command {
         /// The shell to write the script for.
         shell: clap_complete::Shell,
     },
+    /// Print a bearer token signed with the development key (for curl).
+    Token(crate::identity::TokenArgs),
+    /// Create the development key pair and its JWKS (./scripts/stack.sh up runs this).
+    DevKeys(crate::identity::DevKeysArgs),
 }
 
 /// `NAME=TOTAL` for `verify --expect-*`.

@@ -20,6 +20,7 @@ pub struct Context {
     /// `--color`, resolved per stream by `output::use_color`.
     pub color: clap::ColorChoice,
     pub http: reqwest::Client,
+    pub identity: crate::identity::Identity,
 }
 
 /// Errors whose kind sets the exit status.
@@ -84,8 +85,10 @@ impl Context {
             color: cli.output.color,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
+                .default_headers(authorization_headers(&cli.identity))
                 .build()
                 .unwrap_or_default(),
+            identity: cli.identity.clone(),
         }
     }
 
@@ -218,7 +221,12 @@ pub fn ok_or_refused(status: StatusCode, body: Value) -> anyhow::Result<Value> {
         .map(str::to_owned)
         .unwrap_or_else(|| format!("the service answered {status}"));
     let code = body.get("error").and_then(Value::as_str).unwrap_or("error");
-    Err(CliError::Refused(format!("{message} ({status}, {code})")).into())
+    let hint = if status == StatusCode::UNAUTHORIZED {
+        "\n  hint: sagactl signs its requests with .stack/dev-signing-key.pem, which ./scripts/stack.sh up creates; elsewhere pass --signing-key or --token"
+    } else {
+        ""
+    };
+    Err(CliError::Refused(format!("{message} ({status}, {code}){hint}")).into())
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -227,4 +235,20 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// Every request carries sagactl's bearer token, when it has one; without one the services
+/// answer 401 and the command says so.
+fn authorization_headers(identity: &crate::identity::Identity) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    match identity.authorization() {
+        Ok(Some(value)) => {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("sagactl: warning: requests go without a token: {e:#}"),
+    }
+    headers
 }

@@ -7,6 +7,7 @@
 mod cli;
 mod commands;
 mod context;
+mod identity;
 mod output;
 
 use clap::Parser;

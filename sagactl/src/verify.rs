@@ -88,7 +88,8 @@ pub struct Endpoints {
     pub payment: String,
 }
 
-const PAGE: usize = 5000;
+/// The services answer at most 1000 rows a page.
+const PAGE: usize = 1000;
 
 impl Snapshot {
     /// Reads every list endpoint page by page.

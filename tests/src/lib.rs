@@ -12,12 +12,15 @@
 //!   waiting for a service to have handled a message, reading reservations and payments.
 //! - [`prometheus`]: reading `/metrics`.
 //! - [`browser`]: a headless chromium through chromedriver, and `sagactl ui` for a stack.
+//! - [`auth`]: bearer tokens signed with the development key; the stack's HTTP helpers
+//!   send an operator's by default.
 //!
 //! The end-to-end tests run the binaries of `cargo build --workspace --bins`; PostgreSQL
 //! and RabbitMQ (with its management plugin) must be running, as `scripts/test.sh`
 //! arranges.
 
 pub mod browser;
+pub mod auth;
 pub mod failure_support;
 pub mod poll;
 pub mod prometheus;

@@ -186,7 +186,10 @@ type BrokerLink = (Connection, ConfirmedPublisher);
 /// The three services of one test, running.
 pub struct Stack {
     options: StackOptions,
+    /// Sends the operator token ([`crate::auth`]) unless a request names its own.
     http: reqwest::Client,
+    /// Sends no token (a request given an empty `authorization` header goes through it).
+    anonymous_http: reqwest::Client,
     addrs: HashMap<Service, SocketAddr>,
     amqp_url_for_services: String,
     log_dir: PathBuf,
@@ -233,7 +236,8 @@ impl Stack {
         std::fs::create_dir_all(&log_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
         let stack = Stack {
-            http: reqwest::Client::builder()
+            http: crate::auth::operator_client(),
+            anonymous_http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(15))
                 .build()
@@ -272,6 +276,10 @@ impl Stack {
             (
                 "SAGA_ORDER_DEADLINE_SECS".to_owned(),
                 self.options.deadline_secs.to_string(),
+            ),
+            (
+                "SAGA_AUTH_JWKS_FILE".to_owned(),
+                crate::auth::jwks_path().display().to_string(),
             ),
         ];
         // Every service gets all three addresses and databases: harmless to the others,
@@ -483,7 +491,8 @@ impl Stack {
     }
 
     /// Sends a request; the body is answered as JSON when it is JSON, as a JSON string
-    /// otherwise, and as `null` when empty.
+    /// otherwise, and as `null` when empty. It carries the operator token unless `headers`
+    /// hold an `authorization` of their own; an empty one sends none.
     pub async fn try_request(
         &self,
         service: Service,
@@ -492,8 +501,18 @@ impl Stack {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> reqwest::Result<(StatusCode, Value)> {
-        let mut request = self.http.request(method, self.url(service, path));
-        for (name, value) in headers {
+        let no_token = headers
+            .iter()
+            .any(|(name, value)| name.eq_ignore_ascii_case("authorization") && value.is_empty());
+        let client = if no_token {
+            &self.anonymous_http
+        } else {
+            &self.http
+        };
+        let mut request = client.request(method, self.url(service, path));
+        for (name, value) in headers.iter().filter(|(name, value)| {
+            !(value.is_empty() && name.eq_ignore_ascii_case("authorization"))
+        }) {
             request = request.header(*name, *value);
         }
         if let Some(body) = body {

@@ -20,7 +20,7 @@ async fn replicas_share_the_work_and_keep_every_invariant() {
         stack.deposit(&format!("rep-{c}"), 10_000, "EUR").await;
     }
     // 60 orders for 40 units, half through each order-svc instance.
-    let http = reqwest::Client::new();
+    let http = saga_tests::auth::operator_client();
     let order_urls = [stack.base_url(Service::Order), replicas[0].base_url()];
     let placed: Vec<String> = join_all((0..60).map(|i| {
         let http = http.clone();

@@ -145,6 +145,23 @@ fn amqp_url(user: &str, password: &str, vhost: &str) -> String {
     )
 }
 
+/// The environment that makes every service log in as its own user and accept each event
+/// type only from its producer's user (the harness, as guest, is the operator).
+fn restricted_env(creds: &[(String, String, String)], vhost: &str) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (service, user, password) in creds {
+        let prefix = service.trim_end_matches("-svc").to_uppercase();
+        env.push((
+            format!("SAGA_{prefix}_AMQP_URL"),
+            amqp_url(user, password, vhost),
+        ));
+        let producer = service.to_uppercase().replace('-', "_");
+        env.push((format!("SAGA_PRODUCER_USERS_{producer}"), user.clone()));
+    }
+    env.push(("SAGA_PRODUCER_USERS_SAGACTL".into(), "guest".into()));
+    env
+}
+
 #[tokio::test]
 async fn the_saga_runs_with_each_service_holding_only_its_own_broker_permissions() {
     // The stack makes the vhost and its topology; then every service is restarted under a
@@ -152,16 +169,7 @@ async fn the_saga_runs_with_each_service_holding_only_its_own_broker_permissions
     let stack = Stack::start(StackOptions::default()).await;
     let vhost = stack.sandbox().vhost().to_owned();
     let (_users, creds) = service_users(&vhost, stack.sandbox().id()).await;
-    let restricted: Vec<(String, String)> = creds
-        .iter()
-        .map(|(service, user, password)| {
-            let prefix = service.trim_end_matches("-svc").to_uppercase();
-            (
-                format!("SAGA_{prefix}_AMQP_URL"),
-                amqp_url(user, password, &vhost),
-            )
-        })
-        .collect();
+    let restricted = restricted_env(&creds, &vhost);
     for s in Service::ALL {
         stack.kill(s);
     }
@@ -277,6 +285,7 @@ async fn broker_passwords_never_reach_the_logs_and_may_come_from_a_file() {
         .env("SAGA_ORDER_AMQP_PASSWORD_FILE", &password_file)
         .env("SAGA_ORDER_DATABASE_URL", sandbox.database_url("orders"))
         .env("SAGA_ORDER_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("SAGA_AUTH_JWKS_FILE", saga_tests::auth::jwks_path())
         .env("SAGA_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -307,4 +316,186 @@ async fn broker_passwords_never_reach_the_logs_and_may_come_from_a_file() {
         "the redacted URL names the user:\n{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Publishes `envelope` as `user` (its `user_id` is that user's, which the broker checks)
+/// to `exchange` with `routing_key`, with `extra_headers` on top of the event's own.
+async fn publish_as(
+    url: &str,
+    envelope: &events::Envelope,
+    exchange: &str,
+    routing_key: &str,
+    extra_headers: &[(&str, &str)],
+) {
+    let conn = events::amqp::connect(url, "forger").await.expect("connect");
+    let publisher = events::publisher::ConfirmedPublisher::open(&conn, Duration::from_secs(10))
+        .await
+        .expect("confirm channel");
+    let mut message = events::publisher::OutgoingMessage::event(envelope, None);
+    message.exchange = exchange.to_owned();
+    message.routing_key = routing_key.to_owned();
+    let mut headers = message.properties.headers().clone().unwrap_or_default();
+    for (name, value) in extra_headers {
+        headers.insert(
+            (*name).into(),
+            lapin::types::AMQPValue::LongString(value.as_bytes().into()),
+        );
+    }
+    message.properties = message.properties.with_headers(headers);
+    publisher
+        .publish(&message)
+        .await
+        .unwrap_or_else(|e| panic!("publishing to {exchange}/{routing_key}: {e}"));
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Waits until `queue` holds a dead letter with message id `message_id`; returns its
+/// `x-saga-error-code`. Other messages are put back.
+async fn dead_letter_code(stack: &Stack, queue: &str, message_id: uuid::Uuid) -> String {
+    let conn = events::amqp::connect(&stack.sandbox().amqp_url(), "dlq reader")
+        .await
+        .expect("connect");
+    let channel = conn.create_channel().await.expect("channel");
+    let code = eventually(Duration::from_secs(30), || {
+        let channel = channel.clone();
+        async move {
+            let got = channel
+                .basic_get(
+                    queue.into(),
+                    lapin::options::BasicGetOptions { no_ack: false },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(message) = got else {
+                return Err(format!("{queue} is empty"));
+            };
+            let id = message
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned());
+            let code = events::envelope::header_str(
+                &message.delivery.properties,
+                events::consumer::ERROR_CODE_HEADER,
+            );
+            let _ = message
+                .delivery
+                .acker
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            match (id, code) {
+                (Some(id), Some(code)) if id == message_id.to_string() => Ok(code),
+                (id, _) => Err(format!("{queue} holds {id:?}, not {message_id}")),
+            }
+        }
+    })
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+    code
+}
+
+#[tokio::test]
+async fn events_from_the_wrong_broker_user_are_dead_lettered_and_change_nothing() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let vhost = stack.sandbox().vhost().to_owned();
+    let (_users, creds) = service_users(&vhost, stack.sandbox().id()).await;
+    let url_of = |service: &str| {
+        let (_, user, password) = creds.iter().find(|(s, _, _)| s == service).unwrap();
+        amqp_url(user, password, &vhost)
+    };
+    // Each service publishes as its own user and accepts each event type only from its
+    // producer's user; the harness (guest) is the operator.
+    let env = restricted_env(&creds, &vhost);
+    for s in Service::ALL {
+        stack.kill(s);
+    }
+    for s in Service::ALL {
+        stack.start_service_with_env(s, &env).await;
+    }
+    // The saga runs with the per-service users.
+    stack.seed_stock("AUTHENTIC", 5).await;
+    stack.deposit("ann", 1000, "EUR").await;
+    let confirmed = stack
+        .place_order_ok(&order_request("ann", "EUR", &[("AUTHENTIC", 1, 100)]))
+        .await;
+    stack.wait_for_status(&confirmed, "confirmed").await;
+
+    // An order held `reserved`: payment-svc is stopped, so only a (forged) OrderConfirmed
+    // could make its stock sold.
+    stack.kill(Service::Payment);
+    let reserved = stack
+        .place_order_ok(&order_request("ann", "EUR", &[("AUTHENTIC", 2, 100)]))
+        .await;
+    stack.wait_for_status(&reserved, "reserved").await;
+    let stock_before = stack.stock("AUTHENTIC").await.1;
+
+    // 1. OrderConfirmed from payment-svc's user, sent back to inventory-svc through the
+    //    replay exchange, claiming (in the relay header) to come from order-svc's user.
+    let order_user = &creds.iter().find(|(s, _, _)| s == "order-svc").unwrap().1;
+    let forged_confirm = events::Envelope::wrap(
+        &events::Event::OrderConfirmed(events::catalog::OrderConfirmed {
+            order_id: reserved.parse().unwrap(),
+        }),
+        "order-svc",
+        None,
+    );
+    publish_as(
+        &url_of("payment-svc"),
+        &forged_confirm,
+        "saga.redeliver",
+        "inventory-svc",
+        &[(events::authenticity::PUBLISHED_BY_HEADER, order_user)],
+    )
+    .await;
+    assert_eq!(
+        dead_letter_code(&stack, "inventory-svc.dlq", forged_confirm.message_id).await,
+        "forged_producer"
+    );
+    assert_eq!(
+        stack.stock("AUTHENTIC").await.1,
+        stock_before,
+        "the stock did not change"
+    );
+
+    // 2. and 3. FundsDeposited from order-svc's user: injected into payment-svc's retry
+    //    queue (the broker moves it to payment-svc a second later), and through the
+    //    replay exchange.
+    stack.start_service_with_env(Service::Payment, &env).await;
+    let deposits = |wallet: serde_json::Value| {
+        let (balance, captured, refunded) = saga_tests::saga_support::wallet_figures(&wallet);
+        balance + captured - refunded
+    };
+    let deposits_before = deposits(stack.wallet("ann").await.1);
+    let mut forged = Vec::new();
+    for (exchange, key) in [
+        ("saga.retry", "payment-svc.retry.1s"),
+        ("saga.redeliver", "payment-svc"),
+    ] {
+        let deposit = events::Envelope::wrap(
+            &events::Event::FundsDeposited(events::catalog::FundsDeposited {
+                customer_id: "ann".into(),
+                amount: 1_000_000,
+                currency: "EUR".into(),
+            }),
+            "sagactl",
+            None,
+        );
+        publish_as(&url_of("order-svc"), &deposit, exchange, key, &[]).await;
+        forged.push(deposit.message_id);
+    }
+    for message_id in forged {
+        assert_eq!(
+            dead_letter_code(&stack, "payment-svc.dlq", message_id).await,
+            "forged_producer"
+        );
+    }
+    assert_eq!(
+        deposits(stack.wallet("ann").await.1),
+        deposits_before,
+        "no money appeared"
+    );
 }

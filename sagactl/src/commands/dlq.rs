@@ -300,14 +300,27 @@ pub async fn resend(
         } else {
             delivery.data.clone()
         };
+        let mut headers = cleaned_headers(&delivery.properties);
+        // The replay is published as the operator; the consumer believes the recorded
+        // original publisher from an operator (a dead letter the broker itself moved has
+        // none recorded yet: its user_id is the original).
+        if events::envelope::header_str(
+            &delivery.properties,
+            events::authenticity::PUBLISHED_BY_HEADER,
+        )
+        .is_none()
+            && let Some(user) = delivery.properties.user_id()
+        {
+            headers.insert(
+                events::authenticity::PUBLISHED_BY_HEADER.into(),
+                lapin::types::AMQPValue::LongString(user.as_str().as_bytes().into()),
+            );
+        }
         let copy = OutgoingMessage {
             exchange: REDELIVER_EXCHANGE.to_owned(),
             routing_key: service.clone(),
             body,
-            properties: delivery
-                .properties
-                .clone()
-                .with_headers(cleaned_headers(&delivery.properties)),
+            properties: delivery.properties.clone().with_headers(headers),
         };
         publisher
             .publish(&copy)

@@ -55,6 +55,8 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             verify::run(ctx, settle, &expected).await
         }
         Command::Ui { listen } => ui::run(ctx, listen).await,
+        Command::Token(args) => crate::identity::print_token(&ctx.identity, &args),
+        Command::DevKeys(args) => crate::identity::create_dev_keys(&args),
         Command::Completions { shell } => {
             // Written in one piece through the output module, so `| head` ends quietly.
             let mut script = Vec::new();

@@ -1,0 +1,257 @@
+//! Authentic events: a consumer accepts an event type only from the broker users of that
+//! type's producer.
+//!
+//! RabbitMQ refuses a publish whose `user_id` property differs from the connection's user,
+//! and every publisher here sets it ([`crate::publisher::ConfirmedPublisher`]), so
+//! `user_id` says which credentials published a message. The users each producer may
+//! publish as come from `SAGA_PRODUCER_USERS_<PRODUCER>` (`ORDER_SVC`, `INVENTORY_SVC`,
+//! `PAYMENT_SVC`, `SAGACTL`: a comma-separated list), by default `guest` (local
+//! development) and the per-service user of `deploy/` (the producer's own name).
+//!
+//! A message republished by a relay keeps its original publisher in
+//! [`PUBLISHED_BY_HEADER`]: the service's own retry and dead-letter copies, and an
+//! operator's DLQ replay. That header is believed only when the message's `user_id` is the
+//! consuming service's own user or an operator user; anyone else's header is ignored, so a
+//! copy injected into a retry queue with another service's credentials stays that
+//! service's message and is refused.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use crate::EventType;
+use crate::envelope::header_str;
+
+/// The broker user that first published a message relayed since.
+pub const PUBLISHED_BY_HEADER: &str = "x-published-by";
+/// The dead-letter code of a message from the wrong broker user.
+pub const FORGED_PRODUCER: &str = "forged_producer";
+/// The producer name of operator events (`StockAdjusted`, `FundsDeposited`) and replays.
+pub const OPERATOR: &str = "sagactl";
+
+/// Which broker users may publish as each producer.
+#[derive(Debug, Clone)]
+pub struct ProducerUsers {
+    by_producer: HashMap<String, Vec<String>>,
+}
+
+impl ProducerUsers {
+    /// `SAGA_PRODUCER_USERS_<PRODUCER>` for every producer of the catalog.
+    pub fn from_env() -> Self {
+        let mut by_producer = HashMap::new();
+        for producer in EventType::ALL.map(EventType::producer) {
+            let var = format!(
+                "SAGA_PRODUCER_USERS_{}",
+                producer.to_ascii_uppercase().replace('-', "_")
+            );
+            let users = match std::env::var(&var) {
+                Ok(list) if !list.trim().is_empty() => list
+                    .split(',')
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+                _ => vec!["guest".to_owned(), producer.to_owned()],
+            };
+            by_producer.insert(producer.to_owned(), users);
+        }
+        ProducerUsers { by_producer }
+    }
+
+    /// This process's table, read from the environment once.
+    pub fn global() -> &'static ProducerUsers {
+        static USERS: OnceLock<ProducerUsers> = OnceLock::new();
+        USERS.get_or_init(ProducerUsers::from_env)
+    }
+
+    pub fn users_of(&self, producer: &str) -> &[String] {
+        self.by_producer.get(producer).map_or(&[], Vec::as_slice)
+    }
+
+    fn may_publish_as(&self, user: &str, producer: &str) -> bool {
+        self.users_of(producer).iter().any(|u| u == user)
+    }
+}
+
+/// The broker user of an AMQP URL (`guest` when it names none, as the broker assumes).
+pub fn user_of_url(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_owned())
+}
+
+/// Who published `props` as far as the consumer with broker user `own_user` can tell.
+pub fn publisher_of(
+    users: &ProducerUsers,
+    props: &BasicProperties,
+    own_user: &str,
+) -> Option<String> {
+    let user = props.user_id().as_ref()?.as_str().to_owned();
+    let relayed_by_trusted = user == own_user || users.may_publish_as(&user, OPERATOR);
+    if relayed_by_trusted && let Some(original) = header_str(props, PUBLISHED_BY_HEADER) {
+        return Some(original);
+    }
+    Some(user)
+}
+
+/// Ok when `event_type` in a message with `props` comes from its producer's broker user;
+/// else why not (the dead-letter reason).
+pub fn check(
+    users: &ProducerUsers,
+    event_type: EventType,
+    props: &BasicProperties,
+    own_user: &str,
+) -> Result<(), String> {
+    let producer = event_type.producer();
+    match publisher_of(users, props, own_user) {
+        Some(user) if users.may_publish_as(&user, producer) => Ok(()),
+        Some(user) => Err(format!(
+            "{} is published only by {producer} (broker users {:?}); this one came from broker user {user:?}",
+            event_type.name(),
+            users.users_of(producer)
+        )),
+        None => Err(format!(
+            "{} carries no user_id, so its producer cannot be told",
+            event_type.name()
+        )),
+    }
+}
+
+/// [`check`] with this process's table, for a consumer connected with `amqp_url`.
+pub fn check_delivery(
+    event_type: EventType,
+    props: &BasicProperties,
+    amqp_url: &str,
+) -> Result<(), String> {
+    check(
+        ProducerUsers::global(),
+        event_type,
+        props,
+        &user_of_url(amqp_url),
+    )
+}
+
+/// [`record_publisher`] with this process's table, for a consumer connected with `amqp_url`.
+pub fn record_delivery_publisher(
+    props: &BasicProperties,
+    amqp_url: &str,
+    headers: &mut FieldTable,
+) {
+    record_publisher(
+        ProducerUsers::global(),
+        props,
+        &user_of_url(amqp_url),
+        headers,
+    );
+}
+
+/// `headers` with [`PUBLISHED_BY_HEADER`] set to who published `props` (for a copy about to
+/// be republished by `own_user`). A header already there is kept only when it is trusted.
+pub fn record_publisher(
+    users: &ProducerUsers,
+    props: &BasicProperties,
+    own_user: &str,
+    headers: &mut FieldTable,
+) {
+    if let Some(user) = publisher_of(users, props, own_user) {
+        headers.insert(
+            PUBLISHED_BY_HEADER.into(),
+            AMQPValue::LongString(LongString::from(user.as_bytes())),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> ProducerUsers {
+        let mut by_producer = HashMap::new();
+        for (p, u) in [
+            ("order-svc", "order-u"),
+            ("inventory-svc", "inventory-u"),
+            ("payment-svc", "payment-u"),
+            ("sagactl", "operator-u"),
+        ] {
+            by_producer.insert(p.to_owned(), vec![u.to_owned()]);
+        }
+        ProducerUsers { by_producer }
+    }
+
+    fn props(user: &str, published_by: Option<&str>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let Some(p) = published_by {
+            headers.insert(
+                PUBLISHED_BY_HEADER.into(),
+                AMQPValue::LongString(LongString::from(p.as_bytes())),
+            );
+        }
+        BasicProperties::default()
+            .with_user_id(user.into())
+            .with_headers(headers)
+    }
+
+    #[test]
+    fn an_event_from_its_producer_is_accepted_and_from_another_refused() {
+        let u = users();
+        assert!(
+            check(
+                &u,
+                EventType::OrderConfirmed,
+                &props("order-u", None),
+                "inventory-u"
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                &u,
+                EventType::OrderConfirmed,
+                &props("payment-u", None),
+                "inventory-u"
+            )
+            .is_err()
+        );
+        assert!(
+            check(
+                &u,
+                EventType::FundsDeposited,
+                &props("order-u", None),
+                "payment-u"
+            )
+            .is_err()
+        );
+        assert!(
+            check(
+                &u,
+                EventType::FundsDeposited,
+                &props("operator-u", None),
+                "payment-u"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_published_by_header_is_believed_only_from_the_consumer_itself_or_an_operator() {
+        let u = users();
+        // The service's own retry copy, and an operator's replay.
+        let own_retry = props("payment-u", Some("operator-u"));
+        assert!(check(&u, EventType::FundsDeposited, &own_retry, "payment-u").is_ok());
+        let replay = props("operator-u", Some("inventory-u"));
+        assert!(check(&u, EventType::StockReserved, &replay, "payment-u").is_ok());
+        // Another service claiming to relay an operator's message.
+        let injected = props("order-u", Some("operator-u"));
+        assert!(check(&u, EventType::FundsDeposited, &injected, "payment-u").is_err());
+    }
+
+    #[test]
+    fn a_url_names_its_user() {
+        assert_eq!(
+            user_of_url("amqp://order-svc:pw@rabbit:5672/saga"),
+            "order-svc"
+        );
+        assert_eq!(user_of_url("amqp://127.0.0.1:5672/saga"), "guest");
+    }
+}

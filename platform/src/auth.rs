@@ -1,0 +1,533 @@
+//! Identity at the HTTP edge: every request but `/healthz*` and `/metrics` carries a
+//! bearer JWT, verified here against a JWKS (a file or a URL), and handlers receive the
+//! verified [`Caller`].
+//!
+//! Only ES256 and RS256 are accepted: the algorithm a token names must be one of those and
+//! must match the key its `kid` names, so neither `alg: none` nor a symmetric algorithm
+//! keyed with a public key can pass. `iss`, `aud`, `exp` and `sub` are required; `exp` gets
+//! at most [`LEEWAY_SECS`] of clock skew. An unknown `kid` makes the set be read again (at
+//! most once per [`REFRESH_MIN_INTERVAL`]), so a rotated key is picked up without a restart
+//! and a flood of made-up `kid`s cannot turn into a flood of JWKS fetches.
+//!
+//! `SAGA_AUTH=off` turns checking off (every caller is then an operator) for throwaway
+//! local runs; the service warns at start and its health body says so.
+//!
+//! [`dev`] holds what local development needs: the development key pair and a token
+//! signer, shared by `sagactl` and the test harness.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::ApiError;
+use crate::config::{env_or, env_value};
+
+/// Clock skew allowed on `exp` (the contract's upper bound).
+pub const LEEWAY_SECS: u64 = 60;
+/// Least time between two reads of the JWKS caused by unknown `kid`s.
+pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// `iss` unless `SAGA_AUTH_ISSUER` says otherwise.
+pub const DEFAULT_ISSUER: &str = "order-saga-dev";
+/// The audience unless `SAGA_AUTH_AUDIENCE` says otherwise.
+pub const DEFAULT_AUDIENCE: &str = "order-saga";
+/// The only signature algorithms accepted.
+const ALGORITHMS: [Algorithm; 2] = [Algorithm::ES256, Algorithm::RS256];
+
+/// Whether this process runs with `SAGA_AUTH=off` (for the health body).
+static AUTH_OFF: AtomicBool = AtomicBool::new(false);
+
+/// `"off"` when checking is turned off, else `"jwt"`: what the health body reports.
+pub fn mode_label() -> &'static str {
+    if AUTH_OFF.load(Ordering::Relaxed) {
+        "off"
+    } else {
+        "jwt"
+    }
+}
+
+/// The verified identity of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The customer id, or the operator's name.
+    pub sub: String,
+    pub customer: bool,
+    pub operator: bool,
+}
+
+impl Caller {
+    /// Whether the caller may act on `customer_id`'s orders and wallet.
+    pub fn may_act_for(&self, customer_id: &str) -> bool {
+        self.operator || (self.customer && self.sub == customer_id)
+    }
+
+    /// 403 unless the caller is an operator (list endpoints, internals).
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        if self.operator {
+            Ok(())
+        } else {
+            Err(forbidden("this endpoint is for operators"))
+        }
+    }
+
+    /// 403 unless the caller holds at least one role of the contract.
+    pub fn require_any_role(&self) -> Result<(), ApiError> {
+        if self.operator || self.customer {
+            Ok(())
+        } else {
+            Err(forbidden(
+                "the token grants neither the customer nor the operator role",
+            ))
+        }
+    }
+}
+
+/// 403 with the contract's error body.
+pub fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Put there by `require_bearer`; a route outside it has no caller.
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| unauthorized("a bearer token is required"))
+    }
+}
+
+/// The claims read from a token (the registered ones are checked by `Validation`).
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// Where the JWKS comes from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+impl JwksSource {
+    async fn load(&self, http: &reqwest::Client) -> anyhow::Result<JwkSet> {
+        let text = match self {
+            JwksSource::File(path) => tokio::fs::read_to_string(path)
+                .await
+                .with_context(|| format!("cannot read the JWKS file {}", path.display()))?,
+            JwksSource::Url(url) => http
+                .get(url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("cannot fetch the JWKS from {url}"))?
+                .text()
+                .await
+                .with_context(|| format!("cannot read the JWKS from {url}"))?,
+        };
+        serde_json::from_str(&text).context("the JWKS is not a JSON Web Key Set")
+    }
+}
+
+/// Verifies bearer tokens; cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Option<Arc<Verifier>>,
+}
+
+struct Verifier {
+    source: JwksSource,
+    issuer: String,
+    audience: String,
+    http: reqwest::Client,
+    keys: RwLock<JwkSet>,
+    /// When the set was last read because of an unknown `kid`.
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+/// Why a token was refused (the message a client gets with its 401).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+    #[error("the token's key is not known")]
+    UnknownKey,
+}
+
+impl Authenticator {
+    /// `SAGA_AUTH` (`on` unless exactly `off`), `SAGA_AUTH_JWKS_FILE` or
+    /// `SAGA_AUTH_JWKS_URL`, `SAGA_AUTH_ISSUER`, `SAGA_AUTH_AUDIENCE`. The JWKS is read once
+    /// here, so a wrong path or URL stops the service at start.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        match env_or("SAGA_AUTH", "on")?.trim() {
+            "off" => {
+                AUTH_OFF.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "SAGA_AUTH=off: HTTP requests are NOT authenticated and every caller is an \
+                     operator; use this only for a throwaway local run"
+                );
+                return Ok(Authenticator { inner: None });
+            }
+            "on" => {}
+            other => anyhow::bail!("SAGA_AUTH={other:?} must be on or off"),
+        }
+        let source = match (
+            env_value("SAGA_AUTH_JWKS_FILE")?,
+            env_value("SAGA_AUTH_JWKS_URL")?,
+        ) {
+            (Some(path), None) => JwksSource::File(PathBuf::from(path.trim())),
+            (None, Some(url)) => JwksSource::Url(url.trim().to_owned()),
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set SAGA_AUTH_JWKS_FILE or SAGA_AUTH_JWKS_URL, not both")
+            }
+            (None, None) => anyhow::bail!(
+                "SAGA_AUTH_JWKS_FILE or SAGA_AUTH_JWKS_URL must name the keys that sign client \
+                 tokens (./scripts/stack.sh up creates .stack/dev-jwks.json); SAGA_AUTH=off \
+                 turns authentication off for a throwaway local run"
+            ),
+        };
+        Self::new(
+            source,
+            env_or("SAGA_AUTH_ISSUER", DEFAULT_ISSUER)?,
+            env_or("SAGA_AUTH_AUDIENCE", DEFAULT_AUDIENCE)?,
+        )
+        .await
+    }
+
+    pub async fn new(source: JwksSource, issuer: String, audience: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .context("building the JWKS client")?;
+        let keys = source.load(&http).await?;
+        Ok(Authenticator {
+            inner: Some(Arc::new(Verifier {
+                source,
+                issuer,
+                audience,
+                http,
+                keys: RwLock::new(keys),
+                last_refresh: Mutex::new(None),
+            })),
+        })
+    }
+
+    /// Whether checking is off (`SAGA_AUTH=off`).
+    pub fn is_off(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// The caller a token proves.
+    pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        let Some(verifier) = &self.inner else {
+            return Ok(Caller {
+                sub: "anonymous".to_owned(),
+                customer: false,
+                operator: true,
+            });
+        };
+        verifier.verify(token).await
+    }
+}
+
+impl Verifier {
+    async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        let invalid = |e: jsonwebtoken::errors::Error| TokenError::Invalid(e.to_string());
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(TokenError::Invalid(format!(
+                "algorithm {:?} is not accepted (ES256 or RS256 only)",
+                header.alg
+            )));
+        }
+        let key = match self.key_for(header.kid.as_deref()).await {
+            Some(key) => key,
+            None if self.refresh().await => self
+                .key_for(header.kid.as_deref())
+                .await
+                .ok_or(TokenError::UnknownKey)?,
+            None => return Err(TokenError::UnknownKey),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = LEEWAY_SECS;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(invalid)?
+            .claims;
+        Ok(Caller {
+            customer: claims.roles.iter().any(|r| r == "customer"),
+            operator: claims.roles.iter().any(|r| r == "operator"),
+            sub: claims.sub,
+        })
+    }
+
+    /// The key `kid` names; without a `kid`, the only key of a one-key set.
+    async fn key_for(&self, kid: Option<&str>) -> Option<DecodingKey> {
+        let keys = self.keys.read().await;
+        let jwk = match kid {
+            Some(kid) => keys.find(kid)?,
+            None if keys.keys.len() == 1 => &keys.keys[0],
+            None => return None,
+        };
+        DecodingKey::from_jwk(jwk).ok()
+    }
+
+    /// Reads the set again unless that happened less than [`REFRESH_MIN_INTERVAL`] ago;
+    /// whether it did.
+    async fn refresh(&self) -> bool {
+        let mut last = self.last_refresh.lock().await;
+        if last.is_some_and(|at| at.elapsed() < REFRESH_MIN_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match self.source.load(&self.http).await {
+            Ok(keys) => {
+                *self.keys.write().await = keys;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot refresh the JWKS; keeping the keys known");
+                false
+            }
+        }
+    }
+}
+
+/// 401 with `WWW-Authenticate: Bearer` and the contract's error body.
+fn unauthorized(message: impl Into<String>) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"order-saga\""),
+    );
+    response
+}
+
+/// Whether `path` is open without a token: the probes and the metrics scrape.
+fn is_open(path: &str) -> bool {
+    path == "/healthz" || path.starts_with("/healthz/") || path == "/metrics"
+}
+
+/// Middleware: verifies the bearer token of every request but the open ones and hands the
+/// [`Caller`] to the handlers; anything wrong with the token is a 401.
+pub async fn require_bearer(
+    State(auth): State<Authenticator>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if is_open(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let verified = match token {
+        Some(token) => auth.verify(token).await,
+        None if auth.is_off() => auth.verify("").await,
+        None => Err(TokenError::Missing),
+    };
+    match verified {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => unauthorized(e.to_string()),
+    }
+}
+
+pub mod dev {
+    //! The development key pair (`./scripts/stack.sh up`, the tests) and token signing for
+    //! clients that hold a private key (`sagactl`, the tests).
+
+    use std::path::{Path, PathBuf};
+
+    use anyhow::Context;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde::Serialize;
+
+    /// The `kid` of the development key.
+    pub const DEV_KID: &str = "dev";
+    /// File names inside `.stack/`.
+    pub const SIGNING_KEY_FILE: &str = "dev-signing-key.pem";
+    pub const JWKS_FILE: &str = "dev-jwks.json";
+
+    /// A new EC P-256 private key as PKCS#8 PEM.
+    pub fn generate_key_pem() -> anyhow::Result<String> {
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| anyhow::anyhow!("cannot generate an EC P-256 key"))?;
+        Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref())))
+    }
+
+    /// The public JWKS (one ES256 key with `kid`) of a private key in PEM.
+    pub fn jwks_for(private_pem: &str, kid: &str) -> anyhow::Result<JwkSet> {
+        let key = EncodingKey::from_ec_pem(private_pem.as_bytes())
+            .context("the signing key is not an EC private key in PKCS#8 PEM")?;
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
+            .context("cannot derive the public key")?;
+        jwk.common.key_id = Some(kid.to_owned());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        Ok(JwkSet { keys: vec![jwk] })
+    }
+
+    /// Creates `dir/dev-signing-key.pem` and `dir/dev-jwks.json` unless the key exists,
+    /// and (re)writes the JWKS from the key. Safe when several processes race: the key is
+    /// created with a hard link, which fails when another process got there first.
+    /// Returns the two paths.
+    pub fn ensure_key_pair(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let key_path = dir.join(SIGNING_KEY_FILE);
+        if !key_path.exists() {
+            let tmp = dir.join(format!(".{SIGNING_KEY_FILE}.{}", std::process::id()));
+            write_private(&tmp, &generate_key_pem()?)?;
+            let linked = std::fs::hard_link(&tmp, &key_path);
+            let _ = std::fs::remove_file(&tmp);
+            if let Err(e) = linked
+                && e.kind() != std::io::ErrorKind::AlreadyExists
+            {
+                return Err(e).with_context(|| format!("cannot create {}", key_path.display()));
+            }
+        }
+        let pem = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("cannot read {}", key_path.display()))?;
+        let jwks_path = dir.join(JWKS_FILE);
+        let jwks = serde_json::to_string_pretty(&jwks_for(&pem, DEV_KID)?)?;
+        if std::fs::read_to_string(&jwks_path).ok().as_deref() != Some(jwks.as_str()) {
+            let tmp = dir.join(format!(".{JWKS_FILE}.{}", std::process::id()));
+            std::fs::write(&tmp, &jwks)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &jwks_path)
+                .with_context(|| format!("cannot write {}", jwks_path.display()))?;
+        }
+        Ok((key_path, jwks_path))
+    }
+
+    fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// What a signed token says.
+    #[derive(Debug, Clone, Serialize)]
+    pub struct TokenClaims {
+        pub iss: String,
+        pub aud: String,
+        pub sub: String,
+        pub roles: Vec<String>,
+        pub iat: i64,
+        pub exp: i64,
+    }
+
+    impl TokenClaims {
+        /// Claims for `sub` with `roles`, valid from now for `ttl`, for the defaults'
+        /// issuer and audience.
+        pub fn new(sub: &str, roles: &[&str], ttl: std::time::Duration) -> Self {
+            let now = chrono::Utc::now().timestamp();
+            TokenClaims {
+                iss: super::DEFAULT_ISSUER.to_owned(),
+                aud: super::DEFAULT_AUDIENCE.to_owned(),
+                sub: sub.to_owned(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                iat: now,
+                exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            }
+        }
+    }
+
+    /// `claims` signed ES256 with the PKCS#8 PEM `private_pem`, its header naming `kid`.
+    pub fn sign(private_pem: &str, kid: &str, claims: &impl Serialize) -> anyhow::Result<String> {
+        let key = EncodingKey::from_ec_pem(private_pem.as_bytes())
+            .context("the signing key is not an EC private key in PKCS#8 PEM")?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, claims, &key).context("cannot sign the token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dev::*;
+    use super::*;
+
+    async fn authenticator(dir: &std::path::Path) -> (Authenticator, String) {
+        let (key, jwks) = ensure_key_pair(dir).unwrap();
+        let auth = Authenticator::new(
+            JwksSource::File(jwks),
+            DEFAULT_ISSUER.into(),
+            DEFAULT_AUDIENCE.into(),
+        )
+        .await
+        .unwrap();
+        (auth, std::fs::read_to_string(key).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_token_signed_with_the_development_key_names_its_caller() {
+        let dir = std::env::temp_dir().join(format!("saga-auth-{}", uuid::Uuid::new_v4()));
+        let (auth, pem) = authenticator(&dir).await;
+        let claims = TokenClaims::new("alice", &["customer"], Duration::from_secs(60));
+        let token = sign(&pem, DEV_KID, &claims).unwrap();
+        let caller = auth.verify(&token).await.unwrap();
+        assert_eq!(
+            caller,
+            Caller {
+                sub: "alice".into(),
+                customer: true,
+                operator: false
+            }
+        );
+        assert!(caller.may_act_for("alice") && !caller.may_act_for("bob"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_second_process_keeps_the_key_the_first_created() {
+        let dir = std::env::temp_dir().join(format!("saga-auth-{}", uuid::Uuid::new_v4()));
+        let (key, _) = ensure_key_pair(&dir).unwrap();
+        let first = std::fs::read_to_string(&key).unwrap();
+        ensure_key_pair(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), first);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
