@@ -125,9 +125,12 @@ cmd_up() {
     for n in 2 3; do
         if ! ctl 1 cluster_status --formatter json 2>/dev/null | grep -qF "\"$(node_name "$n")\""; then
             log "joining $(node_name "$n") to $(node_name 1)"
-            ctl "$n" stop_app
-            ctl "$n" join_cluster "$(node_name 1)"
-            ctl "$n" start_app
+            # The CLI reports the joining node's transient errors on stderr; keep them in
+            # the node's log directory unless the join fails.
+            {
+                ctl "$n" stop_app && ctl "$n" join_cluster "$(node_name 1)" && ctl "$n" start_app
+            } >"$(node_dir "$n")/log/join.log" 2>&1 ||
+                die "$(node_name "$n") could not join: $(cat "$(node_dir "$n")/log/join.log")"
         fi
     done
     # The broker reads the file as the rabbitmq user.
