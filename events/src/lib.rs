@@ -18,6 +18,7 @@
 //! - [`amqp`]: connecting with backoff, and the connection settings every component shares.
 
 pub mod amqp;
+pub mod amqp_nodes;
 pub mod catalog;
 pub mod consumer;
 pub mod contract;

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod config;
 pub mod db;
+pub mod db_failover;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;

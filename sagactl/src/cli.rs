@@ -24,7 +24,7 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// Broker URL (with vhost).
+    /// Broker URL (with vhost); several, comma-separated, for the nodes of a cluster.
     #[arg(
         long,
         global = true,

@@ -139,7 +139,8 @@ impl Context {
 
     /// The vhost named in the AMQP URL (`/` when none).
     pub fn vhost(&self) -> String {
-        let url = self.conn.amqp_url.split('?').next().unwrap_or_default();
+        let first = events::amqp_nodes::first_url(&self.conn.amqp_url);
+        let url = first.split('?').next().unwrap_or_default();
         let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
         match after_scheme.split_once('/') {
             Some((_, v)) if !v.is_empty() => v.replace("%2f", "/").replace("%2F", "/"),
