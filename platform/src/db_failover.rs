@@ -24,7 +24,8 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 /// Whether the server at `options` answers and accepts writes.
 async fn is_primary(options: &PgConnectOptions) -> bool {
     let check = async {
-        let mut conn = options.connect().await.ok()?;
+        // The maintenance database: the service's own may not exist yet on a fresh server.
+        let mut conn = options.clone().database("postgres").connect().await.ok()?;
         let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
             .fetch_one(&mut conn)
             .await
