@@ -4,7 +4,8 @@
 #
 #   1. compose.yaml           scripts/validate-compose.sh (Docker Compose, else YAML),
 #                             then the Compose specification's JSON schema
-#   2. deploy/k8s             every Kubernetes object against the Kubernetes schemas
+#   2. deploy/k8s             every Kubernetes object (the broker cluster in rabbitmq/
+#                             too) against the Kubernetes schemas
 #                             (kubernetes-validate --strict), the KEDA objects against
 #                             deploy/k8s/schemas/*.json, and `kubectl kustomize` when
 #                             kubectl is installed
@@ -123,7 +124,7 @@ fi
 
 if ((TOOLS)); then
     step "Kubernetes manifests (${K8S_DIR}, Kubernetes ${K8S_VERSION}, strict)"
-    mapfile -t core < <(find "$K8S_DIR" -maxdepth 1 -name '*.yaml' ! -name kustomization.yaml | sort)
+    mapfile -t core < <(find "$K8S_DIR" "${K8S_DIR}/rabbitmq" -maxdepth 1 -name '*.yaml' ! -name kustomization.yaml | sort)
     mapfile -t scaled < <(find "${K8S_DIR}/keda" -name 'scaledobject-*.yaml' | sort)
     mapfile -t auths < <(find "${K8S_DIR}/keda" -name 'triggerauthentication*.yaml' | sort)
     ((${#core[@]} > 0 && ${#scaled[@]} > 0 && ${#auths[@]} > 0)) || die "missing manifests under ${K8S_DIR}"
@@ -151,6 +152,7 @@ if ((TOOLS)); then
 
     if command -v kubectl >/dev/null 2>&1; then
         kubectl kustomize "$K8S_DIR" >/dev/null || die "kubectl kustomize ${K8S_DIR} failed"
+        kubectl kustomize "${K8S_DIR}/rabbitmq" >/dev/null || die "kubectl kustomize ${K8S_DIR}/rabbitmq failed"
         log "kubectl kustomize ${K8S_DIR} builds"
         checked+=("kustomize build")
     else

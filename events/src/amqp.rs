@@ -2,13 +2,17 @@
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use rand::Rng;
 
 /// Opens a connection named for the RabbitMQ console (`order-svc consumer`, …).
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await
+///
+/// `urls` is one broker URL or several separated by commas, one per node of a cluster
+/// (see [`crate::amqp_nodes`]): the nodes are tried in turn, each call starting one node
+/// further on, so a component's connections spread over the cluster and a reconnect after
+/// losing a node does not keep knocking on that node first.
+pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
+    crate::amqp_nodes::connect_any(urls, name).await
 }
 
 /// Capped exponential backoff with full jitter, so replicas that lost the broker together
@@ -50,8 +54,13 @@ impl Default for Backoff {
     }
 }
 
-/// The URL with its password replaced, for logs and error messages.
+/// The URL (or each URL of a comma-separated list) with its password replaced, for logs
+/// and error messages.
 pub fn redact_url(url: &str) -> String {
+    crate::amqp_nodes::map_each(url, redact_one)
+}
+
+fn redact_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -26,6 +26,7 @@
 
 pub mod amqp;
 pub mod authenticity;
+pub mod amqp_nodes;
 pub mod catalog;
 pub mod consumer;
 pub mod contract;

@@ -74,7 +74,8 @@ pub fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
 fn url_with_secret(url_var: &str, password_var: &str, default: &str) -> anyhow::Result<String> {
     let url = env_or(url_var, default)?;
     match env_value(password_var)? {
-        Some(pw) => with_password(&url, &pw),
+        // A list of broker nodes shares one password.
+        Some(pw) => events::amqp_nodes::try_map_each(&url, |u| with_password(u, &pw)),
         None => Ok(url),
     }
 }

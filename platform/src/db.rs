@@ -19,12 +19,31 @@ pub async fn connect_and_migrate(
     let statement_timeout: u64 = crate::config::env_parse("SAGA_DB_STATEMENT_TIMEOUT_MS", 30_000)?;
     // Bounded waits: a handler stuck behind a lock fails (and is retried later through the
     // retry queues) instead of holding its delivery and connection indefinitely.
-    let options = PgConnectOptions::from_str(url)
-        .with_context(|| format!("invalid database URL {}", events::amqp::redact_url(url)))?
-        .options([
-            ("lock_timeout", format!("{lock_timeout}ms")),
-            ("statement_timeout", format!("{statement_timeout}ms")),
-        ]);
+    let parse = |url: &str| {
+        PgConnectOptions::from_str(url)
+            .with_context(|| format!("invalid database URL {}", events::amqp::redact_url(url)))
+            .map(|o| {
+                o.options([
+                    ("lock_timeout", format!("{lock_timeout}ms")),
+                    ("statement_timeout", format!("{statement_timeout}ms")),
+                ])
+            })
+    };
+    // Several URLs: a primary and its standbys (see db_failover); start on the primary.
+    let candidates = events::amqp_nodes::urls(url)
+        .into_iter()
+        .map(parse)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let primary = match candidates.len() {
+        0 | 1 => 0,
+        _ => crate::db_failover::wait_for_primary(&candidates, Duration::from_secs(60))
+            .await
+            .context("none of the database servers accepts writes")?,
+    };
+    let options = candidates
+        .get(primary)
+        .cloned()
+        .context("no database URL configured")?;
     ensure_database(&options).await.with_context(|| {
         format!(
             "cannot reach PostgreSQL at {}",
@@ -37,6 +56,13 @@ pub async fn connect_and_migrate(
         .connect_with(options)
         .await
         .context("opening the database pool")?;
+    if candidates.len() > 1 {
+        tokio::spawn(crate::db_failover::follow_primary(
+            pool.clone(),
+            candidates,
+            primary,
+        ));
+    }
     migrator
         .run(&pool)
         .await

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod edge;
 pub mod health;
+pub mod db_failover;
 pub mod http;
 pub mod request_span;
 pub mod listener;

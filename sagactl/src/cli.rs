@@ -63,7 +63,7 @@ pub enum OutputFormat {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Connection")]
 pub struct Connection {
-    /// Broker URL (with vhost).
+    /// Broker URL (with vhost); several, comma-separated, for the nodes of a cluster.
     #[arg(
         long,
         global = true,

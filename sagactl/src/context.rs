@@ -157,8 +157,7 @@ impl Context {
     /// The vhost named in the AMQP URL (`/` when none), read by the same parser the
     /// broker connection uses.
     pub fn vhost(&self) -> String {
-        self.conn
-            .amqp_url
+        events::amqp_nodes::first_url(&self.conn.amqp_url)
             .parse::<lapin::uri::AMQPUri>()
             .map_or_else(|_| "/".to_owned(), |uri| uri.vhost)
     }

@@ -133,7 +133,7 @@ pub struct BrokerProbe {
 
 impl BrokerProbe {
     pub async fn connect(stack: &Stack) -> BrokerProbe {
-        let url = stack.sandbox().amqp_url();
+        let url = stack.broker_url();
         let connection = tokio::time::timeout(
             Duration::from_secs(30),
             events::amqp::connect(&url, "saga-tests probe"),

@@ -6,6 +6,9 @@
 //! - [`sandbox`]: a fresh RabbitMQ vhost and fresh PostgreSQL databases per test, removed
 //!   afterwards; also used alone by the in-process tests of the messaging building blocks.
 //! - [`proxy`]: [`TcpProxy`], to cut one stack off the broker.
+//! - [`cluster`]: [`cluster::RabbitCluster`], a private three-node RabbitMQ cluster.
+//! - [`pg_standby`]: a private PostgreSQL primary with a synchronous hot standby.
+//! - [`steady_load`]: orders at a steady rate through a fault, and the checks after it.
 //! - [`replicas`]: more instances of a service on the same stack.
 //! - [`poll`]: [`eventually`], the only way tests wait for a result.
 //! - [`saga_support`]: helpers for the saga tests: watching the events on the broker,
@@ -21,7 +24,9 @@
 
 pub mod browser;
 pub mod auth;
+pub mod cluster;
 pub mod failure_support;
+pub mod pg_standby;
 pub mod poll;
 pub mod prometheus;
 pub mod proxy;
@@ -29,6 +34,7 @@ pub mod replicas;
 pub mod saga_support;
 pub mod sandbox;
 pub mod stack;
+pub mod steady_load;
 
 pub use poll::{Poll, eventually};
 pub use proxy::TcpProxy;

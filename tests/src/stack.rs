@@ -102,6 +102,9 @@ pub struct StackOptions {
     pub wait: Duration,
     /// More environment variables for every service (`SAGA_CONCURRENCY`, say).
     pub extra_env: Vec<(String, String)>,
+    /// Broker URLs (comma-separated) the services and the harness use instead of the
+    /// sandbox's vhost on the shared broker: a private cluster's nodes.
+    pub broker: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -112,6 +115,7 @@ impl Default for StackOptions {
             db_via_proxy: false,
             wait: Duration::from_secs(30),
             extra_env: Vec::new(),
+            broker: None,
         }
     }
 }
@@ -139,6 +143,11 @@ impl StackOptions {
 
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra_env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn broker(mut self, urls: impl Into<String>) -> Self {
+        self.broker = Some(urls.into());
         self
     }
 }
@@ -228,9 +237,10 @@ impl Stack {
         } else {
             None
         };
-        let amqp_url_for_services = match &proxy {
-            Some(p) => sandbox.amqp_url_via(p.addr()),
-            None => sandbox.amqp_url(),
+        let amqp_url_for_services = match (&options.broker, &proxy) {
+            (Some(urls), _) => urls.clone(),
+            (None, Some(p)) => sandbox.amqp_url_via(p.addr()),
+            (None, None) => sandbox.amqp_url(),
         };
         let log_dir = std::env::temp_dir().join("saga-tests").join(sandbox.id());
         std::fs::create_dir_all(&log_dir)
@@ -419,6 +429,14 @@ impl Stack {
 
     pub fn options(&self) -> &StackOptions {
         &self.options
+    }
+
+    /// The broker URL(s) the harness publishes to: the options' broker, or the sandbox's.
+    pub fn broker_url(&self) -> String {
+        self.options
+            .broker
+            .clone()
+            .unwrap_or_else(|| self.sandbox.amqp_url())
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -675,7 +693,7 @@ impl Stack {
         {
             return publisher.clone();
         }
-        let url = self.sandbox.amqp_url();
+        let url = self.broker_url();
         let connection = events::amqp::connect(&url, "saga-tests publisher")
             .await
             .unwrap_or_else(|e| {

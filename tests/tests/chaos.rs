@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use events::Event;
 use events::catalog::{FundsDeposited, StockAdjusted};
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use saga_tests::failure_support::{
     ServersGuard, pg_cluster, rabbitmqctl, wait_broker, wait_postgres,
 };
@@ -260,28 +258,10 @@ async fn place_one(stack: &Stack, n: u64) -> Placed {
 
 /// Places orders at a steady rate until `stop`, then waits for those in flight.
 async fn load(stack: &Stack, stop: &CancellationToken, journal: &Journal) -> Vec<Placed> {
-    let mut tick = tokio::time::interval(Duration::from_millis(1000 / ORDERS_PER_SECOND));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut in_flight = FuturesUnordered::new();
-    let mut done = Vec::new();
-    let mut n = 0u64;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {
-                in_flight.push(place_one(stack, n));
-                n += 1;
-            }
-            Some(placed) = in_flight.next(), if !in_flight.is_empty() => done.push(placed),
-        }
-    }
-    journal.note(format!(
-        "load stopped after {n} orders; waiting for {} in flight",
-        in_flight.len()
-    ));
-    while let Some(placed) = in_flight.next().await {
-        done.push(placed);
-    }
+    let done =
+        saga_tests::steady_load::at_steady_rate(ORDERS_PER_SECOND, stop, |n| place_one(stack, n))
+            .await;
+    journal.note(format!("load stopped after {} orders", done.len()));
     done
 }
 
