@@ -25,8 +25,8 @@
 //! - [`amqp`]: connecting with backoff, and the connection settings every component shares.
 
 pub mod amqp;
-pub mod authenticity;
 pub mod amqp_nodes;
+pub mod authenticity;
 pub mod catalog;
 pub mod consumer;
 pub mod contract;

@@ -33,7 +33,15 @@ pub async fn ready(State(health): State<Health>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Warnings reported in the readiness body (none yet).
+/// Warnings reported in the readiness body: conditions an operator must not miss while
+/// the service still serves.
 pub fn warnings() -> Vec<String> {
-    Vec::new()
+    let mut warnings = Vec::new();
+    if crate::auth::mode_label() == "off" {
+        warnings.push(
+            "SAGA_AUTH=off: requests are not authenticated; for throwaway local runs only"
+                .to_owned(),
+        );
+    }
+    warnings
 }

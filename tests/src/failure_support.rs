@@ -503,15 +503,35 @@ impl Stack {
         }
     }
 
-    /// Every order (up to 10000), as `GET /orders` lists them.
+    /// Every order, as `GET /orders` lists them, page by page.
     pub async fn try_all_orders(&self) -> Result<Vec<Value>, String> {
-        match self.try_get(Service::Order, "/orders?limit=10000").await {
-            Ok((crate::StatusCode::OK, body)) => body["orders"]
-                .as_array()
-                .cloned()
-                .ok_or_else(|| format!("GET /orders answered no list: {body}")),
-            Ok((status, body)) => Err(format!("GET /orders answered {status} {body}")),
-            Err(e) => Err(format!("GET /orders: {e}")),
+        self.try_list_orders(None).await
+    }
+
+    /// Every order with `status` (every order with `None`), read page by page: the list
+    /// endpoint gives at most 1,000 at a time.
+    pub async fn try_list_orders(&self, status: Option<&str>) -> Result<Vec<Value>, String> {
+        let filter = status.map_or_else(String::new, |s| format!("&status={s}"));
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let after = all
+                .last()
+                .and_then(|o| o["order_id"].as_str())
+                .map_or_else(String::new, |id| format!("&after={id}"));
+            let path = format!("/orders?limit=1000{filter}{after}");
+            let page = match self.try_get(Service::Order, &path).await {
+                Ok((crate::StatusCode::OK, body)) => body["orders"]
+                    .as_array()
+                    .cloned()
+                    .ok_or_else(|| format!("GET {path} answered no list: {body}"))?,
+                Ok((status, body)) => return Err(format!("GET {path} answered {status} {body}")),
+                Err(e) => return Err(format!("GET {path}: {e}")),
+            };
+            let full = page.len() == 1000;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
         }
     }
 

@@ -22,8 +22,8 @@
 //! and RabbitMQ (with its management plugin) must be running, as `scripts/test.sh`
 //! arranges.
 
-pub mod browser;
 pub mod auth;
+pub mod browser;
 pub mod cluster;
 pub mod failure_support;
 pub mod pg_standby;

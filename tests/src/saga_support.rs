@@ -265,17 +265,16 @@ impl Stack {
     /// `reserved`; returns them.
     pub async fn wait_orders_closed(&self, count: usize) -> Vec<Value> {
         eventually(self.options().wait, || async move {
-            let (status, list) = self.get(Service::Order, "/orders?limit=10000").await;
-            let orders = list["orders"].as_array().cloned().unwrap_or_default();
+            let orders = self.try_all_orders().await?;
             let open = orders
                 .iter()
                 .filter(|o| matches!(o["status"].as_str(), Some("pending" | "reserved")))
                 .count();
-            if status == StatusCode::OK && orders.len() == count && open == 0 {
+            if orders.len() == count && open == 0 {
                 Ok(orders)
             } else {
                 Err(format!(
-                    "{} orders listed ({status}), {open} still open; waiting for {count} closed",
+                    "{} orders listed, {open} still open; waiting for {count} closed",
                     orders.len()
                 ))
             }

@@ -236,16 +236,16 @@ impl Progress {
 /// Four times a second until `stop`, the orders order-svc reports confirmed.
 pub async fn watch_confirmed(stack: &Stack, stop: &CancellationToken, progress: &Mutex<Progress>) {
     while !stop.is_cancelled() {
-        if let Ok(Ok((StatusCode::OK, body))) = tokio::time::timeout(
+        if let Ok(Ok(confirmed)) = tokio::time::timeout(
             Duration::from_secs(5),
-            stack.try_get(Service::Order, "/orders?status=confirmed&limit=10000"),
+            stack.try_list_orders(Some("confirmed")),
         )
         .await
         {
             let now = Instant::now();
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
             let mut new = false;
-            for o in body["orders"].as_array().into_iter().flatten() {
+            for o in &confirmed {
                 if let Some(id) = o["order_id"].as_str() {
                     new |= p.seen.insert(id.to_owned());
                 }

@@ -269,13 +269,13 @@ async fn load(stack: &Stack, stop: &CancellationToken, journal: &Journal) -> Vec
 async fn watch_confirmed(stack: &Stack, stop: &CancellationToken) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     while !stop.is_cancelled() {
-        if let Ok(Ok((StatusCode::OK, body))) = tokio::time::timeout(
+        if let Ok(Ok(confirmed)) = tokio::time::timeout(
             Duration::from_secs(5),
-            stack.try_get(Service::Order, "/orders?status=confirmed&limit=10000"),
+            stack.try_list_orders(Some("confirmed")),
         )
         .await
         {
-            for o in body["orders"].as_array().into_iter().flatten() {
+            for o in &confirmed {
                 if let Some(id) = o["order_id"].as_str() {
                     seen.insert(id.to_owned());
                 }
