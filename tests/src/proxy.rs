@@ -10,7 +10,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -22,6 +25,8 @@ struct Shared {
     /// Bumped by every cut; each forwarding task ends when it sees a change.
     cuts: watch::Sender<u64>,
     live: AtomicUsize,
+    /// Milliseconds each chunk waits before it is passed on, in both directions.
+    latency_ms: AtomicU64,
 }
 
 /// Forwards `127.0.0.1:<random port>` to one upstream address.
@@ -41,6 +46,7 @@ impl TcpProxy {
             refusing: AtomicBool::new(false),
             cuts: watch::Sender::new(0),
             live: AtomicUsize::new(0),
+            latency_ms: AtomicU64::new(0),
         });
         let acceptor = tokio::spawn(accept_loop(listener, upstream, shared.clone()));
         Ok(TcpProxy {
@@ -76,6 +82,13 @@ impl TcpProxy {
 
     pub fn is_cut(&self) -> bool {
         self.shared.refusing.load(Ordering::SeqCst)
+    }
+
+    /// Makes every chunk wait `latency` before it is passed on, in both directions: a slow
+    /// broker (or a slow network to it), for live and new connections alike.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.shared.latency_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Connections being forwarded right now.
@@ -115,8 +128,13 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
                 biased;
                 _ = cut.changed() => {}
                 _ = async {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(upstream).await {
+                        let (from_client, to_client) = inbound.split();
+                        let (from_upstream, to_upstream) = tokio::io::split(outbound);
+                        tokio::select! {
+                            _ = forward(from_client, to_upstream, &shared) => {}
+                            _ = forward(from_upstream, to_client, &shared) => {}
+                        }
                     }
                 } => {}
             }
@@ -125,11 +143,32 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
     }
 }
 
+/// Copies `from` to `to` chunk by chunk, each after the proxy's current latency, until
+/// either side closes.
+async fn forward(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    shared: &Shared,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let latency = shared.latency_ms.load(Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An upstream that echoes every byte back.
     async fn echo_server() -> SocketAddr {
