@@ -77,6 +77,8 @@ async fn outage_with_operator_events(
                 currency: "EUR".into(),
             }))
             .await;
+        stack.expect_published_stock(OPS_SKU, i);
+        stack.expect_published_deposit(OPS_CUSTOMER, 100 * i);
         stock += i;
         money += 100 * i;
         i += 1;

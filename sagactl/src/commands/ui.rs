@@ -41,7 +41,7 @@ const DLQ_PAGE_LIMIT: usize = 50;
 const DEFAULT_ORDERS: u32 = 50;
 const MAX_ORDERS: u32 = 500;
 /// How far back a search looks: the newest orders, up to order-svc's own list limit.
-const SEARCH_WINDOW: u32 = 10_000;
+const SEARCH_WINDOW: u32 = 1_000;
 
 #[derive(Clone)]
 struct Explorer {
