@@ -424,9 +424,35 @@ impl Stack {
             Service::Inventory => "inventory",
             Service::Payment => "payments",
         };
-        PgConnection::connect(&self.sandbox().database_url(prefix))
-            .await
-            .map_err(|e| format!("connecting to {service}'s database: {e}"))
+        // A test that gives the services servers of its own (a primary and a standby, say)
+        // names them in SAGA_<S>_DATABASE_URL: ask the first of them that answers.
+        let key = format!("SAGA_{}_DATABASE_URL", service.env_prefix());
+        let urls: Vec<String> = match self
+            .options()
+            .extra_env
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+        {
+            Some((_, list)) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => vec![self.sandbox().database_url(prefix)],
+        };
+        let mut errors = Vec::new();
+        for url in &urls {
+            match PgConnection::connect(url).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(format!(
+            "connecting to {service}'s database: {}",
+            errors.join("; ")
+        ))
     }
 
     /// The answer of one `SELECT count(*) …` in `service`'s database.
