@@ -90,10 +90,6 @@ impl Application {
         self.links.clone()
     }
 
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
     /// Runs `task` in the background until shutdown; it is awaited before the service exits.
     pub fn spawn<F>(&self, task: F)
     where

@@ -35,9 +35,9 @@ use crate::ApiError;
 use crate::config::{env_or, env_value};
 
 /// Clock skew allowed on `exp` (the contract's upper bound).
-pub const LEEWAY_SECS: u64 = 60;
+pub(crate) const LEEWAY_SECS: u64 = 60;
 /// Least time between two reads of the JWKS caused by unknown `kid`s.
-pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// `iss` unless `SAGA_AUTH_ISSUER` says otherwise.
 pub const DEFAULT_ISSUER: &str = "order-saga-dev";
 /// The audience unless `SAGA_AUTH_AUDIENCE` says otherwise.
@@ -49,7 +49,7 @@ const ALGORITHMS: [Algorithm; 2] = [Algorithm::ES256, Algorithm::RS256];
 static AUTH_OFF: AtomicBool = AtomicBool::new(false);
 
 /// `"off"` when checking is turned off, else `"jwt"`: what the health body reports.
-pub fn mode_label() -> &'static str {
+pub(crate) fn mode_label() -> &'static str {
     if AUTH_OFF.load(Ordering::Relaxed) {
         "off"
     } else {
@@ -121,7 +121,7 @@ struct Claims {
 
 /// Where the JWKS comes from.
 #[derive(Debug, Clone)]
-pub enum JwksSource {
+pub(crate) enum JwksSource {
     File(PathBuf),
     Url(String),
 }
@@ -148,7 +148,7 @@ impl JwksSource {
 
 /// Verifies bearer tokens; cheap to clone.
 #[derive(Clone)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     inner: Option<Arc<Verifier>>,
 }
 
@@ -164,7 +164,7 @@ struct Verifier {
 
 /// Why a token was refused (the message a client gets with its 401).
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("a bearer token is required")]
     Missing,
     #[error("the token is not valid: {0}")]
@@ -232,7 +232,7 @@ impl Authenticator {
     }
 
     /// Whether checking is off (`SAGA_AUTH=off`).
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.inner.is_none()
     }
 
@@ -333,7 +333,7 @@ fn is_open(path: &str) -> bool {
 
 /// Middleware: verifies the bearer token of every request but the open ones and hands the
 /// [`Caller`] to the handlers; anything wrong with the token is a 401.
-pub async fn require_bearer(
+pub(crate) async fn require_bearer(
     State(auth): State<Authenticator>,
     mut request: Request,
     next: Next,
@@ -380,7 +380,7 @@ pub mod dev {
     pub const DEV_KID: &str = "dev";
     /// File names inside `.stack/`.
     pub const SIGNING_KEY_FILE: &str = "dev-signing-key.pem";
-    pub const JWKS_FILE: &str = "dev-jwks.json";
+    pub(crate) const JWKS_FILE: &str = "dev-jwks.json";
 
     /// A new EC P-256 private key as PKCS#8 PEM.
     pub fn generate_key_pem() -> anyhow::Result<String> {
@@ -391,7 +391,7 @@ pub mod dev {
     }
 
     /// The public JWKS (one ES256 key with `kid`) of a private key in PEM.
-    pub fn jwks_for(private_pem: &str, kid: &str) -> anyhow::Result<JwkSet> {
+    pub(crate) fn jwks_for(private_pem: &str, kid: &str) -> anyhow::Result<JwkSet> {
         let key = EncodingKey::from_ec_pem(private_pem.as_bytes())
             .context("the signing key is not an EC private key in PKCS#8 PEM")?;
         let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
@@ -412,7 +412,9 @@ pub mod dev {
             let tmp = dir.join(format!(".{SIGNING_KEY_FILE}.{}", std::process::id()));
             write_private(&tmp, &generate_key_pem()?)?;
             let linked = std::fs::hard_link(&tmp, &key_path);
-            let _ = std::fs::remove_file(&tmp);
+            if let Err(e) = std::fs::remove_file(&tmp) {
+                tracing::warn!(path = %tmp.display(), error = %e, "could not remove a temporary key file");
+            }
             if let Err(e) = linked
                 && e.kind() != std::io::ErrorKind::AlreadyExists
             {

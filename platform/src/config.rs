@@ -18,11 +18,11 @@ use events::consumer::ConsumerSettings;
 use events::housekeeping::Retention;
 use events::outbox::RelaySettings;
 
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/saga?heartbeat=10";
+pub(crate) const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/saga?heartbeat=10";
 
 /// The value of `name`, or else the contents of the file `name_FILE` names (a mounted
 /// secret; one trailing newline is dropped), or `None`.
-pub fn env_value(name: &str) -> anyhow::Result<Option<String>> {
+pub(crate) fn env_value(name: &str) -> anyhow::Result<Option<String>> {
     if let Ok(v) = std::env::var(name)
         && !v.trim().is_empty()
     {
@@ -45,7 +45,7 @@ pub fn env_or(name: &str, default: &str) -> anyhow::Result<String> {
 }
 
 /// Puts `password` into the user-info of `url` (`scheme://user:password@host/…`).
-pub fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
+pub(crate) fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| anyhow::anyhow!("{} is not a URL", events::amqp::redact_url(url)))?;

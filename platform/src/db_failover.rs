@@ -30,7 +30,9 @@ async fn is_primary(options: &PgConnectOptions) -> bool {
             .fetch_one(&mut conn)
             .await
             .ok()?;
-        let _ = conn.close().await;
+        if let Err(e) = conn.close().await {
+            tracing::debug!(error = %e, "closing the probe connection failed");
+        }
         Some(!in_recovery)
     };
     matches!(
@@ -40,7 +42,7 @@ async fn is_primary(options: &PgConnectOptions) -> bool {
 }
 
 /// The index of the first of `candidates` that is a primary, if any is right now.
-pub async fn find_primary(candidates: &[PgConnectOptions]) -> Option<usize> {
+pub(crate) async fn find_primary(candidates: &[PgConnectOptions]) -> Option<usize> {
     for (i, options) in candidates.iter().enumerate() {
         if is_primary(options).await {
             return Some(i);
@@ -51,7 +53,7 @@ pub async fn find_primary(candidates: &[PgConnectOptions]) -> Option<usize> {
 
 /// Waits (up to `deadline`) for one of `candidates` to be a primary: at start-up the
 /// primary may be being promoted.
-pub async fn wait_for_primary(
+pub(crate) async fn wait_for_primary(
     candidates: &[PgConnectOptions],
     deadline: Duration,
 ) -> Option<usize> {
@@ -69,7 +71,11 @@ pub async fn wait_for_primary(
 
 /// Keeps `pool` on the primary among `candidates` (starting at `current`) until the pool
 /// is closed.
-pub async fn follow_primary(pool: PgPool, candidates: Vec<PgConnectOptions>, mut current: usize) {
+pub(crate) async fn follow_primary(
+    pool: PgPool,
+    candidates: Vec<PgConnectOptions>,
+    mut current: usize,
+) {
     while !pool.is_closed() {
         tokio::time::sleep(CHECK_EVERY).await;
         let healthy = tokio::time::timeout(

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 /// The label for an HTTP method: a standard method's name, or `other`. A client may send
 /// any token as a method; each new one would otherwise become a time series.
-pub fn method_label(method: &Method) -> &'static str {
+pub(crate) fn method_label(method: &Method) -> &'static str {
     static KNOWN: [Method; 9] = [
         Method::GET,
         Method::POST,
@@ -33,7 +33,7 @@ pub fn method_label(method: &Method) -> &'static str {
 /// own, so a tower limit layer there would be one limit per route; this middleware shares
 /// one semaphore. It sits inside the request timeout, so a request waiting for a slot is
 /// answered 408 when its time is up instead of waiting without end.
-pub async fn limit_concurrency(
+pub(crate) async fn limit_concurrency(
     State(slots): State<Arc<Semaphore>>,
     request: Request,
     next: Next,

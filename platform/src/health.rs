@@ -35,7 +35,7 @@ pub async fn ready(State(health): State<Health>) -> Response {
 
 /// Warnings reported in the readiness body: conditions an operator must not miss while
 /// the service still serves.
-pub fn warnings() -> Vec<String> {
+pub(crate) fn warnings() -> Vec<String> {
     let mut warnings = Vec::new();
     if crate::auth::mode_label() == "off" {
         warnings.push(

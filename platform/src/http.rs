@@ -19,7 +19,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 /// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// An error answered to an HTTP client. Internal causes are logged, never returned.
 #[derive(Debug)]
@@ -146,7 +146,7 @@ impl Page {
 }
 
 /// The largest page a list endpoint answers.
-pub const MAX_PAGE: i64 = 1000;
+pub(crate) const MAX_PAGE: i64 = 1000;
 
 /// `limit` unless it is outside 1..=[`MAX_PAGE`] (400).
 pub fn check_limit(limit: i64) -> Result<i64, ApiError> {
@@ -163,7 +163,7 @@ pub fn check_limit(limit: i64) -> Result<i64, ApiError> {
 /// Middleware answering every error in the contract's JSON shape. Handlers already do, but
 /// axum's own rejections (an undecodable path segment, a query string that does not parse)
 /// and the timeout layer answer plain text or nothing; their text becomes the message.
-pub async fn json_errors(request: Request, next: Next) -> Response {
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response
@@ -177,7 +177,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     let text = axum::body::to_bytes(response.into_body(), 4096)
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
-        .unwrap_or_default();
+        .unwrap_or_else(|e| format!("the error body could not be read: {e}"));
     let code = match status {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::REQUEST_TIMEOUT => "timeout",
@@ -195,7 +195,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 /// The recorder behind `/metrics`, installed once per process.
-pub fn metrics_handle() -> PrometheusHandle {
+pub(crate) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     // Real histograms (not summaries), so dashboards can aggregate quantiles across replicas.
     const BUCKETS: [f64; 16] = [
@@ -254,7 +254,7 @@ impl Health {
 }
 
 /// `/healthz` and `/metrics`, plus the JSON 404/405 answers, around a service's own routes.
-pub fn with_ops_routes(api: Router, health: Health) -> Router {
+pub(crate) fn with_ops_routes(api: Router, health: Health) -> Router {
     let metrics = metrics_handle();
     let ops = Router::new()
         .route("/healthz", get(healthz))
@@ -307,7 +307,7 @@ async fn messages(
 
 /// Counts and times every request by method, route template and status
 /// (`saga_http_requests_total`, `saga_http_request_duration_seconds`).
-pub async fn record_request(req: Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn record_request(req: Request, next: axum::middleware::Next) -> Response {
     let method = crate::edge::method_label(req.method());
     let route = req
         .extensions()

@@ -102,7 +102,9 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY could not be set; serving anyway");
+        }
         let builder = builder.clone();
         let service = TowerToHyperService::new(router.clone());
         let shutdown = shutdown.clone();

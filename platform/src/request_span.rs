@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 /// Runs the request inside a server span named after its method and route template (never
 /// the raw path, which a client controls).
-pub async fn trace_request(req: Request, next: Next) -> Response {
+pub(crate) async fn trace_request(req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
     let route = req
         .extensions()

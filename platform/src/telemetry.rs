@@ -22,8 +22,10 @@ pub struct Telemetry {
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(p) = self.provider.take() {
-            let _ = p.shutdown();
+        if let Some(p) = self.provider.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("trace export did not flush at shutdown: {e}");
         }
     }
 }
@@ -57,11 +59,16 @@ pub fn init(service: &'static str) -> Telemetry {
         .with_filter(tracing_subscriber::filter::filter_fn(|m| {
             m.is_span() && is_own_target(m.target())
         }));
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();
+    if installed.is_err() {
+        // Only a test that starts several services in one process gets here: the first
+        // subscriber stays and serves them all.
+        tracing::debug!("a tracing subscriber was already installed; keeping it");
+    }
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );

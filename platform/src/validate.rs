@@ -7,12 +7,12 @@ use crate::ServiceConfig;
 use std::ops::RangeInclusive;
 
 /// Database connections the HTTP API may hold at once besides the background work.
-pub const HTTP_CONNECTIONS: u32 = 4;
+pub(crate) const HTTP_CONNECTIONS: u32 = 4;
 
 /// The connections that may be in use at once: one per handler, one per relay loop, the
 /// relay's listener, housekeeping, the order deadline sweep, the consumer's pause probe,
 /// and [`HTTP_CONNECTIONS`] for HTTP.
-pub fn pool_needed(concurrency: usize, relay_workers: usize) -> u32 {
+pub(crate) fn pool_needed(concurrency: usize, relay_workers: usize) -> u32 {
     let background = concurrency.saturating_add(relay_workers).saturating_add(4);
     u32::try_from(background)
         .unwrap_or(u32::MAX)

@@ -87,7 +87,10 @@ impl RabbitCluster {
             .lines()
             .find(|l| l.split_whitespace().next() == Some(queue))
             .ok_or_else(|| format!("{queue} is not listed by node {via}: {out}"))?;
-        let leader = line.split_whitespace().nth(1).unwrap_or_default();
+        let leader = line
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| format!("no leader column for {queue} in: {line}"))?;
         NODES
             .into_iter()
             .find(|n| self.node_name(*n) == leader)

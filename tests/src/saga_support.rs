@@ -362,7 +362,7 @@ impl Stack {
     /// property that must hold at every moment, not only at rest.
     pub async fn sample_stock_while(&self, sku: &str, done: &AtomicBool) -> Vec<(i64, i64, i64)> {
         let samples = Mutex::new(Vec::new());
-        let _ = until(self.options().wait * 2, || async {
+        let sampled = until(self.options().wait * 2, || async {
             if let Ok((StatusCode::OK, s)) = self
                 .try_get(
                     Service::Inventory,
@@ -382,6 +382,9 @@ impl Stack {
             }
         })
         .await;
+        if let Err(e) = sampled {
+            panic!("the work being sampled did not finish: {e}");
+        }
         samples.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -476,7 +476,8 @@ impl Stack {
         let mut out = String::new();
         for s in Service::ALL {
             let path = self.log_path(s);
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()));
             let lines: Vec<&str> = text.lines().collect();
             let from = lines.len().saturating_sub(LOG_TAIL_LINES);
             out.push_str(&format!(
@@ -660,7 +661,9 @@ impl Stack {
             StatusCode::OK,
             "{service} /metrics answered {status}"
         );
-        let text = body.as_str().unwrap_or_default();
+        let text = body
+            .as_str()
+            .unwrap_or_else(|| panic!("{service} /metrics is not text: {body}"));
         prometheus::sum(&prometheus::parse(text), name, labels)
     }
 

@@ -217,7 +217,8 @@ impl Progress {
             .filter(|p| p[1] >= at && p[0] <= at + window)
             .map(|p| p[1] - p[0])
             .max()
-            .unwrap_or_default()
+            // No two confirmations in the window: no gap to report.
+            .unwrap_or(Duration::ZERO)
     }
 
     /// The usual (median) gap between confirmations before `before`.
@@ -229,7 +230,7 @@ impl Progress {
             .map(|p| p[1] - p[0])
             .collect();
         gaps.sort();
-        gaps.get(gaps.len() / 2).copied().unwrap_or_default()
+        gaps.get(gaps.len() / 2).copied().unwrap_or(Duration::ZERO)
     }
 }
 
@@ -290,7 +291,8 @@ pub async fn assert_nothing_lost(
     let wrong: Vec<String> = placed
         .iter()
         .filter_map(|p| {
-            let id = p.order_id.as_deref().unwrap_or_default();
+            // Every order was answered (asserted above).
+            let id = p.order_id.as_deref()?;
             let want = if p.ghost { "rejected" } else { "confirmed" };
             match status_of.get(id) {
                 Some(got) if got == want => None,
