@@ -113,12 +113,14 @@ lat = lambda r: "p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {max:
 print(f"replicas per service        {sys.argv[4]}")
 print(f"orders stored before        {b['orders_stored_before']}")
 print(f"(a) broker ceiling          {b['broker_msgs_per_second']:.0f} msg/s")
-print(f"    database ceiling        {b['db_transactions_per_second']:.0f} tx/s (pool {b['db_pool']})")
-print(f"    relay backlog           {b['relay_rows_per_second']:.0f} rows/s = {b['relay_ratio_to_broker']:.2f} x broker")
-print(f"(b) per saga                {b['deliveries_per_saga']:.2f} deliveries, {b['transactions_per_saga']:.2f} transactions")
-print(f"(c) saga ceiling            {b['saga_ceiling_per_second']:.1f} sagas/s")
+print(f"    database ceiling        {b['db_transactions_per_second']:.0f} tx/s (plain SQL, no trigger, pool {b['db_pool']})")
+print(f"(c) saga ceiling            {b['saga_ceiling_per_second']:.1f} sagas/s = 1 / (5 / broker + 6 / database)")
 print(f"(d) saga throughput         {b['sagas_per_second']:.1f} sagas/s  ({lat(b['load'])})")
 print(f"    ratio (d)/(c)           {b['ratio_to_ceiling']:.2f}")
+d = b["diagnostics"]
+print(f"diagnostics per saga        {d['deliveries_per_saga']:.2f} deliveries, {d['transactions_per_saga']:.2f} transactions, {d['cpu_seconds_per_saga'] * 1000:.2f} ms CPU")
+print(f"    project inbox+outbox    {d['project_db_transactions_per_second']:.0f} tx/s")
+print(f"    relay backlog           {d['relay_rows_per_second']:.0f} rows/s = {d['relay_ratio_to_broker']:.2f} x broker")
 print(f"at half throughput          {h['sagas_per_second']:.1f} sagas/s  ({lat(h)})")
 print("peak RSS (MiB)              " + ", ".join(f"{k} {v/1024:.1f}" for k, v in rss.items()))
 PY

@@ -97,14 +97,16 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
     for figure in [
         "/broker_msgs_per_second",
         "/db_transactions_per_second",
-        "/relay_rows_per_second",
-        "/relay_ratio_to_broker",
-        "/deliveries_per_saga",
-        "/transactions_per_saga",
         "/saga_ceiling_per_second",
         "/sagas_per_second",
         "/ratio_to_ceiling",
         "/load/latency_ms/p99",
+        "/diagnostics/deliveries_per_saga",
+        "/diagnostics/transactions_per_saga",
+        "/diagnostics/cpu_seconds_per_saga",
+        "/diagnostics/project_db_transactions_per_second",
+        "/diagnostics/relay_rows_per_second",
+        "/diagnostics/relay_ratio_to_broker",
     ] {
         positive(&report, figure);
     }
@@ -115,8 +117,18 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
     // A happy saga takes at least five deliveries: OrderCreated, StockReserved (twice),
     // PaymentDone, OrderConfirmed.
     assert!(
-        positive(&report, "/deliveries_per_saga") >= 4.5,
+        positive(&report, "/diagnostics/deliveries_per_saga") >= 4.5,
         "{report:#}"
+    );
+    // The ceiling is the machine's alone: 1 / (5 / broker + 6 / database), whatever the
+    // project spends.
+    let broker = positive(&report, "/broker_msgs_per_second");
+    let database = positive(&report, "/db_transactions_per_second");
+    let ceiling = positive(&report, "/saga_ceiling_per_second");
+    let expected = 1.0 / (5.0 / broker + 6.0 / database);
+    assert!(
+        (ceiling - expected).abs() <= expected * 1e-9,
+        "ceiling {ceiling} is not 1 / (5 / {broker} + 6 / {database})"
     );
     assert_eq!(report["load"]["completed"], 30);
     // The preloaded sagas are consistent: every invariant still holds.

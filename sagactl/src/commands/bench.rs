@@ -1,17 +1,21 @@
-//! `sagactl bench`: in one run on one machine, the ceiling of the parts, the cost of one
-//! saga counted from the running system, the ceiling that implies for sagas, the saga
-//! throughput the stack reaches, and their ratio.
+//! `sagactl bench`: in one run on one machine, the ceiling the machine itself sets for
+//! sagas, the saga throughput the stack reaches, and their ratio; beside them, what the
+//! project spends per saga, as diagnostics that never enter the ceiling.
 //!
 //! (a) broker: confirmed publish (pipelined in windows of 256) + acked consume of
 //!     persistent 400-byte messages through one quorum queue, one publisher, one consumer;
-//!     database: handler-shaped transactions (inbox row, update one row, outbox row,
-//!     commit) at the services' pool size, in a scratch database;
-//!     relay: the outbox relay publishing a backlog of rows from that scratch database.
-//! (b) per saga: broker deliveries (the management API's deliver counters of the three
-//!     input queues) and committed transactions (`pg_stat_database.xact_commit` of the three
-//!     service databases) during a happy-path load, divided by the sagas completed.
-//! (c) ceiling for sagas = 1 / (deliveries / broker rate + transactions / database rate).
-//! (d) the saga throughput of that load; and (d)/(c).
+//!     database: minimal handler-shaped transactions written in plain SQL against tables of
+//!     the benchmark's own (insert an inbox row, update one row, insert an outbox row,
+//!     commit; no project code, no trigger) at the services' pool size.
+//! (c) ceiling for sagas = 1 / (5 / broker rate + 6 / database rate): a saga needs five
+//!     deliveries (OrderCreated, StockReserved to two services, PaymentDone,
+//!     OrderConfirmed) and six transactions (the HTTP command and one per delivery).
+//! (d) the saga throughput of a happy-path load; and (d)/(c).
+//! Diagnostics: deliveries and committed transactions per saga counted from the running
+//! system (the management API's deliver counters of the three input queues,
+//! `pg_stat_database.xact_commit` of the three service databases), the machine's CPU
+//! seconds per saga (`/proc/stat`), the project's own inbox + outbox code in the same
+//! transaction shape (with its NOTIFY trigger), and the outbox relay draining a backlog.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +36,29 @@ use crate::output;
 
 const BODY_BYTES: usize = 400;
 const WINDOW: usize = 256;
+/// Deliveries one happy saga needs: OrderCreated, StockReserved (to order-svc and
+/// payment-svc), PaymentDone, OrderConfirmed.
+const SAGA_DELIVERIES: f64 = 5.0;
+/// Transactions one happy saga needs: the HTTP command and one per delivery.
+const SAGA_TRANSACTIONS: f64 = 6.0;
+
+/// The machine's own limits, measured with no project code in the way.
+struct Ceilings {
+    broker: f64,
+    database: f64,
+}
+
+impl Ceilings {
+    fn sagas_per_second(&self) -> f64 {
+        1.0 / (SAGA_DELIVERIES / self.broker + SAGA_TRANSACTIONS / self.database)
+    }
+}
+
+/// What the project itself spends, beside the ceiling.
+struct ProjectCosts {
+    db_rate: f64,
+    relay_rate: f64,
+}
 
 pub async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let progress = |step: &str| {
@@ -40,101 +67,150 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     progress("broker ceiling: confirmed publish + acked consume through one quorum queue");
-    let broker_rate = broker_ceiling(ctx, args.broker_messages).await?;
-    progress("database ceiling: handler-shaped transactions in a scratch database");
+    let broker = broker_ceiling(ctx, args.broker_messages).await?;
+    progress("database ceiling: minimal handler-shaped transactions, plain SQL, no trigger");
     let pool = scratch_database(&args.database_server, args.pool).await?;
-    let db_rate = database_ceiling(&pool, args.pool, Duration::from_secs(args.db_seconds)).await?;
-    progress("relay: publishing an outbox backlog");
+    let seconds = Duration::from_secs(args.db_seconds);
+    let database = minimal_transactions(&pool, args.pool, seconds).await?;
+    let ceilings = Ceilings { broker, database };
+    progress("diagnostics: the project's inbox + outbox code, and the relay on a backlog");
+    let costs = project_costs(ctx, &pool, &args).await?;
+    pool.close().await;
+    let existing = preload(ctx, &args).await?;
+    progress("saga throughput: a happy-path load, counting deliveries, commits and CPU");
+    let before = counters(ctx, &args).await?;
+    let load = super::load::run_load(ctx, &happy_load(&args)?).await?;
+    let cpu_after_load = busy_cpu_seconds()?;
+    // The management API's counters lag by about five seconds: wait until they settle.
+    let mut after = settled_counters(ctx, &args, &before).await?;
+    after.cpu_seconds = cpu_after_load;
+    let report = report(&args, &ceilings, &costs, existing, load, &before, &after);
+    output::show(ctx, &report, render);
+    Ok(())
+}
+
+fn happy_load(args: &BenchArgs) -> anyhow::Result<LoadArgs> {
+    Ok(LoadArgs {
+        orders: args.orders,
+        concurrency: args.concurrency,
+        rate: None,
+        mix: super::Mix::parse("happy=100").map_err(CliError::Refused)?,
+        wait_secs: 120,
+    })
+}
+
+async fn project_costs(
+    ctx: &Context,
+    pool: &PgPool,
+    args: &BenchArgs,
+) -> anyhow::Result<ProjectCosts> {
+    let seconds = Duration::from_secs(args.db_seconds);
+    let db_rate = project_transactions(pool, args.pool, seconds).await?;
     let relay_rate = relay_backlog(
         ctx,
-        &pool,
+        pool,
         args.relay_rows,
         args.relay_workers,
         args.relay_batch,
     )
     .await?;
-    pool.close().await;
+    Ok(ProjectCosts {
+        db_rate,
+        relay_rate,
+    })
+}
 
-    let existing = if args.preload > 0 {
-        progress(&format!(
-            "preloading {} finished sagas into the service databases",
+/// Adds `--preload` finished sagas; answers how many orders were stored before the load.
+async fn preload(ctx: &Context, args: &BenchArgs) -> anyhow::Result<i64> {
+    if args.preload <= 0 {
+        return Ok(0);
+    }
+    if !ctx.json {
+        eprintln!(
+            "==> preloading {} finished sagas into the service databases",
             args.preload
-        ));
-        let db = service_databases(&args).await?;
-        super::preload::preload(&db, &Uuid::new_v4().simple().to_string()[..8], args.preload)
-            .await?;
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-            .fetch_one(&db.orders)
-            .await?;
-        n
-    } else {
-        0
-    };
-    progress("saga cost: counting deliveries and commits during a happy-path load");
-    let before = counters(ctx, &args).await?;
-    let load = super::load::run_load(
-        ctx,
-        &LoadArgs {
-            orders: args.orders,
-            concurrency: args.concurrency,
-            rate: None,
-            mix: super::Mix::parse("happy=100").map_err(CliError::Refused)?,
-            wait_secs: 120,
-        },
-    )
-    .await?;
-    // The management API's counters lag by about five seconds: wait until they settle.
-    let after = settled_counters(ctx, &args, &before).await?;
-    let completed = load["completed"].as_f64().unwrap_or(0.0).max(1.0);
-    let deliveries = (after.0 - before.0) as f64 / completed;
-    let transactions = (after.1 - before.1) as f64 / completed;
-    let ceiling = 1.0 / (deliveries / broker_rate + transactions / db_rate);
-    let throughput = load["sagas_per_second"].as_f64().unwrap_or(0.0);
-    let report = json!({
+        );
+    }
+    let db = service_databases(args).await?;
+    super::preload::preload(&db, &Uuid::new_v4().simple().to_string()[..8], args.preload).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db.orders)
+        .await?;
+    Ok(n)
+}
+
+fn report(
+    args: &BenchArgs,
+    ceilings: &Ceilings,
+    costs: &ProjectCosts,
+    existing: i64,
+    load: Value,
+    before: &Counters,
+    after: &Counters,
+) -> Value {
+    let completed = load["completed"].as_f64().filter(|n| *n > 0.0);
+    let per_saga = |delta: f64| completed.map(|n| delta / n);
+    let ceiling = ceilings.sagas_per_second();
+    let throughput = load["sagas_per_second"].as_f64();
+    json!({
         "machine": machine(),
-        "broker_msgs_per_second": broker_rate,
-        "db_transactions_per_second": db_rate,
+        "broker_msgs_per_second": ceilings.broker,
+        "db_transactions_per_second": ceilings.database,
         "db_pool": args.pool,
-        "relay_rows_per_second": relay_rate,
-        "relay_ratio_to_broker": relay_rate / broker_rate,
-        "deliveries_per_saga": deliveries,
-        "transactions_per_saga": transactions,
+        "saga_deliveries": SAGA_DELIVERIES,
+        "saga_transactions": SAGA_TRANSACTIONS,
         "saga_ceiling_per_second": ceiling,
         "sagas_per_second": throughput,
-        "ratio_to_ceiling": throughput / ceiling,
+        "ratio_to_ceiling": throughput.map(|t| t / ceiling),
         "orders_stored_before": existing,
+        "diagnostics": {
+            "deliveries_per_saga": per_saga((after.deliveries - before.deliveries) as f64),
+            "transactions_per_saga": per_saga((after.commits - before.commits) as f64),
+            "cpu_seconds_per_saga": per_saga(after.cpu_seconds - before.cpu_seconds),
+            "project_db_transactions_per_second": costs.db_rate,
+            "relay_rows_per_second": costs.relay_rate,
+            "relay_ratio_to_broker": costs.relay_rate / ceilings.broker,
+        },
         "load": load,
-    });
-    output::show(ctx, &report, render);
-    Ok(())
+    })
 }
 
 fn machine() -> Value {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).ok();
     json!({"cpus": cpus, "date": chrono::Utc::now().to_rfc3339()})
 }
 
 fn render(r: &Value) -> String {
-    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    let f = |k: &str| r.pointer(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     format!(
-        "    orders stored         {:>10}          (before the load)\n(a) broker ceiling        {:>10.0} msg/s   (confirmed publish + acked consume, 400 B, quorum)\n    database ceiling      {:>10.0} tx/s    (inbox + update + outbox, pool {})\n    relay backlog         {:>10.0} rows/s  ({:.2} x broker)\n(b) per saga              {:>10.2} deliveries, {:.2} committed transactions\n(c) saga ceiling          {:>10.1} sagas/s\n(d) saga throughput       {:>10.1} sagas/s\n    ratio (d)/(c)         {:>10.2}\n    latency               p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        "    orders stored         {:>10}          (before the load)\n\
+         (a) broker ceiling        {:>10.0} msg/s   (confirmed publish + acked consume, 400 B, quorum)\n\
+         \x20   database ceiling      {:>10.0} tx/s    (inbox + update + outbox in plain SQL, pool {})\n\
+         (c) saga ceiling          {:>10.1} sagas/s (1 / (5 / broker + 6 / database))\n\
+         (d) saga throughput       {:>10.1} sagas/s\n\
+         \x20   ratio (d)/(c)         {:>10.2}\n\
+         \x20   latency               p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n\
+         diagnostics (not in the ceiling):\n\
+         \x20   per saga              {:>10.2} deliveries, {:.2} committed transactions, {:.2} ms CPU\n\
+         \x20   project inbox+outbox  {:>10.0} tx/s\n\
+         \x20   relay backlog         {:>10.0} rows/s  ({:.2} x broker)",
         r["orders_stored_before"],
-        f("broker_msgs_per_second"),
-        f("db_transactions_per_second"),
+        f("/broker_msgs_per_second"),
+        f("/db_transactions_per_second"),
         r["db_pool"],
-        f("relay_rows_per_second"),
-        f("relay_ratio_to_broker"),
-        f("deliveries_per_saga"),
-        f("transactions_per_saga"),
-        f("saga_ceiling_per_second"),
-        f("sagas_per_second"),
-        f("ratio_to_ceiling"),
-        r["load"]["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
-        r["load"]["latency_ms"]["p90"].as_f64().unwrap_or(0.0),
-        r["load"]["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
-        r["load"]["latency_ms"]["max"].as_f64().unwrap_or(0.0),
+        f("/saga_ceiling_per_second"),
+        f("/sagas_per_second"),
+        f("/ratio_to_ceiling"),
+        f("/load/latency_ms/p50"),
+        f("/load/latency_ms/p90"),
+        f("/load/latency_ms/p99"),
+        f("/load/latency_ms/max"),
+        f("/diagnostics/deliveries_per_saga"),
+        f("/diagnostics/transactions_per_saga"),
+        f("/diagnostics/cpu_seconds_per_saga") * 1000.0,
+        f("/diagnostics/project_db_transactions_per_second"),
+        f("/diagnostics/relay_rows_per_second"),
+        f("/diagnostics/relay_ratio_to_broker"),
     )
 }
 
@@ -201,51 +277,60 @@ async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
     let rate = acked as f64 / started.elapsed().as_secs_f64();
     // Close the consuming channel first: deleting a queue under a live consumer makes the
     // broker cancel it, which races the client's own shutdown of that channel.
-    let _ = consume.close(200, "done".into()).await;
+    close_quietly(consume.close(200, "done".into()).await);
     setup
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    let _ = conn.close(200, "done".into()).await;
+    close_quietly(conn.close(200, "done".into()).await);
     Ok(rate)
 }
 
-/// A scratch database with the messaging tables and one row per worker to update.
+/// The benchmark's channels and connections close after their work is measured: a failed
+/// close changes no figure, so it is only logged.
+fn close_quietly(closed: lapin::Result<()>) {
+    if let Err(e) = closed {
+        tracing::debug!(error = %e, "closing a benchmark channel failed");
+    }
+}
+
+/// A scratch database with the benchmark's own minimal tables (no trigger) and, for the
+/// diagnostics, the project's messaging tables.
 async fn scratch_database(server: &str, pool_size: u32) -> anyhow::Result<PgPool> {
     let url = format!("{}/saga_bench", server.trim_end_matches('/'));
     let pool = platform::db::connect_and_migrate(&url, pool_size + 2, &events::MIGRATOR).await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS bench_counter (id INT PRIMARY KEY, n BIGINT NOT NULL)")
-        .execute(&pool)
-        .await?;
-    sqlx::query("INSERT INTO bench_counter SELECT g, 0 FROM generate_series(0, 1023) g ON CONFLICT DO NOTHING")
-        .execute(&pool)
-        .await?;
-    sqlx::query("TRUNCATE outbox, inbox").execute(&pool).await?;
+    for statement in [
+        "CREATE TABLE IF NOT EXISTS bench_counter (id INT PRIMARY KEY, n BIGINT NOT NULL)",
+        "INSERT INTO bench_counter SELECT g, 0 FROM generate_series(0, 1023) g ON CONFLICT DO NOTHING",
+        "CREATE TABLE IF NOT EXISTS bench_inbox (consumer TEXT NOT NULL, message_id UUID NOT NULL, \
+         handled_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (consumer, message_id))",
+        "CREATE TABLE IF NOT EXISTS bench_outbox (id BIGSERIAL PRIMARY KEY, message_id UUID NOT NULL, \
+         routing_key TEXT NOT NULL, body BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        "TRUNCATE outbox, inbox, bench_inbox, bench_outbox",
+    ] {
+        sqlx::query(statement).execute(&pool).await?;
+    }
     Ok(pool)
 }
 
-/// Handler-shaped transactions per second at `workers` concurrent connections.
-async fn database_ceiling(pool: &PgPool, workers: u32, duration: Duration) -> anyhow::Result<f64> {
+/// Runs `one` in a loop on `workers` connections for `duration`; transactions per second.
+async fn transactions_per_second<F, Fut>(
+    pool: &PgPool,
+    workers: u32,
+    duration: Duration,
+    one: F,
+) -> anyhow::Result<f64>
+where
+    F: Fn(PgPool, i32) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = sqlx::Result<()>> + Send,
+{
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
-        let pool = pool.clone();
+        let (pool, one) = (pool.clone(), one.clone());
         tasks.spawn(async move {
             let mut done = 0u64;
-            let event = events::Event::StockAdjusted(events::catalog::StockAdjusted {
-                sku: "BENCH".into(),
-                delta: 1,
-            });
             while started.elapsed() < duration {
-                let mut tx = pool.begin().await?;
-                let incoming = events::Envelope::wrap(&event, "bench", None);
-                events::inbox::claim(&mut tx, "bench", &incoming).await?;
-                sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = $1")
-                    .bind((w % 1024) as i32)
-                    .execute(&mut *tx)
-                    .await?;
-                let outgoing = events::Envelope::wrap(&event, "bench", Some(incoming.message_id));
-                events::outbox::enqueue(&mut tx, &outgoing, None).await?;
-                tx.commit().await?;
+                one(pool.clone(), (w % 1024) as i32).await?;
                 done += 1;
             }
             Ok::<_, sqlx::Error>(done)
@@ -256,6 +341,63 @@ async fn database_ceiling(pool: &PgPool, workers: u32, duration: Duration) -> an
         total += r??;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The database ceiling: a handler's minimal transaction in plain SQL, no project code.
+async fn minimal_transactions(
+    pool: &PgPool,
+    workers: u32,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let body = vec![b'x'; BODY_BYTES];
+    transactions_per_second(pool, workers, duration, move |pool, row| {
+        let body = body.clone();
+        async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO bench_inbox (consumer, message_id) VALUES ('bench', $1)")
+                .bind(Uuid::new_v4())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = $1")
+                .bind(row)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO bench_outbox (message_id, routing_key, body) VALUES ($1, 'bench', $2)",
+            )
+            .bind(Uuid::new_v4())
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+    })
+    .await
+}
+
+/// A diagnostic: the same transaction through the project's inbox and outbox code.
+async fn project_transactions(
+    pool: &PgPool,
+    workers: u32,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    transactions_per_second(pool, workers, duration, |pool, row| async move {
+        let event = events::Event::StockAdjusted(events::catalog::StockAdjusted {
+            sku: "BENCH".into(),
+            delta: 1,
+        });
+        let mut tx = pool.begin().await?;
+        let incoming = events::Envelope::wrap(&event, "bench", None);
+        events::inbox::claim(&mut tx, "bench", &incoming).await?;
+        sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = $1")
+            .bind(row)
+            .execute(&mut *tx)
+            .await?;
+        let outgoing = events::Envelope::wrap(&event, "bench", Some(incoming.message_id));
+        events::outbox::enqueue(&mut tx, &outgoing, None).await?;
+        tx.commit().await
+    })
+    .await
 }
 
 /// Rows per second the outbox relay publishes from a backlog (confirmed, marked sent).
@@ -325,7 +467,7 @@ async fn relay_backlog(
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    let _ = conn.close(200, "done".into()).await;
+    close_quietly(conn.close(200, "done".into()).await);
     Ok(rate)
 }
 
@@ -345,14 +487,24 @@ async fn service_databases(args: &BenchArgs) -> anyhow::Result<super::preload::D
     })
 }
 
-/// (deliveries to the three input queues, commits in the three service databases).
-async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<(i64, i64)> {
+/// What the running system has done so far.
+struct Counters {
+    /// Deliveries from the three input queues.
+    deliveries: i64,
+    /// Commits in the three service databases.
+    commits: i64,
+    /// Busy CPU seconds of the whole machine.
+    cpu_seconds: f64,
+}
+
+async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<Counters> {
     let vhost = ctx.vhost();
     let mut deliveries = 0;
     for q in ["order-svc", "inventory-svc", "payment-svc"] {
         let v = ctx
             .management(&crate::context::path(&["api", "queues", &vhost, q]))
             .await?;
+        // A queue that never delivered has no message_stats yet.
         deliveries += v
             .pointer("/message_stats/deliver_get")
             .and_then(Value::as_i64)
@@ -367,20 +519,46 @@ async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<(i64, i64)>
     .fetch_one(&pool)
     .await?;
     pool.close().await;
-    Ok((deliveries, commits))
+    Ok(Counters {
+        deliveries,
+        commits,
+        cpu_seconds: busy_cpu_seconds()?,
+    })
+}
+
+/// Busy time of all CPUs since boot (`/proc/stat`: user, nice, system, irq, softirq,
+/// steal), in seconds.
+fn busy_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("/proc/stat has no cpu line"))?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().map_err(|e| anyhow::anyhow!("/proc/stat: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<f64>();
+    // USER_HZ is 100 on every Linux architecture's ABI.
+    Ok(busy / 100.0)
 }
 
 async fn settled_counters(
     ctx: &Context,
     args: &BenchArgs,
-    before: &(i64, i64),
-) -> anyhow::Result<(i64, i64)> {
+    before: &Counters,
+) -> anyhow::Result<Counters> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = counters(ctx, args).await?;
     loop {
         tokio::time::sleep(Duration::from_secs(6)).await;
         let now = counters(ctx, args).await?;
-        if (now.0 == last.0 && now.0 > before.0) || Instant::now() > deadline {
+        let settled = now.deliveries == last.deliveries && now.deliveries > before.deliveries;
+        if settled || Instant::now() > deadline {
             return Ok(now);
         }
         last = now;
