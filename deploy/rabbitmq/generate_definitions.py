@@ -4,7 +4,8 @@
     python3 deploy/rabbitmq/generate_definitions.py           # rewrite the file
     python3 deploy/rabbitmq/generate_definitions.py --check   # exit 1 if the file is stale
 
-The topology here mirrors events/src/topology.rs (names, queue arguments, bindings);
+The topology here mirrors messaging/src/topology.rs (names, queue arguments) and the
+bindings each service declares (the event types its handler consumes);
 scripts/validate-deploy.sh cross-checks the two. Pre-declaring it means no event is ever
 unroutable because its consumer has not started yet: with per-service users, a service
 can no longer declare its peers' queues (see docs/operations.md).

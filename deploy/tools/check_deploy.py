@@ -119,12 +119,32 @@ def rabbit_match(regex: str, name: str) -> bool:
 # --------------------------------------------------------------- broker definitions
 
 
-def rust_topology():
-    """What events/src reads as the topology, or None where it cannot be read."""
+def service_consumes(svc: str) -> list | None:
+    """The event types `<svc>/src` declares its handler consumes: a `CONSUMES` list, or the
+    types named in its `fn topology()`."""
+    src = os.path.join(ROOT, svc, "src")
     try:
-        topology = read("events", "src", "topology.rs")
+        texts = [read(svc, "src", name) for name in sorted(os.listdir(src)) if name.endswith(".rs")]
+    except OSError:
+        return None
+    for text in texts:
+        m = re.search(r"CONSUMES[^=]*=\s*&\[(.*?)\];", text, re.DOTALL)
+        if m:
+            return re.findall(r"EventType::(\w+)", m.group(1))
+    for text in texts:
+        m = re.search(r"fn topology\(\)[^{]*\{(.*?)\n\}", text, re.DOTALL)
+        if m:
+            return re.findall(r"EventType::(\w+)", m.group(1))
+    return None
+
+
+def rust_topology():
+    """What messaging/src, events/src and the services read as the topology, or None where
+    it cannot be read."""
+    try:
+        topology = read("messaging", "src", "topology.rs")
         catalog = read("events", "src", "catalog.rs")
-        retry = read("events", "src", "retry.rs")
+        retry = read("messaging", "src", "retry.rs")
     except OSError:
         return None
     out = {}
@@ -137,27 +157,27 @@ def rust_topology():
         m = re.search(rf'{const}:\s*&str\s*=\s*"([^"]+)"', topology)
         exchanges[const] = m.group(1) if m else None
     out["exchanges"] = exchanges
-    keys = dict(re.findall(r'EventType::(\w+)\s*=>\s*"([a-z]+\.[a-z]+)"', catalog))
+    # The one declaration per event type: `Name { version: 1, routing_key: "...",
+    # producer: "...", ... }` in the declare_catalog! invocation.
+    declared = re.findall(
+        r'(\w+)\s*\{\s*version:\s*\d+,\s*routing_key:\s*"([^"]+)",\s*producer:\s*"([^"]+)"',
+        catalog,
+    )
+    keys = {name: key for name, key, _ in declared}
     out["keys"] = keys or None
-    m = re.search(r"SAGA_SERVICES[^=]*=\s*\[(.*?)\n\];", topology, re.DOTALL)
     consumes = {}
-    if m and keys:
-        for svc, body in re.findall(r'\(\s*"([a-z-]+)",\s*&\[(.*?)\]', m.group(1), re.DOTALL):
-            consumes[svc] = sorted(keys.get(t, "?" + t) for t in re.findall(r"EventType::(\w+)", body))
+    if keys:
+        for svc in ["order-svc", "inventory-svc", "payment-svc"]:
+            types = service_consumes(svc)
+            if types is not None:
+                consumes[svc] = sorted(keys.get(t, "?" + t) for t in types)
     out["consumes"] = consumes or None
-    # Producers: the arms of the match in EventType::producer (or similar) naming a
-    # service; a type may share an arm with others (`A | B => "sagactl"`).
-    producers = {}
-    m = re.search(r"fn producer\(self\)[^{]*\{(.*?)\n    \}", catalog, re.DOTALL)
-    for arm, producer in re.findall(r"((?:EventType::\w+\s*\|?\s*)+)=>\s*\{?\s*\"([^\"]+)\"", m.group(1) if m else ""):
-        for t in re.findall(r"EventType::(\w+)", arm):
-            producers[t] = producer
-    out["producers"] = producers or None
+    out["producers"] = {name: producer for name, _, producer in declared} or None
     return out
 
 
 def check_definitions() -> dict | None:
-    section("RabbitMQ definitions: hashes, least-privilege permissions, topology = events/src")
+    section("RabbitMQ definitions: hashes, least-privilege permissions, topology = messaging/src, events/src and the services")
     data = load_json("deploy/rabbitmq/definitions.json")
     if data is None:
         return None
@@ -218,18 +238,18 @@ def check_definitions() -> dict | None:
     # The topology against the code.
     rust = rust_topology()
     if rust is None:
-        note("events/src not found: topology not compared with the code")
+        note("messaging/src or events/src not found: topology not compared with the code")
         return data
     if rust["delivery_limit"] is not None:
-        check(rust["delivery_limit"] == defs.DELIVERY_LIMIT, "delivery limit matches events/src/topology.rs",
+        check(rust["delivery_limit"] == defs.DELIVERY_LIMIT, "delivery limit matches messaging/src/topology.rs",
               f"code {rust['delivery_limit']}, definitions {defs.DELIVERY_LIMIT}")
     else:
-        note("DELIVERY_LIMIT not found in events/src/topology.rs: not compared")
+        note("DELIVERY_LIMIT not found in messaging/src/topology.rs: not compared")
     if rust["retry"]:
-        check(rust["retry"] == defs.RETRY_DELAYS_SECS, "retry delays match events/src/retry.rs",
+        check(rust["retry"] == defs.RETRY_DELAYS_SECS, "retry delays match messaging/src/retry.rs",
               f"code {rust['retry']}, definitions {defs.RETRY_DELAYS_SECS}")
     else:
-        note("RETRY_DELAYS not found in events/src/retry.rs: not compared")
+        note("RETRY_DELAYS not found in messaging/src/retry.rs: not compared")
     expected_ex = {"EVENTS_EXCHANGE": defs.EVENTS, "RETRY_EXCHANGE": defs.RETRY,
                    "REDELIVER_EXCHANGE": defs.REDELIVER, "DEAD_LETTER_EXCHANGE": defs.DEAD_LETTER}
     for const, name in expected_ex.items():
@@ -238,10 +258,10 @@ def check_definitions() -> dict | None:
     if rust["consumes"]:
         for svc, (consumes, _) in defs.SERVICES.items():
             check(rust["consumes"].get(svc) == sorted(consumes),
-                  f"{svc}: bindings match SAGA_SERVICES in events/src/topology.rs",
+                  f"{svc}: bindings match the event types {svc}/src declares it consumes",
                   f"code {rust['consumes'].get(svc)}, definitions {sorted(consumes)}")
     else:
-        note("SAGA_SERVICES not readable in events/src/topology.rs: bindings not compared")
+        note("the services' consumed event types are not readable: bindings not compared")
     if rust["producers"] and rust["keys"]:
         for svc, (_, publishes) in defs.SERVICES.items():
             code = sorted(rust["keys"][t] for t, p in rust["producers"].items() if p == svc and t in rust["keys"])

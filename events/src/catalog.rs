@@ -1,18 +1,26 @@
-//! The event catalog of the contract: one typed payload per event, its routing key and
-//! schema version, and the checks a payload must pass before any handler sees it.
+//! The event catalog of the contract: one typed payload per event with its format rules
+//! ([`Payload`]), and the one declaration of every event type (name, version, routing key,
+//! producer, fields) from which the rest derives: [`Event`], [`EventType`], decoding, JSON
+//! Schemas and the AsyncAPI document ([`crate::contract`]), the docs tables
+//! ([`crate::tables`]) and `sagactl publish --help`.
 //!
 //! Money is in integer minor units (`i64`), currencies are ISO 4217 codes. Readers are
-//! tolerant: unknown payload fields are ignored. Decoding answers with a [`DecodeError`]
-//! whose [`DecodeError::code`] is what a dead-lettered message's `x-saga-error` says.
+//! tolerant: unknown payload fields are ignored. Decoding answers with a
+//! [`messaging::DecodeError`] whose `code()` is what a dead-lettered message's
+//! `x-saga-error` says.
+//!
+//! To add an event type: write its payload struct below with an `impl Payload` (rules,
+//! correlation, example), add one entry to the `declare_catalog!` invocation below, and
+//! add it to the `CONSUMES` of the services that handle it.
 
 use std::fmt;
 use std::str::FromStr;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::envelope::{Envelope, MAX_CORRELATION_ID_CHARS};
+use crate::payload::{Correlation, Payload};
 
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -64,6 +72,42 @@ pub struct OrderCreated {
     pub currency: String,
 }
 
+impl Payload for OrderCreated {
+    const CAUSED: bool = false;
+
+    fn validate(&self) -> Result<(), String> {
+        check_customer(&self.customer_id)?;
+        check_currency(&self.currency)?;
+        check_non_negative("total", self.total)?;
+        check_count("items", self.items.len())?;
+        for item in &self.items {
+            check_sku(&item.sku)?;
+            check_quantity(item.quantity)?;
+            check_non_negative("unit_price", item.unit_price)?;
+        }
+        Ok(())
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        let line = |sku: &str, quantity, unit_price| OrderItem {
+            sku: sku.into(),
+            quantity,
+            unit_price,
+        };
+        OrderCreated {
+            order_id: EXAMPLE_ORDER,
+            customer_id: EXAMPLE_CUSTOMER.into(),
+            items: vec![line("BOOK", 2, 1500), line("PEN-01", 1, 250)],
+            total: 3250,
+            currency: EXAMPLE_CURRENCY.into(),
+        }
+    }
+}
+
 /// inventory-svc reserved every item of the order. Correlation id: the order id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockReserved {
@@ -81,6 +125,29 @@ pub struct StockReserved {
     pub currency: String,
 }
 
+impl Payload for StockReserved {
+    fn validate(&self) -> Result<(), String> {
+        check_customer(&self.customer_id)?;
+        check_currency(&self.currency)?;
+        check_non_negative("total", self.total)?;
+        check_stock_items(&self.items)
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        StockReserved {
+            order_id: EXAMPLE_ORDER,
+            customer_id: EXAMPLE_CUSTOMER.into(),
+            items: example_stock(),
+            total: 3250,
+            currency: EXAMPLE_CURRENCY.into(),
+        }
+    }
+}
+
 /// inventory-svc reserved nothing because some SKU is short. Correlation id: the order id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockRejected {
@@ -89,6 +156,28 @@ pub struct StockRejected {
     pub reason: String,
     /// May be empty.
     pub unavailable: Vec<Unavailable>,
+}
+
+impl Payload for StockRejected {
+    fn validate(&self) -> Result<(), String> {
+        self.unavailable.iter().try_for_each(|u| check_sku(&u.sku))
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        StockRejected {
+            order_id: EXAMPLE_ORDER,
+            reason: "insufficient_stock".into(),
+            unavailable: vec![Unavailable {
+                sku: "BOOK".into(),
+                requested: 2,
+                available: 1,
+            }],
+        }
+    }
 }
 
 /// payment-svc captured the order's total. Correlation id: the order id.
@@ -105,6 +194,28 @@ pub struct PaymentDone {
     /// ISO 4217 code.
     #[schemars(regex(pattern = CURRENCY_PATTERN))]
     pub currency: String,
+}
+
+impl Payload for PaymentDone {
+    fn validate(&self) -> Result<(), String> {
+        check_customer(&self.customer_id)?;
+        check_currency(&self.currency)?;
+        check_non_negative("amount", self.amount)
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        PaymentDone {
+            order_id: EXAMPLE_ORDER,
+            payment_id: EXAMPLE_PAYMENT,
+            customer_id: EXAMPLE_CUSTOMER.into(),
+            amount: 3250,
+            currency: EXAMPLE_CURRENCY.into(),
+        }
+    }
 }
 
 /// Why a payment was not taken.
@@ -131,10 +242,45 @@ pub struct PaymentFailed {
     pub reason: PaymentFailureReason,
 }
 
+impl Payload for PaymentFailed {
+    fn validate(&self) -> Result<(), String> {
+        check_non_negative("amount", self.amount)
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        PaymentFailed {
+            order_id: EXAMPLE_ORDER,
+            customer_id: EXAMPLE_CUSTOMER.into(),
+            amount: 3250,
+            reason: PaymentFailureReason::InsufficientFunds,
+        }
+    }
+}
+
 /// The order is confirmed. Correlation id: the order id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderConfirmed {
     pub order_id: Uuid,
+}
+
+impl Payload for OrderConfirmed {
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        OrderConfirmed {
+            order_id: EXAMPLE_ORDER,
+        }
+    }
 }
 
 /// Why an order was cancelled.
@@ -164,6 +310,23 @@ pub struct OrderCancelled {
     pub reason: CancelReason,
 }
 
+impl Payload for OrderCancelled {
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        OrderCancelled {
+            order_id: EXAMPLE_ORDER,
+            reason: CancelReason::PaymentFailed,
+        }
+    }
+}
+
 /// inventory-svc gave back what it held for a cancelled order (compensates StockReserved).
 /// Correlation id: the order id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -171,6 +334,23 @@ pub struct StockReleased {
     pub order_id: Uuid,
     /// May be empty (nothing was held).
     pub items: Vec<StockItem>,
+}
+
+impl Payload for StockReleased {
+    fn validate(&self) -> Result<(), String> {
+        self.items.iter().try_for_each(check_stock_item)
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        StockReleased {
+            order_id: EXAMPLE_ORDER,
+            items: example_stock(),
+        }
+    }
 }
 
 /// payment-svc refunded a captured payment (compensates PaymentDone). Correlation id: the
@@ -188,6 +368,26 @@ pub struct PaymentRefunded {
     pub currency: String,
 }
 
+impl Payload for PaymentRefunded {
+    fn validate(&self) -> Result<(), String> {
+        check_currency(&self.currency)?;
+        check_non_negative("amount", self.amount)
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Order(self.order_id)
+    }
+
+    fn example() -> Self {
+        PaymentRefunded {
+            order_id: EXAMPLE_ORDER,
+            payment_id: EXAMPLE_PAYMENT,
+            amount: 3250,
+            currency: EXAMPLE_CURRENCY.into(),
+        }
+    }
+}
+
 /// An operator adds or removes available stock. Correlation id: the SKU. An adjustment that
 /// would make the stock negative is dead-lettered (`negative_stock`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -197,6 +397,29 @@ pub struct StockAdjusted {
     /// Not 0: positive adds, negative removes.
     #[schemars(extend("not" = {"const": 0}))]
     pub delta: i64,
+}
+
+impl Payload for StockAdjusted {
+    const CAUSED: bool = false;
+
+    fn validate(&self) -> Result<(), String> {
+        check_sku(&self.sku)?;
+        if self.delta == 0 {
+            return Err("delta must not be 0".into());
+        }
+        Ok(())
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Key(&self.sku)
+    }
+
+    fn example() -> Self {
+        StockAdjusted {
+            sku: "BOOK".into(),
+            delta: 10,
+        }
+    }
 }
 
 /// An operator credits a customer's wallet. Correlation id: the customer id.
@@ -212,130 +435,128 @@ pub struct FundsDeposited {
     pub currency: String,
 }
 
-/// Every event of the catalog, typed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    OrderCreated(OrderCreated),
-    StockReserved(StockReserved),
-    StockRejected(StockRejected),
-    PaymentDone(PaymentDone),
-    PaymentFailed(PaymentFailed),
-    OrderConfirmed(OrderConfirmed),
-    OrderCancelled(OrderCancelled),
-    StockReleased(StockReleased),
-    PaymentRefunded(PaymentRefunded),
-    StockAdjusted(StockAdjusted),
-    FundsDeposited(FundsDeposited),
+impl Payload for FundsDeposited {
+    const CAUSED: bool = false;
+
+    fn validate(&self) -> Result<(), String> {
+        check_customer(&self.customer_id)?;
+        check_currency(&self.currency)?;
+        if self.amount <= 0 {
+            return Err("amount must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn correlation(&self) -> Correlation<'_> {
+        Correlation::Key(&self.customer_id)
+    }
+
+    fn example() -> Self {
+        FundsDeposited {
+            customer_id: EXAMPLE_CUSTOMER.into(),
+            amount: 5000,
+            currency: EXAMPLE_CURRENCY.into(),
+        }
+    }
 }
 
-/// The name of each event type, with its routing key, schema version and payload fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventType {
-    OrderCreated,
-    StockReserved,
-    StockRejected,
-    PaymentDone,
-    PaymentFailed,
-    OrderConfirmed,
-    OrderCancelled,
-    StockReleased,
-    PaymentRefunded,
-    StockAdjusted,
-    FundsDeposited,
+const EXAMPLE_ORDER: Uuid = Uuid::from_u128(0x0193a4f2_7a00_7c4d_8e5f_0a1b2c3d4e5f);
+const EXAMPLE_PAYMENT: Uuid = Uuid::from_u128(0x0193a4f2_7d10_7aa0_b1c2_d3e4f5a6b7c8);
+const EXAMPLE_CUSTOMER: &str = "alice";
+const EXAMPLE_CURRENCY: &str = "EUR";
+
+fn example_stock() -> Vec<StockItem> {
+    let item = |sku: &str, quantity| StockItem {
+        sku: sku.into(),
+        quantity,
+    };
+    vec![item("BOOK", 2), item("PEN-01", 1)]
 }
 
-impl EventType {
-    pub const ALL: [EventType; 11] = [
-        EventType::OrderCreated,
-        EventType::StockReserved,
-        EventType::StockRejected,
-        EventType::PaymentDone,
-        EventType::PaymentFailed,
-        EventType::OrderConfirmed,
-        EventType::OrderCancelled,
-        EventType::StockReleased,
-        EventType::PaymentRefunded,
-        EventType::StockAdjusted,
-        EventType::FundsDeposited,
-    ];
+crate::payload::declare_catalog! {
+    operator: "sagactl";
+    OrderCreated {
+        version: 1,
+        routing_key: "order.created",
+        producer: "order-svc",
+        fields: "order_id, customer_id, items[{sku, quantity, unit_price}], total, currency",
+    },
+    StockReserved {
+        version: 1,
+        routing_key: "stock.reserved",
+        producer: "inventory-svc",
+        fields: "order_id, customer_id, items[{sku, quantity}], total, currency",
+    },
+    StockRejected {
+        version: 1,
+        routing_key: "stock.rejected",
+        producer: "inventory-svc",
+        fields: "order_id, reason, unavailable[{sku, requested, available}]",
+    },
+    PaymentDone {
+        version: 1,
+        routing_key: "payment.done",
+        producer: "payment-svc",
+        fields: "order_id, payment_id, customer_id, amount, currency",
+    },
+    PaymentFailed {
+        version: 1,
+        routing_key: "payment.failed",
+        producer: "payment-svc",
+        fields: "order_id, customer_id, amount, reason (insufficient_funds | unknown_customer | currency_mismatch | order_cancelled)",
+    },
+    OrderConfirmed {
+        version: 1,
+        routing_key: "order.confirmed",
+        producer: "order-svc",
+        fields: "order_id",
+    },
+    OrderCancelled {
+        version: 1,
+        routing_key: "order.cancelled",
+        producer: "order-svc",
+        fields: "order_id, reason (payment_failed | timeout | customer_request)",
+    },
+    StockReleased {
+        version: 1,
+        routing_key: "stock.released",
+        producer: "inventory-svc",
+        fields: "order_id, items[{sku, quantity}]",
+    },
+    PaymentRefunded {
+        version: 1,
+        routing_key: "payment.refunded",
+        producer: "payment-svc",
+        fields: "order_id, payment_id, amount, currency",
+    },
+    StockAdjusted {
+        version: 1,
+        routing_key: "stock.adjusted",
+        producer: "sagactl",
+        fields: "sku, delta",
+    },
+    FundsDeposited {
+        version: 1,
+        routing_key: "funds.deposited",
+        producer: "sagactl",
+        fields: "customer_id, amount, currency",
+    },
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            EventType::OrderCreated => "OrderCreated",
-            EventType::StockReserved => "StockReserved",
-            EventType::StockRejected => "StockRejected",
-            EventType::PaymentDone => "PaymentDone",
-            EventType::PaymentFailed => "PaymentFailed",
-            EventType::OrderConfirmed => "OrderConfirmed",
-            EventType::OrderCancelled => "OrderCancelled",
-            EventType::StockReleased => "StockReleased",
-            EventType::PaymentRefunded => "PaymentRefunded",
-            EventType::StockAdjusted => "StockAdjusted",
-            EventType::FundsDeposited => "FundsDeposited",
+impl Event {
+    /// The saga id for order events; the SKU or customer for operator events.
+    pub fn correlation_id(&self) -> String {
+        match self.correlation() {
+            Correlation::Order(id) => id.to_string(),
+            Correlation::Key(key) => key.to_owned(),
         }
     }
 
-    pub fn routing_key(self) -> &'static str {
-        match self {
-            EventType::OrderCreated => "order.created",
-            EventType::StockReserved => "stock.reserved",
-            EventType::StockRejected => "stock.rejected",
-            EventType::PaymentDone => "payment.done",
-            EventType::PaymentFailed => "payment.failed",
-            EventType::OrderConfirmed => "order.confirmed",
-            EventType::OrderCancelled => "order.cancelled",
-            EventType::StockReleased => "stock.released",
-            EventType::PaymentRefunded => "payment.refunded",
-            EventType::StockAdjusted => "stock.adjusted",
-            EventType::FundsDeposited => "funds.deposited",
-        }
-    }
-
-    /// The payload schema version this code writes and reads.
-    pub fn version(self) -> u32 {
-        1
-    }
-
-    /// Who emits it, as the contract says.
-    pub fn producer(self) -> &'static str {
-        match self {
-            EventType::OrderCreated | EventType::OrderConfirmed | EventType::OrderCancelled => {
-                "order-svc"
-            }
-            EventType::StockReserved | EventType::StockRejected | EventType::StockReleased => {
-                "inventory-svc"
-            }
-            EventType::PaymentDone | EventType::PaymentFailed | EventType::PaymentRefunded => {
-                "payment-svc"
-            }
-            EventType::StockAdjusted | EventType::FundsDeposited => "sagactl",
-        }
-    }
-
-    /// The payload's fields, for help texts and generated docs.
-    pub fn fields(self) -> &'static str {
-        match self {
-            EventType::OrderCreated => {
-                "order_id, customer_id, items[{sku, quantity, unit_price}], total, currency"
-            }
-            EventType::StockReserved => {
-                "order_id, customer_id, items[{sku, quantity}], total, currency"
-            }
-            EventType::StockRejected => {
-                "order_id, reason, unavailable[{sku, requested, available}]"
-            }
-            EventType::PaymentDone => "order_id, payment_id, customer_id, amount, currency",
-            EventType::PaymentFailed => {
-                "order_id, customer_id, amount, reason (insufficient_funds | unknown_customer | currency_mismatch | order_cancelled)"
-            }
-            EventType::OrderConfirmed => "order_id",
-            EventType::OrderCancelled => {
-                "order_id, reason (payment_failed | timeout | customer_request)"
-            }
-            EventType::StockReleased => "order_id, items[{sku, quantity}]",
-            EventType::PaymentRefunded => "order_id, payment_id, amount, currency",
-            EventType::StockAdjusted => "sku, delta",
-            EventType::FundsDeposited => "customer_id, amount, currency",
+    /// The order this event is about, for every saga event.
+    pub fn order_id(&self) -> Option<Uuid> {
+        match self.correlation() {
+            Correlation::Order(id) => Some(id),
+            Correlation::Key(_) => None,
         }
     }
 }
@@ -347,244 +568,59 @@ impl fmt::Display for EventType {
 }
 
 impl FromStr for EventType {
-    type Err = DecodeError;
+    type Err = messaging::DecodeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EventType::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| DecodeError::UnknownType(s.to_owned()))
+        <EventType as messaging::EventKind>::from_name(s)
+            .ok_or_else(|| messaging::DecodeError::UnknownType(s.to_owned()))
     }
 }
 
-/// Why a message cannot be turned into an event. None of these can succeed on a retry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("message is {0} bytes, over the 256 KiB limit")]
-    TooLarge(usize),
-    #[error("body is not UTF-8 JSON: {0}")]
-    NotJson(String),
-    #[error("body is not a valid envelope: {0}")]
-    InvalidEnvelope(String),
-    #[error("unknown event type {0:?}")]
-    UnknownType(String),
-    #[error("unknown version {version} of {event_type}")]
-    UnknownVersion { event_type: String, version: u32 },
-    #[error("invalid {event_type} payload: {reason}")]
-    InvalidPayload { event_type: String, reason: String },
-}
+impl messaging::EventKind for EventType {
+    const ALL: &'static [EventType] = &EventType::ALL;
 
-impl DecodeError {
-    /// The short machine-readable reason written in `x-saga-error-code`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            DecodeError::TooLarge(_) => "too_large",
-            DecodeError::NotJson(_) => "not_json",
-            DecodeError::InvalidEnvelope(_) => "invalid_envelope",
-            DecodeError::UnknownType(_) => "unknown_type",
-            DecodeError::UnknownVersion { .. } => "unknown_version",
-            DecodeError::InvalidPayload { .. } => "invalid_payload",
-        }
+    fn name(self) -> &'static str {
+        EventType::name(self)
+    }
+
+    fn version(self) -> u32 {
+        EventType::version(self)
+    }
+
+    fn routing_key(self) -> &'static str {
+        EventType::routing_key(self)
+    }
+
+    fn producer(self) -> &'static str {
+        EventType::producer(self)
+    }
+
+    fn operator() -> &'static str {
+        EventType::OPERATOR
     }
 }
 
-/// Decodes a message body: size, JSON, envelope, type, version, payload, validation.
-// The error carries the envelope when one could be read, so the dead-letter copy can name
-// its ids; a failed decode is the rare path, and boxing it would only move the cost there.
-#[allow(clippy::result_large_err)]
-pub fn decode_body(body: &[u8]) -> Result<(Envelope, Event), (Option<Envelope>, DecodeError)> {
-    if body.len() > crate::envelope::MAX_MESSAGE_BYTES {
-        return Err((None, DecodeError::TooLarge(body.len())));
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| (None, DecodeError::NotJson(e.to_string())))?;
-    let envelope: Envelope = serde_json::from_value(value)
-        .map_err(|e| (None, DecodeError::InvalidEnvelope(e.to_string())))?;
-    if let Err(reason) = validate_envelope(&envelope) {
-        return Err((Some(envelope), DecodeError::InvalidEnvelope(reason)));
-    }
-    match Event::decode(&envelope.event_type, envelope.version, &envelope.payload) {
-        Ok(event) => Ok((envelope, event)),
-        Err(e) => Err((Some(envelope), e)),
-    }
-}
+impl messaging::Event for Event {
+    type Kind = EventType;
 
-fn validate_envelope(env: &Envelope) -> Result<(), String> {
-    if env.correlation_id.is_empty()
-        || env.correlation_id.chars().count() > MAX_CORRELATION_ID_CHARS
-    {
-        return Err("correlation_id must be 1 to 128 characters".into());
-    }
-    if env.producer.is_empty() {
-        return Err("producer must not be empty".into());
-    }
-    Ok(())
-}
-
-fn payload_of<T: DeserializeOwned>(
-    event_type: EventType,
-    payload: &serde_json::Value,
-) -> Result<T, DecodeError> {
-    T::deserialize(payload).map_err(|e| DecodeError::InvalidPayload {
-        event_type: event_type.name().to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-impl Event {
-    pub fn event_type(&self) -> EventType {
-        match self {
-            Event::OrderCreated(_) => EventType::OrderCreated,
-            Event::StockReserved(_) => EventType::StockReserved,
-            Event::StockRejected(_) => EventType::StockRejected,
-            Event::PaymentDone(_) => EventType::PaymentDone,
-            Event::PaymentFailed(_) => EventType::PaymentFailed,
-            Event::OrderConfirmed(_) => EventType::OrderConfirmed,
-            Event::OrderCancelled(_) => EventType::OrderCancelled,
-            Event::StockReleased(_) => EventType::StockReleased,
-            Event::PaymentRefunded(_) => EventType::PaymentRefunded,
-            Event::StockAdjusted(_) => EventType::StockAdjusted,
-            Event::FundsDeposited(_) => EventType::FundsDeposited,
-        }
+    fn kind(&self) -> EventType {
+        self.event_type()
     }
 
-    /// The saga id for order events; the SKU or customer for operator events.
-    pub fn correlation_id(&self) -> String {
-        match self.order_id() {
-            Some(id) => id.to_string(),
-            None => match self {
-                Event::StockAdjusted(e) => e.sku.clone(),
-                Event::FundsDeposited(e) => e.customer_id.clone(),
-                _ => String::new(),
-            },
-        }
+    fn correlation_id(&self) -> String {
+        Event::correlation_id(self)
     }
 
-    /// The order this event is about, for every saga event.
-    pub fn order_id(&self) -> Option<Uuid> {
-        match self {
-            Event::OrderCreated(e) => Some(e.order_id),
-            Event::StockReserved(e) => Some(e.order_id),
-            Event::StockRejected(e) => Some(e.order_id),
-            Event::PaymentDone(e) => Some(e.order_id),
-            Event::PaymentFailed(e) => Some(e.order_id),
-            Event::OrderConfirmed(e) => Some(e.order_id),
-            Event::OrderCancelled(e) => Some(e.order_id),
-            Event::StockReleased(e) => Some(e.order_id),
-            Event::PaymentRefunded(e) => Some(e.order_id),
-            Event::StockAdjusted(_) | Event::FundsDeposited(_) => None,
-        }
+    fn payload(&self) -> serde_json::Value {
+        Event::payload(self)
     }
 
-    pub fn payload(&self) -> serde_json::Value {
-        let v = match self {
-            Event::OrderCreated(e) => serde_json::to_value(e),
-            Event::StockReserved(e) => serde_json::to_value(e),
-            Event::StockRejected(e) => serde_json::to_value(e),
-            Event::PaymentDone(e) => serde_json::to_value(e),
-            Event::PaymentFailed(e) => serde_json::to_value(e),
-            Event::OrderConfirmed(e) => serde_json::to_value(e),
-            Event::OrderCancelled(e) => serde_json::to_value(e),
-            Event::StockReleased(e) => serde_json::to_value(e),
-            Event::PaymentRefunded(e) => serde_json::to_value(e),
-            Event::StockAdjusted(e) => serde_json::to_value(e),
-            Event::FundsDeposited(e) => serde_json::to_value(e),
-        };
-        // Plain structs of strings, integers and uuids always serialise.
-        v.unwrap_or_default()
-    }
-
-    /// Decodes and validates a payload of the given type and version.
-    pub fn decode(
-        event_type: &str,
+    fn decode(
+        name: &str,
         version: u32,
         payload: &serde_json::Value,
-    ) -> Result<Event, DecodeError> {
-        let t: EventType = event_type.parse()?;
-        if version != t.version() {
-            return Err(DecodeError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                version,
-            });
-        }
-        let event = match t {
-            EventType::OrderCreated => Event::OrderCreated(payload_of(t, payload)?),
-            EventType::StockReserved => Event::StockReserved(payload_of(t, payload)?),
-            EventType::StockRejected => Event::StockRejected(payload_of(t, payload)?),
-            EventType::PaymentDone => Event::PaymentDone(payload_of(t, payload)?),
-            EventType::PaymentFailed => Event::PaymentFailed(payload_of(t, payload)?),
-            EventType::OrderConfirmed => Event::OrderConfirmed(payload_of(t, payload)?),
-            EventType::OrderCancelled => Event::OrderCancelled(payload_of(t, payload)?),
-            EventType::StockReleased => Event::StockReleased(payload_of(t, payload)?),
-            EventType::PaymentRefunded => Event::PaymentRefunded(payload_of(t, payload)?),
-            EventType::StockAdjusted => Event::StockAdjusted(payload_of(t, payload)?),
-            EventType::FundsDeposited => Event::FundsDeposited(payload_of(t, payload)?),
-        };
-        event
-            .validate()
-            .map_err(|reason| DecodeError::InvalidPayload {
-                event_type: event_type.to_owned(),
-                reason,
-            })?;
-        Ok(event)
-    }
-
-    /// The contract's format rules for a payload (not business rules: whether stock or
-    /// funds suffice is the services' decision).
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            Event::OrderCreated(e) => {
-                check_customer(&e.customer_id)?;
-                check_currency(&e.currency)?;
-                check_non_negative("total", e.total)?;
-                check_count("items", e.items.len())?;
-                for item in &e.items {
-                    check_sku(&item.sku)?;
-                    check_quantity(item.quantity)?;
-                    check_non_negative("unit_price", item.unit_price)?;
-                }
-                Ok(())
-            }
-            Event::StockReserved(e) => {
-                check_customer(&e.customer_id)?;
-                check_currency(&e.currency)?;
-                check_non_negative("total", e.total)?;
-                check_stock_items(&e.items)
-            }
-            Event::StockRejected(e) => {
-                for u in &e.unavailable {
-                    check_sku(&u.sku)?;
-                }
-                Ok(())
-            }
-            Event::PaymentDone(e) => {
-                check_customer(&e.customer_id)?;
-                check_currency(&e.currency)?;
-                check_non_negative("amount", e.amount)
-            }
-            Event::PaymentFailed(e) => check_non_negative("amount", e.amount),
-            Event::OrderConfirmed(_) | Event::OrderCancelled(_) => Ok(()),
-            Event::StockReleased(e) => e.items.iter().try_for_each(check_stock_item),
-            Event::PaymentRefunded(e) => {
-                check_currency(&e.currency)?;
-                check_non_negative("amount", e.amount)
-            }
-            Event::StockAdjusted(e) => {
-                check_sku(&e.sku)?;
-                if e.delta == 0 {
-                    return Err("delta must not be 0".into());
-                }
-                Ok(())
-            }
-            Event::FundsDeposited(e) => {
-                check_customer(&e.customer_id)?;
-                check_currency(&e.currency)?;
-                if e.amount <= 0 {
-                    return Err("amount must be positive".into());
-                }
-                Ok(())
-            }
-        }
+    ) -> Result<Self, messaging::DecodeError> {
+        Event::decode(name, version, payload)
     }
 }
 
@@ -679,7 +715,12 @@ fn check_stock_items(items: &[StockItem]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use messaging::envelope::{Envelope, MAX_MESSAGE_BYTES, decode_body};
     use serde_json::json;
+
+    fn decode(body: &[u8]) -> Result<(Envelope, Event), messaging::DecodeError> {
+        decode_body::<Event>(body).map_err(|(_, e)| e)
+    }
 
     #[test]
     fn every_type_round_trips_through_its_name() {
@@ -785,19 +826,16 @@ mod tests {
 
     #[test]
     fn body_decoding_names_each_failure() {
-        assert_eq!(decode_body(b"\xff\xfe").unwrap_err().1.code(), "not_json");
-        assert_eq!(
-            decode_body(b"{\"a\":1}").unwrap_err().1.code(),
-            "invalid_envelope"
-        );
-        let big = vec![b' '; crate::envelope::MAX_MESSAGE_BYTES + 1];
-        assert_eq!(decode_body(&big).unwrap_err().1.code(), "too_large");
+        assert_eq!(decode(b"\xff\xfe").unwrap_err().code(), "not_json");
+        assert_eq!(decode(b"{\"a\":1}").unwrap_err().code(), "invalid_envelope");
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(decode(&big).unwrap_err().code(), "too_large");
         let event = Event::StockAdjusted(StockAdjusted {
             sku: "A".into(),
             delta: 3,
         });
         let env = Envelope::wrap(&event, "sagactl", None);
-        let (back, decoded) = decode_body(&env.to_body()).unwrap();
+        let (back, decoded) = decode(&env.to_body()).unwrap();
         assert_eq!(back, env);
         assert_eq!(decoded, event);
     }

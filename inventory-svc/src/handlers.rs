@@ -3,9 +3,9 @@
 
 use events::Event;
 use events::catalog::{OrderCreated, StockAdjusted, StockRejected, StockReleased, StockReserved};
-use events::consumer::{Handler, IncomingEvent, lock_saga};
-use events::outbox::Emitter;
-use events::retry::HandlerError;
+use messaging::consumer::{Handler, IncomingEvent, lock_saga};
+use messaging::outbox::Emitter;
+use messaging::retry::HandlerError;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -15,10 +15,12 @@ use crate::store;
 pub struct InventoryHandler;
 
 impl Handler for InventoryHandler {
+    type Event = Event;
+
     async fn handle(
         &self,
         tx: &mut PgConnection,
-        incoming: &IncomingEvent,
+        incoming: &IncomingEvent<Event>,
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
         let (order_id, input, created) = match &incoming.event {

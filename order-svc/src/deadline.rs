@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use events::outbox::Emitter;
+use messaging::outbox::Emitter;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +42,9 @@ pub async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
     // The cancellations of one sweep start one trace, rooted at this span (made only when
     // there are some, so an idle sweep exports nothing).
     let trace = (cancelled > 0)
-        .then(|| events::trace::traceparent_of(&tracing::info_span!("deadline sweep", cancelled)))
+        .then(|| {
+            messaging::trace::traceparent_of(&tracing::info_span!("deadline sweep", cancelled))
+        })
         .flatten();
     out.write(&mut tx, trace.as_deref()).await?;
     tx.commit().await?;
@@ -66,14 +68,14 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => {
                     // Whatever the error, a database that does not answer is an outage.
-                    if !events::pause::database_answers(&pool).await {
+                    if !messaging::pause::database_answers(&pool).await {
                         clock.down();
                     }
                     tracing::warn!(error = %e, "deadline sweep failed; will retry")
                 }
             }
         }
-        if !events::amqp::pause(interval, &shutdown).await {
+        if !messaging::amqp::pause(interval, &shutdown).await {
             return;
         }
     }

@@ -5,9 +5,9 @@
 use chrono::{DateTime, Utc};
 use events::Event;
 use events::catalog::{OrderCancelled, OrderConfirmed};
-use events::consumer::{Handler, IncomingEvent};
-use events::outbox::Emitter;
-use events::retry::HandlerError;
+use messaging::consumer::{Handler, IncomingEvent};
+use messaging::outbox::Emitter;
+use messaging::retry::HandlerError;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -17,10 +17,12 @@ use crate::store;
 pub struct OrderHandler;
 
 impl Handler for OrderHandler {
+    type Event = Event;
+
     async fn handle(
         &self,
         tx: &mut PgConnection,
-        incoming: &IncomingEvent,
+        incoming: &IncomingEvent<Event>,
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
         let (order_id, input, reason) = match &incoming.event {

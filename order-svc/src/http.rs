@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use events::Event;
 use events::catalog::{self, OrderCreated, OrderItem};
-use events::outbox::Emitter;
+use messaging::outbox::Emitter;
 use platform::auth::Caller;
 use platform::{ApiError, ApiJson};
 use serde::{Deserialize, Serialize};
@@ -111,7 +111,7 @@ async fn place_order(
     }
     let total = validate(&req)?;
     let key = idempotency_key(&headers)?;
-    let trace = events::trace::current_traceparent();
+    let trace = messaging::trace::current_traceparent();
     let hash = request_hash(&req);
     let mut tx = api.pool.begin().await?;
     if let Some(key) = &key
@@ -297,7 +297,7 @@ async fn cancel_order(
             format!("order {order_id} is already {}", status.as_str()),
         ));
     }
-    out.write(&mut tx, events::trace::current_traceparent().as_deref())
+    out.write(&mut tx, messaging::trace::current_traceparent().as_deref())
         .await?;
     tx.commit().await?;
     Ok((

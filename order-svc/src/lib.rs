@@ -17,7 +17,8 @@ pub mod store;
 
 use std::time::Duration;
 
-use events::topology::ServiceTopology;
+use events::EventType;
+use messaging::topology::ServiceTopology;
 use platform::{Application, ServiceConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -52,8 +53,19 @@ fn deadline_from_env() -> anyhow::Result<Duration> {
         })
 }
 
-pub fn topology() -> ServiceTopology {
-    events::topology::saga_service(SERVICE).unwrap_or_else(|| ServiceTopology::new(SERVICE, &[]))
+/// The service's queues, bound to the event types its handler consumes.
+pub fn topology() -> ServiceTopology<EventType> {
+    ServiceTopology::new(
+        SERVICE,
+        &[
+            EventType::StockReserved,
+            EventType::StockRejected,
+            EventType::PaymentDone,
+            EventType::PaymentFailed,
+            EventType::StockReleased,
+            EventType::PaymentRefunded,
+        ],
+    )
 }
 
 /// Builds the running service: database, consumer, relay, housekeeping, deadline sweep

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use events::amqp::LinkState;
+use messaging::amqp::LinkState;
 use sqlx::PgPool;
 
 /// Tracks the current outage, if any.

@@ -6,9 +6,9 @@ use events::catalog::{
     FundsDeposited, PaymentDone, PaymentFailed, PaymentFailureReason, PaymentRefunded,
     StockReserved,
 };
-use events::consumer::{Handler, IncomingEvent, lock_saga};
-use events::outbox::Emitter;
-use events::retry::HandlerError;
+use messaging::consumer::{Handler, IncomingEvent, lock_saga};
+use messaging::outbox::Emitter;
+use messaging::retry::HandlerError;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -18,10 +18,12 @@ use crate::store::{self, PaymentRecord, PaymentRow};
 pub struct PaymentHandler;
 
 impl Handler for PaymentHandler {
+    type Event = Event;
+
     async fn handle(
         &self,
         tx: &mut PgConnection,
-        incoming: &IncomingEvent,
+        incoming: &IncomingEvent<Event>,
         out: &mut Emitter,
     ) -> Result<(), HandlerError> {
         let (order_id, input, reserved) = match &incoming.event {

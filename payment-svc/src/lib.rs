@@ -10,7 +10,8 @@ pub mod http;
 pub mod saga;
 pub mod store;
 
-use events::topology::ServiceTopology;
+use events::EventType;
+use messaging::topology::ServiceTopology;
 use platform::{Application, ServiceConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +24,16 @@ pub fn config_from_env() -> anyhow::Result<ServiceConfig> {
     ServiceConfig::from_env(SERVICE, "PAYMENT", 8082, "payments")
 }
 
-pub fn topology() -> ServiceTopology {
-    events::topology::saga_service(SERVICE).unwrap_or_else(|| ServiceTopology::new(SERVICE, &[]))
+/// The service's queues, bound to the event types its handler consumes.
+pub fn topology() -> ServiceTopology<EventType> {
+    ServiceTopology::new(
+        SERVICE,
+        &[
+            EventType::StockReserved,
+            EventType::OrderCancelled,
+            EventType::FundsDeposited,
+        ],
+    )
 }
 
 /// Builds the running service: database, consumer, relay, housekeeping and HTTP.

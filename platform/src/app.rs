@@ -25,7 +25,7 @@ pub struct Application {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     /// The broker links `/healthz` reports, for tasks that must know whether they are up.
-    links: Vec<events::amqp::LinkState>,
+    links: Vec<messaging::amqp::LinkState>,
 }
 
 impl Application {
@@ -86,7 +86,7 @@ impl Application {
     }
 
     /// The broker links (consumer, relay): all up when the service can reach the broker.
-    pub fn broker_links(&self) -> Vec<events::amqp::LinkState> {
+    pub fn broker_links(&self) -> Vec<messaging::amqp::LinkState> {
         self.links.clone()
     }
 
@@ -117,25 +117,25 @@ impl Application {
 /// Starts what every service runs the same way: its database (created and migrated), its
 /// consumer, its outbox relay and housekeeping, and its HTTP API (`api` gets the pool).
 /// Returns the application and the pool, for service-specific background tasks.
-pub async fn launch<H: events::consumer::Handler>(
+pub async fn launch<H: messaging::consumer::Handler>(
     config: &crate::ServiceConfig,
     migrations: &sqlx::migrate::Migrator,
-    topology: events::topology::ServiceTopology,
+    topology: messaging::topology::ServiceTopology<<H::Event as messaging::Event>::Kind>,
     handler: H,
     api: impl FnOnce(sqlx::PgPool) -> Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Application, sqlx::PgPool)> {
-    let migrator = events::migrator_with(migrations);
+    let migrator = messaging::migrator_with(migrations);
     let pool = crate::db::connect_and_migrate(&config.database_url, config.db_pool_size, &migrator)
         .await?;
-    let consumer = events::consumer::EventConsumer::new(
+    let consumer = messaging::consumer::EventConsumer::new(
         topology,
         pool.clone(),
         &config.amqp_url,
         handler,
         config.consumer.clone(),
     );
-    let relay = events::outbox::OutboxRelay::new(
+    let relay = messaging::outbox::OutboxRelay::new(
         pool.clone(),
         &config.amqp_url,
         config.name,
@@ -154,7 +154,7 @@ pub async fn launch<H: events::consumer::Handler>(
     .await?;
     app.spawn(consumer.run(shutdown.clone()));
     app.spawn(relay.run(shutdown.clone()));
-    app.spawn(events::housekeeping::run(
+    app.spawn(messaging::housekeeping::run(
         pool.clone(),
         config.retention.clone(),
         shutdown,

@@ -14,9 +14,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use events::consumer::ConsumerSettings;
-use events::housekeeping::Retention;
-use events::outbox::RelaySettings;
+use messaging::consumer::ConsumerSettings;
+use messaging::housekeeping::Retention;
+use messaging::outbox::RelaySettings;
 
 pub(crate) const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/saga?heartbeat=10";
 
@@ -48,7 +48,7 @@ pub fn env_or(name: &str, default: &str) -> anyhow::Result<String> {
 pub(crate) fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| anyhow::anyhow!("{} is not a URL", events::amqp::redact_url(url)))?;
+        .ok_or_else(|| anyhow::anyhow!("{} is not a URL", messaging::amqp::redact_url(url)))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -75,7 +75,7 @@ fn url_with_secret(url_var: &str, password_var: &str, default: &str) -> anyhow::
     let url = env_or(url_var, default)?;
     match env_value(password_var)? {
         // A list of broker nodes shares one password.
-        Some(pw) => events::amqp_nodes::try_map_each(&url, |u| with_password(u, &pw)),
+        Some(pw) => messaging::amqp_nodes::try_map_each(&url, |u| with_password(u, &pw)),
         None => Ok(url),
     }
 }

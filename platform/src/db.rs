@@ -21,7 +21,7 @@ pub async fn connect_and_migrate(
     // retry queues) instead of holding its delivery and connection indefinitely.
     let parse = |url: &str| {
         PgConnectOptions::from_str(url)
-            .with_context(|| format!("invalid database URL {}", events::amqp::redact_url(url)))
+            .with_context(|| format!("invalid database URL {}", messaging::amqp::redact_url(url)))
             .map(|o| {
                 o.options([
                     ("lock_timeout", format!("{lock_timeout}ms")),
@@ -30,7 +30,7 @@ pub async fn connect_and_migrate(
             })
     };
     // Several URLs: a primary and its standbys (see db_failover); start on the primary.
-    let candidates = events::amqp_nodes::urls(url)
+    let candidates = messaging::amqp_nodes::urls(url)
         .into_iter()
         .map(parse)
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -47,7 +47,7 @@ pub async fn connect_and_migrate(
     ensure_database(&options).await.with_context(|| {
         format!(
             "cannot reach PostgreSQL at {}",
-            events::amqp::redact_url(url)
+            messaging::amqp::redact_url(url)
         )
     })?;
     let pool = PgPoolOptions::new()

@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use events::amqp::LinkState;
+use messaging::amqp::LinkState;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -66,11 +66,11 @@ impl From<sqlx::Error> for ApiError {
     /// A value the database cannot store (a NUL character, a number out of range, a broken
     /// constraint) is the client's bad input: 400. Anything else is ours: 503.
     fn from(e: sqlx::Error) -> Self {
-        match events::failure::classify_sqlx(&e) {
-            events::failure::FailureClass::BadInput => {
+        match messaging::failure::classify_sqlx(&e) {
+            messaging::failure::FailureClass::BadInput => {
                 tracing::info!(error = %e, "request refused: a value the database cannot store");
                 ApiError::bad_request(
-                    events::failure::bad_input_code(&e),
+                    messaging::failure::bad_input_code(&e),
                     "the request holds a value that cannot be stored \
                      (a NUL character, a number out of range, or a value breaking a rule)",
                 )
@@ -298,8 +298,8 @@ async fn messages(
     axum::extract::Path(correlation_id): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_operator()?;
-    let consumed = events::inbox::for_correlation(&health.pool, &correlation_id).await?;
-    let emitted = events::outbox::for_correlation(&health.pool, &correlation_id).await?;
+    let consumed = messaging::inbox::for_correlation(&health.pool, &correlation_id).await?;
+    let emitted = messaging::outbox::for_correlation(&health.pool, &correlation_id).await?;
     Ok(Json(
         json!({"correlation_id": correlation_id, "consumed": consumed, "emitted": emitted}),
     ))

@@ -1,6 +1,6 @@
 //! Every HTTP request is a span: the root of a saga's trace, or a child of the caller's
 //! when the request carries a W3C `traceparent`. Events written to the outbox while the
-//! request is handled keep this span's context (see `events::trace`).
+//! request is handled keep this span's context (see `messaging::trace`).
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -23,7 +23,7 @@ pub(crate) async fn trace_request(req: Request, next: Next) -> Response {
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
-    events::trace::continue_trace(&span, &opentelemetry_http::HeaderExtractor(req.headers()));
+    messaging::trace::continue_trace(&span, &opentelemetry_http::HeaderExtractor(req.headers()));
     let response = next.run(req).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response

@@ -4,7 +4,7 @@
 //! the filter comes from `SAGA_LOG` (or `RUST_LOG`), `info` by default.
 //!
 //! Traces: every HTTP request, outbox publish and handled message is a span, and one saga
-//! is one trace (see `events::trace`). Spans always carry a trace context, so the
+//! is one trace (see `messaging::trace`). Spans always carry a trace context, so the
 //! `traceparent` headers chain even when nothing is exported. When the standard
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the spans are also exported over OTLP/HTTP
 //! (protobuf) with the standard `OTEL_*` settings, under the service's name.

@@ -61,7 +61,7 @@ pub fn check(config: &ServiceConfig) -> anyhow::Result<()> {
         ))
     })?;
     let retention = &config.retention;
-    let longest = events::retry::longest_retry_path();
+    let longest = messaging::retry::longest_retry_path();
     in_range(
         "SAGA_INBOX_RETENTION_SECS",
         retention.inbox.as_secs(),

@@ -212,14 +212,7 @@ fn publish_help() -> String {
     let mut s = String::from(
         "Wrap a payload in a valid envelope (fresh message id, correlation id from the payload's order id, SKU or customer) and publish it to the saga.events exchange with publisher confirms. The payload is checked against the catalog first: nothing is sent when it does not match. Prints the message id.\n\nEvent types and their payload fields:\n",
     );
-    for t in EventType::ALL {
-        s.push_str(&format!(
-            "  {:<16} {:<17} {}\n",
-            t.name(),
-            t.routing_key(),
-            t.fields()
-        ));
-    }
+    s.push_str(&events::tables::publish_listing());
     s
 }
 

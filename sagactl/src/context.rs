@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use events::publisher::{ConfirmedPublisher, OutgoingMessage};
+use messaging::publisher::{ConfirmedPublisher, OutgoingMessage};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -140,7 +140,7 @@ impl Context {
 
     /// A broker connection named for the console, or an error saying what to check.
     pub async fn broker(&self, purpose: &str) -> anyhow::Result<lapin::Connection> {
-        events::amqp::connect(&self.conn.amqp_url, &format!("sagactl {purpose}"))
+        messaging::amqp::connect(&self.conn.amqp_url, &format!("sagactl {purpose}"))
             .await
             .map_err(|e| self.broker_unreachable(e).into())
     }
@@ -148,7 +148,7 @@ impl Context {
     pub fn broker_unreachable(&self, e: lapin::Error) -> CliError {
         CliError::Unreachable {
             what: "the broker",
-            url: events::amqp::redact_url(&self.conn.amqp_url),
+            url: messaging::amqp::redact_url(&self.conn.amqp_url),
             cause: e.to_string(),
             hint: "is RabbitMQ running with the vhost in the URL? Set SAGA_AMQP_URL or --amqp-url",
         }
@@ -157,7 +157,7 @@ impl Context {
     /// The vhost named in the AMQP URL (`/` when none), read by the same parser the
     /// broker connection uses.
     pub fn vhost(&self) -> String {
-        events::amqp_nodes::first_url(&self.conn.amqp_url)
+        messaging::amqp_nodes::first_url(&self.conn.amqp_url)
             .parse::<lapin::uri::AMQPUri>()
             .map_or_else(|_| "/".to_owned(), |uri| uri.vhost)
     }

@@ -12,17 +12,18 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use events::Envelope;
-use events::consumer::{
-    ATTEMPTS_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, FAILED_AT_HEADER, QUEUE_HEADER,
-};
-use events::envelope::properties_for;
-use events::publisher::OutgoingMessage;
-use events::retry::{ATTEMPT_HEADER, RETRY_DELAYS};
-use events::topology::{DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, ServiceTopology};
+use events::EventType;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection};
+use messaging::Envelope;
+use messaging::consumer::{
+    ATTEMPTS_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, FAILED_AT_HEADER, QUEUE_HEADER,
+};
+use messaging::envelope::properties_for;
+use messaging::publisher::OutgoingMessage;
+use messaging::retry::{ATTEMPT_HEADER, RETRY_DELAYS};
+use messaging::topology::{DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, ServiceTopology};
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
 
@@ -136,16 +137,21 @@ impl BrokerProbe {
         let url = stack.broker_url();
         let connection = tokio::time::timeout(
             Duration::from_secs(30),
-            events::amqp::connect(&url, "saga-tests probe"),
+            messaging::amqp::connect(&url, "saga-tests probe"),
         )
         .await
         .unwrap_or_else(|_| {
             panic!(
                 "connecting to {} took over 30 s",
-                events::amqp::redact_url(&url)
+                messaging::amqp::redact_url(&url)
             )
         })
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", events::amqp::redact_url(&url)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to {}: {e}",
+                messaging::amqp::redact_url(&url)
+            )
+        });
         BrokerProbe { connection }
     }
 
@@ -510,7 +516,7 @@ impl Stack {
         let probe = self.probe().await;
         let mut waiting = Vec::new();
         for service in Service::ALL {
-            let topology = ServiceTopology::new(service.name(), &[]);
+            let topology = ServiceTopology::<EventType>::new(service.name(), &[]);
             let queues = std::iter::once(topology.input_queue().to_owned())
                 .chain(RETRY_DELAYS.iter().map(|d| topology.retry_queue(*d)));
             for queue in queues {
@@ -751,7 +757,7 @@ pub async fn broker_answers(vhost: &str) -> Result<(), String> {
     let url = sandbox::amqp_url(sandbox::broker_addr(), vhost);
     let connected = tokio::time::timeout(
         Duration::from_secs(5),
-        events::amqp::connect(&url, "saga-tests readiness"),
+        messaging::amqp::connect(&url, "saga-tests readiness"),
     )
     .await
     .map_err(|_| "connecting to RabbitMQ took over 5 s".to_owned())?

@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use events::Event;
 use events::catalog::{OrderCancelled, OrderCreated, OrderItem, StockItem, StockReserved};
-use events::topology::EVENTS_EXCHANGE;
-use events::{Envelope, Event};
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use messaging::Envelope;
+use messaging::topology::EVENTS_EXCHANGE;
 use reqwest::StatusCode;
 use sagactl::verify::Snapshot;
 use serde_json::Value;
@@ -410,7 +411,7 @@ pub struct EventWatch {
 impl EventWatch {
     async fn start(stack: &Stack) -> EventWatch {
         let url = stack.sandbox().amqp_url();
-        let connection = events::amqp::connect(&url, "saga-tests event watch")
+        let connection = messaging::amqp::connect(&url, "saga-tests event watch")
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the broker to watch events: {e}"));
         let channel = connection
@@ -458,9 +459,9 @@ impl EventWatch {
             while let Some(Ok(delivery)) = consumer.next().await {
                 // Only envelopes: the tests that publish bytes that are none do not watch.
                 if let Ok(envelope) = serde_json::from_slice::<Envelope>(&delivery.data) {
-                    let traceparent = events::envelope::header_str(
+                    let traceparent = messaging::envelope::header_str(
                         &delivery.properties,
-                        events::envelope::TRACEPARENT_HEADER,
+                        messaging::envelope::TRACEPARENT_HEADER,
                     );
                     sink.lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -33,7 +33,7 @@ async fn handled(stack: &Stack, service: Service, outcome: &str) -> f64 {
 
 /// Opens a channel on a connection of the test's own to its vhost.
 async fn channel(stack: &Stack) -> (lapin::Connection, lapin::Channel) {
-    let conn = events::amqp::connect(&stack.sandbox().amqp_url(), "saga-tests")
+    let conn = messaging::amqp::connect(&stack.sandbox().amqp_url(), "saga-tests")
         .await
         .expect("connecting to the test's vhost");
     let channel = conn.create_channel().await.expect("opening a channel");
@@ -104,12 +104,12 @@ async fn bad_input_on_the_bus_is_dead_lettered_at_once_with_its_cause() {
     parked.extend(probe.peek("inventory-svc.dlq", 10).await);
     for m in &parked {
         let queue = m
-            .header(events::consumer::QUEUE_HEADER)
+            .header(messaging::consumer::QUEUE_HEADER)
             .as_str()
             .unwrap_or("?");
         let problems = m.dead_letter_problems("invalid_value", queue, 1);
         assert!(problems.is_empty(), "{problems:?}");
-        let error = m.header(events::consumer::ERROR_HEADER).to_string();
+        let error = m.header(messaging::consumer::ERROR_HEADER).to_string();
         assert!(
             error.contains("0x00") || error.contains("out of range"),
             "the real cause is missing: {error}"
@@ -416,7 +416,7 @@ async fn dlq_show_explains_a_message_the_broker_dead_lettered_itself() {
     args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1));
     args.insert(
         "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(LongString::from(events::topology::DEAD_LETTER_EXCHANGE)),
+        AMQPValue::LongString(LongString::from(messaging::topology::DEAD_LETTER_EXCHANGE)),
     );
     args.insert(
         "x-dead-letter-routing-key".into(),

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use events::Event;
 use events::catalog::{FundsDeposited, OrderCreated, PaymentDone, StockAdjusted, StockReserved};
-use events::{Envelope, Event};
+use messaging::Envelope;
 use saga_tests::failure_support::SETTLED;
 use saga_tests::{Service, Stack, StackOptions, StatusCode, eventually, order_request};
 use serde_json::{Value, json};
@@ -792,7 +793,7 @@ async fn housekeeping_purges_old_rows_and_a_late_redelivery_still_changes_nothin
     // Sent outbox rows and inbox rows go once past their retention. A service refuses an
     // inbox retention shorter than the retry path, so the inbox's purge runs here with a
     // short one, as a long-running service's would after days.
-    let short = events::housekeeping::Retention {
+    let short = messaging::housekeeping::Retention {
         outbox: Duration::from_secs(1),
         inbox: Duration::from_secs(1),
         ..Default::default()
@@ -800,7 +801,7 @@ async fn housekeeping_purges_old_rows_and_a_late_redelivery_still_changes_nothin
     eventually(Duration::from_secs(20), || async {
         let mut left = Vec::new();
         for s in Service::ALL {
-            events::housekeeping::purge_once(&stack.db(s).await, &short)
+            messaging::housekeeping::purge_once(&stack.db(s).await, &short)
                 .await
                 .map_err(|e| format!("{s}: purge failed: {e}"))?;
             let outbox = stack.db_count(s, "SELECT count(*) FROM outbox").await?;

@@ -144,7 +144,7 @@ async fn json_logs_inside_a_handler_name_the_order_message_cause_and_type() {
     let stack = Stack::start(
         StackOptions::default()
             .env("SAGA_LOG_FORMAT", "json")
-            .env("SAGA_LOG", "info,events::consumer=debug"),
+            .env("SAGA_LOG", "info,messaging::consumer=debug"),
     )
     .await;
     stack.seed_stock("LOGS", 3).await;

@@ -322,16 +322,20 @@ async fn broker_passwords_never_reach_the_logs_and_may_come_from_a_file() {
 /// to `exchange` with `routing_key`, with `extra_headers` on top of the event's own.
 async fn publish_as(
     url: &str,
-    envelope: &events::Envelope,
+    envelope: &messaging::Envelope,
     exchange: &str,
     routing_key: &str,
     extra_headers: &[(&str, &str)],
 ) {
-    let conn = events::amqp::connect(url, "forger").await.expect("connect");
-    let publisher = events::publisher::ConfirmedPublisher::open(&conn, Duration::from_secs(10))
+    let conn = messaging::amqp::connect(url, "forger")
+        .await
+        .expect("connect");
+    let publisher = messaging::publisher::ConfirmedPublisher::open(&conn, Duration::from_secs(10))
         .await
         .expect("confirm channel");
-    let mut message = events::publisher::OutgoingMessage::event(envelope, None);
+    let mut message =
+        messaging::publisher::OutgoingMessage::event::<events::EventType>(envelope, None)
+            .expect("a catalog type");
     message.exchange = exchange.to_owned();
     message.routing_key = routing_key.to_owned();
     let mut headers = message.properties.headers().clone().unwrap_or_default();
@@ -352,7 +356,7 @@ async fn publish_as(
 /// Waits until `queue` holds a dead letter with message id `message_id`; returns its
 /// `x-saga-error-code`. Other messages are put back.
 async fn dead_letter_code(stack: &Stack, queue: &str, message_id: uuid::Uuid) -> String {
-    let conn = events::amqp::connect(&stack.sandbox().amqp_url(), "dlq reader")
+    let conn = messaging::amqp::connect(&stack.sandbox().amqp_url(), "dlq reader")
         .await
         .expect("connect");
     let channel = conn.create_channel().await.expect("channel");
@@ -375,9 +379,9 @@ async fn dead_letter_code(stack: &Stack, queue: &str, message_id: uuid::Uuid) ->
                 .message_id()
                 .as_ref()
                 .map(|s| s.as_str().to_owned());
-            let code = events::envelope::header_str(
+            let code = messaging::envelope::header_str(
                 &message.delivery.properties,
-                events::consumer::ERROR_CODE_HEADER,
+                messaging::consumer::ERROR_CODE_HEADER,
             );
             let _ = message
                 .delivery
@@ -436,7 +440,7 @@ async fn events_from_the_wrong_broker_user_are_dead_lettered_and_change_nothing(
     // 1. OrderConfirmed from payment-svc's user, sent back to inventory-svc through the
     //    replay exchange, claiming (in the relay header) to come from order-svc's user.
     let order_user = &creds.iter().find(|(s, _, _)| s == "order-svc").unwrap().1;
-    let forged_confirm = events::Envelope::wrap(
+    let forged_confirm = messaging::Envelope::wrap(
         &events::Event::OrderConfirmed(events::catalog::OrderConfirmed {
             order_id: reserved.parse().unwrap(),
         }),
@@ -448,7 +452,7 @@ async fn events_from_the_wrong_broker_user_are_dead_lettered_and_change_nothing(
         &forged_confirm,
         "saga.redeliver",
         "inventory-svc",
-        &[(events::authenticity::PUBLISHED_BY_HEADER, order_user)],
+        &[(messaging::authenticity::PUBLISHED_BY_HEADER, order_user)],
     )
     .await;
     assert_eq!(
@@ -475,7 +479,7 @@ async fn events_from_the_wrong_broker_user_are_dead_lettered_and_change_nothing(
         ("saga.retry", "payment-svc.retry.1s"),
         ("saga.redeliver", "payment-svc"),
     ] {
-        let deposit = events::Envelope::wrap(
+        let deposit = messaging::Envelope::wrap(
             &events::Event::FundsDeposited(events::catalog::FundsDeposited {
                 customer_id: "ann".into(),
                 amount: 1_000_000,

@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use events::catalog::StockAdjusted;
-use events::consumer::{ConsumerSettings, EventConsumer, Handler, IncomingEvent};
-use events::envelope::properties_for;
-use events::outbox::Emitter;
-use events::publisher::{ConfirmedPublisher, OutgoingMessage};
-use events::retry::HandlerError;
-use events::topology::{EVENTS_EXCHANGE, ServiceTopology};
-use events::{Envelope, Event, EventType};
+use events::{Event, EventType};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use messaging::Envelope;
+use messaging::consumer::{ConsumerSettings, EventConsumer, Handler, IncomingEvent};
+use messaging::envelope::properties_for;
+use messaging::outbox::Emitter;
+use messaging::publisher::{ConfirmedPublisher, OutgoingMessage};
+use messaging::retry::HandlerError;
+use messaging::topology::{EVENTS_EXCHANGE, ServiceTopology};
 use saga_tests::{Sandbox, Service, Stack, StackOptions, eventually};
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
@@ -73,10 +74,12 @@ struct FailsOnce {
 }
 
 impl Handler for FailsOnce {
+    type Event = Event;
+
     async fn handle(
         &self,
         tx: &mut PgConnection,
-        incoming: &IncomingEvent,
+        incoming: &IncomingEvent<Event>,
         _out: &mut Emitter,
     ) -> Result<(), HandlerError> {
         let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
@@ -101,7 +104,7 @@ impl Handler for FailsOnce {
 async fn a_handler_that_fails_before_commit_leaves_no_trace_and_the_message_comes_back() {
     const SERVICE: &str = "inbox-test";
     let sandbox = Sandbox::create(&["inbox"]).await;
-    let pool = sandbox.migrated_pool("inbox", &events::MIGRATOR).await;
+    let pool = sandbox.migrated_pool("inbox", &messaging::MIGRATOR).await;
     sqlx::query(
         "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, message_id UUID NOT NULL,
                                attempt INT NOT NULL, delivery_attempt INT NOT NULL)",
@@ -130,7 +133,7 @@ async fn a_handler_that_fails_before_commit_leaves_no_trace_and_the_message_come
     })
     .await;
 
-    let connection = events::amqp::connect(&sandbox.amqp_url(), "inbox test publisher")
+    let connection = messaging::amqp::connect(&sandbox.amqp_url(), "inbox test publisher")
         .await
         .expect("connecting to the broker");
     let publisher = ConfirmedPublisher::open(&connection, Duration::from_secs(10))

@@ -5,13 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use events::catalog::StockAdjusted;
-use events::outbox::{self, OutboxRelay, RelaySettings};
-use events::publisher::ConfirmedPublisher;
-use events::topology::{self, EVENTS_EXCHANGE};
-use events::{Envelope, Event};
+use events::{Event, EventType};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use messaging::Envelope;
+use messaging::outbox::{self, OutboxRelay, RelaySettings};
+use messaging::publisher::ConfirmedPublisher;
+use messaging::topology::{self, EVENTS_EXCHANGE};
 use saga_tests::{Sandbox, Service, Stack, StackOptions, StatusCode, eventually, order_request};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -99,11 +100,11 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
     const ROWS: usize = 2000;
     const QUEUE: &str = "outbox-test";
     let sandbox = Sandbox::create(&["outbox"]).await;
-    let pool = sandbox.migrated_pool("outbox", &events::MIGRATOR).await;
+    let pool = sandbox.migrated_pool("outbox", &messaging::MIGRATOR).await;
     let amqp_url = sandbox.amqp_url();
 
     // A queue that sees everything published on saga.events.
-    let reader = events::amqp::connect(&amqp_url, "outbox test reader")
+    let reader = messaging::amqp::connect(&amqp_url, "outbox test reader")
         .await
         .expect("connecting to the broker");
     let channel = reader.create_channel().await.expect("opening a channel");
@@ -137,9 +138,14 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
             delta: 1,
         });
         let envelope = Envelope::wrap(&event, "sagactl", None);
-        outbox::enqueue(&mut tx, &envelope, None)
-            .await
-            .expect("writing an outbox row");
+        outbox::enqueue(
+            &mut tx,
+            &envelope,
+            EventType::StockAdjusted.routing_key(),
+            None,
+        )
+        .await
+        .expect("writing an outbox row");
         expected.insert(envelope.message_id);
     }
     tx.commit().await.expect("committing the outbox rows");
@@ -152,7 +158,7 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
     // Both relays are connected before either starts, so neither gets a head start.
     let mut relays = Vec::new();
     for name in ["relay-a", "relay-b"] {
-        let connection = events::amqp::connect(&amqp_url, name)
+        let connection = messaging::amqp::connect(&amqp_url, name)
             .await
             .expect("connecting a relay");
         let publisher = ConfirmedPublisher::open(&connection, Duration::from_secs(10))
@@ -258,4 +264,27 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
         arrived, expected,
         "the messages are exactly the outbox rows"
     );
+}
+
+#[tokio::test]
+async fn an_outbox_row_without_a_routing_key_is_refused_and_nothing_is_written() {
+    let sandbox = Sandbox::create(&["outbox"]).await;
+    let pool = sandbox.migrated_pool("outbox", &messaging::MIGRATOR).await;
+    let event = Event::StockAdjusted(StockAdjusted {
+        sku: "SKU-NO-KEY".into(),
+        delta: 1,
+    });
+    let envelope = Envelope::wrap(&event, "sagactl", None);
+    let mut tx = pool.begin().await.expect("beginning a transaction");
+    let refused = outbox::enqueue(&mut tx, &envelope, "", None).await;
+    assert!(
+        refused.is_err(),
+        "an outbox row with an empty routing key was accepted"
+    );
+    tx.rollback().await.expect("rolling back");
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("counting outbox rows");
+    assert_eq!(rows, 0);
 }

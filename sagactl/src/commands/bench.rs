@@ -219,7 +219,7 @@ async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
     let conn = ctx.broker("bench").await?;
     let queue = format!("sagactl.bench.{}", std::process::id());
     let setup = conn.create_channel().await?;
-    events::topology::declare_quorum(&setup, &queue, FieldTable::default()).await?;
+    messaging::topology::declare_quorum(&setup, &queue, FieldTable::default()).await?;
     let consume = conn.create_channel().await?;
     consume
         .basic_qos(WINDOW as u16, BasicQosOptions::default())
@@ -297,7 +297,7 @@ fn close_quietly(closed: lapin::Result<()>) {
 /// diagnostics, the project's messaging tables.
 async fn scratch_database(server: &str, pool_size: u32) -> anyhow::Result<PgPool> {
     let url = format!("{}/saga_bench", server.trim_end_matches('/'));
-    let pool = platform::db::connect_and_migrate(&url, pool_size + 2, &events::MIGRATOR).await?;
+    let pool = platform::db::connect_and_migrate(&url, pool_size + 2, &messaging::MIGRATOR).await?;
     for statement in [
         "CREATE TABLE IF NOT EXISTS bench_counter (id INT PRIMARY KEY, n BIGINT NOT NULL)",
         "INSERT INTO bench_counter SELECT g, 0 FROM generate_series(0, 1023) g ON CONFLICT DO NOTHING",
@@ -387,14 +387,15 @@ async fn project_transactions(
             delta: 1,
         });
         let mut tx = pool.begin().await?;
-        let incoming = events::Envelope::wrap(&event, "bench", None);
-        events::inbox::claim(&mut tx, "bench", &incoming).await?;
+        let incoming = messaging::Envelope::wrap(&event, "bench", None);
+        messaging::inbox::claim(&mut tx, "bench", &incoming).await?;
         sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = $1")
             .bind(row)
             .execute(&mut *tx)
             .await?;
-        let outgoing = events::Envelope::wrap(&event, "bench", Some(incoming.message_id));
-        events::outbox::enqueue(&mut tx, &outgoing, None).await?;
+        let outgoing = messaging::Envelope::wrap(&event, "bench", Some(incoming.message_id));
+        let key = event.event_type().routing_key();
+        messaging::outbox::enqueue(&mut tx, &outgoing, key, None).await?;
         tx.commit().await
     })
     .await
@@ -420,23 +421,23 @@ async fn relay_backlog(
     .await?;
     let conn = ctx.broker("bench relay").await?;
     let channel = conn.create_channel().await?;
-    events::topology::declare_exchanges(&channel).await?;
+    messaging::topology::declare_exchanges(&channel).await?;
     let queue = format!("sagactl.bench.relay.{}", std::process::id());
-    events::topology::declare_quorum(&channel, &queue, FieldTable::default()).await?;
+    messaging::topology::declare_quorum(&channel, &queue, FieldTable::default()).await?;
     channel
         .queue_bind(
             queue.as_str().into(),
-            events::topology::EVENTS_EXCHANGE.into(),
+            messaging::topology::EVENTS_EXCHANGE.into(),
             "bench.relay".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    let relay = events::outbox::OutboxRelay::new(
+    let relay = messaging::outbox::OutboxRelay::new(
         pool.clone(),
         &ctx.conn.amqp_url,
         "bench",
-        events::outbox::RelaySettings {
+        messaging::outbox::RelaySettings {
             batch_size,
             ..Default::default()
         },
@@ -446,14 +447,14 @@ async fn relay_backlog(
     let mut loops = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {
         let publisher =
-            events::publisher::ConfirmedPublisher::open(&conn, Duration::from_secs(10)).await?;
+            messaging::publisher::ConfirmedPublisher::open(&conn, Duration::from_secs(10)).await?;
         let relay = relay.clone();
         loops.spawn(async move {
             let mut published = 0usize;
             loop {
                 let n = relay.relay_once(&publisher).await?;
                 if n == 0 {
-                    return Ok::<_, events::outbox::RelayError>(published);
+                    return Ok::<_, messaging::outbox::RelayError>(published);
                 }
                 published += n;
             }

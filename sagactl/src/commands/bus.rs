@@ -1,5 +1,6 @@
 //! Watching `saga.events` from a command: an exclusive, auto-deleted queue bound to `#`,
-//! so the watcher never takes a service's messages and leaves nothing behind.
+//! so the watcher never takes a service's messages and leaves nothing behind. The saga's
+//! own queues are declared first, so that no event reaches the watcher alone.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +24,8 @@ pub async fn watch(
         .create_channel()
         .await
         .map_err(|e| ctx.broker_unreachable(e))?;
-    events::topology::declare_exchanges(&channel).await?;
+    messaging::topology::declare_exchanges(&channel).await?;
+    messaging::topology::declare_all(&conn, &sagactl::subscriptions::saga_services()).await;
     let queue = format!("sagactl.{purpose}.{}", std::process::id());
     channel
         .queue_declare(
@@ -40,7 +42,7 @@ pub async fn watch(
         channel
             .queue_bind(
                 queue.as_str().into(),
-                events::topology::EVENTS_EXCHANGE.into(),
+                messaging::topology::EVENTS_EXCHANGE.into(),
                 (*key).into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),

@@ -14,9 +14,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
 
-use events::consumer::{ATTEMPTS_HEADER, ERROR_HEADER, FAILED_AT_HEADER, QUEUE_HEADER};
-use events::publisher::{ConfirmedPublisher, OutgoingMessage};
-use events::topology::REDELIVER_EXCHANGE;
+use messaging::consumer::{ATTEMPTS_HEADER, ERROR_HEADER, FAILED_AT_HEADER, QUEUE_HEADER};
+use messaging::publisher::{ConfirmedPublisher, OutgoingMessage};
+use messaging::topology::REDELIVER_EXCHANGE;
 
 use crate::cli::DlqCommand;
 use crate::context::{CliError, Context};
@@ -304,15 +304,15 @@ pub async fn resend(
         // The replay is published as the operator; the consumer believes the recorded
         // original publisher from an operator (a dead letter the broker itself moved has
         // none recorded yet: its user_id is the original).
-        if events::envelope::header_str(
+        if messaging::envelope::header_str(
             &delivery.properties,
-            events::authenticity::PUBLISHED_BY_HEADER,
+            messaging::authenticity::PUBLISHED_BY_HEADER,
         )
         .is_none()
             && let Some(user) = delivery.properties.user_id()
         {
             headers.insert(
-                events::authenticity::PUBLISHED_BY_HEADER.into(),
+                messaging::authenticity::PUBLISHED_BY_HEADER.into(),
                 lapin::types::AMQPValue::LongString(user.as_str().as_bytes().into()),
             );
         }

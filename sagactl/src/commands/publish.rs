@@ -3,11 +3,12 @@
 use std::io::Read;
 
 use anyhow::Context as _;
+use events::EventType;
 use events::catalog::Event;
-use events::envelope::Envelope;
-use events::publisher::OutgoingMessage;
-use events::topology::EVENTS_EXCHANGE;
 use lapin::BasicProperties;
+use messaging::envelope::Envelope;
+use messaging::publisher::OutgoingMessage;
+use messaging::topology::EVENTS_EXCHANGE;
 use serde_json::json;
 
 use crate::cli::{PayloadInput, PublishArgs};
@@ -76,7 +77,8 @@ pub async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Resu
             CliError::Refused("the correlation id must be 1 to 128 characters".into()).into(),
         );
     }
-    let message = OutgoingMessage::event(&envelope, None);
+    let message = OutgoingMessage::event::<EventType>(&envelope, None)
+        .map_err(|e| CliError::Refused(format!("{e}; nothing was sent")))?;
     ctx.publish(&message).await?;
     Ok(envelope)
 }

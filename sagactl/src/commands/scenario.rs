@@ -321,7 +321,7 @@ async fn when(run: &mut Run<'_>, step: &Step, timeout: Duration) -> anyhow::Resu
                 .map_err(|e| CliError::Refused(format!("{e}")))?;
             let event = Event::decode(t.name(), t.version(), &payload)
                 .map_err(|e| CliError::Refused(e.to_string()))?;
-            let mut envelope = events::Envelope::wrap(&event, "sagactl", None);
+            let mut envelope = messaging::Envelope::wrap(&event, "sagactl", None);
             if let Some(name) = &p.message_id {
                 envelope.message_id = *run
                     .messages

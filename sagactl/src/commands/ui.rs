@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use events::publisher::ConfirmedPublisher;
+use messaging::publisher::ConfirmedPublisher;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;

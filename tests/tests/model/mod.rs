@@ -20,12 +20,12 @@ use std::sync::OnceLock;
 use events::catalog::{
     FundsDeposited, OrderCancelled, OrderConfirmed, OrderCreated, OrderItem, PaymentDone,
     PaymentFailed, PaymentFailureReason, PaymentRefunded, StockAdjusted, StockItem, StockRejected,
-    StockReleased, StockReserved, decode_body,
+    StockReleased, StockReserved,
 };
-use events::envelope::Envelope;
 use events::{Event, EventType};
 use inventory_svc::saga::{self as inventory_saga, InventoryInput, ReservationState};
 use inventory_svc::store::{Movement, RELEASE_RESERVED, RESERVE, RETURN_SOLD, SELL};
+use messaging::envelope::{Envelope, decode_body};
 use order_svc::http::PlaceOrder;
 use order_svc::saga::{self as order_saga, Decision, OrderEmit, OrderInput, OrderStatus};
 use payment_svc::saga::{self as payment_saga, PaymentInput, PaymentState, WalletView};
@@ -290,7 +290,7 @@ impl World {
     /// the consumers' own decoder, routed to every queue bound to its type.
     pub fn publish(&mut self, event: Event, producer: &'static str, copy: bool) {
         let envelope = Envelope::wrap(&event, producer, None);
-        let decoded = match decode_body(&envelope.to_body()) {
+        let decoded = match decode_body::<Event>(&envelope.to_body()) {
             Ok((env, back)) => {
                 // The timestamp travels in milliseconds; everything else exactly.
                 let sent = Envelope {

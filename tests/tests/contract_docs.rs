@@ -1,15 +1,17 @@
 //! docs/asyncapi/ is checked against the code: `asyncapi.json` and one JSON Schema per event
-//! type under `schemas/` are rendered here from `events::contract` and must be byte for byte
-//! what is committed, with no stale schema left beside them. Run with `UPDATE_DOCS=1` to
-//! rewrite them after changing the envelope, a payload, a routing key or the topology.
+//! type under `schemas/` are rendered here from `events::contract` (with the services' own
+//! subscriptions, `sagactl::subscriptions`) and must be byte for byte what is committed,
+//! with no stale schema left beside them. Run with `UPDATE_DOCS=1` to rewrite them after
+//! changing the envelope, a payload, a routing key or what a service consumes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use events::EventType;
 use events::contract::{asyncapi, event_schema};
+use sagactl::subscriptions::saga_services;
 
-const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p events --test contract_docs";
+const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test contract_docs";
 
 fn docs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/asyncapi")
@@ -25,7 +27,10 @@ fn render(value: &serde_json::Value) -> String {
 /// Every generated file, by its path relative to docs/asyncapi/.
 fn generated() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
-    files.insert("asyncapi.json".to_owned(), render(&asyncapi()));
+    files.insert(
+        "asyncapi.json".to_owned(),
+        render(&asyncapi(&saga_services())),
+    );
     for t in EventType::ALL {
         files.insert(
             format!("schemas/{}.json", t.name()),

@@ -23,22 +23,31 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::amqp::{self, Backoff, LinkState};
-use crate::catalog::Event;
 use crate::envelope::{Envelope, properties_for};
+use crate::event::{Event, EventKind};
 use crate::publisher::{ConfirmedPublisher, OutgoingMessage, PublishError};
 use crate::topology::EVENTS_EXCHANGE;
 
 /// The channel the outbox trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "saga_outbox";
 
-/// Writes `envelope` to the outbox inside the caller's transaction.
+/// Writes `envelope` to the outbox inside the caller's transaction, to be published with
+/// `routing_key`. An empty routing key is refused: the row could never reach a consumer.
 pub async fn enqueue(
     conn: &mut PgConnection,
     envelope: &Envelope,
+    routing_key: &str,
     traceparent: Option<&str>,
 ) -> sqlx::Result<()> {
-    let routing_key = envelope.routing_key().unwrap_or_default();
-    let body = String::from_utf8(envelope.to_body()).unwrap_or_default();
+    if routing_key.is_empty() {
+        return Err(sqlx::Error::Protocol(format!(
+            "outbox row {} ({}) has no routing key",
+            envelope.message_id, envelope.event_type
+        )));
+    }
+    // serde_json writes UTF-8 only, so the body is always text.
+    let body =
+        String::from_utf8(envelope.to_body()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     sqlx::query(
         "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -64,6 +73,8 @@ pub struct Emitter {
     producer: String,
     causation_id: Option<Uuid>,
     envelopes: Vec<Envelope>,
+    /// The routing key of each envelope, from its event type.
+    routing_keys: Vec<&'static str>,
 }
 
 impl Emitter {
@@ -73,10 +84,12 @@ impl Emitter {
             producer: producer.to_owned(),
             causation_id,
             envelopes: Vec::new(),
+            routing_keys: Vec::new(),
         }
     }
 
-    pub fn emit(&mut self, event: Event) -> &Envelope {
+    pub fn emit<E: Event>(&mut self, event: E) -> &Envelope {
+        self.routing_keys.push(event.kind().routing_key());
         self.envelopes
             .push(Envelope::wrap(&event, &self.producer, self.causation_id));
         &self.envelopes[self.envelopes.len() - 1]
@@ -92,8 +105,8 @@ impl Emitter {
         conn: &mut PgConnection,
         traceparent: Option<&str>,
     ) -> sqlx::Result<()> {
-        for envelope in &self.envelopes {
-            enqueue(conn, envelope, traceparent).await?;
+        for (envelope, routing_key) in self.envelopes.iter().zip(self.routing_keys) {
+            enqueue(conn, envelope, routing_key, traceparent).await?;
         }
         Ok(())
     }

@@ -3,45 +3,45 @@
 //!
 //! RabbitMQ refuses a publish whose `user_id` property differs from the connection's user,
 //! and every publisher here sets it ([`crate::publisher::ConfirmedPublisher`]), so
-//! `user_id` says which credentials published a message. The users each producer may
-//! publish as come from `SAGA_PRODUCER_USERS_<PRODUCER>` (`ORDER_SVC`, `INVENTORY_SVC`,
-//! `PAYMENT_SVC`, `SAGACTL`: a comma-separated list), by default `guest` (local
-//! development) and the per-service user of `deploy/` (the producer's own name).
+//! `user_id` says which credentials published a message. The users each producer of the
+//! catalog ([`EventKind::producers`]) may publish as come from
+//! `SAGA_PRODUCER_USERS_<PRODUCER>` (the producer's name in upper case with `_` for `-`,
+//! e.g. `ORDER_SVC`: a comma-separated list), by default `guest` (local development) and
+//! the per-service user of `deploy/` (the producer's own name).
 //!
 //! A message republished by a relay keeps its original publisher in
 //! [`PUBLISHED_BY_HEADER`]: the service's own retry and dead-letter copies, and an
 //! operator's DLQ replay. That header is believed only when the message's `user_id` is the
-//! consuming service's own user or an operator user; anyone else's header is ignored, so a
-//! copy injected into a retry queue with another service's credentials stays that
-//! service's message and is refused.
+//! consuming service's own user or a user of the catalog's operator
+//! ([`EventKind::operator`]); anyone else's header is ignored, so a copy injected into a
+//! retry queue with another service's credentials stays that service's message and is
+//! refused.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
-use crate::EventType;
 use crate::envelope::header_str;
+use crate::event::EventKind;
 
 /// The broker user that first published a message relayed since.
 pub const PUBLISHED_BY_HEADER: &str = "x-published-by";
 /// The dead-letter code of a message from the wrong broker user.
 pub const FORGED_PRODUCER: &str = "forged_producer";
-/// The producer name of operator events (`StockAdjusted`, `FundsDeposited`) and replays.
-pub const OPERATOR: &str = "sagactl";
 
-/// Which broker users may publish as each producer.
+/// Which broker users may publish as each producer, and who the operator is.
 #[derive(Debug, Clone)]
 pub struct ProducerUsers {
     by_producer: HashMap<String, Vec<String>>,
+    operator: &'static str,
 }
 
 impl ProducerUsers {
-    /// `SAGA_PRODUCER_USERS_<PRODUCER>` for every producer of the catalog.
-    pub fn from_env() -> Self {
+    /// `SAGA_PRODUCER_USERS_<PRODUCER>` for every producer of the catalog of `K`.
+    pub fn from_env<K: EventKind>() -> Self {
         let mut by_producer = HashMap::new();
-        for producer in EventType::ALL.map(EventType::producer) {
+        for producer in K::producers() {
             let var = format!(
                 "SAGA_PRODUCER_USERS_{}",
                 producer.to_ascii_uppercase().replace('-', "_")
@@ -56,13 +56,10 @@ impl ProducerUsers {
             };
             by_producer.insert(producer.to_owned(), users);
         }
-        ProducerUsers { by_producer }
-    }
-
-    /// This process's table, read from the environment once.
-    pub fn global() -> &'static ProducerUsers {
-        static USERS: OnceLock<ProducerUsers> = OnceLock::new();
-        USERS.get_or_init(ProducerUsers::from_env)
+        ProducerUsers {
+            by_producer,
+            operator: K::operator(),
+        }
     }
 
     pub fn users_of(&self, producer: &str) -> &[String] {
@@ -88,7 +85,7 @@ pub fn publisher_of(
     own_user: &str,
 ) -> Option<String> {
     let user = props.user_id().as_ref()?.as_str().to_owned();
-    let relayed_by_trusted = user == own_user || users.may_publish_as(&user, OPERATOR);
+    let relayed_by_trusted = user == own_user || users.may_publish_as(&user, users.operator);
     if relayed_by_trusted && let Some(original) = header_str(props, PUBLISHED_BY_HEADER) {
         return Some(original);
     }
@@ -97,9 +94,9 @@ pub fn publisher_of(
 
 /// Ok when `event_type` in a message with `props` comes from its producer's broker user;
 /// else why not (the dead-letter reason).
-pub fn check(
+pub fn check<K: EventKind>(
     users: &ProducerUsers,
-    event_type: EventType,
+    event_type: K,
     props: &BasicProperties,
     own_user: &str,
 ) -> Result<(), String> {
@@ -116,34 +113,6 @@ pub fn check(
             event_type.name()
         )),
     }
-}
-
-/// [`check`] with this process's table, for a consumer connected with `amqp_url`.
-pub fn check_delivery(
-    event_type: EventType,
-    props: &BasicProperties,
-    amqp_url: &str,
-) -> Result<(), String> {
-    check(
-        ProducerUsers::global(),
-        event_type,
-        props,
-        &user_of_url(amqp_url),
-    )
-}
-
-/// [`record_publisher`] with this process's table, for a consumer connected with `amqp_url`.
-pub fn record_delivery_publisher(
-    props: &BasicProperties,
-    amqp_url: &str,
-    headers: &mut FieldTable,
-) {
-    record_publisher(
-        ProducerUsers::global(),
-        props,
-        &user_of_url(amqp_url),
-        headers,
-    );
 }
 
 /// `headers` with [`PUBLISHED_BY_HEADER`] set to who published `props` (for a copy about to
@@ -166,17 +135,21 @@ pub fn record_publisher(
 mod tests {
     use super::*;
 
+    use crate::test_catalog::Kind;
+
     fn users() -> ProducerUsers {
         let mut by_producer = HashMap::new();
         for (p, u) in [
-            ("order-svc", "order-u"),
-            ("inventory-svc", "inventory-u"),
-            ("payment-svc", "payment-u"),
-            ("sagactl", "operator-u"),
+            ("pinger", "pinger-u"),
+            ("ponger", "ponger-u"),
+            ("operator", "operator-u"),
         ] {
             by_producer.insert(p.to_owned(), vec![u.to_owned()]);
         }
-        ProducerUsers { by_producer }
+        ProducerUsers {
+            by_producer,
+            operator: "operator",
+        }
     }
 
     fn props(user: &str, published_by: Option<&str>) -> BasicProperties {
@@ -195,55 +168,32 @@ mod tests {
     #[test]
     fn an_event_from_its_producer_is_accepted_and_from_another_refused() {
         let u = users();
-        assert!(
-            check(
-                &u,
-                EventType::OrderConfirmed,
-                &props("order-u", None),
-                "inventory-u"
-            )
-            .is_ok()
-        );
-        assert!(
-            check(
-                &u,
-                EventType::OrderConfirmed,
-                &props("payment-u", None),
-                "inventory-u"
-            )
-            .is_err()
-        );
-        assert!(
-            check(
-                &u,
-                EventType::FundsDeposited,
-                &props("order-u", None),
-                "payment-u"
-            )
-            .is_err()
-        );
-        assert!(
-            check(
-                &u,
-                EventType::FundsDeposited,
-                &props("operator-u", None),
-                "payment-u"
-            )
-            .is_ok()
-        );
+        let own = "consumer-u";
+        assert!(check(&u, Kind::Ping, &props("pinger-u", None), own).is_ok());
+        assert!(check(&u, Kind::Ping, &props("ponger-u", None), own).is_err());
+        assert!(check(&u, Kind::Pong, &props("pinger-u", None), own).is_err());
+        assert!(check(&u, Kind::Pong, &props("ponger-u", None), own).is_ok());
     }
 
     #[test]
     fn the_published_by_header_is_believed_only_from_the_consumer_itself_or_an_operator() {
         let u = users();
-        // The service's own retry copy, and an operator's replay.
-        let own_retry = props("payment-u", Some("operator-u"));
-        assert!(check(&u, EventType::FundsDeposited, &own_retry, "payment-u").is_ok());
-        let replay = props("operator-u", Some("inventory-u"));
-        assert!(check(&u, EventType::StockReserved, &replay, "payment-u").is_ok());
-        // Another service claiming to relay an operator's message.
-        let injected = props("order-u", Some("operator-u"));
-        assert!(check(&u, EventType::FundsDeposited, &injected, "payment-u").is_err());
+        // The consumer's own retry copy, and an operator's replay.
+        let own_retry = props("consumer-u", Some("pinger-u"));
+        assert!(check(&u, Kind::Ping, &own_retry, "consumer-u").is_ok());
+        let replay = props("operator-u", Some("ponger-u"));
+        assert!(check(&u, Kind::Pong, &replay, "consumer-u").is_ok());
+        // Another producer claiming to relay someone else's message.
+        let injected = props("ponger-u", Some("pinger-u"));
+        assert!(check(&u, Kind::Ping, &injected, "consumer-u").is_err());
+    }
+
+    #[test]
+    fn every_producer_of_the_catalog_gets_users() {
+        let u = ProducerUsers::from_env::<Kind>();
+        assert!(!u.users_of("pinger").is_empty());
+        assert!(!u.users_of("ponger").is_empty());
+        assert!(u.users_of("nobody").is_empty());
     }
 
     #[test]

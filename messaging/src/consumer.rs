@@ -38,9 +38,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::amqp::{self, Backoff, LinkState};
-use crate::catalog::{DecodeError, Event, decode_body};
-
-use crate::envelope::{Envelope, TRACEPARENT_HEADER, header_str, header_u32};
+use crate::authenticity::ProducerUsers;
+use crate::envelope::{Envelope, TRACEPARENT_HEADER, decode_body, header_str, header_u32};
+use crate::event::{DecodeError, Event};
 use crate::inbox::{self, InboxClaim};
 use crate::outbox::Emitter;
 use crate::parking::{PATIENCE, ParkError, ParkingPublisher};
@@ -58,9 +58,9 @@ pub const FAILED_AT_HEADER: &str = "x-saga-failed-at";
 
 /// A decoded message as a handler sees it.
 #[derive(Debug, Clone)]
-pub struct IncomingEvent {
+pub struct IncomingEvent<E> {
     pub envelope: Envelope,
-    pub event: Event,
+    pub event: E,
     /// 1 on the first delivery, 2 after one retry, …
     pub attempt: u32,
     pub traceparent: Option<String>,
@@ -68,12 +68,15 @@ pub struct IncomingEvent {
 
 /// A service's reaction to the events it consumes.
 pub trait Handler: Send + Sync + 'static {
+    /// The catalog the service's events come from.
+    type Event: Event;
+
     /// Applies `incoming` inside the open transaction `tx`, emitting events into `out`.
     /// The caller writes them to the outbox in the same transaction and commits.
     fn handle(
         &self,
         tx: &mut PgConnection,
-        incoming: &IncomingEvent,
+        incoming: &IncomingEvent<Self::Event>,
         out: &mut Emitter,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
@@ -132,22 +135,26 @@ impl Default for ConsumerSettings {
     }
 }
 
-struct Inner<H> {
-    topology: ServiceTopology,
+struct Inner<H: Handler> {
+    topology: ServiceTopology<<H::Event as Event>::Kind>,
     pool: PgPool,
     amqp_url: String,
     handler: H,
     settings: ConsumerSettings,
     link: LinkState,
     gate: PauseGate,
+    /// Who may publish each event type (read from the environment once).
+    users: ProducerUsers,
+    /// The broker user this consumer connects as.
+    own_user: String,
 }
 
 /// Consumes a service's input queue with a [`Handler`].
-pub struct EventConsumer<H> {
+pub struct EventConsumer<H: Handler> {
     inner: Arc<Inner<H>>,
 }
 
-impl<H> Clone for EventConsumer<H> {
+impl<H: Handler> Clone for EventConsumer<H> {
     fn clone(&self) -> Self {
         EventConsumer {
             inner: self.inner.clone(),
@@ -157,17 +164,20 @@ impl<H> Clone for EventConsumer<H> {
 
 impl<H: Handler> EventConsumer<H> {
     pub fn new(
-        topology: ServiceTopology,
+        topology: ServiceTopology<<H::Event as Event>::Kind>,
         pool: PgPool,
         amqp_url: impl Into<String>,
         handler: H,
         settings: ConsumerSettings,
     ) -> Self {
+        let amqp_url = amqp_url.into();
         EventConsumer {
             inner: Arc::new(Inner {
                 topology,
                 pool,
-                amqp_url: amqp_url.into(),
+                own_user: crate::authenticity::user_of_url(&amqp_url),
+                users: ProducerUsers::from_env::<<H::Event as Event>::Kind>(),
+                amqp_url,
                 handler,
                 settings,
                 link: LinkState::default(),
@@ -188,14 +198,15 @@ impl<H: Handler> EventConsumer<H> {
     /// inbox claim and the outbox rows. Touches no broker: the caller settles the delivery.
     pub async fn process(&self, body: &[u8], properties: &BasicProperties) -> Disposition {
         let attempt = header_u32(properties, ATTEMPT_HEADER).unwrap_or(0) + 1;
-        let (envelope, event) = match decode_body(body) {
+        let (envelope, event) = match decode_body::<H::Event>(body) {
             Ok(decoded) => decoded,
             Err((_, e)) => return dead_letter(&e, attempt),
         };
-        if let Err(error) = crate::authenticity::check_delivery(
-            event.event_type(),
+        if let Err(error) = crate::authenticity::check(
+            &self.inner.users,
+            event.kind(),
             properties,
-            &self.inner.amqp_url,
+            &self.inner.own_user,
         ) {
             let code = crate::authenticity::FORGED_PRODUCER.to_owned();
             return Disposition::DeadLetter {
@@ -226,8 +237,9 @@ impl<H: Handler> EventConsumer<H> {
         }
         let started = Instant::now();
         let result = self.apply(&incoming).await;
-        let event_type =
-            crate::metric_labels::event_type(Some(incoming.envelope.event_type.as_str()));
+        let event_type = crate::metric_labels::event_type::<<H::Event as Event>::Kind>(Some(
+            incoming.envelope.event_type.as_str(),
+        ));
         metrics::histogram!("saga_handler_duration_seconds", "type" => event_type)
             .record(started.elapsed().as_secs_f64());
         match result {
@@ -265,7 +277,7 @@ impl<H: Handler> EventConsumer<H> {
         }
     }
 
-    async fn apply(&self, incoming: &IncomingEvent) -> Result<InboxClaim, HandlerError> {
+    async fn apply(&self, incoming: &IncomingEvent<H::Event>) -> Result<InboxClaim, HandlerError> {
         let inner = &self.inner;
         let mut tx = inner.pool.begin().await?;
         if inbox::claim(&mut tx, self.consumer_name(), &incoming.envelope).await?
@@ -311,7 +323,9 @@ impl<H: Handler> EventConsumer<H> {
             }
             break disposition;
         };
-        metrics::counter!("saga_messages_handled_total", "type" => crate::metric_labels::event_type(delivery.properties.kind().as_ref().map(|k| k.as_str())), "outcome" => disposition.outcome())
+        let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+        let label = crate::metric_labels::event_type::<<H::Event as Event>::Kind>(kind);
+        metrics::counter!("saga_messages_handled_total", "type" => label, "outcome" => disposition.outcome())
             .increment(1);
         tracing::debug!(outcome = disposition.outcome(), "message handled");
         // Paused only when shutting down: the delivery goes back with the channel.
@@ -358,9 +372,10 @@ impl<H: Handler> EventConsumer<H> {
 
     fn retry_copy(&self, delivery: &Delivery, attempt: u32, delay: Duration) -> OutgoingMessage {
         let mut headers = copied_headers(&delivery.properties);
-        crate::authenticity::record_delivery_publisher(
+        crate::authenticity::record_publisher(
+            &self.inner.users,
             &delivery.properties,
-            &self.inner.amqp_url,
+            &self.inner.own_user,
             &mut headers,
         );
         headers.insert(
@@ -383,9 +398,10 @@ impl<H: Handler> EventConsumer<H> {
         attempts: u32,
     ) -> OutgoingMessage {
         let mut headers = copied_headers(&delivery.properties);
-        crate::authenticity::record_delivery_publisher(
+        crate::authenticity::record_publisher(
+            &self.inner.users,
             &delivery.properties,
-            &self.inner.amqp_url,
+            &self.inner.own_user,
             &mut headers,
         );
         let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
@@ -456,7 +472,6 @@ impl<H: Handler> EventConsumer<H> {
         );
         let channel = conn.create_channel().await?;
         inner.topology.declare(&channel).await?;
-        crate::topology::declare_peers(&conn, &inner.topology.service).await;
         channel
             .basic_qos(inner.settings.prefetch, BasicQosOptions::default())
             .await?;

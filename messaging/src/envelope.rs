@@ -2,17 +2,17 @@
 //!
 //! The body of every message is this JSON object, UTF-8, at most [`MAX_MESSAGE_BYTES`].
 //! The payload stays a `serde_json::Value` here: decoding it into a typed event is the
-//! catalog's job, so that a message with a valid envelope but an unknown type can still be
-//! read, logged and dead-lettered with its ids.
+//! catalog's job ([`Event::decode`]), so that a message with a valid envelope but an unknown
+//! type can still be read, logged and dead-lettered with its ids.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::catalog::{Event, EventType};
+use crate::event::{DecodeError, Event, EventKind};
 
 /// Messages larger than this are refused by consumers (dead-lettered as `too_large`).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -55,14 +55,16 @@ pub struct Envelope {
 impl Envelope {
     /// Wraps a typed event with a fresh message id (UUIDv7: time-ordered, so ids sort in the
     /// order they were made, which keeps indexes on them append-mostly).
-    pub fn wrap(event: &Event, producer: &str, causation_id: Option<Uuid>) -> Self {
+    pub fn wrap<E: Event>(event: &E, producer: &str, causation_id: Option<Uuid>) -> Self {
+        let now = Utc::now();
         Envelope {
             message_id: Uuid::now_v7(),
-            event_type: event.event_type().name().to_owned(),
-            version: event.event_type().version(),
+            event_type: event.kind().name().to_owned(),
+            version: event.kind().version(),
             // Whole milliseconds, as the body carries them: an envelope reads back equal.
-            occurred_at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
-                .unwrap_or_default(),
+            occurred_at: now
+                .with_nanosecond(now.timestamp_subsec_millis() * 1_000_000)
+                .unwrap_or(now),
             correlation_id: event.correlation_id(),
             causation_id,
             producer: producer.to_owned(),
@@ -72,17 +74,51 @@ impl Envelope {
 
     /// The exact bytes published for this envelope.
     pub fn to_body(&self) -> Vec<u8> {
-        // Serialising a struct of plain fields and a `Value` cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        // A struct of plain fields and a `Value` (whose keys are strings) always serialises.
+        serde_json::to_vec(self).expect("an envelope always serialises to JSON")
     }
 
-    /// The routing key of the envelope's type, if the type is in the catalog.
-    pub fn routing_key(&self) -> Option<&'static str> {
-        self.event_type
-            .parse::<EventType>()
-            .ok()
-            .map(|t| t.routing_key())
+    /// The routing key of the envelope's type in the catalog of `K`.
+    pub fn routing_key<K: EventKind>(&self) -> Result<&'static str, DecodeError> {
+        K::from_name(&self.event_type)
+            .map(K::routing_key)
+            .ok_or_else(|| DecodeError::UnknownType(self.event_type.clone()))
     }
+}
+
+/// Decodes a message body: size, JSON, envelope, type, version, payload, validation.
+// The error carries the envelope when one could be read, so the dead-letter copy can name
+// its ids; a failed decode is the rare path, and boxing it would only move the cost there.
+#[allow(clippy::result_large_err)]
+pub fn decode_body<E: Event>(
+    body: &[u8],
+) -> Result<(Envelope, E), (Option<Envelope>, DecodeError)> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err((None, DecodeError::TooLarge(body.len())));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| (None, DecodeError::NotJson(e.to_string())))?;
+    let envelope: Envelope = serde_json::from_value(value)
+        .map_err(|e| (None, DecodeError::InvalidEnvelope(e.to_string())))?;
+    if let Err(reason) = validate_envelope(&envelope) {
+        return Err((Some(envelope), DecodeError::InvalidEnvelope(reason)));
+    }
+    match E::decode(&envelope.event_type, envelope.version, &envelope.payload) {
+        Ok(event) => Ok((envelope, event)),
+        Err(e) => Err((Some(envelope), e)),
+    }
+}
+
+fn validate_envelope(env: &Envelope) -> Result<(), String> {
+    if env.correlation_id.is_empty()
+        || env.correlation_id.chars().count() > MAX_CORRELATION_ID_CHARS
+    {
+        return Err("correlation_id must be 1 to 128 characters".into());
+    }
+    if env.producer.is_empty() {
+        return Err("producer must not be empty".into());
+    }
+    Ok(())
 }
 
 /// The AMQP properties that mirror an envelope, as the contract lists them.
@@ -218,6 +254,49 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
         json.as_object_mut().unwrap().remove("message_id");
         assert!(serde_json::from_value::<Envelope>(json).is_err());
+    }
+
+    #[test]
+    fn any_catalog_wraps_decodes_and_routes() {
+        use crate::test_catalog::{Kind, TestEvent};
+        let event = TestEvent {
+            kind: Kind::Pong,
+            id: "p-1".into(),
+        };
+        let env = Envelope::wrap(&event, "ponger", None);
+        assert_eq!(env.event_type, "Pong");
+        assert_eq!(env.correlation_id, "p-1");
+        assert_eq!(env.routing_key::<Kind>(), Ok("test.pong"));
+        let (back, decoded) = decode_body::<TestEvent>(&env.to_body()).unwrap();
+        assert_eq!((back, decoded), (env.clone(), event));
+
+        let unknown = Envelope {
+            event_type: "Peng".into(),
+            ..env.clone()
+        };
+        assert_eq!(
+            unknown.routing_key::<Kind>().unwrap_err().code(),
+            "unknown_type"
+        );
+        let code = |e: &Envelope| decode_body::<TestEvent>(&e.to_body()).unwrap_err().1.code();
+        assert_eq!(code(&unknown), "unknown_type");
+        assert_eq!(
+            code(&Envelope {
+                version: 2,
+                ..env.clone()
+            }),
+            "unknown_version"
+        );
+        let empty = Envelope {
+            payload: serde_json::json!({"id": ""}),
+            ..env.clone()
+        };
+        assert_eq!(code(&empty), "invalid_payload");
+        let no_correlation = Envelope {
+            correlation_id: String::new(),
+            ..env
+        };
+        assert_eq!(code(&no_correlation), "invalid_envelope");
     }
 
     #[test]

@@ -12,6 +12,9 @@ use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 
+use crate::envelope::Envelope;
+use crate::event::{DecodeError, EventKind};
+
 /// One message ready to publish.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
@@ -22,12 +25,16 @@ pub struct OutgoingMessage {
 }
 
 impl OutgoingMessage {
-    /// An envelope as it travels on `saga.events`: its bytes, its type's routing key, and
-    /// the AMQP properties that mirror it (with the trace context, when there is one).
-    pub fn event(envelope: &crate::Envelope, traceparent: Option<&str>) -> OutgoingMessage {
-        OutgoingMessage {
+    /// An envelope as it travels on `saga.events`: its bytes, its type's routing key in the
+    /// catalog of `K`, and the AMQP properties that mirror it (with the trace context, when
+    /// there is one). An envelope of a type the catalog lacks has no routing key: an error.
+    pub fn event<K: EventKind>(
+        envelope: &Envelope,
+        traceparent: Option<&str>,
+    ) -> Result<OutgoingMessage, DecodeError> {
+        Ok(OutgoingMessage {
             exchange: crate::topology::EVENTS_EXCHANGE.to_owned(),
-            routing_key: envelope.routing_key().unwrap_or_default().to_owned(),
+            routing_key: envelope.routing_key::<K>()?.to_owned(),
             body: envelope.to_body(),
             properties: crate::envelope::properties_for(
                 envelope.message_id,
@@ -37,7 +44,7 @@ impl OutgoingMessage {
                 envelope.occurred_at,
                 traceparent,
             ),
-        }
+        })
     }
 }
 

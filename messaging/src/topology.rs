@@ -16,6 +16,12 @@
 //! The input queue also has a delivery limit and dead-letters to its DLQ: a message whose
 //! handler crashes the process over and over ends in the DLQ (reason `delivery_limit` in
 //! `x-death`) instead of looping for ever.
+//!
+//! A service's bindings are the routing keys of the event types its handler consumes
+//! ([`ServiceTopology::new`]); nothing here knows which services exist. A process that
+//! watches the bus with a queue of its own (a bystander) should first declare every
+//! consumer's topology ([`declare_all`]): an event published before its consumer ever
+//! started would otherwise reach only the bystander, and be counted as sent.
 
 use std::time::Duration;
 
@@ -23,7 +29,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::catalog::EventType;
+use crate::event::EventKind;
 use crate::retry::RETRY_DELAYS;
 
 pub const EVENTS_EXCHANGE: &str = "saga.events";
@@ -35,16 +41,18 @@ pub const DEAD_LETTER_EXCHANGE: &str = "saga.dead-letter";
 /// and lost channels count here: handled failures go through the retry queues instead.
 pub const DELIVERY_LIMIT: i64 = 20;
 
-/// One service's queues and the events it consumes.
-#[derive(Debug, Clone)]
-pub struct ServiceTopology {
+/// One service's queues and the event types its handler consumes (its input queue is bound
+/// to their routing keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTopology<K> {
     /// The service name, which is also its input queue's name.
     pub service: String,
-    pub consumes: Vec<EventType>,
+    pub consumes: Vec<K>,
 }
 
-impl ServiceTopology {
-    pub fn new(service: impl Into<String>, consumes: &[EventType]) -> Self {
+impl<K: EventKind> ServiceTopology<K> {
+    /// The topology of a service whose handler consumes the event types `consumes`.
+    pub fn new(service: impl Into<String>, consumes: &[K]) -> Self {
         ServiceTopology {
             service: service.into(),
             consumes: consumes.to_vec(),
@@ -108,64 +116,20 @@ impl ServiceTopology {
     }
 }
 
-/// The saga's services and the events each consumes: the contract's routing table.
-pub const SAGA_SERVICES: [(&str, &[EventType]); 3] = [
-    (
-        "order-svc",
-        &[
-            EventType::StockReserved,
-            EventType::StockRejected,
-            EventType::PaymentDone,
-            EventType::PaymentFailed,
-            EventType::StockReleased,
-            EventType::PaymentRefunded,
-        ],
-    ),
-    (
-        "inventory-svc",
-        &[
-            EventType::OrderCreated,
-            EventType::OrderConfirmed,
-            EventType::OrderCancelled,
-            EventType::StockAdjusted,
-        ],
-    ),
-    (
-        "payment-svc",
-        &[
-            EventType::StockReserved,
-            EventType::OrderCancelled,
-            EventType::FundsDeposited,
-        ],
-    ),
-];
-
-/// The topology of one of the saga's services, by name.
-pub fn saga_service(name: &str) -> Option<ServiceTopology> {
-    SAGA_SERVICES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(n, consumes)| ServiceTopology::new(*n, consumes))
-}
-
-/// Declares the queues of every saga service, each on a channel of its own so that a
+/// Declares the queues of every topology in `all`, each on a channel of its own so that a
 /// refusal (a broker user allowed to configure its own queues only) closes nothing else.
-///
-/// Why every service declares its peers' queues too: an event published before its
-/// consumer ever started would otherwise be unroutable, or worse, routed only to a
-/// bystander such as `sagactl tail`'s queue and so marked sent while its real consumer
-/// never gets it. Failures are logged and ignored: the peer declares its own on start.
-pub async fn declare_peers(conn: &lapin::Connection, own: &str) {
-    for (name, consumes) in SAGA_SERVICES.iter().filter(|(n, _)| *n != own) {
+/// For a bystander about to bind a queue of its own to the events exchange: declaring the
+/// consumers' queues first means no event reaches the bystander alone. A refusal is logged
+/// and skipped (the deployment's definitions declare those queues).
+pub async fn declare_all<K: EventKind>(conn: &lapin::Connection, all: &[ServiceTopology<K>]) {
+    for topology in all {
         let declared = async {
             let channel = conn.create_channel().await?;
-            ServiceTopology::new(*name, consumes)
-                .declare(&channel)
-                .await?;
+            topology.declare(&channel).await?;
             channel.close(200, "declared".into()).await
         };
         if let Err(e) = declared.await {
-            tracing::debug!(peer = name, error = %e, "could not declare a peer's queues");
+            tracing::debug!(service = %topology.service, error = %e, "could not declare a service's queues");
         }
     }
 }
@@ -254,20 +218,11 @@ fn long_string(s: &str) -> AMQPValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_event_of_the_catalog_has_a_consumer() {
-        for t in EventType::ALL {
-            assert!(
-                SAGA_SERVICES.iter().any(|(_, c)| c.contains(&t)),
-                "{t} would be unroutable"
-            );
-        }
-    }
+    use crate::test_catalog::Kind;
 
     #[test]
     fn names_are_readable_and_derived_from_the_service() {
-        let t = ServiceTopology::new("inventory-svc", &[EventType::OrderCreated]);
+        let t = ServiceTopology::new("inventory-svc", &[Kind::Ping]);
         assert_eq!(t.input_queue(), "inventory-svc");
         assert_eq!(t.dead_letter_queue(), "inventory-svc.dlq");
         assert_eq!(

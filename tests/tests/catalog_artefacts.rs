@@ -1,0 +1,120 @@
+//! What derives from the catalog's declaration is checked against it: the catalog table of
+//! docs/events.md (generated between marker comments; `UPDATE_DOCS=1` rewrites it), the
+//! field tables of docs/events.md (one row per payload field of the JSON Schema), and
+//! `sagactl publish --help` and its shell completions (every type with its routing key and
+//! fields). The AsyncAPI document and JSON Schemas are checked by `contract_docs.rs`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use events::EventType;
+use events::contract::event_schema;
+use events::tables::{catalog_table, publish_listing, with_catalog_table};
+use saga_tests::stack::binary_path;
+use sagactl::subscriptions::saga_services;
+
+const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test catalog_artefacts";
+
+fn events_md() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md")
+}
+
+#[test]
+fn the_catalog_table_of_the_docs_is_the_declarations() {
+    let path = events_md();
+    let committed = std::fs::read_to_string(&path).expect("reading docs/events.md");
+    let table = catalog_table(&saga_services());
+    let generated = with_catalog_table(&committed, &table)
+        .expect("docs/events.md has lost the markers around its catalog table");
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &generated).expect("writing docs/events.md");
+        return;
+    }
+    assert!(
+        committed == generated,
+        "docs/events.md's catalog table differs from the catalog; regenerate it with `{REGENERATE}`.\nExpected:\n{table}"
+    );
+}
+
+/// The payload fields a `### <type>` section of docs/events.md lists in its table, top-level
+/// ones only (`items`, not `items[].sku`).
+fn documented_fields(doc: &str, t: EventType) -> Vec<String> {
+    let heading = format!("\n### {}\n", t.name());
+    let start = doc
+        .find(&heading)
+        .unwrap_or_else(|| panic!("docs/events.md has no section {heading:?}"));
+    let section = &doc[start + heading.len()..];
+    let section = &section[..section.find("\n#").unwrap_or(section.len())];
+    let mut fields: Vec<String> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|name| !name.contains('.') && !name.contains('['))
+        .map(str::to_owned)
+        .collect();
+    fields.sort();
+    fields
+}
+
+#[test]
+fn every_field_table_of_the_docs_lists_exactly_the_payloads_fields() {
+    let doc = std::fs::read_to_string(events_md()).expect("reading docs/events.md");
+    for t in EventType::ALL {
+        let schema = event_schema(t);
+        let mut fields: Vec<String> = schema["$defs"][t.name()]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{t} has no payload properties"))
+            .keys()
+            .cloned()
+            .collect();
+        fields.sort();
+        assert_eq!(
+            documented_fields(&doc, t),
+            fields,
+            "docs/events.md section {t} and the {t} payload disagree"
+        );
+    }
+}
+
+fn sagactl(args: &[&str]) -> String {
+    let out = Command::new(binary_path("sagactl"))
+        .args(args)
+        .output()
+        .expect("running sagactl");
+    assert!(out.status.success(), "sagactl {args:?} failed: {out:?}");
+    String::from_utf8(out.stdout).expect("sagactl writes UTF-8")
+}
+
+#[test]
+fn publish_help_lists_every_type_with_its_routing_key_and_fields() {
+    let help = sagactl(&["publish", "--help"]);
+    let lines: Vec<&str> = help.lines().map(str::trim_end).collect();
+    for expected in publish_listing().lines() {
+        assert!(
+            lines.contains(&expected.trim_end()),
+            "`sagactl publish --help` lacks the line {expected:?}:\n{help}"
+        );
+    }
+    for t in EventType::ALL {
+        assert!(
+            publish_listing().contains(&format!(
+                "{:<16} {:<17} {}",
+                t.name(),
+                t.routing_key(),
+                t.fields()
+            )),
+            "{t} is missing from the listing"
+        );
+    }
+}
+
+#[test]
+fn completions_offer_every_event_type_to_publish() {
+    let script = sagactl(&["completions", "bash"]);
+    for t in EventType::ALL {
+        assert!(
+            script.contains(t.name()),
+            "the bash completion script does not offer {t}"
+        );
+    }
+}
