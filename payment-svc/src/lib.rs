@@ -1,14 +1,19 @@
 //! payment-svc: owns customer wallets and payments.
 //!
-//! - [`saga`]: what a payment does on each order event, and whether a wallet can pay (pure).
-//! - [`handlers`]: StockReserved, OrderCancelled and FundsDeposited.
+//! - [`saga`]: the inputs payment-svc consumes (StockReserved, OrderCancelled,
+//!   FundsDeposited) and the one pure `decide` from them to a plan.
+//! - [`handlers`]: the consumer: load, decide, apply.
+//! - [`apply`]: a plan written in the caller's transaction.
+//! - [`memory`]: the same tables in memory, for the property tests.
 //! - [`http`]: `GET /wallets/{customer_id}`, `GET /wallets`, `GET /payments/{order_id}`.
 //! - [`store`]: the wallet and payment tables' queries.
 
-pub mod handlers;
-pub mod http;
+mod apply;
+mod handlers;
+mod http;
+pub mod memory;
 pub mod saga;
-pub mod store;
+mod store;
 
 use events::topology::ServiceTopology;
 use platform::{Application, ServiceConfig};
@@ -23,8 +28,9 @@ pub fn config_from_env() -> anyhow::Result<ServiceConfig> {
     ServiceConfig::from_env(SERVICE, "PAYMENT", 8082, "payments")
 }
 
+/// The service's queues, bound to the events its inputs declare.
 pub fn topology() -> ServiceTopology {
-    events::topology::saga_service(SERVICE).unwrap_or_else(|| ServiceTopology::new(SERVICE, &[]))
+    ServiceTopology::new(SERVICE, saga::PaymentInput::CONSUMES)
 }
 
 /// Builds the running service: database, consumer, relay, housekeeping and HTTP.
