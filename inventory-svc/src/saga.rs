@@ -62,7 +62,7 @@ platform::saga_inputs! {
 
 impl InventoryInput {
     /// The order the input is about; stock adjustments concern none.
-    pub fn order_id(&self) -> Option<Uuid> {
+    pub(crate) fn order_id(&self) -> Option<Uuid> {
         match self {
             InventoryInput::OrderCreated(e) => Some(e.order_id),
             InventoryInput::OrderConfirmed(e) => Some(e.order_id),
@@ -73,7 +73,7 @@ impl InventoryInput {
 
     /// The SKUs whose stock a decision on this input may read or write: those the input
     /// names and those the reservation holds. In SKU order, the order rows are locked in.
-    pub fn stock_keys(&self, reservation: Option<&Reservation>) -> Vec<String> {
+    pub(crate) fn stock_keys(&self, reservation: Option<&Reservation>) -> Vec<String> {
         let named: Vec<String> = match self {
             InventoryInput::OrderCreated(e) => e.items.iter().map(|i| i.sku.clone()).collect(),
             InventoryInput::StockAdjusted(e) => vec![e.sku.clone()],
@@ -105,8 +105,8 @@ pub struct StockLevels {
 }
 
 /// Everything a decision reads: the order's reservation (if the input is about an order)
-/// and the stock of the SKUs of [`InventoryInput::stock_keys`] (a SKU never adjusted is
-/// absent).
+/// and the stock of the SKUs the input names or the reservation holds (a SKU never
+/// adjusted is absent).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InventoryState {
     pub reservation: Option<Reservation>,
@@ -158,7 +158,14 @@ pub fn decide(state: &InventoryState, input: &InventoryInput) -> Result<Plan, Re
     use ReservationState as S;
     match (state.reservation.as_ref(), input) {
         // Stock adjustments concern no order, whatever its reservation.
-        (_, I::StockAdjusted(e)) => adjust(state, e),
+        (
+            None
+            | Some(Reservation {
+                state: S::Reserved | S::Rejected | S::Sold | S::Released,
+                ..
+            }),
+            I::StockAdjusted(e),
+        ) => adjust(state, e),
         (None, I::OrderCreated(e)) => Ok(try_reserve(state, e)),
         (
             None
@@ -506,6 +513,13 @@ mod tests {
         assert_eq!(refused.code, "negative_stock");
         let plan = decide(&with(None, &[]), &adjust(5)).unwrap();
         assert_eq!(plan.stock[0].1.available, 5);
+    }
+
+    #[test]
+    fn each_state_is_stored_and_shown_under_its_name() {
+        for s in ReservationState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

@@ -59,13 +59,8 @@ impl OrderStatus {
         }
     }
 
-    pub fn parse(s: &str) -> Option<OrderStatus> {
+    pub(crate) fn parse(s: &str) -> Option<OrderStatus> {
         OrderStatus::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// No input moves a terminal order.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, OrderStatus::Rejected | OrderStatus::Cancelled)
     }
 }
 
@@ -94,7 +89,7 @@ platform::saga_inputs! {
 
 impl OrderInput {
     /// The order the input is about.
-    pub fn order_id(&self) -> Uuid {
+    pub(crate) fn order_id(&self) -> Uuid {
         match self {
             OrderInput::StockReserved(e) => e.order_id,
             OrderInput::StockRejected(e) => e.order_id,
@@ -233,7 +228,9 @@ fn decide_known(order: &Order, input: &OrderInput) -> Result<Plan, OrderRefusal>
         outcome: None,
     });
     match (order.status, input) {
-        (_, I::Place(new)) => Err(OrderRefusal::Exists(new.order_id)),
+        (S::Pending | S::Reserved | S::Confirmed | S::Rejected | S::Cancelled, I::Place(new)) => {
+            Err(OrderRefusal::Exists(new.order_id))
+        }
         (S::Pending, I::StockReserved(_)) => Ok(transition(order, S::Reserved, None, None)),
         (S::Pending, I::StockRejected(e)) => {
             Ok(transition(order, S::Rejected, Some(e.reason.clone()), None))
@@ -544,6 +541,13 @@ mod tests {
         for new in cases {
             let refusal = decide(None, &OrderInput::Place(new.clone())).unwrap_err();
             assert!(matches!(refusal, OrderRefusal::Invalid(_)), "{new:?}");
+        }
+    }
+
+    #[test]
+    fn each_state_is_stored_and_shown_under_its_name() {
+        for s in OrderStatus::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
     }
 

@@ -15,7 +15,8 @@ use crate::saga::{Payment, PaymentContext, PaymentInput, Plan, Wallet, decide};
 pub struct PaymentTables {
     pub wallets: BTreeMap<String, Wallet>,
     pub payments: BTreeMap<Uuid, Payment>,
-    /// Payment ids handed out so far (ids are sequential here, for readable runs).
+    /// Decisions taken so far: the next one's payment id (sequential here, for readable
+    /// runs).
     pub issued: u64,
 }
 
@@ -41,7 +42,6 @@ impl PaymentTables {
             self.wallets.insert(customer_id, wallet);
         }
         if let Some((order_id, payment)) = plan.payment {
-            self.issued += u64::from(payment.payment_id.is_some());
             self.payments.insert(order_id, payment);
         }
         plan.emit
@@ -53,6 +53,7 @@ impl PaymentTables {
         let input =
             PaymentInput::try_from(event).map_err(|t| unexpected_event(crate::SERVICE, t))?;
         let plan = decide(&self.load(&input), &input)?;
+        self.issued += 1;
         Ok(self.apply(plan))
     }
 }

@@ -59,7 +59,7 @@ platform::saga_inputs! {
 
 impl PaymentInput {
     /// The order the input is about; deposits concern none.
-    pub fn order_id(&self) -> Option<Uuid> {
+    pub(crate) fn order_id(&self) -> Option<Uuid> {
         match self {
             PaymentInput::StockReserved(e) => Some(e.order_id),
             PaymentInput::OrderCancelled(e) => Some(e.order_id),
@@ -69,7 +69,7 @@ impl PaymentInput {
 
     /// The customer whose wallet a decision on this input may read or write: the one the
     /// input names, or else the one the order's payment charged.
-    pub fn wallet_key<'a>(&'a self, payment: Option<&'a Payment>) -> Option<&'a str> {
+    pub(crate) fn wallet_key<'a>(&'a self, payment: Option<&'a Payment>) -> Option<&'a str> {
         match self {
             PaymentInput::StockReserved(e) => Some(&e.customer_id),
             PaymentInput::FundsDeposited(e) => Some(&e.customer_id),
@@ -105,7 +105,8 @@ pub struct Wallet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentContext {
     pub payment: Option<Payment>,
-    /// The wallet of [`PaymentInput::wallet_key`], if it exists.
+    /// The wallet the input concerns (its customer's, or the one the payment charged),
+    /// if it exists.
     pub wallet: Option<Wallet>,
     /// The id a capture gets, if the decision makes one.
     pub new_payment_id: Uuid,
@@ -127,7 +128,14 @@ pub fn decide(ctx: &PaymentContext, input: &PaymentInput) -> Result<Plan, Refusa
     use PaymentState as S;
     match (ctx.payment.as_ref(), input) {
         // Deposits concern no order, whatever its payment.
-        (_, I::FundsDeposited(e)) => deposit(ctx.wallet.as_ref(), e),
+        (
+            None
+            | Some(Payment {
+                state: S::Captured | S::Failed | S::Refunded | S::Voided,
+                ..
+            }),
+            I::FundsDeposited(e),
+        ) => deposit(ctx.wallet.as_ref(), e),
         (None, I::StockReserved(e)) => Ok(charge(ctx, e)),
         (None, I::OrderCancelled(e)) => Ok(Plan {
             payment: Some((
@@ -473,6 +481,13 @@ mod tests {
                 serde_json::to_value(reason).unwrap(),
                 serde_json::json!(failure_text(reason))
             );
+        }
+    }
+
+    #[test]
+    fn each_state_is_stored_and_shown_under_its_name() {
+        for s in PaymentState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
     }
 
