@@ -185,6 +185,10 @@ pub struct World {
     pub delivered: Vec<(Service, Message)>,
     pub dead_letters: Vec<DeadLetter>,
     pub refused_cancels: usize,
+    /// Per SKU, the sum of the adjustments inventory accepted, as published.
+    pub adjusted: BTreeMap<String, i64>,
+    /// Per customer, the sum of the deposits payment accepted, as published.
+    pub deposited: BTreeMap<String, i64>,
     pub notes: Vec<Note>,
     next_seq: u32,
 }
@@ -362,8 +366,15 @@ impl World {
             match handled {
                 Ok(emitted) => {
                     self.inboxes[to as usize].insert(msg.id);
-                    if let Some(order) = msg.event.order_id() {
-                        self.observe(order, &stock_before, &emitted);
+                    match (&msg.event, msg.event.order_id()) {
+                        (Event::StockAdjusted(e), _) => {
+                            *self.adjusted.entry(e.sku.clone()).or_default() += e.delta
+                        }
+                        (Event::FundsDeposited(e), _) => {
+                            *self.deposited.entry(e.customer_id.clone()).or_default() += e.amount
+                        }
+                        (_, Some(order)) => self.observe(order, &stock_before, &emitted),
+                        (_, None) => {}
                     }
                     for e in emitted {
                         self.publish(e, to.name(), false);
@@ -554,9 +565,12 @@ impl World {
             if s.available < 0 || s.reserved < 0 || s.sold < 0 {
                 return Err(format!("stock of {sku} went negative: {s:?}"));
             }
-            if s.adjusted != s.available + s.reserved + s.sold {
+            // Against what was published, and against the service's own running sum.
+            let published = self.adjusted.get(sku).copied().unwrap_or(0);
+            if [published, s.adjusted] != [s.available + s.reserved + s.sold; 2] {
                 return Err(format!(
-                    "stock of {sku}: adjustments {} != available {} + reserved {} + sold {}",
+                    "stock of {sku}: adjustments {published} published, {} counted != \
+                     available {} + reserved {} + sold {}",
                     s.adjusted, s.available, s.reserved, s.sold
                 ));
             }
@@ -609,9 +623,11 @@ impl World {
             if w.balance < 0 {
                 return Err(format!("wallet of {customer} went negative: {w:?}"));
             }
-            if w.deposited != w.balance + w.captured - w.refunded {
+            let published = self.deposited.get(customer).copied().unwrap_or(0);
+            if [published, w.deposited] != [w.balance + w.captured - w.refunded; 2] {
                 return Err(format!(
-                    "wallet of {customer}: deposits {} != balance {} + captured {} - refunded {}",
+                    "wallet of {customer}: deposits {published} published, {} counted != \
+                     balance {} + captured {} - refunded {}",
                     w.deposited, w.balance, w.captured, w.refunded
                 ));
             }
