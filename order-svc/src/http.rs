@@ -126,13 +126,15 @@ async fn place_order(
         return same_key_answer(existing, &hash);
     }
     let mut out = Emitter::new(SERVICE, None);
-    if let (Applied::KeyTaken, Some(key)) = (apply(&mut tx, &mut out, plan, None).await?, &key) {
+    if apply(&mut tx, &mut out, plan, None).await? == Applied::KeyTaken {
         // A concurrent request with the same key won the insert; answer as it did.
         tx.rollback().await?;
         let mut conn = api.pool.acquire().await?;
-        let existing = store::find_by_idempotency_key(&mut conn, key)
-            .await?
-            .ok_or_else(|| ApiError::unavailable("idempotency key vanished"))?;
+        let existing = match &key {
+            Some(key) => store::find_by_idempotency_key(&mut conn, key).await?,
+            None => None,
+        };
+        let existing = existing.ok_or_else(|| ApiError::unavailable("idempotency key vanished"))?;
         return same_key_answer(existing, &hash);
     }
     out.write(&mut tx, trace.as_deref()).await?;
