@@ -523,6 +523,22 @@ mod tests {
     }
 
     #[test]
+    fn an_event_outside_the_declaration_is_refused_as_unexpected() {
+        let confirmed = Event::OrderConfirmed(OrderConfirmed {
+            order_id: Uuid::nil(),
+        });
+        assert!(InventoryInput::try_from(&confirmed).is_ok());
+        let released = Event::StockReleased(StockReleased {
+            order_id: Uuid::nil(),
+            items: Vec::new(),
+        });
+        let refusal = crate::memory::InventoryTables::default()
+            .handle(&released)
+            .unwrap_err();
+        assert_eq!(refusal.code, "unexpected_event");
+    }
+
+    #[test]
     fn the_declared_inputs_are_the_contracts_routing_row() {
         let row = events::topology::saga_service(crate::SERVICE).map(|t| t.consumes);
         assert_eq!(row.as_deref(), Some(InventoryInput::CONSUMES));
