@@ -1,14 +1,19 @@
 //! inventory-svc: owns stock and reservations.
 //!
-//! - [`saga`]: what a reservation does on each order event (pure).
-//! - [`handlers`]: OrderCreated, OrderConfirmed, OrderCancelled and StockAdjusted.
+//! - [`saga`]: the inputs inventory-svc consumes (OrderCreated, OrderConfirmed,
+//!   OrderCancelled, StockAdjusted) and the one pure `decide` from them to a plan.
+//! - [`handlers`]: the consumer: load, decide, apply.
+//! - [`apply`]: a plan written in the caller's transaction.
+//! - [`memory`]: the same tables in memory, for the property tests.
 //! - [`http`]: `GET /stock/{sku}`, `GET /stock`, `GET /reservations/{order_id}`.
 //! - [`store`]: the stock and reservation tables' queries.
 
-pub mod handlers;
-pub mod http;
+mod apply;
+mod handlers;
+mod http;
+pub mod memory;
 pub mod saga;
-pub mod store;
+mod store;
 
 use events::EventType;
 use messaging::topology::ServiceTopology;
@@ -24,17 +29,9 @@ pub fn config_from_env() -> anyhow::Result<ServiceConfig> {
     ServiceConfig::from_env(SERVICE, "INVENTORY", 8081, "inventory")
 }
 
-/// The service's queues, bound to the event types its handler consumes.
+/// The service's queues, bound to the events its inputs declare.
 pub fn topology() -> ServiceTopology<EventType> {
-    ServiceTopology::new(
-        SERVICE,
-        &[
-            EventType::OrderCreated,
-            EventType::OrderConfirmed,
-            EventType::OrderCancelled,
-            EventType::StockAdjusted,
-        ],
-    )
+    ServiceTopology::new(SERVICE, saga::InventoryInput::CONSUMES)
 }
 
 /// Builds the running service: database, consumer, relay, housekeeping and HTTP.

@@ -8,36 +8,31 @@ use messaging::outbox::Emitter;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::apply;
+use crate::apply::apply;
 use crate::outage::OutageClock;
-use crate::saga::{OrderInput, OrderStatus};
+use crate::saga::{self, OrderInput};
 use crate::{SERVICE, store};
 
 /// Rows cancelled per transaction.
 const SWEEP_BATCH: i64 = 200;
 
 /// Cancels one batch of overdue orders; returns how many were cancelled.
-pub async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
+pub(crate) async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
     let overdue = store::lock_overdue(&mut tx, SWEEP_BATCH).await?;
     let mut out = Emitter::new(SERVICE, None);
     let mut cancelled = 0;
-    for (order_id, status, created_at) in overdue {
-        let Some(status) = OrderStatus::parse(&status) else {
-            continue;
-        };
-        apply(
-            &mut tx,
-            &mut out,
-            order_id,
-            status,
-            created_at,
-            OrderInput::DeadlinePassed,
-            None,
-            None,
-        )
-        .await?;
-        cancelled += 1;
+    for order in overdue {
+        match saga::decide(Some(&order), &OrderInput::Deadline(order.order_id)) {
+            Ok(plan) => {
+                apply(&mut tx, &mut out, plan, None).await?;
+                cancelled += 1;
+            }
+            // The sweep takes only open orders, which the deadline always closes.
+            Err(refusal) => {
+                tracing::warn!(order_id = %order.order_id, ?refusal, "deadline refused")
+            }
+        }
     }
     // The cancellations of one sweep start one trace, rooted at this span (made only when
     // there are some, so an idle sweep exports nothing).
@@ -52,7 +47,7 @@ pub async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
 }
 
 /// Sweeps every `interval` until shutdown; never while order-svc cannot work (`clock`).
-pub async fn run(
+pub(crate) async fn run(
     pool: PgPool,
     interval: Duration,
     mut clock: OutageClock,

@@ -1,19 +1,25 @@
 //! order-svc: owns orders; the only HTTP entry point for customers.
 //!
-//! - [`saga`]: the order state machine (pure).
-//! - [`handlers`]: reactions to StockReserved/Rejected, PaymentDone/Failed, StockReleased
-//!   and PaymentRefunded, and the function that applies a saga decision.
+//! - [`saga`]: the order's inputs (the events it consumes: StockReserved/Rejected,
+//!   PaymentDone/Failed, StockReleased, PaymentRefunded; its commands: place, cancel,
+//!   deadline) and the one pure `decide` from them to a plan.
+//! - [`handlers`]: the consumer: load, decide, apply.
+//! - [`apply`]: a plan written in the caller's transaction, for the consumer, the routes
+//!   and the sweep alike.
+//! - [`memory`]: the same table in memory, for the property tests.
 //! - [`http`]: `POST /orders`, `GET /orders/{id}`, `GET /orders`, `POST /orders/{id}/cancel`.
 //! - [`deadline`]: cancels orders still open when their deadline passes.
 //! - [`outage`]: stops the deadline while order-svc cannot reach its broker or database.
 //! - [`store`]: the order tables' queries.
 
-pub mod deadline;
-pub mod handlers;
-pub mod http;
-pub mod outage;
+mod apply;
+mod deadline;
+mod handlers;
+mod http;
+pub mod memory;
+mod outage;
 pub mod saga;
-pub mod store;
+mod store;
 
 use std::time::Duration;
 
@@ -53,19 +59,9 @@ fn deadline_from_env() -> anyhow::Result<Duration> {
         })
 }
 
-/// The service's queues, bound to the event types its handler consumes.
+/// The service's queues, bound to the events its inputs declare.
 pub fn topology() -> ServiceTopology<EventType> {
-    ServiceTopology::new(
-        SERVICE,
-        &[
-            EventType::StockReserved,
-            EventType::StockRejected,
-            EventType::PaymentDone,
-            EventType::PaymentFailed,
-            EventType::StockReleased,
-            EventType::PaymentRefunded,
-        ],
-    )
+    ServiceTopology::new(SERVICE, saga::OrderInput::CONSUMES)
 }
 
 /// Builds the running service: database, consumer, relay, housekeeping, deadline sweep

@@ -16,20 +16,22 @@ use std::time::{Duration, Instant};
 use messaging::amqp::LinkState;
 use sqlx::PgPool;
 
+use crate::saga::OrderStatus;
+
 /// Tracks the current outage, if any.
 #[derive(Debug)]
-pub struct OutageClock {
+pub(crate) struct OutageClock {
     links: Vec<LinkState>,
     since: Option<Instant>,
 }
 
 impl OutageClock {
-    pub fn new(links: Vec<LinkState>) -> Self {
+    pub(crate) fn new(links: Vec<LinkState>) -> Self {
         OutageClock { links, since: None }
     }
 
     /// Records that order-svc cannot work right now.
-    pub fn down(&mut self) {
+    pub(crate) fn down(&mut self) {
         if self.since.is_none() {
             tracing::warn!("order-svc cannot reach its broker or database; deadlines stop");
         }
@@ -38,7 +40,7 @@ impl OutageClock {
 
     /// Whether the sweep may run: true when order-svc can work and every outage before now
     /// has been added to the deadlines of the open orders.
-    pub async fn settle(&mut self, pool: &PgPool) -> bool {
+    pub(crate) async fn settle(&mut self, pool: &PgPool) -> bool {
         if !self.links.iter().all(LinkState::is_up) {
             self.down();
             return false;
@@ -67,13 +69,14 @@ impl OutageClock {
 
 /// Adds to the deadline of every open order the part of the last `outage` during which it
 /// was open. Returns how many orders were extended.
-pub async fn extend_open_deadlines(pool: &PgPool, outage: Duration) -> sqlx::Result<u64> {
+pub(crate) async fn extend_open_deadlines(pool: &PgPool, outage: Duration) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "UPDATE orders
          SET deadline = deadline + (now() - GREATEST(now() - make_interval(secs => $1), created_at))
-         WHERE status IN ('pending', 'reserved')",
+         WHERE status = ANY($2)",
     )
     .bind(outage.as_secs_f64())
+    .bind(&OrderStatus::OPEN[..])
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

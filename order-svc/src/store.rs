@@ -6,13 +6,13 @@ use events::catalog::OrderItem;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::saga::OrderStatus;
+use crate::saga::{IdempotencyKey, Order, OrderStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OrderRow {
+pub(crate) struct OrderRow {
     pub order_id: Uuid,
     pub customer_id: String,
-    pub status: String,
+    pub status: OrderStatus,
     pub reason: Option<String>,
     pub items: sqlx::types::Json<Vec<OrderItem>>,
     pub total: i64,
@@ -22,70 +22,84 @@ pub struct OrderRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl From<OrderRow> for Order {
+    fn from(row: OrderRow) -> Self {
+        Order {
+            order_id: row.order_id,
+            customer_id: row.customer_id,
+            status: row.status,
+            reason: row.reason,
+            items: row.items.0,
+            total: row.total,
+            currency: row.currency,
+            created_at: row.created_at,
+        }
+    }
+}
+
+const ORDER_COLUMNS: &str = "order_id, customer_id, status, reason, items, total, currency, deadline, created_at, updated_at";
+
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct HistoryRow {
+pub(crate) struct HistoryRow {
     pub event_type: String,
     pub message_id: Uuid,
     pub at: DateTime<Utc>,
 }
 
-pub struct NewOrder<'a> {
-    pub order_id: Uuid,
-    pub customer_id: &'a str,
-    pub items: &'a [OrderItem],
-    pub total: i64,
-    pub currency: &'a str,
-    pub deadline: DateTime<Utc>,
-    pub idempotency: Option<(&'a str, &'a str)>,
-}
-
 /// Inserts an order; with an idempotency key already used, inserts nothing and returns
 /// `None` (the caller then reads the order that key made).
-pub async fn insert_order(conn: &mut PgConnection, o: &NewOrder<'_>) -> sqlx::Result<Option<Uuid>> {
+pub(crate) async fn insert_order(
+    conn: &mut PgConnection,
+    o: &Order,
+    deadline: DateTime<Utc>,
+    idempotency: Option<&IdempotencyKey>,
+) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
         "INSERT INTO orders (order_id, customer_id, status, items, total, currency, deadline, idempotency_key, request_hash)
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING order_id",
     )
     .bind(o.order_id)
-    .bind(o.customer_id)
-    .bind(sqlx::types::Json(o.items))
+    .bind(&o.customer_id)
+    .bind(o.status)
+    .bind(sqlx::types::Json(&o.items))
     .bind(o.total)
-    .bind(o.currency)
-    .bind(o.deadline)
-    .bind(o.idempotency.map(|(k, _)| k))
-    .bind(o.idempotency.map(|(_, h)| h))
+    .bind(&o.currency)
+    .bind(deadline)
+    .bind(idempotency.map(|k| &k.key))
+    .bind(idempotency.map(|k| &k.request_hash))
     .fetch_optional(conn)
     .await
 }
 
 /// The order an idempotency key made, with the hash of the body it came with.
-pub async fn find_by_idempotency_key(
+pub(crate) async fn find_by_idempotency_key(
     conn: &mut PgConnection,
     key: &str,
-) -> sqlx::Result<Option<(Uuid, String, Option<String>)>> {
+) -> sqlx::Result<Option<(Uuid, OrderStatus, Option<String>)>> {
     sqlx::query_as("SELECT order_id, status, request_hash FROM orders WHERE idempotency_key = $1")
         .bind(key)
         .fetch_optional(conn)
         .await
 }
 
-/// Locks the order row for the rest of the transaction and returns its status and
-/// creation time. Events about one order therefore apply one after the other.
-pub async fn lock_status(
+/// Locks the order row for the rest of the transaction and returns it. Events about one
+/// order therefore apply one after the other.
+pub(crate) async fn lock_order(
     conn: &mut PgConnection,
     order_id: Uuid,
-) -> sqlx::Result<Option<(OrderStatus, DateTime<Utc>)>> {
-    let row: Option<(String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT status, created_at FROM orders WHERE order_id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.and_then(|(s, c)| OrderStatus::parse(&s).map(|st| (st, c))))
+) -> sqlx::Result<Option<Order>> {
+    let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE"
+    )))
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Order::from))
 }
 
-pub async fn set_status(
+pub(crate) async fn set_status(
     conn: &mut PgConnection,
     order_id: Uuid,
     status: OrderStatus,
@@ -93,14 +107,14 @@ pub async fn set_status(
 ) -> sqlx::Result<()> {
     sqlx::query("UPDATE orders SET status = $2, reason = COALESCE($3, reason), updated_at = now() WHERE order_id = $1")
         .bind(order_id)
-        .bind(status.as_str())
+        .bind(status)
         .bind(reason)
         .execute(conn)
         .await?;
     Ok(())
 }
 
-pub async fn record_history(
+pub(crate) async fn record_history(
     conn: &mut PgConnection,
     order_id: Uuid,
     event_type: &str,
@@ -121,17 +135,22 @@ pub async fn record_history(
     Ok(())
 }
 
-pub async fn get_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query_as(
-        "SELECT order_id, customer_id, status, reason, items, total, currency, deadline, created_at, updated_at
-         FROM orders WHERE order_id = $1",
-    )
+pub(crate) async fn get_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> sqlx::Result<Option<OrderRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1"
+    )))
     .bind(order_id)
     .fetch_optional(conn)
     .await
 }
 
-pub async fn history(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<HistoryRow>> {
+pub(crate) async fn history(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> sqlx::Result<Vec<HistoryRow>> {
     sqlx::query_as(
         "SELECT event_type, message_id, at FROM order_history WHERE order_id = $1 ORDER BY id",
     )
@@ -141,55 +160,56 @@ pub async fn history(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Ve
 }
 
 /// Orders, newest first, optionally of one status.
-pub async fn list_orders(
+pub(crate) async fn list_orders(
     conn: &mut PgConnection,
     status: Option<OrderStatus>,
     limit: i64,
 ) -> sqlx::Result<Vec<OrderRow>> {
-    sqlx::query_as(
-        "SELECT order_id, customer_id, status, reason, items, total, currency, deadline, created_at, updated_at
-         FROM orders WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC LIMIT $2",
-    )
-    .bind(status.map(|s| s.as_str()))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1::text IS NULL OR status = $1)
+         ORDER BY created_at DESC LIMIT $2"
+    )))
+    .bind(status)
     .bind(limit)
     .fetch_all(conn)
     .await
 }
 
 /// Count of orders by status.
-pub async fn count_by_status(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i64)>> {
+pub(crate) async fn count_by_status(
+    conn: &mut PgConnection,
+) -> sqlx::Result<Vec<(OrderStatus, i64)>> {
     sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status")
         .fetch_all(conn)
         .await
 }
 
 /// Open orders whose deadline has passed, locked; rows another sweeper holds are skipped.
-pub async fn lock_overdue(
-    conn: &mut PgConnection,
-    limit: i64,
-) -> sqlx::Result<Vec<(Uuid, String, DateTime<Utc>)>> {
-    sqlx::query_as(
-        "SELECT order_id, status, created_at FROM orders
-         WHERE status IN ('pending', 'reserved') AND deadline <= now()
-         ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
+pub(crate) async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Order>> {
+    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE status = ANY($1) AND deadline <= now()
+         ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )))
+    .bind(&OrderStatus::OPEN[..])
     .bind(limit)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(Order::from).collect())
 }
 
 /// Orders in order-id order after `after` (keyset paging, for walking every order).
-pub async fn page_orders(
+pub(crate) async fn page_orders(
     conn: &mut PgConnection,
     status: Option<OrderStatus>,
     after: Uuid,
     limit: i64,
 ) -> sqlx::Result<Vec<OrderRow>> {
-    sqlx::query_as(
-        "SELECT order_id, customer_id, status, reason, items, total, currency, deadline, created_at, updated_at
-         FROM orders WHERE ($1::text IS NULL OR status = $1) AND order_id > $2 ORDER BY order_id LIMIT $3",
-    )
-    .bind(status.map(|s| s.as_str()))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1::text IS NULL OR status = $1) AND order_id > $2
+         ORDER BY order_id LIMIT $3"
+    )))
+    .bind(status)
     .bind(after)
     .bind(limit)
     .fetch_all(conn)

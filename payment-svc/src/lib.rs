@@ -1,14 +1,19 @@
 //! payment-svc: owns customer wallets and payments.
 //!
-//! - [`saga`]: what a payment does on each order event, and whether a wallet can pay (pure).
-//! - [`handlers`]: StockReserved, OrderCancelled and FundsDeposited.
+//! - [`saga`]: the inputs payment-svc consumes (StockReserved, OrderCancelled,
+//!   FundsDeposited) and the one pure `decide` from them to a plan.
+//! - [`handlers`]: the consumer: load, decide, apply.
+//! - [`apply`]: a plan written in the caller's transaction.
+//! - [`memory`]: the same tables in memory, for the property tests.
 //! - [`http`]: `GET /wallets/{customer_id}`, `GET /wallets`, `GET /payments/{order_id}`.
 //! - [`store`]: the wallet and payment tables' queries.
 
-pub mod handlers;
-pub mod http;
+mod apply;
+mod handlers;
+mod http;
+pub mod memory;
 pub mod saga;
-pub mod store;
+mod store;
 
 use events::EventType;
 use messaging::topology::ServiceTopology;
@@ -24,16 +29,9 @@ pub fn config_from_env() -> anyhow::Result<ServiceConfig> {
     ServiceConfig::from_env(SERVICE, "PAYMENT", 8082, "payments")
 }
 
-/// The service's queues, bound to the event types its handler consumes.
+/// The service's queues, bound to the events its inputs declare.
 pub fn topology() -> ServiceTopology<EventType> {
-    ServiceTopology::new(
-        SERVICE,
-        &[
-            EventType::StockReserved,
-            EventType::OrderCancelled,
-            EventType::FundsDeposited,
-        ],
-    )
+    ServiceTopology::new(SERVICE, saga::PaymentInput::CONSUMES)
 }
 
 /// Builds the running service: database, consumer, relay, housekeeping and HTTP.

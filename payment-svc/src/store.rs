@@ -1,13 +1,16 @@
-//! The wallet and payment tables' queries. Writes run in the caller's transaction.
+//! The wallet and payment tables' queries: the loading of a decision's context, the
+//! writes of its plan, and the read API's queries. Writes run in the caller's transaction.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::saga::{PaymentState, WalletView};
+use messaging::consumer::lock_saga;
+
+use crate::saga::{Payment, PaymentContext, PaymentInput, PaymentState, Wallet};
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct WalletRow {
+pub(crate) struct WalletRow {
     pub customer_id: String,
     pub currency: String,
     pub balance: i64,
@@ -18,13 +21,13 @@ pub struct WalletRow {
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct PaymentRow {
+pub(crate) struct PaymentRow {
     pub order_id: Uuid,
     pub payment_id: Option<Uuid>,
     pub customer_id: String,
     pub amount: i64,
     pub currency: String,
-    pub status: String,
+    pub status: PaymentState,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -33,112 +36,106 @@ pub struct PaymentRow {
 const PAYMENT_COLUMNS: &str =
     "order_id, payment_id, customer_id, amount, currency, status, reason, created_at, updated_at";
 
-/// The payment of an order, locked for the transaction.
-pub async fn lock_payment(
+/// Loads what [`saga::decide`](crate::saga::decide) reads for `input`, locking it for the
+/// transaction: the order's saga lock and payment, then the wallet.
+pub(crate) async fn load(
     conn: &mut PgConnection,
-    order_id: Uuid,
-) -> sqlx::Result<Option<PaymentRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 FOR UPDATE"
-    )))
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
-}
-
-pub fn state_of(payment: Option<&PaymentRow>) -> PaymentState {
-    payment.map_or(PaymentState::None, |p| {
-        PaymentState::parse(&p.status).unwrap_or(PaymentState::Failed)
+    input: &PaymentInput,
+) -> sqlx::Result<PaymentContext> {
+    let payment = match input.order_id() {
+        Some(order_id) => {
+            lock_saga(conn, order_id).await?;
+            sqlx::query_as(
+                "SELECT payment_id, customer_id, amount, currency, status, reason
+                 FROM payments WHERE order_id = $1 FOR UPDATE",
+            )
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        None => None,
+    };
+    if let PaymentInput::FundsDeposited(e) = input {
+        // A first deposit opens the wallet before locking it, so two first deposits queue
+        // on the row instead of both inserting. A refused deposit rolls the row back with
+        // the rest of the transaction.
+        sqlx::query(
+            "INSERT INTO wallets (customer_id, currency, balance, deposited) VALUES ($1, $2, 0, 0)
+             ON CONFLICT (customer_id) DO NOTHING",
+        )
+        .bind(&e.customer_id)
+        .bind(&e.currency)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let wallet = match input.wallet_key(payment.as_ref()) {
+        Some(customer_id) => {
+            sqlx::query_as(
+                "SELECT currency, balance, deposited, captured, refunded FROM wallets
+                 WHERE customer_id = $1 FOR UPDATE",
+            )
+            .bind(customer_id)
+            .fetch_optional(conn)
+            .await?
+        }
+        None => None,
+    };
+    Ok(PaymentContext {
+        payment,
+        wallet,
+        new_payment_id: Uuid::now_v7(),
     })
 }
 
-pub struct PaymentRecord<'a> {
-    pub order_id: Uuid,
-    pub payment_id: Option<Uuid>,
-    pub customer_id: &'a str,
-    pub amount: i64,
-    pub currency: &'a str,
-    pub state: PaymentState,
-    pub reason: Option<&'a str>,
-}
-
-pub async fn upsert_payment(conn: &mut PgConnection, p: &PaymentRecord<'_>) -> sqlx::Result<()> {
+pub(crate) async fn set_payment(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    p: &Payment,
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO payments (order_id, payment_id, customer_id, amount, currency, status, reason)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (order_id) DO UPDATE SET payment_id = COALESCE(EXCLUDED.payment_id, payments.payment_id),
+         ON CONFLICT (order_id) DO UPDATE SET payment_id = EXCLUDED.payment_id,
              customer_id = EXCLUDED.customer_id, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
              status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = now()",
     )
-    .bind(p.order_id)
+    .bind(order_id)
     .bind(p.payment_id)
-    .bind(p.customer_id)
+    .bind(&p.customer_id)
     .bind(p.amount)
-    .bind(p.currency)
-    .bind(p.state.as_str())
-    .bind(p.reason)
+    .bind(&p.currency)
+    .bind(p.state)
+    .bind(&p.reason)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-pub async fn lock_wallet(
+/// Stores a wallet (its row was locked, or opened, by [`load`]).
+pub(crate) async fn set_wallet(
     conn: &mut PgConnection,
     customer_id: &str,
-) -> sqlx::Result<Option<WalletView>> {
-    let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT currency, balance FROM wallets WHERE customer_id = $1 FOR UPDATE")
-            .bind(customer_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.map(|(currency, balance)| WalletView { currency, balance }))
-}
-
-pub async fn debit(conn: &mut PgConnection, customer_id: &str, amount: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE wallets SET balance = balance - $2, captured = captured + $2, updated_at = now() WHERE customer_id = $1")
-        .bind(customer_id)
-        .bind(amount)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn credit_refund(
-    conn: &mut PgConnection,
-    customer_id: &str,
-    amount: i64,
+    w: &Wallet,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE wallets SET balance = balance + $2, refunded = refunded + $2, updated_at = now() WHERE customer_id = $1")
-        .bind(customer_id)
-        .bind(amount)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Adds a deposit (creating the wallet in that currency); `None` when the wallet exists in
-/// another currency, and then nothing changed.
-pub async fn deposit(
-    conn: &mut PgConnection,
-    customer_id: &str,
-    amount: i64,
-    currency: &str,
-) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
-        "INSERT INTO wallets (customer_id, currency, balance, deposited) VALUES ($1, $3, $2, $2)
-         ON CONFLICT (customer_id) DO UPDATE SET balance = wallets.balance + $2,
-             deposited = wallets.deposited + $2, updated_at = now()
-             WHERE wallets.currency = $3
-         RETURNING balance",
+    sqlx::query(
+        "INSERT INTO wallets (customer_id, currency, balance, deposited, captured, refunded)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (customer_id) DO UPDATE SET currency = EXCLUDED.currency, balance = EXCLUDED.balance,
+             deposited = EXCLUDED.deposited, captured = EXCLUDED.captured,
+             refunded = EXCLUDED.refunded, updated_at = now()",
     )
     .bind(customer_id)
-    .bind(amount)
-    .bind(currency)
-    .fetch_optional(conn)
-    .await
+    .bind(&w.currency)
+    .bind(w.balance)
+    .bind(w.deposited)
+    .bind(w.captured)
+    .bind(w.refunded)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
-pub async fn get_wallet(
+pub(crate) async fn get_wallet(
     conn: &mut PgConnection,
     customer_id: &str,
 ) -> sqlx::Result<Option<WalletRow>> {
@@ -148,13 +145,13 @@ pub async fn get_wallet(
         .await
 }
 
-pub async fn list_wallets(conn: &mut PgConnection) -> sqlx::Result<Vec<WalletRow>> {
+pub(crate) async fn list_wallets(conn: &mut PgConnection) -> sqlx::Result<Vec<WalletRow>> {
     sqlx::query_as("SELECT customer_id, currency, balance, deposited, captured, refunded, updated_at FROM wallets ORDER BY customer_id LIMIT 10000")
         .fetch_all(conn)
         .await
 }
 
-pub async fn get_payment(
+pub(crate) async fn get_payment(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> sqlx::Result<Option<PaymentRow>> {
@@ -167,7 +164,7 @@ pub async fn get_payment(
 }
 
 /// Payments in order-id order, after the order id `after` (keyset paging).
-pub async fn list_payments(
+pub(crate) async fn list_payments(
     conn: &mut PgConnection,
     after: Option<Uuid>,
     limit: i64,

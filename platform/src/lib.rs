@@ -11,6 +11,7 @@ pub mod db_failover;
 pub mod edge;
 pub mod health;
 pub mod http;
+pub mod inputs;
 pub mod listener;
 pub mod request_span;
 pub mod shutdown;

@@ -1,34 +1,34 @@
-//! An in-memory model of the three services and the broker between them.
+//! An in-memory run of the three services and the broker between them.
 //!
-//! Every decision is taken by the services' own pure functions (`decide`, `merge_items`,
-//! `plan_reservation`, `can_charge`, `http::validate`), every stock movement uses
-//! inventory's own `Movement` constants, routing follows the queue bindings of each
-//! service's own `topology()`, and every message goes through the real envelope encoding and `decode_body`, so
-//! a payload the consumers would refuse is dead-lettered here as it would be there.
-//! What the model re-implements is only the storage effects of the handlers (the SQL in
-//! each `store.rs`), kept as close to those statements as possible.
+//! Every service is its own code: each delivery goes through the service's real input
+//! declaration (`TryFrom<&Event>`), its real `decide` and the in-memory application of the
+//! plan its crate exports (`order_svc::memory`, `inventory_svc::memory`,
+//! `payment_svc::memory`, loading and writing what `store` and `apply` do). Routing follows
+//! the queue bindings of each service's own `topology()`, and every message goes through
+//! the real envelope encoding and `decode_body`, so a payload the consumers would refuse
+//! is dead-lettered here as it would be there. What this file adds is only the broker
+//! (delays, duplicates, redeliveries, repeats), the inbox (one claim per message id per
+//! queue) and the checks: nothing here decides what a service does.
 //!
-//! Next to the services' own rows the model keeps an audit of what really happened to
-//! each order (every capture, every refund, every unit moved between stock buckets), so
-//! the invariants are checked against the facts rather than against the services'
-//! opinion of them.
+//! Next to the services' own rows the run keeps an audit of what really happened to each
+//! order, observed from the rows each delivery changed (every capture, every refund, every
+//! unit moved between stock buckets), so the invariants are checked against the facts
+//! rather than against the services' opinion of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use events::catalog::{
-    FundsDeposited, OrderCancelled, OrderConfirmed, OrderCreated, OrderItem, PaymentDone,
-    PaymentFailed, PaymentFailureReason, PaymentRefunded, StockAdjusted, StockItem, StockRejected,
-    StockReleased, StockReserved,
-};
+use chrono::{DateTime, Utc};
+use events::catalog::{FundsDeposited, OrderItem, StockAdjusted};
 use events::{Event, EventType};
-use inventory_svc::saga::{self as inventory_saga, InventoryInput, ReservationState};
-use inventory_svc::store::{Movement, RELEASE_RESERVED, RESERVE, RETURN_SOLD, SELL};
+use inventory_svc::memory::InventoryTables;
+use inventory_svc::saga::{ReservationState, merge_items};
 use messaging::envelope::{Envelope, decode_body};
-use order_svc::http::PlaceOrder;
-use order_svc::saga::{self as order_saga, Decision, OrderEmit, OrderInput, OrderStatus};
-use payment_svc::saga::{self as payment_saga, PaymentInput, PaymentState, WalletView};
+use order_svc::memory::OrderTables;
+use order_svc::saga::{NewOrder, OrderInput, OrderRefusal, OrderStatus};
+use payment_svc::memory::PaymentTables;
+use payment_svc::saga::PaymentState;
 use uuid::Uuid;
 
 /// The producer name operators' events carry.
@@ -80,73 +80,6 @@ pub struct Message {
     pub to: Vec<Service>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Order {
-    pub customer_id: String,
-    pub currency: String,
-    pub items: Vec<OrderItem>,
-    pub total: i64,
-    pub status: OrderStatus,
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stock {
-    pub available: i64,
-    pub reserved: i64,
-    pub sold: i64,
-    pub adjusted: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    pub state: ReservationState,
-    pub items: Vec<StockItem>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payment {
-    pub payment_id: Option<Uuid>,
-    pub customer_id: String,
-    pub amount: i64,
-    pub currency: String,
-    pub state: PaymentState,
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wallet {
-    pub currency: String,
-    pub balance: i64,
-    pub deposited: i64,
-    pub captured: i64,
-    pub refunded: i64,
-}
-
-/// order-svc's database.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OrderDb {
-    pub orders: BTreeMap<Uuid, Order>,
-    pub inbox: BTreeSet<Uuid>,
-}
-
-/// inventory-svc's database.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InventoryDb {
-    pub stock: BTreeMap<String, Stock>,
-    pub reservations: BTreeMap<Uuid, Reservation>,
-    pub inbox: BTreeSet<Uuid>,
-}
-
-/// payment-svc's database.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PaymentDb {
-    pub wallets: BTreeMap<String, Wallet>,
-    pub payments: BTreeMap<Uuid, Payment>,
-    pub inbox: BTreeSet<Uuid>,
-}
-
-/// Units of one SKU held for one order, as moved (not as recorded).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Held {
     pub reserved: i64,
@@ -206,11 +139,11 @@ pub enum Note {
     },
     Cancel {
         order: Uuid,
-        decision: Decision,
+        answer: Result<(), OrderRefusal>,
     },
     Deadline {
         order: Uuid,
-        decision: Decision,
+        answer: Result<(), OrderRefusal>,
     },
     Quiescent,
 }
@@ -239,9 +172,11 @@ pub struct DeadLetter {
 /// The three services, the broker, and the audit.
 #[derive(Debug, Clone, Default)]
 pub struct World {
-    pub order: OrderDb,
-    pub inventory: InventoryDb,
-    pub payment: PaymentDb,
+    pub order: OrderTables,
+    pub inventory: InventoryTables,
+    pub payment: PaymentTables,
+    /// Each service's inbox: the message ids it handled.
+    pub inboxes: [BTreeSet<Uuid>; 3],
     pub audit: BTreeMap<Uuid, Audit>,
     pub bus: Vec<Message>,
     /// Every event about an order ever published, for repeats under a new message id.
@@ -250,17 +185,20 @@ pub struct World {
     pub delivered: Vec<(Service, Message)>,
     pub dead_letters: Vec<DeadLetter>,
     pub refused_cancels: usize,
+    /// Per SKU, the sum of the adjustments inventory accepted, as published.
+    pub adjusted: BTreeMap<String, i64>,
+    /// Per customer, the sum of the deposits payment accepted, as published.
+    pub deposited: BTreeMap<String, i64>,
     pub notes: Vec<Note>,
     next_seq: u32,
-    next_payment: u128,
 }
 
 /// Everything a duplicate delivery must leave untouched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Snapshot {
-    order: OrderDb,
-    inventory: InventoryDb,
-    payment: PaymentDb,
+    order: OrderTables,
+    inventory: InventoryTables,
+    payment: PaymentTables,
     audit: BTreeMap<Uuid, Audit>,
     in_flight: usize,
 }
@@ -411,28 +349,39 @@ impl World {
     }
 
     /// A consumer's processing of one delivery: decode, inbox claim, handler, outbox.
-    /// All of it is one transaction: a handler error leaves nothing behind.
+    /// All of it is one transaction: a refusal leaves nothing behind.
     fn receive(&mut self, to: Service, msg: &Message, again: bool) -> Outcome {
         let ty = msg.event.event_type();
         let outcome = if let Err(code) = msg.decoded {
             Outcome::DeadLettered(code)
-        } else if self.inbox(to).contains(&msg.id) {
+        } else if self.inboxes[to as usize].contains(&msg.id) {
             Outcome::Duplicate
         } else {
+            let stock_before = self.inventory.stock.clone();
             let handled = match to {
-                Service::Order => self.order_handle(&msg.event),
-                Service::Inventory => self.inventory_handle(&msg.event),
-                Service::Payment => self.payment_handle(&msg.event),
+                Service::Order => self.order.handle(&msg.event),
+                Service::Inventory => self.inventory.handle(&msg.event),
+                Service::Payment => self.payment.handle(&msg.event),
             };
             match handled {
                 Ok(emitted) => {
-                    self.inbox_mut(to).insert(msg.id);
+                    self.inboxes[to as usize].insert(msg.id);
+                    match (&msg.event, msg.event.order_id()) {
+                        (Event::StockAdjusted(e), _) => {
+                            *self.adjusted.entry(e.sku.clone()).or_default() += e.delta
+                        }
+                        (Event::FundsDeposited(e), _) => {
+                            *self.deposited.entry(e.customer_id.clone()).or_default() += e.amount
+                        }
+                        (_, Some(order)) => self.observe(order, &stock_before, &emitted),
+                        (_, None) => {}
+                    }
                     for e in emitted {
                         self.publish(e, to.name(), false);
                     }
                     Outcome::Handled
                 }
-                Err(code) => Outcome::DeadLettered(code),
+                Err(refusal) => Outcome::DeadLettered(refusal.code),
             }
         };
         if let Outcome::DeadLettered(code) = outcome {
@@ -455,19 +404,42 @@ impl World {
         outcome
     }
 
-    fn inbox(&self, s: Service) -> &BTreeSet<Uuid> {
-        match s {
-            Service::Order => &self.order.inbox,
-            Service::Inventory => &self.inventory.inbox,
-            Service::Payment => &self.payment.inbox,
+    /// Records in `order`'s audit what the delivery just handled did: the units it moved
+    /// between stock buckets, read off the stock rows it changed, and the captures and
+    /// refunds it announced (checked against the wallets' own counters by
+    /// [`World::check_always`]).
+    fn observe(
+        &mut self,
+        order: Uuid,
+        stock: &BTreeMap<String, inventory_svc::saga::StockLevels>,
+        emitted: &[Event],
+    ) {
+        let audit = self.audit.entry(order).or_default();
+        for (sku, after) in &self.inventory.stock {
+            let Some(before) = stock.get(sku) else {
+                continue;
+            };
+            let (reserved, sold) = (after.reserved - before.reserved, after.sold - before.sold);
+            if (reserved, sold) != (0, 0) {
+                let held = audit.held.entry(sku.clone()).or_default();
+                held.reserved += reserved;
+                held.sold += sold;
+                held.ever_reserved += reserved.max(0);
+            }
         }
-    }
-
-    fn inbox_mut(&mut self, s: Service) -> &mut BTreeSet<Uuid> {
-        match s {
-            Service::Order => &mut self.order.inbox,
-            Service::Inventory => &mut self.inventory.inbox,
-            Service::Payment => &mut self.payment.inbox,
+        for e in emitted {
+            match e {
+                Event::PaymentDone(done) => {
+                    audit.captures.push((done.customer_id.clone(), done.amount))
+                }
+                Event::PaymentRefunded(refund) => {
+                    let payment = &self.payment.payments[&order];
+                    audit
+                        .refunds
+                        .push((payment.customer_id.clone(), refund.amount));
+                }
+                _ => {}
+            }
         }
     }
 
@@ -496,74 +468,72 @@ impl World {
         );
     }
 
-    // ---- order-svc -------------------------------------------------------------------
+    // ---- order-svc's commands and sweep ------------------------------------------------
 
     /// `POST /orders`: `false` when the request is refused (400).
-    pub fn place_order(&mut self, order_id: Uuid, req: PlaceOrder) -> bool {
-        let Ok(total) = order_svc::http::validate(&req) else {
+    pub fn place_order(
+        &mut self,
+        order_id: Uuid,
+        customer_id: &str,
+        currency: &str,
+        items: Vec<OrderItem>,
+    ) -> bool {
+        let placed_at = DateTime::<Utc>::UNIX_EPOCH;
+        let new = NewOrder {
+            order_id,
+            customer_id: customer_id.to_owned(),
+            currency: currency.to_owned(),
+            items,
+            placed_at,
+            deadline: placed_at,
+            idempotency: None,
+        };
+        let Ok(emitted) = self.order.run(&OrderInput::Place(new)) else {
             return false;
         };
-        assert!(
-            !self.order.orders.contains_key(&order_id),
-            "order {} placed twice",
-            label(order_id)
-        );
-        self.order.orders.insert(
-            order_id,
-            Order {
-                customer_id: req.customer_id.clone(),
-                currency: req.currency.clone(),
-                items: req.items.clone(),
-                total,
-                status: OrderStatus::Pending,
-                reason: None,
-            },
-        );
         self.notes.push(Note::Placed { order: order_id });
-        self.publish(
-            Event::OrderCreated(OrderCreated {
-                order_id,
-                customer_id: req.customer_id,
-                items: req.items,
-                total,
-                currency: req.currency,
-            }),
-            order_svc::SERVICE,
-            false,
-        );
-        true
-    }
-
-    /// `POST /orders/{id}/cancel`; `None` for an unknown order (404).
-    pub fn request_cancel(&mut self, order_id: Uuid) -> Option<Decision> {
-        self.order.orders.get(&order_id)?;
-        let (decision, emitted) = self.order_apply(order_id, OrderInput::CancelRequested, None);
-        if decision == Decision::Refuse {
-            self.refused_cancels += 1;
-        }
-        self.notes.push(Note::Cancel {
-            order: order_id,
-            decision,
-        });
         for e in emitted {
             self.publish(e, order_svc::SERVICE, false);
         }
-        Some(decision)
+        true
     }
 
-    /// The deadline sweep reaching the order: it only takes pending and reserved orders.
-    pub fn deadline_passes(&mut self, order_id: Uuid) {
-        let Some(order) = self.order.orders.get(&order_id) else {
-            return;
-        };
-        if !matches!(order.status, OrderStatus::Pending | OrderStatus::Reserved) {
-            return;
+    /// `POST /orders/{id}/cancel`.
+    pub fn request_cancel(&mut self, order_id: Uuid) {
+        let answer = self.order.run(&OrderInput::Cancel(order_id));
+        if matches!(answer, Err(OrderRefusal::Closed { .. })) {
+            self.refused_cancels += 1;
         }
-        let (decision, emitted) = self.order_apply(order_id, OrderInput::DeadlinePassed, None);
-        self.notes.push(Note::Deadline {
-            order: order_id,
-            decision,
+        self.after_command(order_id, answer, |order, answer| Note::Cancel {
+            order,
+            answer,
         });
+    }
+
+    /// The deadline sweep reaching the order: it takes only open orders.
+    pub fn deadline_passes(&mut self, order_id: Uuid) {
+        let open = self
+            .order
+            .orders
+            .get(&order_id)
+            .is_some_and(|o| OrderStatus::OPEN.contains(&o.status));
+        if open {
+            let answer = self.order.run(&OrderInput::Deadline(order_id));
+            self.after_command(order_id, answer, |order, answer| Note::Deadline {
+                order,
+                answer,
+            });
+        }
+    }
+
+    fn after_command(
+        &mut self,
+        order: Uuid,
+        answer: Result<Vec<Event>, OrderRefusal>,
+        note: fn(Uuid, Result<(), OrderRefusal>) -> Note,
+    ) {
+        let emitted = answer.as_ref().map_or(Vec::new(), Clone::clone);
+        self.notes.push(note(order, answer.map(|_| ())));
         for e in emitted {
             self.publish(e, order_svc::SERVICE, false);
         }
@@ -581,342 +551,9 @@ impl World {
         self.order
             .orders
             .iter()
-            .filter(|(_, o)| matches!(o.status, OrderStatus::Pending | OrderStatus::Reserved))
+            .filter(|(_, o)| OrderStatus::OPEN.contains(&o.status))
             .map(|(id, _)| *id)
             .collect()
-    }
-
-    fn order_handle(&mut self, event: &Event) -> Result<Vec<Event>, &'static str> {
-        let (order_id, input, rejection) = match event {
-            Event::StockReserved(e) => (e.order_id, OrderInput::StockReserved, None),
-            Event::StockRejected(e) => (
-                e.order_id,
-                OrderInput::StockRejected,
-                Some(e.reason.as_str()),
-            ),
-            Event::PaymentDone(e) => (e.order_id, OrderInput::PaymentDone, None),
-            Event::PaymentFailed(e) => (e.order_id, OrderInput::PaymentFailed, None),
-            Event::StockReleased(e) => (e.order_id, OrderInput::StockReleased, None),
-            Event::PaymentRefunded(e) => (e.order_id, OrderInput::PaymentRefunded, None),
-            _ => return Err("unexpected_event"),
-        };
-        if !self.order.orders.contains_key(&order_id) {
-            return Err("unknown_order");
-        }
-        let rejection = rejection.map(str::to_owned);
-        Ok(self.order_apply(order_id, input, rejection.as_deref()).1)
-    }
-
-    /// `handlers::apply`: decide, move, emit.
-    fn order_apply(
-        &mut self,
-        order_id: Uuid,
-        input: OrderInput,
-        rejection: Option<&str>,
-    ) -> (Decision, Vec<Event>) {
-        let order = self
-            .order
-            .orders
-            .get_mut(&order_id)
-            .expect("callers check the order exists");
-        let decision = order_saga::decide(order.status, input);
-        let mut emitted = Vec::new();
-        if let Decision::Move { to, emit } = decision {
-            let reason = match (to, emit) {
-                (_, Some(OrderEmit::Cancelled(r))) => Some(r.as_str()),
-                (OrderStatus::Rejected, _) => Some(rejection.unwrap_or("insufficient_stock")),
-                _ => None,
-            };
-            order.status = to;
-            if let Some(r) = reason {
-                order.reason = Some(r.to_owned());
-            }
-            match emit {
-                Some(OrderEmit::Confirmed) => {
-                    emitted.push(Event::OrderConfirmed(OrderConfirmed { order_id }))
-                }
-                Some(OrderEmit::Cancelled(reason)) => {
-                    emitted.push(Event::OrderCancelled(OrderCancelled { order_id, reason }))
-                }
-                None => {}
-            }
-        }
-        (decision, emitted)
-    }
-
-    // ---- inventory-svc ---------------------------------------------------------------
-
-    fn inventory_handle(&mut self, event: &Event) -> Result<Vec<Event>, &'static str> {
-        let (order_id, input) = match event {
-            Event::StockAdjusted(e) => return self.inventory_adjust(e).map(|()| Vec::new()),
-            Event::OrderCreated(e) => (e.order_id, InventoryInput::OrderCreated),
-            Event::OrderConfirmed(e) => (e.order_id, InventoryInput::OrderConfirmed),
-            Event::OrderCancelled(e) => (e.order_id, InventoryInput::OrderCancelled),
-            _ => return Err("unexpected_event"),
-        };
-        let (state, held) = match self.inventory.reservations.get(&order_id) {
-            None => (ReservationState::None, Vec::new()),
-            Some(r) => (r.state, r.items.clone()),
-        };
-        let mut emitted = Vec::new();
-        match inventory_saga::decide(state, input) {
-            inventory_saga::Step::TryReserve => {
-                if let Event::OrderCreated(order) = event {
-                    emitted.push(self.inventory_try_reserve(order));
-                }
-            }
-            inventory_saga::Step::Sell => {
-                self.move_stock(order_id, &held, SELL);
-                self.set_reservation(order_id, ReservationState::Sold, held);
-            }
-            inventory_saga::Step::ReleaseReserved => {
-                emitted.push(self.inventory_release(order_id, held, RELEASE_RESERVED))
-            }
-            inventory_saga::Step::ReturnSold => {
-                emitted.push(self.inventory_release(order_id, held, RETURN_SOLD))
-            }
-            inventory_saga::Step::ReleaseNothing => {
-                emitted.push(self.inventory_release(order_id, Vec::new(), RELEASE_RESERVED))
-            }
-            inventory_saga::Step::Ignore => {}
-        }
-        Ok(emitted)
-    }
-
-    fn inventory_try_reserve(&mut self, order: &OrderCreated) -> Event {
-        let wanted = inventory_saga::merge_items(&order.items);
-        let stock = &self.inventory.stock;
-        let available = |sku: &str| stock.get(sku).map_or(0, |s| s.available);
-        match inventory_saga::plan_reservation(&wanted, available) {
-            Ok(()) => {
-                self.move_stock(order.order_id, &wanted, RESERVE);
-                self.set_reservation(order.order_id, ReservationState::Reserved, wanted.clone());
-                Event::StockReserved(StockReserved {
-                    order_id: order.order_id,
-                    customer_id: order.customer_id.clone(),
-                    items: wanted,
-                    total: order.total,
-                    currency: order.currency.clone(),
-                })
-            }
-            Err(unavailable) => {
-                self.set_reservation(order.order_id, ReservationState::Rejected, wanted);
-                Event::StockRejected(StockRejected {
-                    order_id: order.order_id,
-                    reason: "insufficient_stock".to_owned(),
-                    unavailable,
-                })
-            }
-        }
-    }
-
-    fn inventory_release(&mut self, order_id: Uuid, items: Vec<StockItem>, m: Movement) -> Event {
-        self.move_stock(order_id, &items, m);
-        self.set_reservation(order_id, ReservationState::Released, items.clone());
-        Event::StockReleased(StockReleased { order_id, items })
-    }
-
-    fn set_reservation(&mut self, order_id: Uuid, state: ReservationState, items: Vec<StockItem>) {
-        self.inventory
-            .reservations
-            .insert(order_id, Reservation { state, items });
-    }
-
-    /// `store::move_stock`: an UPDATE, so a SKU without a row moves nothing.
-    fn move_stock(&mut self, order_id: Uuid, items: &[StockItem], m: Movement) {
-        for item in items {
-            let Some(row) = self.inventory.stock.get_mut(&item.sku) else {
-                continue;
-            };
-            row.available += item.quantity * m.available;
-            row.reserved += item.quantity * m.reserved;
-            row.sold += item.quantity * m.sold;
-            let held = self
-                .audit
-                .entry(order_id)
-                .or_default()
-                .held
-                .entry(item.sku.clone())
-                .or_default();
-            held.reserved += item.quantity * m.reserved;
-            held.sold += item.quantity * m.sold;
-            held.ever_reserved += item.quantity * m.reserved.max(0);
-        }
-    }
-
-    /// `store::adjust`.
-    fn inventory_adjust(&mut self, e: &StockAdjusted) -> Result<(), &'static str> {
-        if e.delta >= 0 {
-            let row = self.inventory.stock.entry(e.sku.clone()).or_default();
-            row.available += e.delta;
-            row.adjusted += e.delta;
-            return Ok(());
-        }
-        match self.inventory.stock.get_mut(&e.sku) {
-            Some(row) if row.available + e.delta >= 0 => {
-                row.available += e.delta;
-                row.adjusted += e.delta;
-                Ok(())
-            }
-            _ => Err("negative_stock"),
-        }
-    }
-
-    // ---- payment-svc -----------------------------------------------------------------
-
-    fn payment_handle(&mut self, event: &Event) -> Result<Vec<Event>, &'static str> {
-        let (order_id, input, reserved) = match event {
-            Event::FundsDeposited(e) => return self.payment_deposit(e).map(|()| Vec::new()),
-            Event::StockReserved(e) => (e.order_id, PaymentInput::StockReserved, Some(e)),
-            Event::OrderCancelled(e) => (e.order_id, PaymentInput::OrderCancelled, None),
-            _ => return Err("unexpected_event"),
-        };
-        let payment = self.payment.payments.get(&order_id).cloned();
-        let state = payment.as_ref().map_or(PaymentState::None, |p| p.state);
-        let mut emitted = Vec::new();
-        match (payment_saga::decide(state, input), reserved, payment) {
-            (payment_saga::Step::TryCharge, Some(r), _) => emitted.push(self.payment_charge(r)),
-            (payment_saga::Step::RefuseCancelled, Some(r), _) => {
-                emitted.push(self.payment_fail(r, PaymentFailureReason::OrderCancelled))
-            }
-            (payment_saga::Step::Refund, _, Some(p)) => {
-                emitted.push(self.payment_refund(order_id, &p))
-            }
-            (payment_saga::Step::Void, _, _) => self.upsert_payment(
-                order_id,
-                Payment {
-                    payment_id: None,
-                    customer_id: String::new(),
-                    amount: 0,
-                    currency: String::new(),
-                    state: PaymentState::Voided,
-                    reason: Some("order_cancelled".into()),
-                },
-            ),
-            _ => {}
-        }
-        Ok(emitted)
-    }
-
-    fn payment_charge(&mut self, r: &StockReserved) -> Event {
-        let view = self
-            .payment
-            .wallets
-            .get(&r.customer_id)
-            .map(|w| WalletView {
-                currency: w.currency.clone(),
-                balance: w.balance,
-            });
-        if let Err(reason) = payment_saga::can_charge(view.as_ref(), r.total, &r.currency) {
-            return self.payment_fail(r, reason);
-        }
-        self.next_payment += 1;
-        let payment_id = Uuid::from_u128((1 << 64) + self.next_payment);
-        if let Some(w) = self.payment.wallets.get_mut(&r.customer_id) {
-            w.balance -= r.total;
-            w.captured += r.total;
-            self.audit
-                .entry(r.order_id)
-                .or_default()
-                .captures
-                .push((r.customer_id.clone(), r.total));
-        }
-        self.upsert_payment(
-            r.order_id,
-            Payment {
-                payment_id: Some(payment_id),
-                customer_id: r.customer_id.clone(),
-                amount: r.total,
-                currency: r.currency.clone(),
-                state: PaymentState::Captured,
-                reason: None,
-            },
-        );
-        Event::PaymentDone(PaymentDone {
-            order_id: r.order_id,
-            payment_id,
-            customer_id: r.customer_id.clone(),
-            amount: r.total,
-            currency: r.currency.clone(),
-        })
-    }
-
-    fn payment_fail(&mut self, r: &StockReserved, reason: PaymentFailureReason) -> Event {
-        let reason_text = serde_json::to_value(reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned));
-        self.upsert_payment(
-            r.order_id,
-            Payment {
-                payment_id: None,
-                customer_id: r.customer_id.clone(),
-                amount: r.total,
-                currency: r.currency.clone(),
-                state: PaymentState::Failed,
-                reason: reason_text,
-            },
-        );
-        Event::PaymentFailed(PaymentFailed {
-            order_id: r.order_id,
-            customer_id: r.customer_id.clone(),
-            amount: r.total,
-            reason,
-        })
-    }
-
-    fn payment_refund(&mut self, order_id: Uuid, p: &Payment) -> Event {
-        if let Some(w) = self.payment.wallets.get_mut(&p.customer_id) {
-            w.balance += p.amount;
-            w.refunded += p.amount;
-            self.audit
-                .entry(order_id)
-                .or_default()
-                .refunds
-                .push((p.customer_id.clone(), p.amount));
-        }
-        self.upsert_payment(
-            order_id,
-            Payment {
-                state: PaymentState::Refunded,
-                reason: Some("order_cancelled".into()),
-                ..p.clone()
-            },
-        );
-        Event::PaymentRefunded(PaymentRefunded {
-            order_id,
-            payment_id: p.payment_id.unwrap_or_default(),
-            amount: p.amount,
-            currency: p.currency.clone(),
-        })
-    }
-
-    /// `store::upsert_payment`: the payment id, once set, is kept.
-    fn upsert_payment(&mut self, order_id: Uuid, mut p: Payment) {
-        if let Some(old) = self.payment.payments.get(&order_id) {
-            p.payment_id = p.payment_id.or(old.payment_id);
-        }
-        self.payment.payments.insert(order_id, p);
-    }
-
-    /// `store::deposit`: refused when the wallet exists in another currency.
-    fn payment_deposit(&mut self, e: &FundsDeposited) -> Result<(), &'static str> {
-        let w = self
-            .payment
-            .wallets
-            .entry(e.customer_id.clone())
-            .or_insert_with(|| Wallet {
-                currency: e.currency.clone(),
-                balance: 0,
-                deposited: 0,
-                captured: 0,
-                refunded: 0,
-            });
-        if w.currency != e.currency {
-            return Err("currency_mismatch");
-        }
-        w.balance += e.amount;
-        w.deposited += e.amount;
-        Ok(())
     }
 
     // ---- invariants ------------------------------------------------------------------
@@ -928,9 +565,12 @@ impl World {
             if s.available < 0 || s.reserved < 0 || s.sold < 0 {
                 return Err(format!("stock of {sku} went negative: {s:?}"));
             }
-            if s.adjusted != s.available + s.reserved + s.sold {
+            // Against what was published, and against the service's own running sum.
+            let published = self.adjusted.get(sku).copied().unwrap_or(0);
+            if [published, s.adjusted] != [s.available + s.reserved + s.sold; 2] {
                 return Err(format!(
-                    "stock of {sku}: adjustments {} != available {} + reserved {} + sold {}",
+                    "stock of {sku}: adjustments {published} published, {} counted != \
+                     available {} + reserved {} + sold {}",
                     s.adjusted, s.available, s.reserved, s.sold
                 ));
             }
@@ -983,9 +623,11 @@ impl World {
             if w.balance < 0 {
                 return Err(format!("wallet of {customer} went negative: {w:?}"));
             }
-            if w.deposited != w.balance + w.captured - w.refunded {
+            let published = self.deposited.get(customer).copied().unwrap_or(0);
+            if [published, w.deposited] != [w.balance + w.captured - w.refunded; 2] {
                 return Err(format!(
-                    "wallet of {customer}: deposits {} != balance {} + captured {} - refunded {}",
+                    "wallet of {customer}: deposits {published} published, {} counted != \
+                     balance {} + captured {} - refunded {}",
                     w.deposited, w.balance, w.captured, w.refunded
                 ));
             }
@@ -1030,7 +672,7 @@ impl World {
             let reservation = self.inventory.reservations.get(id);
             let net = audit.net_charged();
             let kept = audit.captures.len() - audit.refunds.len();
-            let wanted = inventory_saga::merge_items(&o.items);
+            let wanted = merge_items(&o.items);
             let all_sold = wanted.iter().all(|w| {
                 audit.held.get(&w.sku).copied().unwrap_or_default()
                     == Held {
@@ -1160,7 +802,7 @@ impl World {
                 .orders
                 .values()
                 .filter(|o| o.status == OrderStatus::Confirmed)
-                .flat_map(|o| inventory_saga::merge_items(&o.items))
+                .flat_map(|o| merge_items(&o.items))
                 .filter(|i| &i.sku == sku)
                 .map(|i| i.quantity)
                 .sum();
@@ -1241,11 +883,11 @@ impl World {
                     },
                 ),
                 Note::Placed { order } => writeln!(out, "  POST /orders -> {}", label(*order)),
-                Note::Cancel { order, decision } => {
-                    writeln!(out, "  POST /orders/{}/cancel: {decision:?}", label(*order))
+                Note::Cancel { order, answer } => {
+                    writeln!(out, "  POST /orders/{}/cancel: {answer:?}", label(*order))
                 }
-                Note::Deadline { order, decision } => {
-                    writeln!(out, "  deadline of {} passes: {decision:?}", label(*order))
+                Note::Deadline { order, answer } => {
+                    writeln!(out, "  deadline of {} passes: {answer:?}", label(*order))
                 }
                 Note::Quiescent => writeln!(out, "  -- nothing in flight --"),
             };
