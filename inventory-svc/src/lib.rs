@@ -3,10 +3,12 @@
 //! - [`saga`]: what a reservation does on each order event (pure).
 //! - [`handlers`]: OrderCreated, OrderConfirmed, OrderCancelled and StockAdjusted.
 //! - [`http`]: `GET /stock/{sku}`, `GET /stock`, `GET /reservations/{order_id}`.
+//! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`store`]: the stock and reservation tables' queries.
 
 pub mod handlers;
 pub mod http;
+pub mod openapi;
 pub mod saga;
 pub mod store;
 

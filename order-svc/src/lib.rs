@@ -4,6 +4,7 @@
 //! - [`handlers`]: reactions to StockReserved/Rejected, PaymentDone/Failed, StockReleased
 //!   and PaymentRefunded, and the function that applies a saga decision.
 //! - [`http`]: `POST /orders`, `GET /orders/{id}`, `GET /orders`, `POST /orders/{id}/cancel`.
+//! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`deadline`]: cancels orders still open when their deadline passes.
 //! - [`outage`]: stops the deadline while order-svc cannot reach its broker or database.
 //! - [`store`]: the order tables' queries.
@@ -11,6 +12,7 @@
 pub mod deadline;
 pub mod handlers;
 pub mod http;
+pub mod openapi;
 pub mod outage;
 pub mod saga;
 pub mod store;

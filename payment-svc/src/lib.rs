@@ -3,10 +3,12 @@
 //! - [`saga`]: what a payment does on each order event, and whether a wallet can pay (pure).
 //! - [`handlers`]: StockReserved, OrderCancelled and FundsDeposited.
 //! - [`http`]: `GET /wallets/{customer_id}`, `GET /wallets`, `GET /payments/{order_id}`.
+//! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`store`]: the wallet and payment tables' queries.
 
 pub mod handlers;
 pub mod http;
+pub mod openapi;
 pub mod saga;
 pub mod store;
 
