@@ -78,7 +78,7 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
             orders: args.orders,
             concurrency: args.concurrency,
             rate: None,
-            mix: super::Mix::parse("happy=100").map_err(CliError::Refused)?,
+            mix: crate::mix::Mix::parse("happy=100").map_err(CliError::Refused)?,
             wait_secs: 120,
         },
     )
@@ -200,18 +200,19 @@ async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
     let acked = consumer_task.await??;
     let rate = acked as f64 / started.elapsed().as_secs_f64();
     // Close the consuming channel first: deleting a queue under a live consumer makes the
-    // broker cancel it, which races the client's own shutdown of that channel.
+    // broker cancel it, which races the client's own shutdown of that channel. The count
+    // is taken; a failure to close changes nothing.
     let _ = consume.close(200, "done".into()).await;
     setup
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    let _ = conn.close(200, "done".into()).await;
+    crate::context::close(conn).await;
     Ok(rate)
 }
 
 /// A scratch database with the messaging tables and one row per worker to update.
 async fn scratch_database(server: &str, pool_size: u32) -> anyhow::Result<PgPool> {
-    let url = format!("{}/saga_bench", server.trim_end_matches('/'));
+    let url = database_url(server, "saga_bench")?;
     let pool = platform::db::connect_and_migrate(&url, pool_size + 2, &events::MIGRATOR).await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_counter (id INT PRIMARY KEY, n BIGINT NOT NULL)")
         .execute(&pool)
@@ -325,40 +326,53 @@ async fn relay_backlog(
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    let _ = conn.close(200, "done".into()).await;
+    crate::context::close(conn).await;
     Ok(rate)
 }
 
 /// Pools on the three service databases (`--databases`, in order orders, inventory, payments).
 async fn service_databases(args: &BenchArgs) -> anyhow::Result<super::preload::Databases> {
     let url = |i: usize| {
-        format!(
-            "{}/{}",
-            args.database_server.trim_end_matches('/'),
-            args.databases.get(i).map(String::as_str).unwrap_or("")
-        )
+        let name = args.databases.get(i).ok_or_else(|| {
+            CliError::Refused(
+                "--databases names three databases: orders, inventory, payments".into(),
+            )
+        })?;
+        database_url(&args.database_server, name)
     };
     Ok(super::preload::Databases {
-        orders: PgPool::connect(&url(0)).await?,
-        inventory: PgPool::connect(&url(1)).await?,
-        payments: PgPool::connect(&url(2)).await?,
+        orders: PgPool::connect(&url(0)?).await?,
+        inventory: PgPool::connect(&url(1)?).await?,
+        payments: PgPool::connect(&url(2)?).await?,
     })
+}
+
+/// `server` (a PostgreSQL URL naming no database) with database `name`; its query
+/// (`?sslmode=...`) is kept.
+fn database_url(server: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(server).map_err(|e| {
+        CliError::Refused(format!("--database-server {server:?} is not a URL: {e}"))
+    })?;
+    url.set_path("");
+    url.path_segments_mut()
+        .map_err(|()| CliError::Refused(format!("--database-server {server:?} names no host")))?
+        .push(name);
+    Ok(url.into())
 }
 
 /// (deliveries to the three input queues, commits in the three service databases).
 async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<(i64, i64)> {
-    let vhost = ctx.vhost();
-    let mut deliveries = 0;
-    for q in ["order-svc", "inventory-svc", "payment-svc"] {
-        let v = ctx
-            .management(&crate::context::path(&["api", "queues", &vhost, q]))
-            .await?;
-        deliveries += v
-            .pointer("/message_stats/deliver_get")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-    }
-    let url = format!("{}/postgres", args.database_server.trim_end_matches('/'));
+    const INPUT_QUEUES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
+    // A queue that has not delivered anything yet has no counter: zero.
+    let deliveries: u64 = ctx
+        .queue_stats(&ctx.vhost())
+        .await?
+        .iter()
+        .filter(|q| INPUT_QUEUES.contains(&q.name.as_str()))
+        .map(|q| q.message_stats.deliver_get)
+        .sum();
+    let deliveries = i64::try_from(deliveries)?;
+    let url = database_url(&args.database_server, "postgres")?;
     let pool = PgPool::connect(&url).await?;
     let commits: i64 = sqlx::query_scalar(
         "SELECT COALESCE(sum(xact_commit), 0)::bigint FROM pg_stat_database WHERE datname = ANY($1)",
@@ -384,5 +398,20 @@ async fn settled_counters(
             return Ok(now);
         }
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_url_keeps_the_server_and_its_options() {
+        assert_eq!(
+            super::database_url("postgres://postgres@127.0.0.1:5432/", "saga_bench").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/saga_bench"
+        );
+        assert_eq!(
+            super::database_url("postgres://u@db?sslmode=require", "orders").unwrap(),
+            "postgres://u@db/orders?sslmode=require"
+        );
     }
 }
