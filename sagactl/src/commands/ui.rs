@@ -83,6 +83,7 @@ fn router(ctx: Context) -> Router {
         .route("/api/orders", get(list_orders))
         .route("/api/orders/{order_id}", get(show_saga))
         .route("/api/queues", get(queue_depths))
+        .route("/api/services", get(services))
         .route("/api/dlq", get(dead_letters))
         .route("/api/dlq/{queue}/replay", post(replay))
         .route("/api/dlq/{queue}/purge", post(purge))
@@ -347,6 +348,25 @@ async fn show_saga(State(app): State<Explorer>, Path(order_id): Path<String>) ->
     Ok(Json(report))
 }
 
+// ------------------------------------------------------------------------------ services
+
+/// Each service's API reference page (`/api-docs`, its OpenAPI document), for the header.
+async fn services(State(app): State<Explorer>) -> Json<Value> {
+    Json(api_reference(&app.ctx.conn))
+}
+
+fn api_reference(conn: &crate::cli::Connection) -> Value {
+    let services = [
+        ("order-svc", &conn.order_url),
+        ("inventory-svc", &conn.inventory_url),
+        ("payment-svc", &conn.payment_url),
+    ]
+    .map(|(service, base)| {
+        json!({"service": service, "api_docs": format!("{}/api-docs", base.trim_end_matches('/'))})
+    });
+    json!({ "services": services })
+}
+
 // ------------------------------------------------------------------------------ queues
 
 async fn queue_depths(State(app): State<Explorer>) -> ApiResult {
@@ -432,6 +452,23 @@ async fn purge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_links_each_services_api_reference() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "sagactl",
+            "--order-url",
+            "http://127.0.0.1:8080/",
+            "ui",
+        ])
+        .unwrap();
+        let links = api_reference(&cli.conn);
+        let services = links["services"].as_array().unwrap();
+        assert_eq!(services.len(), 3);
+        assert_eq!(services[0]["service"], "order-svc");
+        assert_eq!(services[0]["api_docs"], "http://127.0.0.1:8080/api-docs");
+    }
 
     #[test]
     fn only_local_names_reach_the_explorer() {
