@@ -106,6 +106,7 @@ async fn openapi_json(
     ),
     components(schemas(ErrorBody, HealthReport, SagaMessages)),
     modifiers(&BearerToken),
+    // The name of BEARER_SCHEME (the attribute takes a literal only).
     security(("bearer" = [])),
 )]
 struct Shared;
@@ -254,4 +255,48 @@ pub fn one_of_strings(values: impl IntoIterator<Item = &'static str>) -> utoipa:
         .schema_type(utoipa::openapi::schema::Type::String)
         .enum_values(Some(values))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_types_keep_their_rules_in_the_document() {
+        let schema = serde_json::to_value(catalog_schema::<events::catalog::OrderItem>()).unwrap();
+        assert_eq!(schema["type"], "object", "{schema}");
+        assert_eq!(
+            schema["properties"]["quantity"]["maximum"], 10_000,
+            "{schema}"
+        );
+        assert!(
+            schema["properties"]["sku"]["pattern"].is_string(),
+            "{schema}"
+        );
+        assert!(schema.get("$schema").is_none(), "{schema}");
+    }
+
+    #[test]
+    fn only_the_page_and_its_assets_are_open() {
+        for open in ["/api-docs", "/api-docs/", "/api-docs/swagger-ui-bundle.js"] {
+            assert!(is_open_page(open), "{open}");
+        }
+        for closed in ["/openapi.json", "/api-docsx", "/api", "/orders"] {
+            assert!(!is_open_page(closed), "{closed}");
+        }
+    }
+
+    #[test]
+    fn the_documents_security_scheme_is_the_one_routes_require() {
+        let doc = <Shared as utoipa::OpenApi>::openapi();
+        let value = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            value["security"],
+            serde_json::json!([{ BEARER_SCHEME: [] }])
+        );
+        assert_eq!(
+            value["components"]["securitySchemes"][BEARER_SCHEME]["scheme"],
+            "bearer"
+        );
+    }
 }
