@@ -18,7 +18,7 @@ fn reservation_state() -> utoipa::openapi::Object {
 /// `GET /stock/{sku}`: one SKU's stock; `available + reserved + sold` is everything ever
 /// adjusted in.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Stock {
+pub(crate) struct Stock {
     pub sku: String,
     pub available: i64,
     pub reserved: i64,
@@ -27,7 +27,7 @@ pub struct Stock {
 
 /// One SKU in `GET /stock`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct StockRow {
+pub(crate) struct StockRow {
     pub sku: String,
     pub available: i64,
     pub reserved: i64,
@@ -39,13 +39,13 @@ pub struct StockRow {
 
 /// `GET /stock`: every SKU ever adjusted.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct StockList {
+pub(crate) struct StockList {
     pub stock: Vec<StockRow>,
 }
 
 /// `GET /reservations/{order_id}`: what inventory holds, or held, for one order.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     pub order_id: Uuid,
     #[schema(schema_with = reservation_state)]
     pub status: String,
@@ -55,7 +55,7 @@ pub struct Reservation {
 
 /// One reservation in `GET /reservations`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ReservationRow {
+pub(crate) struct ReservationRow {
     pub order_id: Uuid,
     #[schema(schema_with = reservation_state)]
     pub status: String,
@@ -66,7 +66,7 @@ pub struct ReservationRow {
 
 /// `GET /reservations`: one page, in order-id order.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ReservationList {
+pub(crate) struct ReservationList {
     pub reservations: Vec<ReservationRow>,
 }
 

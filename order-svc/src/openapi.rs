@@ -19,7 +19,7 @@ fn order_status() -> utoipa::openapi::Object {
 
 /// `202` to `POST /orders` and `POST /orders/{id}/cancel`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OrderAccepted {
+pub(crate) struct OrderAccepted {
     pub order_id: Uuid,
     /// `pending` after a placement, `cancelled` after a cancellation (the events follow).
     #[schema(schema_with = order_status)]
@@ -28,7 +28,7 @@ pub struct OrderAccepted {
 
 /// One order, as `GET /orders` lists it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Order {
+pub(crate) struct Order {
     pub order_id: Uuid,
     pub customer_id: String,
     #[schema(schema_with = order_status)]
@@ -50,7 +50,7 @@ pub struct Order {
 
 /// One event of an order's history.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct HistoryEntry {
+pub(crate) struct HistoryEntry {
     /// The event type (`OrderCreated`, `StockReserved`, ...).
     #[schema(rename = "type")]
     pub event_type: String,
@@ -60,7 +60,7 @@ pub struct HistoryEntry {
 
 /// `GET /orders/{id}`: the order and the events that moved it, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OrderDetail {
+pub(crate) struct OrderDetail {
     #[serde(flatten)]
     pub order: Order,
     pub history: Vec<HistoryEntry>,
@@ -68,7 +68,7 @@ pub struct OrderDetail {
 
 /// `GET /orders`: one page of orders and the number of orders in each status.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OrderList {
+pub(crate) struct OrderList {
     pub orders: Vec<Order>,
     /// Orders by status, over all orders (not only this page).
     pub counts: BTreeMap<String, i64>,

@@ -16,7 +16,7 @@ fn payment_state() -> utoipa::openapi::Object {
 /// `GET /wallets/{customer_id}`: one customer's wallet, in minor units of `currency`;
 /// deposits = `balance + captured - refunded`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Wallet {
+pub(crate) struct Wallet {
     pub customer_id: String,
     pub balance: i64,
     pub captured: i64,
@@ -27,7 +27,7 @@ pub struct Wallet {
 
 /// One wallet in `GET /wallets`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct WalletRow {
+pub(crate) struct WalletRow {
     pub customer_id: String,
     pub currency: String,
     pub balance: i64,
@@ -40,13 +40,13 @@ pub struct WalletRow {
 
 /// `GET /wallets`: every customer who ever deposited.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct WalletList {
+pub(crate) struct WalletList {
     pub wallets: Vec<WalletRow>,
 }
 
 /// `GET /payments/{order_id}`, and one entry of `GET /payments`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Payment {
+pub(crate) struct Payment {
     pub order_id: Uuid,
     /// Set once the payment was captured.
     pub payment_id: Option<Uuid>,
@@ -65,7 +65,7 @@ pub struct Payment {
 
 /// `GET /payments`: one page, in order-id order.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct PaymentList {
+pub(crate) struct PaymentList {
     pub payments: Vec<Payment>,
 }
 

@@ -27,9 +27,9 @@ use crate::auth::Caller;
 use crate::http::ApiError;
 
 /// Where a service serves its OpenAPI document.
-pub const DOCUMENT_PATH: &str = "/openapi.json";
+pub(crate) const DOCUMENT_PATH: &str = "/openapi.json";
 /// Where a service serves the page that shows it (Swagger UI).
-pub const PAGE_PATH: &str = "/api-docs";
+pub(crate) const PAGE_PATH: &str = "/api-docs";
 /// The name of the bearer-token security scheme in every document.
 pub const BEARER_SCHEME: &str = "bearer";
 
@@ -45,7 +45,7 @@ pub struct ErrorBody {
 
 /// What the shared routes answer, as documented (the handlers build the same JSON).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     /// `ok` / `unavailable` on `/healthz`; `ready` / `unavailable` on `/healthz/ready`;
     /// `live` on `/healthz/live` (which has no other field).
     pub status: String,
@@ -62,7 +62,7 @@ pub struct HealthReport {
 
 /// `GET /messages/{correlation_id}`: what this service consumed and emitted about one saga.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SagaMessages {
+pub(crate) struct SagaMessages {
     pub correlation_id: String,
     /// Inbox rows: the messages this service handled, oldest first.
     #[schema(value_type = Vec<Object>)]

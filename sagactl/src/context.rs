@@ -210,7 +210,7 @@ impl Context {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .expect("the HTTP client's TLS backend initialises");
         Management::from_http_client(
             http,
             endpoint,
