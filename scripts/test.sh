@@ -4,7 +4,8 @@
 #
 #   1. formatting          cargo fmt --all --check
 #   2. lints               cargo clippy --workspace --all-targets -- -D warnings
-#   3. compose file        scripts/validate-compose.sh
+#   3. compose file        scripts/validate-compose.sh (and the deploy manifests, the
+#                          OpenAPI documents)
 #   4. PostgreSQL+RabbitMQ started, chromium for the explorer test (installed as
 #      root if missing)
 #   5. binaries            cargo build --workspace --bins (the end-to-end tests run them)
@@ -31,6 +32,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 phase 3/6 "compose file: scripts/validate-compose.sh"
 ./scripts/validate-compose.sh
 ./scripts/validate-deploy.sh
+./scripts/validate-openapi.sh
 
 phase 4/6 "PostgreSQL, RabbitMQ and a headless browser"
 ensure_postgres

@@ -19,8 +19,17 @@ pub fn router(pool: PgPool) -> Router {
         .route("/reservations", get(list_reservations))
         .route("/reservations/{order_id}", get(show_reservation))
         .with_state(pool)
+        .merge(platform::openapi::routes(crate::openapi::document()))
 }
 
+#[utoipa::path(get, path = "/stock/{sku}", tag = "stock",
+    params(("sku" = String, Path, description = "The SKU")),
+    responses(
+        (status = 200, description = "The SKU's stock", body = crate::openapi::Stock),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "The token grants no role", body = platform::openapi::ErrorBody),
+        (status = 404, description = "The SKU was never adjusted", body = platform::openapi::ErrorBody),
+    ))]
 async fn show_stock(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -36,6 +45,12 @@ async fn show_stock(
     })))
 }
 
+#[utoipa::path(get, path = "/stock", tag = "stock",
+    responses(
+        (status = 200, description = "Every SKU ever adjusted", body = crate::openapi::StockList),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
+    ))]
 async fn list_stock(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -46,6 +61,14 @@ async fn list_stock(
     Ok(Json(json!({ "stock": rows })))
 }
 
+#[utoipa::path(get, path = "/reservations/{order_id}", tag = "stock",
+    params(("order_id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "What inventory holds or held for the order", body = crate::openapi::Reservation),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
+        (status = 404, description = "No reservation for that order", body = platform::openapi::ErrorBody),
+    ))]
 async fn show_reservation(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -67,6 +90,14 @@ async fn show_reservation(
     ))
 }
 
+#[utoipa::path(get, path = "/reservations", tag = "stock",
+    params(platform::http::Page),
+    responses(
+        (status = 200, description = "One page of reservations", body = crate::openapi::ReservationList),
+        (status = 400, description = "limit out of range", body = platform::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
+    ))]
 async fn list_reservations(
     State(pool): State<PgPool>,
     caller: Caller,

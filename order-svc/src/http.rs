@@ -35,12 +35,16 @@ pub(crate) fn router(api: OrderApi) -> Router {
         .route("/orders/{id}", get(show_order))
         .route("/orders/{id}/cancel", post(cancel_order))
         .with_state(api)
+        .merge(platform::openapi::routes(crate::openapi::document()))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /orders`: 1 to 100 items; `customer_id` 1 to 64 characters and, for a customer,
+/// their own (`sub`); `currency` three upper-case letters (ISO 4217).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct PlaceOrder {
     pub customer_id: String,
     pub currency: String,
+    #[schema(value_type = Vec<crate::openapi::OrderItemSchema>)]
     pub items: Vec<OrderItem>,
 }
 
@@ -82,6 +86,17 @@ fn request_hash(req: &PlaceOrder) -> Result<String, ApiError> {
     Ok(hex::encode(Sha256::digest(canonical)))
 }
 
+#[utoipa::path(post, path = "/orders", tag = "orders",
+    request_body = PlaceOrder,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 characters; the same key with the same body answers the same order")),
+    responses(
+        (status = 202, description = "Placed: the order is pending, the saga runs", body = crate::openapi::OrderAccepted),
+        (status = 400, description = "Invalid body or Idempotency-Key", body = platform::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "A customer ordering for someone else", body = platform::openapi::ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used with another body", body = platform::openapi::ErrorBody),
+    ))]
 async fn place_order(
     State(api): State<OrderApi>,
     caller: Caller,
@@ -194,6 +209,13 @@ async fn visible_order(
         .ok_or_else(|| ApiError::not_found(format!("no order {order_id}")))
 }
 
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders",
+    params(("id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order and its history", body = crate::openapi::OrderDetail),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 404, description = "No such order, or another customer's", body = platform::openapi::ErrorBody),
+    ))]
 async fn show_order(
     State(api): State<OrderApi>,
     caller: Caller,
@@ -212,15 +234,26 @@ async fn show_order(
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only orders in this status (pending, reserved, confirmed, rejected, cancelled).
     status: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<i64>,
     /// With `after`, orders come in order-id order after that id (to walk them all);
     /// without it, newest first.
     after: Option<Uuid>,
 }
 
+#[utoipa::path(get, path = "/orders", tag = "orders",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of orders and the counts by status", body = crate::openapi::OrderList),
+        (status = 400, description = "Unknown status or limit out of range", body = platform::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
+    ))]
 async fn list_orders(
     State(api): State<OrderApi>,
     caller: Caller,
@@ -252,6 +285,14 @@ async fn list_orders(
     Ok(Json(json!({"orders": orders, "counts": counts})))
 }
 
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
+    params(("id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 202, description = "Cancelled: refund and restock follow as events", body = crate::openapi::OrderAccepted),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 404, description = "No such order, or another customer's", body = platform::openapi::ErrorBody),
+        (status = 409, description = "The order is already rejected or cancelled", body = platform::openapi::ErrorBody),
+    ))]
 async fn cancel_order(
     State(api): State<OrderApi>,
     caller: Caller,

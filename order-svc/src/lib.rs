@@ -8,6 +8,7 @@
 //!   and the sweep alike.
 //! - [`memory`]: the same table in memory, for the property tests.
 //! - [`http`]: `POST /orders`, `GET /orders/{id}`, `GET /orders`, `POST /orders/{id}/cancel`.
+//! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`deadline`]: cancels orders still open when their deadline passes.
 //! - [`outage`]: stops the deadline while order-svc cannot reach its broker or database.
 //! - [`store`]: the order tables' queries.
@@ -17,6 +18,7 @@ mod deadline;
 mod handlers;
 mod http;
 pub mod memory;
+pub mod openapi;
 mod outage;
 pub mod saga;
 mod store;

@@ -19,8 +19,16 @@ pub fn router(pool: PgPool) -> Router {
         .route("/payments", get(list_payments))
         .route("/payments/{order_id}", get(show_payment))
         .with_state(pool)
+        .merge(platform::openapi::routes(crate::openapi::document()))
 }
 
+#[utoipa::path(get, path = "/wallets/{customer_id}", tag = "payments",
+    params(("customer_id" = String, Path, description = "The customer id")),
+    responses(
+        (status = 200, description = "The customer's wallet", body = crate::openapi::Wallet),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 404, description = "The customer never deposited, or is not the caller", body = platform::openapi::ErrorBody),
+    ))]
 async fn show_wallet(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -38,6 +46,12 @@ async fn show_wallet(
     })))
 }
 
+#[utoipa::path(get, path = "/wallets", tag = "payments",
+    responses(
+        (status = 200, description = "Every wallet", body = crate::openapi::WalletList),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
+    ))]
 async fn list_wallets(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -48,6 +62,14 @@ async fn list_wallets(
     Ok(Json(json!({ "wallets": rows })))
 }
 
+#[utoipa::path(get, path = "/payments/{order_id}", tag = "payments",
+    params(("order_id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order's payment", body = crate::openapi::Payment),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
+        (status = 404, description = "No payment for that order", body = platform::openapi::ErrorBody),
+    ))]
 async fn show_payment(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -64,6 +86,14 @@ async fn show_payment(
     Ok(Json(json!(p)))
 }
 
+#[utoipa::path(get, path = "/payments", tag = "payments",
+    params(platform::http::Page),
+    responses(
+        (status = 200, description = "One page of payments", body = crate::openapi::PaymentList),
+        (status = 400, description = "limit out of range", body = platform::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
+    ))]
 async fn list_payments(
     State(pool): State<PgPool>,
     caller: Caller,

@@ -6,12 +6,14 @@
 //! - [`apply`]: a plan written in the caller's transaction.
 //! - [`memory`]: the same tables in memory, for the property tests.
 //! - [`http`]: `GET /wallets/{customer_id}`, `GET /wallets`, `GET /payments/{order_id}`.
+//! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`store`]: the wallet and payment tables' queries.
 
 mod apply;
 mod handlers;
 mod http;
 pub mod memory;
+pub mod openapi;
 pub mod saga;
 mod store;
 

@@ -326,9 +326,13 @@ fn unauthorized(message: impl Into<String>) -> Response {
     response
 }
 
-/// Whether `path` is open without a token: the probes and the metrics scrape.
-fn is_open(path: &str) -> bool {
-    path == "/healthz" || path.starts_with("/healthz/") || path == "/metrics"
+/// Whether `path` is open without a token: the probes, the metrics scrape, and the API
+/// reference page with its assets (which hold no data; see [`crate::openapi`]).
+pub fn is_open(path: &str) -> bool {
+    path == "/healthz"
+        || path.starts_with("/healthz/")
+        || path == "/metrics"
+        || crate::openapi::is_open_page(path)
 }
 
 /// Middleware: verifies the bearer token of every request but the open ones and hands the

@@ -13,12 +13,19 @@ use serde_json::json;
 use crate::http::Health;
 
 /// `GET /healthz/live`: 200 while the process answers.
+#[utoipa::path(get, path = "/healthz/live", tag = "operations",
+    responses((status = 200, description = "The process answers (no dependency is checked)", body = crate::openapi::HealthReport)))]
 pub async fn live() -> Response {
     (StatusCode::OK, Json(json!({"status": "live"}))).into_response()
 }
 
 /// `GET /healthz/ready`: 200 when the database answers; the broker links are reported but
 /// do not decide (the outbox keeps what is written while the broker is away).
+#[utoipa::path(get, path = "/healthz/ready", tag = "operations",
+    responses(
+        (status = 200, description = "The database answers; the body reports the broker too", body = crate::openapi::HealthReport),
+        (status = 503, description = "The database does not answer", body = crate::openapi::HealthReport),
+    ))]
 pub async fn ready(State(health): State<Health>) -> Response {
     let (_, mut body) = health.check().await;
     let db_ok = body["database"] == "up";

@@ -132,9 +132,12 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 /// `?after=<id>&limit=N`: one page of a list in id order (keyset paging, so a page costs
 /// the same however deep it is).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// Only entries after this id, in id order.
     pub after: Option<uuid::Uuid>,
+    /// Page size, 1 to 1000 (default 1000).
     pub limit: Option<i64>,
 }
 
@@ -280,6 +283,12 @@ pub(crate) fn with_ops_routes(api: Router, health: Health) -> Router {
         })
 }
 
+/// `GET /healthz`: 200 only when the database and every broker link are up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "Database and broker reachable", body = crate::openapi::HealthReport),
+        (status = 503, description = "The database or a broker link is down", body = crate::openapi::HealthReport),
+    ))]
 async fn healthz(State(health): State<Health>) -> Response {
     let (ok, body) = health.check().await;
     let status = if ok {
@@ -292,6 +301,13 @@ async fn healthz(State(health): State<Health>) -> Response {
 
 /// `GET /messages/{correlation_id}`: what this service consumed (inbox) and emitted
 /// (outbox) about one saga, for `sagactl trace`.
+#[utoipa::path(get, path = "/messages/{correlation_id}", tag = "operations",
+    params(("correlation_id" = String, Path, description = "The saga id (the order id), or an operator event's SKU or customer")),
+    responses(
+        (status = 200, description = "What this service consumed and emitted about the saga", body = crate::openapi::SagaMessages),
+        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = crate::openapi::ErrorBody),
+    ))]
 async fn messages(
     State(health): State<Health>,
     caller: crate::auth::Caller,

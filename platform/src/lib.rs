@@ -1,6 +1,6 @@
 //! What every saga service shares besides messaging: typed configuration from the
 //! environment, telemetry, database bootstrap, the HTTP edge (errors, JSON bodies, health
-//! and metrics endpoints), shutdown on signals, and the [`Application`] that ties a
+//! and metrics endpoints, the OpenAPI document), shutdown on signals, and the [`Application`] that ties a
 //! service's parts together so `main` and the tests start it the same way.
 
 pub mod app;
@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod inputs;
 pub mod listener;
+pub mod openapi;
 pub mod request_span;
 pub mod shutdown;
 pub mod telemetry;

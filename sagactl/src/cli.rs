@@ -288,8 +288,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Share of each outcome, as weights.
-    #[arg(long, default_value = "happy=100", value_parser = crate::commands::load_mix)]
-    pub mix: crate::commands::Mix,
+    #[arg(long, default_value = "happy=100", value_parser = crate::mix::Mix::parse)]
+    pub mix: crate::mix::Mix,
     /// How long to wait for the last sagas after the last order was placed.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
@@ -534,6 +534,33 @@ mod tests {
             .map(|(path, a)| format!("{path}: {}", a.get_id()))
             .collect();
         assert!(undocumented.is_empty(), "no help text: {undocumented:?}");
+    }
+
+    /// Every command, with the path of commands that leads to it.
+    fn all_commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            out.push((sub_path.clone(), sub.clone()));
+            all_commands(sub, sub_path, out);
+        }
+    }
+
+    #[test]
+    fn every_command_says_what_it_does_in_its_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut commands = Vec::new();
+        all_commands(&cli, "sagactl".into(), &mut commands);
+        assert!(commands.len() > 20, "{}", commands.len());
+        for (path, mut cmd) in commands {
+            if cmd.get_name() == "help" {
+                continue;
+            }
+            let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(!about.trim().is_empty(), "{path} has no description");
+            let help = cmd.render_long_help().to_string();
+            assert!(help.contains("Usage:"), "{path}: {help}");
+        }
     }
 
     #[test]

@@ -61,6 +61,41 @@ impl Failure {
     }
 }
 
+const MANAGEMENT_HINT: &str =
+    "enable it with `rabbitmq-plugins enable rabbitmq_management`, or set SAGA_MANAGEMENT_URL";
+
+/// The typed client of the RabbitMQ management API.
+pub type Management = rabbitmq_http_client::api::Client<String, String, String>;
+pub use rabbitmq_http_client::api::HttpClientError;
+
+/// One queue's message counters and rates (`message_stats`), absent until the queue has
+/// seen traffic.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct QueueStats {
+    pub name: String,
+    #[serde(default)]
+    pub message_stats: MessageStats,
+}
+
+/// The part of a queue's `message_stats` sagactl shows; a counter or rate the broker has
+/// not reported yet is zero.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct MessageStats {
+    /// Deliveries since the queue was declared (`sagactl bench`).
+    pub deliver_get: u64,
+    pub publish_details: Rate,
+    pub deliver_get_details: Rate,
+    pub ack_details: Rate,
+}
+
+/// Messages per second over the broker's sampling window.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Rate {
+    pub rate: f64,
+}
+
 const STACK_HINT: &str = "is the stack up? Start it with ./scripts/stack.sh up, or point the matching SAGA_*_URL variable at it";
 
 /// Which service a request goes to.
@@ -87,7 +122,7 @@ impl Context {
                 .timeout(Duration::from_secs(15))
                 .default_headers(authorization_headers(&cli.identity))
                 .build()
-                .unwrap_or_default(),
+                .expect("the HTTP client's TLS backend initialises"),
             identity: cli.identity.clone(),
         }
     }
@@ -125,7 +160,13 @@ impl Context {
             hint: STACK_HINT,
         })?;
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let text = resp.text().await.map_err(|e| CliError::Unreachable {
+            what,
+            url: base.to_owned(),
+            cause: root_cause(&e),
+            hint: STACK_HINT,
+        })?;
+        // An answer that is not JSON (an empty 202, a proxy's error page) has no body.
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok((status, json))
     }
@@ -162,30 +203,73 @@ impl Context {
             .map_or_else(|_| "/".to_owned(), |uri| uri.vhost)
     }
 
-    /// GET on the RabbitMQ management API.
-    pub async fn management(&self, path: &str) -> anyhow::Result<Value> {
-        let base = self.conn.management_url.trim_end_matches('/');
-        let resp = self
-            .http
-            .get(format!("{base}{path}"))
-            .basic_auth(&self.conn.management_user, Some(&self.conn.management_password))
+    /// The RabbitMQ management API's typed client (`--management-url`, user and password).
+    pub fn management(&self) -> Management {
+        let endpoint = format!("{}/api", self.conn.management_url.trim_end_matches('/'));
+        // A client of its own: `self.http` carries the services' bearer token.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("the HTTP client's TLS backend initialises");
+        Management::from_http_client(
+            http,
+            endpoint,
+            self.conn.management_user.clone(),
+            self.conn.management_password.clone(),
+        )
+    }
+
+    /// A management API failure as sagactl reports it: not reachable (exit 3) or refused.
+    pub fn management_failed(&self, what: &str, e: HttpClientError) -> anyhow::Error {
+        match e {
+            HttpClientError::RequestError { error, .. } => CliError::Unreachable {
+                what: "the RabbitMQ management API",
+                url: self.conn.management_url.clone(),
+                cause: root_cause(&error),
+                hint: MANAGEMENT_HINT,
+            }
+            .into(),
+            other => {
+                CliError::Refused(format!("the management API refused {what}: {other}")).into()
+            }
+        }
+    }
+
+    /// Message counters and rates of the vhost's queues, which the typed client's
+    /// `QueueInfo` does not carry: the smallest typed read of the same endpoint.
+    pub async fn queue_stats(&self, vhost: &str) -> anyhow::Result<Vec<QueueStats>> {
+        let mut url = url::Url::parse(&self.conn.management_url)
+            .map_err(|e| CliError::Refused(format!("--management-url is not a URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| CliError::Refused("--management-url cannot hold a path".into()))?
+            .pop_if_empty()
+            .extend(["api", "queues", vhost]);
+        url.query_pairs_mut()
+            .append_pair("columns", "name,message_stats");
+        let unreachable = |e: reqwest::Error| CliError::Unreachable {
+            what: "the RabbitMQ management API",
+            url: self.conn.management_url.clone(),
+            cause: root_cause(&e),
+            hint: MANAGEMENT_HINT,
+        };
+        let resp = reqwest::Client::new()
+            .get(url)
+            .basic_auth(
+                &self.conn.management_user,
+                Some(&self.conn.management_password),
+            )
+            .timeout(Duration::from_secs(15))
             .send()
             .await
-            .map_err(|e| CliError::Unreachable {
-                what: "the RabbitMQ management API",
-                url: base.to_owned(),
-                cause: root_cause(&e),
-                hint: "enable it with `rabbitmq-plugins enable rabbitmq_management`, or set SAGA_MANAGEMENT_URL",
-            })?;
+            .map_err(unreachable)?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(CliError::Refused(format!(
-                "the management API answered {status} for {path}: {body}"
+                "the management API answered {status} for the queues of vhost {vhost:?}"
             ))
             .into());
         }
-        Ok(body)
+        Ok(resp.json().await.map_err(unreachable)?)
     }
 
     /// Publishes one message with confirms on a fresh connection.
@@ -195,8 +279,16 @@ impl Context {
             .await
             .map_err(|e| self.broker_unreachable(e))?;
         let result = publisher.publish(message).await;
-        let _ = conn.close(200, "done".into()).await;
+        close(conn).await;
         result.map_err(|e| CliError::Refused(format!("not published: {e}")).into())
+    }
+}
+
+/// Closes a broker connection at the end of a command. What the command did is settled by
+/// then (confirms received, acks sent), so a failure to close is only logged.
+pub async fn close(conn: lapin::Connection) {
+    if let Err(e) = conn.close(200, "done".into()).await {
+        tracing::debug!(error = %e, "closing the broker connection failed");
     }
 }
 

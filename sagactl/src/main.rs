@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod context;
 mod identity;
+mod mix;
 mod output;
 
 use clap::Parser;

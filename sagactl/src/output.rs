@@ -29,7 +29,8 @@ pub fn write_out(bytes: &[u8]) {
 }
 
 pub fn json(value: &Value) {
-    line(&serde_json::to_string_pretty(value).unwrap_or_default());
+    // `{:#}` is serde_json's pretty form, and cannot fail for a `Value`.
+    line(&format!("{value:#}"));
 }
 
 /// Prints `value` as JSON with `-o json` (one compact line with `-o jsonl`), else the text

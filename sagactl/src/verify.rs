@@ -173,111 +173,149 @@ fn quantities(items: &[ItemView]) -> BTreeMap<&str, i64> {
     out
 }
 
-/// Every breach of the at-rest invariants in `s`.
-pub fn check(s: &Snapshot) -> Vec<Breach> {
-    let mut breaches = Vec::new();
-    let mut breach = |rule, subject: String, detail: String| {
-        breaches.push(Breach {
-            rule,
-            subject,
-            detail,
-        })
-    };
-    let reservations: HashMap<Uuid, &ReservationView> =
-        s.reservations.iter().map(|r| (r.order_id, r)).collect();
-    let payments: HashMap<Uuid, &PaymentView> =
-        s.payments.iter().map(|p| (p.order_id, p)).collect();
-    let orders: HashMap<Uuid, &OrderView> = s.orders.iter().map(|o| (o.order_id, o)).collect();
+/// The breaches found so far.
+#[derive(Default)]
+struct Breaches(Vec<Breach>);
 
-    for o in &s.orders {
-        let reservation = reservations.get(&o.order_id).map(|r| r.status.as_str());
-        let payment = payments.get(&o.order_id).map(|p| p.status.as_str());
-        let subject = format!("order {}", o.order_id);
-        match o.status.as_str() {
-            "confirmed" => {
-                if payment != Some("captured") {
-                    breach(
-                        "confirmed_is_paid",
-                        subject.clone(),
-                        format!(
-                            "confirmed but its payment is {}",
-                            payment.unwrap_or("missing")
-                        ),
-                    );
-                } else if let Some(p) = payments.get(&o.order_id)
-                    && p.amount != o.total
-                {
-                    breach(
-                        "confirmed_is_paid",
-                        subject.clone(),
-                        format!(
-                            "confirmed for {} but its payment captured {}",
-                            o.total, p.amount
-                        ),
-                    );
-                }
-                if reservation != Some("sold") {
-                    breach(
-                        "confirmed_is_sold",
-                        subject,
-                        format!(
-                            "confirmed but its stock is {}",
-                            reservation.unwrap_or("missing")
-                        ),
-                    );
-                } else if let Some(r) = reservations.get(&o.order_id)
-                    && quantities(&r.items) != quantities(&o.items)
-                {
-                    breach(
-                        "confirmed_is_sold",
-                        subject,
-                        format!(
-                            "confirmed for {:?} but inventory sold {:?}",
-                            quantities(&o.items),
-                            quantities(&r.items)
-                        ),
-                    );
-                }
-            }
-            "rejected" | "cancelled" => {
-                if matches!(reservation, Some("reserved" | "sold")) {
-                    breach(
-                        "closed_holds_no_stock",
-                        subject.clone(),
-                        format!(
-                            "{} but stock is still {}",
-                            o.status,
-                            reservation.unwrap_or("-")
-                        ),
-                    );
-                }
-                if payment == Some("captured") {
-                    breach(
-                        "closed_keeps_no_money",
-                        subject,
-                        format!("{} but its payment is captured", o.status),
-                    );
-                }
-            }
-            "pending" | "reserved" => {
-                if o.deadline < s.taken_at {
-                    breach(
-                        "open_within_deadline",
-                        subject,
-                        format!("still {} after its deadline {}", o.status, o.deadline),
-                    );
-                }
-            }
-            other => breach("known_status", subject, format!("unknown status {other:?}")),
+impl Breaches {
+    fn add(&mut self, rule: &'static str, subject: impl Into<String>, detail: String) {
+        self.0.push(Breach {
+            rule,
+            subject: subject.into(),
+            detail,
+        });
+    }
+}
+
+/// The snapshot's reservations, payments and orders by order id.
+struct ByOrder<'a> {
+    reservations: HashMap<Uuid, &'a ReservationView>,
+    payments: HashMap<Uuid, &'a PaymentView>,
+    orders: HashMap<Uuid, &'a OrderView>,
+}
+
+impl<'a> ByOrder<'a> {
+    fn new(s: &'a Snapshot) -> Self {
+        ByOrder {
+            reservations: s.reservations.iter().map(|r| (r.order_id, r)).collect(),
+            payments: s.payments.iter().map(|p| (p.order_id, p)).collect(),
+            orders: s.orders.iter().map(|o| (o.order_id, o)).collect(),
         }
     }
-    // The other direction of "confirmed ⇔": money or sold stock only for confirmed orders.
+
+    /// The status of the order `id`, `unknown` when order-svc does not list it.
+    fn order_status(&self, id: Uuid) -> &str {
+        self.orders
+            .get(&id)
+            .map_or("unknown", |o| o.status.as_str())
+    }
+}
+
+/// Every breach of the at-rest invariants in `s`.
+pub fn check(s: &Snapshot) -> Vec<Breach> {
+    let by_order = ByOrder::new(s);
+    let mut out = Breaches::default();
+    for o in &s.orders {
+        check_order(o, &by_order, s.taken_at, &mut out);
+    }
+    check_money_and_sales_are_confirmed(s, &by_order, &mut out);
+    check_stock(s, &mut out);
+    check_wallets(s, &mut out);
+    out.0
+}
+
+/// The rules of one order's status against its payment and reservation.
+fn check_order(o: &OrderView, by_order: &ByOrder, taken_at: DateTime<Utc>, out: &mut Breaches) {
+    let reservation = by_order.reservations.get(&o.order_id).copied();
+    let payment = by_order.payments.get(&o.order_id).copied();
+    let subject = format!("order {}", o.order_id);
+    match o.status.as_str() {
+        "confirmed" => check_confirmed(o, payment, reservation, out),
+        "rejected" | "cancelled" => {
+            let stock = reservation.map(|r| r.status.as_str());
+            if let Some(held @ ("reserved" | "sold")) = stock {
+                out.add(
+                    "closed_holds_no_stock",
+                    subject.clone(),
+                    format!("{} but stock is still {held}", o.status),
+                );
+            }
+            if payment.is_some_and(|p| p.status == "captured") {
+                out.add(
+                    "closed_keeps_no_money",
+                    subject,
+                    format!("{} but its payment is captured", o.status),
+                );
+            }
+        }
+        "pending" | "reserved" => {
+            if o.deadline < taken_at {
+                out.add(
+                    "open_within_deadline",
+                    subject,
+                    format!("still {} after its deadline {}", o.status, o.deadline),
+                );
+            }
+        }
+        other => out.add("known_status", subject, format!("unknown status {other:?}")),
+    }
+}
+
+/// A confirmed order holds exactly its captured payment and its sold stock.
+fn check_confirmed(
+    o: &OrderView,
+    payment: Option<&PaymentView>,
+    reservation: Option<&ReservationView>,
+    out: &mut Breaches,
+) {
+    let subject = format!("order {}", o.order_id);
+    match payment {
+        Some(p) if p.status == "captured" && p.amount != o.total => out.add(
+            "confirmed_is_paid",
+            subject.clone(),
+            format!(
+                "confirmed for {} but its payment captured {}",
+                o.total, p.amount
+            ),
+        ),
+        Some(p) if p.status == "captured" => {}
+        other => out.add(
+            "confirmed_is_paid",
+            subject.clone(),
+            format!(
+                "confirmed but its payment is {}",
+                other.map_or("missing", |p| p.status.as_str())
+            ),
+        ),
+    }
+    match reservation {
+        Some(r) if r.status == "sold" && quantities(&r.items) != quantities(&o.items) => out.add(
+            "confirmed_is_sold",
+            subject,
+            format!(
+                "confirmed for {:?} but inventory sold {:?}",
+                quantities(&o.items),
+                quantities(&r.items)
+            ),
+        ),
+        Some(r) if r.status == "sold" => {}
+        other => out.add(
+            "confirmed_is_sold",
+            subject,
+            format!(
+                "confirmed but its stock is {}",
+                other.map_or("missing", |r| r.status.as_str())
+            ),
+        ),
+    }
+}
+
+/// The other direction of "confirmed ⇔": money or sold stock only for confirmed orders.
+fn check_money_and_sales_are_confirmed(s: &Snapshot, by_order: &ByOrder, out: &mut Breaches) {
     for p in s.payments.iter().filter(|p| p.status == "captured") {
-        let status = orders
-            .get(&p.order_id)
-            .map_or("unknown", |o| o.status.as_str());
+        let status = by_order.order_status(p.order_id);
         if status != "confirmed" {
-            breach(
+            out.add(
                 "capture_means_confirmed",
                 format!("order {}", p.order_id),
                 format!("payment captured but the order is {status}"),
@@ -285,18 +323,19 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
         }
     }
     for r in s.reservations.iter().filter(|r| r.status == "sold") {
-        let status = orders
-            .get(&r.order_id)
-            .map_or("unknown", |o| o.status.as_str());
+        let status = by_order.order_status(r.order_id);
         if status != "confirmed" {
-            breach(
+            out.add(
                 "sold_means_confirmed",
                 format!("order {}", r.order_id),
                 format!("stock sold but the order is {status}"),
             );
         }
     }
+}
 
+/// (reserved, sold) per SKU, summed over the reservations.
+fn held_by_reservations(s: &Snapshot) -> BTreeMap<&str, (i64, i64)> {
     let mut held: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for r in &s.reservations {
         for item in &r.items {
@@ -308,10 +347,16 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
             }
         }
     }
+    held
+}
+
+/// Each SKU is not negative, balances, and matches what the reservations hold.
+fn check_stock(s: &Snapshot, out: &mut Breaches) {
+    let held = held_by_reservations(s);
     for st in &s.stock {
         let subject = format!("sku {}", st.sku);
         if st.available < 0 || st.reserved < 0 || st.sold < 0 {
-            breach(
+            out.add(
                 "stock_not_negative",
                 subject.clone(),
                 format!(
@@ -321,7 +366,7 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
             );
         }
         if st.adjusted != st.available + st.reserved + st.sold {
-            breach(
+            out.add(
                 "stock_balances",
                 subject.clone(),
                 format!(
@@ -330,9 +375,10 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
                 ),
             );
         }
-        let (reserved, sold) = held.get(st.sku.as_str()).copied().unwrap_or_default();
+        // A SKU no reservation names holds nothing: (0, 0).
+        let (reserved, sold) = held.get(st.sku.as_str()).copied().unwrap_or((0, 0));
         if (reserved, sold) != (st.reserved, st.sold) {
-            breach(
+            out.add(
                 "stock_matches_reservations",
                 subject,
                 format!(
@@ -345,7 +391,7 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
     // Stock held by reservations of a SKU inventory does not list at all.
     for (sku, (reserved, sold)) in &held {
         if (*reserved, *sold) != (0, 0) && !s.stock.iter().any(|st| st.sku == *sku) {
-            breach(
+            out.add(
                 "stock_matches_reservations",
                 format!("sku {sku}"),
                 format!(
@@ -354,7 +400,10 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
             );
         }
     }
+}
 
+/// (captured, refunded) per customer, summed over the payments.
+fn paid_by_payments(s: &Snapshot) -> HashMap<&str, (i64, i64)> {
     let mut paid: HashMap<&str, (i64, i64)> = HashMap::new();
     for p in &s.payments {
         let entry = paid.entry(p.customer_id.as_str()).or_default();
@@ -367,17 +416,23 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
             _ => {}
         }
     }
+    paid
+}
+
+/// Each wallet is not negative, balances, and matches its payments.
+fn check_wallets(s: &Snapshot, out: &mut Breaches) {
+    let paid = paid_by_payments(s);
     for w in &s.wallets {
         let subject = format!("customer {}", w.customer_id);
         if w.balance < 0 {
-            breach(
+            out.add(
                 "balance_not_negative",
                 subject.clone(),
                 format!("balance {}", w.balance),
             );
         }
         if w.deposited != w.balance + w.captured - w.refunded {
-            breach(
+            out.add(
                 "wallet_balances",
                 subject.clone(),
                 format!(
@@ -386,12 +441,10 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
                 ),
             );
         }
-        let (captured, refunded) = paid
-            .get(w.customer_id.as_str())
-            .copied()
-            .unwrap_or_default();
+        // A customer without payments was charged and refunded nothing: (0, 0).
+        let (captured, refunded) = paid.get(w.customer_id.as_str()).copied().unwrap_or((0, 0));
         if (captured, refunded) != (w.captured, w.refunded) {
-            breach(
+            out.add(
                 "wallet_matches_payments",
                 subject,
                 format!(
@@ -401,7 +454,6 @@ pub fn check(s: &Snapshot) -> Vec<Breach> {
             );
         }
     }
-    breaches
 }
 
 /// Totals the checker knows independently of the services: what was published as

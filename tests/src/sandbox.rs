@@ -72,36 +72,46 @@ pub fn keep_leftovers() -> bool {
     )
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters, for one URL path
-/// segment (a vhost name may hold `/`, which must not split the path).
+/// `s` as one URL path segment, percent-encoded (a vhost, SKU or customer may hold `/`,
+/// `?` or `%`, which must stay inside their segment).
 pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    let mut url = url::Url::parse("http://localhost/").expect("a constant URL parses");
+    url.path_segments_mut()
+        .expect("an http URL has path segments")
+        .push(s);
+    url.path()[1..].to_owned()
 }
 
 /// The AMQP URL of `vhost` at `addr`, with a short heartbeat so that a dead link is noticed
 /// within seconds rather than minutes.
 pub fn amqp_url(addr: SocketAddr, vhost: &str) -> String {
-    format!(
-        "amqp://{BROKER_USER}:{BROKER_PASSWORD}@{addr}/{}?heartbeat=5",
-        encode_segment(vhost)
-    )
+    let mut url = url::Url::parse(&format!("amqp://{addr}/")).expect("an address makes a URL");
+    url.set_username(BROKER_USER)
+        .expect("amqp URLs hold a user");
+    url.set_password(Some(BROKER_PASSWORD))
+        .expect("amqp URLs hold a password");
+    url.path_segments_mut()
+        .expect("amqp URLs with a host have a path")
+        .push(vhost);
+    url.set_query(Some("heartbeat=5"));
+    url.into()
 }
 
-fn http_client() -> reqwest::Client {
+/// The typed client of the RabbitMQ management API, as the test user.
+pub fn management_client() -> rabbitmq_http_client::api::Client<String, &'static str, &'static str>
+{
     // `no_proxy`: a developer's HTTP_PROXY must not route requests for 127.0.0.1.
-    reqwest::Client::builder()
+    let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()
-        .expect("building an HTTP client")
+        .expect("building an HTTP client");
+    rabbitmq_http_client::api::Client::from_http_client(
+        http,
+        format!("{}/api", management_api()),
+        BROKER_USER,
+        BROKER_PASSWORD,
+    )
 }
 
 /// A vhost and a set of database names owned by one test.
@@ -132,44 +142,37 @@ impl Sandbox {
     }
 
     async fn create_vhost(&self) {
-        let api = management_api();
-        let client = http_client();
-        let vhost = encode_segment(&self.vhost);
-        let put = |url: String, body: serde_json::Value| {
-            client
-                .put(url)
-                .basic_auth(BROKER_USER, Some(BROKER_PASSWORD))
-                .json(&body)
-                .send()
-        };
+        let api = management_client();
         let hint = "is RabbitMQ running with its management plugin (see scripts/lib.sh)?";
-        let created = put(
-            format!("{api}/api/vhosts/{vhost}"),
-            serde_json::json!({"description": "saga-tests sandbox; removed when its test ends"}),
-        )
-        .await
-        .unwrap_or_else(|e| {
-            panic!("cannot reach the RabbitMQ management API at {api}: {e}; {hint}")
+        let vhost = rabbitmq_http_client::requests::VirtualHostParams {
+            name: &self.vhost,
+            description: Some("saga-tests sandbox; removed when its test ends"),
+            tags: None,
+            default_queue_type: None,
+            tracing: false,
+        };
+        api.create_vhost(&vhost).await.unwrap_or_else(|e| {
+            panic!(
+                "creating vhost {} through the management API at {} failed: {e}; {hint}",
+                self.vhost,
+                management_api()
+            )
         });
-        assert!(
-            created.status().is_success(),
-            "creating vhost {} answered {}: {}",
-            self.vhost,
-            created.status(),
-            created.text().await.unwrap_or_default()
-        );
-        let granted = put(
-            format!("{api}/api/permissions/{vhost}/{BROKER_USER}"),
-            serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach the RabbitMQ management API at {api}: {e}"));
-        assert!(
-            granted.status().is_success(),
-            "granting {BROKER_USER} access to vhost {} answered {}",
-            self.vhost,
-            granted.status()
-        );
+        let everything = rabbitmq_http_client::requests::Permissions {
+            user: BROKER_USER,
+            vhost: &self.vhost,
+            configure: ".*",
+            read: ".*",
+            write: ".*",
+        };
+        api.declare_permissions(&everything)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "granting {BROKER_USER} access to vhost {} failed: {e}",
+                    self.vhost
+                )
+            });
     }
 
     /// The short random id every name of this sandbox carries.
@@ -267,16 +270,9 @@ impl Drop for Sandbox {
 }
 
 async fn delete_vhost(vhost: &str) {
-    let url = format!("{}/api/vhosts/{}", management_api(), encode_segment(vhost));
-    match http_client()
-        .delete(&url)
-        .basic_auth(BROKER_USER, Some(BROKER_PASSWORD))
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {}
-        Ok(r) => eprintln!("deleting vhost {vhost} answered {}", r.status()),
-        Err(e) => eprintln!("deleting vhost {vhost} failed: {e}"),
+    // Idempotently: a vhost already gone is fine.
+    if let Err(e) = management_client().delete_vhost(vhost, true).await {
+        eprintln!("deleting vhost {vhost} failed: {e}");
     }
 }
 

@@ -8,7 +8,7 @@
 use events::Event;
 use events::catalog::StockAdjusted;
 use saga_tests::browser::{Browser, Explorer, PAGE_DEADLINE};
-use saga_tests::{Poll, Stack, StackOptions, eventually, order_request};
+use saga_tests::{Poll, Service, Stack, StackOptions, eventually, order_request};
 
 const CONFIRMED_SAGA: [&str; 4] = [
     "OrderCreated",
@@ -87,6 +87,16 @@ async fn the_explorer_lists_orders_and_draws_a_confirmed_and_a_compensated_saga(
     browser.goto(&explorer.url("/")).await;
     orders_listed(&browser, &[&compensated, &confirmed]).await;
     browser.screenshot("orders").await;
+    // The header links each service's API reference page.
+    browser
+        .wait_for("#api-reference a[data-service=payment-svc]")
+        .await;
+    let references = browser.attributes("#api-reference a", "href").await;
+    let wanted: Vec<String> = Service::ALL
+        .iter()
+        .map(|s| format!("{}/api-docs", stack.base_url(*s)))
+        .collect();
+    assert_eq!(references, wanted);
     browser.click("button[data-status=cancelled]").await;
     orders_listed(&browser, &[&compensated]).await;
     browser.click("button[data-status=all]").await;
@@ -170,10 +180,18 @@ async fn a_replay_confirmed_on_the_dlq_page_moves_the_message_out_of_the_dlq() {
     let notice = browser.wait_for("#notice").await;
     let notice = notice.text().await.unwrap_or_default();
     assert!(notice.contains("replayed 1 message"), "{notice}");
-    let total = browser
-        .attributes(&format!(".dlq[data-queue=\"{dlq}\"]"), "data-total")
-        .await;
-    assert_eq!(total, ["0"]);
+    // The page redraws the queues after the notice: poll until the redraw shows it.
+    eventually(PAGE_DEADLINE, || async {
+        let total = browser
+            .attributes(&format!(".dlq[data-queue=\"{dlq}\"]"), "data-total")
+            .await;
+        if total == ["0"] {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{dlq} shown with data-total {total:?}"))
+        }
+    })
+    .await;
     browser.screenshot("dlq-after-replay").await;
 
     browser.close().await;

@@ -525,6 +525,8 @@ fn exit_status_says_what_kind_of_failure_it_was() {
     // 2: the arguments are wrong.
     let out = offline(&["order", "list", "--status", "lost"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // 0: help asked for is not a failure.
+    assert_eq!(offline(&["queues", "--help"]).status.code(), Some(0));
     // 3: a service cannot be reached.
     let out = offline(&["order", "show", "x"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
@@ -536,6 +538,46 @@ fn exit_status_says_what_kind_of_failure_it_was() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A bad argument exits 2 and says what is wrong and what to do, on standard error, with
+/// nothing on standard output.
+#[test]
+fn a_bad_argument_exits_2_saying_what_to_do() {
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["order", "list", "--status", "lost"],
+            &[
+                "lost",
+                "[possible values: pending, reserved, confirmed, rejected, cancelled]",
+            ],
+        ),
+        (
+            &["frobnicate"],
+            &["unrecognized subcommand 'frobnicate'", "--help"],
+        ),
+        (
+            &["order", "place", "--item", "BOOK:1:100"],
+            &["--customer", "--help"],
+        ),
+        (
+            &["order", "place", "--customer", "c", "--item", "BOOK:two:1"],
+            &["whole number", "--help"],
+        ),
+        (
+            &["load", "--mix", "sad=1"],
+            &["unknown kind \"sad\": use happy, no-stock or no-funds"],
+        ),
+    ];
+    for (args, says) in cases {
+        let out = offline(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+        for said in says {
+            assert!(err.contains(said), "{args:?} should say {said:?}: {err}");
+        }
+    }
 }
 
 #[test]

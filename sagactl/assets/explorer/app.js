@@ -528,3 +528,19 @@ function route() {
 refreshQueues();
 setInterval(refreshQueues, QUEUE_POLL_MS);
 route();
+showApiReference();
+
+/** Links to each service's API reference page (its OpenAPI document, `/api-docs`). */
+async function showApiReference() {
+  const slot = document.getElementById("api-reference");
+  try {
+    const { services } = await api("/api/services");
+    slot.replaceChildren(
+      "API reference:",
+      ...services.map((s) =>
+        el("a", { href: s.api_docs, target: "_blank", rel: "noopener", "data-service": s.service }, s.service)),
+    );
+  } catch (_) {
+    slot.replaceChildren();
+  }
+}

@@ -94,7 +94,7 @@ fn happy_load(args: &BenchArgs) -> anyhow::Result<LoadArgs> {
         orders: args.orders,
         concurrency: args.concurrency,
         rate: None,
-        mix: super::Mix::parse("happy=100").map_err(CliError::Refused)?,
+        mix: crate::mix::Mix::parse("happy=100").map_err(CliError::Refused)?,
         wait_secs: 120,
     })
 }
@@ -281,7 +281,7 @@ async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
     setup
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    close_quietly(conn.close(200, "done".into()).await);
+    crate::context::close(conn).await;
     Ok(rate)
 }
 
@@ -296,7 +296,7 @@ fn close_quietly(closed: lapin::Result<()>) {
 /// A scratch database with the benchmark's own minimal tables (no trigger) and, for the
 /// diagnostics, the project's messaging tables.
 async fn scratch_database(server: &str, pool_size: u32) -> anyhow::Result<PgPool> {
-    let url = format!("{}/saga_bench", server.trim_end_matches('/'));
+    let url = database_url(server, "saga_bench")?;
     let pool = platform::db::connect_and_migrate(&url, pool_size + 2, &messaging::MIGRATOR).await?;
     for statement in [
         "CREATE TABLE IF NOT EXISTS bench_counter (id INT PRIMARY KEY, n BIGINT NOT NULL)",
@@ -468,24 +468,38 @@ async fn relay_backlog(
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    close_quietly(conn.close(200, "done".into()).await);
+    crate::context::close(conn).await;
     Ok(rate)
 }
 
 /// Pools on the three service databases (`--databases`, in order orders, inventory, payments).
 async fn service_databases(args: &BenchArgs) -> anyhow::Result<super::preload::Databases> {
     let url = |i: usize| {
-        format!(
-            "{}/{}",
-            args.database_server.trim_end_matches('/'),
-            args.databases.get(i).map(String::as_str).unwrap_or("")
-        )
+        let name = args.databases.get(i).ok_or_else(|| {
+            CliError::Refused(
+                "--databases names three databases: orders, inventory, payments".into(),
+            )
+        })?;
+        database_url(&args.database_server, name)
     };
     Ok(super::preload::Databases {
-        orders: PgPool::connect(&url(0)).await?,
-        inventory: PgPool::connect(&url(1)).await?,
-        payments: PgPool::connect(&url(2)).await?,
+        orders: PgPool::connect(&url(0)?).await?,
+        inventory: PgPool::connect(&url(1)?).await?,
+        payments: PgPool::connect(&url(2)?).await?,
     })
+}
+
+/// `server` (a PostgreSQL URL naming no database) with database `name`; its query
+/// (`?sslmode=...`) is kept.
+fn database_url(server: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(server).map_err(|e| {
+        CliError::Refused(format!("--database-server {server:?} is not a URL: {e}"))
+    })?;
+    url.set_path("");
+    url.path_segments_mut()
+        .map_err(|()| CliError::Refused(format!("--database-server {server:?} names no host")))?
+        .push(name);
+    Ok(url.into())
 }
 
 /// What the running system has done so far.
@@ -499,19 +513,17 @@ struct Counters {
 }
 
 async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<Counters> {
-    let vhost = ctx.vhost();
-    let mut deliveries = 0;
-    for q in ["order-svc", "inventory-svc", "payment-svc"] {
-        let v = ctx
-            .management(&crate::context::path(&["api", "queues", &vhost, q]))
-            .await?;
-        // A queue that never delivered has no message_stats yet.
-        deliveries += v
-            .pointer("/message_stats/deliver_get")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-    }
-    let url = format!("{}/postgres", args.database_server.trim_end_matches('/'));
+    const INPUT_QUEUES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
+    // A queue that has not delivered anything yet has no counter: zero.
+    let deliveries: u64 = ctx
+        .queue_stats(&ctx.vhost())
+        .await?
+        .iter()
+        .filter(|q| INPUT_QUEUES.contains(&q.name.as_str()))
+        .map(|q| q.message_stats.deliver_get)
+        .sum();
+    let deliveries = i64::try_from(deliveries)?;
+    let url = database_url(&args.database_server, "postgres")?;
     let pool = PgPool::connect(&url).await?;
     let commits: i64 = sqlx::query_scalar(
         "SELECT COALESCE(sum(xact_commit), 0)::bigint FROM pg_stat_database WHERE datname = ANY($1)",
@@ -563,5 +575,20 @@ async fn settled_counters(
             return Ok(now);
         }
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_url_keeps_the_server_and_its_options() {
+        assert_eq!(
+            super::database_url("postgres://postgres@127.0.0.1:5432/", "saga_bench").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/saga_bench"
+        );
+        assert_eq!(
+            super::database_url("postgres://u@db?sslmode=require", "orders").unwrap(),
+            "postgres://u@db/orders?sslmode=require"
+        );
     }
 }

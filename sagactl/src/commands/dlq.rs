@@ -75,7 +75,7 @@ pub async fn run(ctx: &Context, cmd: DlqCommand) -> anyhow::Result<()> {
         }
     };
     // Closing returns every message taken and not acked to its queue.
-    let _ = conn.close(200, "done".into()).await;
+    crate::context::close(conn).await;
     result
 }
 
@@ -329,12 +329,10 @@ pub async fn resend(
         delivery.acker.ack(BasicAckOptions::default()).await?;
         replayed.push(json!(id));
     }
-    if message_id.is_some() && replayed.is_empty() {
-        return Err(CliError::Refused(format!(
-            "no message {} in {queue}",
-            message_id.unwrap_or_default()
-        ))
-        .into());
+    if let Some(id) = message_id
+        && replayed.is_empty()
+    {
+        return Err(CliError::Refused(format!("no message {id} in {queue}")).into());
     }
     Ok(json!({"queue": queue, "replayed": replayed}))
 }
@@ -358,6 +356,7 @@ fn edit_body(body: &[u8]) -> anyhow::Result<Vec<u8>> {
         .into());
     }
     let edited = std::fs::read(&path)?;
+    // The edited copy was read; a temporary file left behind harms nothing.
     let _ = std::fs::remove_file(&path);
     Ok(edited)
 }

@@ -26,70 +26,10 @@ use events::catalog::{Event, FundsDeposited, StockAdjusted};
 
 use crate::cli::LoadArgs;
 use crate::context::{CliError, Context, Service};
+use crate::mix::Kind;
 use crate::output;
 
-use super::publish_event;
-
-/// How the orders of a run are split between the three outcomes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Mix {
-    pub happy: u32,
-    pub no_stock: u32,
-    pub no_funds: u32,
-}
-
-impl Mix {
-    /// `happy=80,no-stock=10,no-funds=10` (weights; missing kinds weigh 0).
-    pub fn parse(s: &str) -> Result<Mix, String> {
-        let mut mix = Mix {
-            happy: 0,
-            no_stock: 0,
-            no_funds: 0,
-        };
-        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{part:?} is not KIND=WEIGHT (e.g. happy=80)"))?;
-            let v: u32 = v
-                .trim()
-                .parse()
-                .map_err(|_| format!("weight {v:?} is not a whole number"))?;
-            match k.trim() {
-                "happy" => mix.happy = v,
-                "no-stock" => mix.no_stock = v,
-                "no-funds" => mix.no_funds = v,
-                other => {
-                    return Err(format!(
-                        "unknown kind {other:?}: use happy, no-stock or no-funds"
-                    ));
-                }
-            }
-        }
-        if mix.happy + mix.no_stock + mix.no_funds == 0 {
-            return Err("the mix needs at least one positive weight".into());
-        }
-        Ok(mix)
-    }
-
-    fn pick(&self, roll: u32) -> Kind {
-        let total = self.happy + self.no_stock + self.no_funds;
-        let r = roll % total;
-        if r < self.happy {
-            Kind::Happy
-        } else if r < self.happy + self.no_stock {
-            Kind::NoStock
-        } else {
-            Kind::NoFunds
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Happy,
-    NoStock,
-    NoFunds,
-}
+use super::publish::publish_event;
 
 /// An order id, the status its saga ended in, and when the final event was seen.
 type Finished = (String, &'static str, Instant);
@@ -111,40 +51,8 @@ pub async fn run(ctx: &Context, args: LoadArgs) -> anyhow::Result<()> {
 
 /// Runs the load and returns its report (also used by `sagactl bench`).
 pub async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<Value> {
-    let mix = args.mix;
-    let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let sku = format!("LOAD-{run_id}");
-    let missing_sku = format!("LOAD-{run_id}-NONE");
-    let customers: Vec<String> = (0..CUSTOMERS)
-        .map(|i| format!("load-{run_id}-{i}"))
-        .collect();
-    let poor = format!("load-{run_id}-poor");
-
-    // Seed through the bus, then wait until the services show it.
-    publish_event(
-        ctx,
-        Event::StockAdjusted(StockAdjusted {
-            sku: sku.clone(),
-            delta: i64::from(args.orders) + 1,
-        }),
-    )
-    .await?;
-    let per_customer = (i64::from(args.orders) + 1) * UNIT_PRICE;
-    for c in customers.iter().chain(std::iter::once(&poor)) {
-        let amount = if *c == poor { 1 } else { per_customer };
-        publish_event(
-            ctx,
-            Event::FundsDeposited(FundsDeposited {
-                customer_id: c.clone(),
-                amount,
-                currency: "EUR".into(),
-            }),
-        )
-        .await?;
-    }
-    wait_seeded(ctx, &sku, &poor).await?;
-
-    // Follow the final events of every saga on the bus.
+    let plan = Plan::new();
+    plan.seed(ctx, args.orders).await?;
     // A watcher bound only to the events that end a saga.
     let finals_keys = [
         EventType::OrderConfirmed,
@@ -152,45 +60,201 @@ pub async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<Value> {
         EventType::OrderCancelled,
     ]
     .map(|t| t.routing_key());
-    let (conn, mut finals) = super::bus::watch(ctx, "load", &finals_keys).await?;
-    let placed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let finished: Arc<Mutex<Vec<Finished>>> = Arc::default();
-    let total = args.orders as usize;
-    let all_done = Arc::new(tokio::sync::Notify::new());
-    let follower = {
-        let placed = placed.clone();
-        let finished = finished.clone();
-        let all_done = all_done.clone();
-        tokio::spawn(async move {
-            let mut seen: HashMap<String, &'static str> = HashMap::new();
-            while let Some(Ok(d)) = finals.next().await {
-                let now = Instant::now();
-                let env: Value = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
-                let Some(order) = env["correlation_id"].as_str() else {
-                    continue;
-                };
-                let status = match env["type"].as_str() {
-                    Some("OrderConfirmed") => "confirmed",
-                    Some("StockRejected") => "rejected",
-                    Some("OrderCancelled") => "cancelled",
-                    _ => continue,
-                };
-                if seen.insert(order.to_owned(), status).is_some() {
-                    continue;
-                }
-                if let Ok(mut f) = finished.lock() {
-                    f.push((order.to_owned(), status, now));
-                    if f.len() >= total && placed.lock().map(|p| p.len() >= total).unwrap_or(false)
-                    {
-                        all_done.notify_one();
-                    }
-                }
-            }
-        })
-    };
+    let (conn, finals) = super::bus::watch(ctx, "load", &finals_keys).await?;
+    let tracker = Tracker::default();
+    let follower = tokio::spawn(follow_finals(finals, tracker.clone(), args.orders as usize));
+    let bar = progress_bar(ctx, args.orders);
+    let started = Instant::now();
+    place_all(ctx, args, &plan, &tracker, &bar).await?;
+    let placing = started.elapsed();
+    bar.set_message("waiting for the last sagas");
+    tracker
+        .wait_for_finals(Duration::from_secs(args.wait_secs))
+        .await;
+    bar.finish_and_clear();
+    follower.abort();
+    crate::context::close(conn).await;
+    tracker.report(args, started, placing)
+}
 
+/// The names one run seeds and orders with, suffixed with a run id.
+struct Plan {
+    /// Stocked with one unit per order (and one spare).
+    sku: String,
+    /// Never stocked: `no-stock` orders.
+    missing_sku: String,
+    /// Funded for every order: `happy` and `no-stock` orders.
+    customers: Vec<String>,
+    /// Holds 1 minor unit: `no-funds` orders.
+    poor: String,
+}
+
+impl Plan {
+    fn new() -> Plan {
+        let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Plan {
+            sku: format!("LOAD-{run_id}"),
+            missing_sku: format!("LOAD-{run_id}-NONE"),
+            customers: (0..CUSTOMERS)
+                .map(|i| format!("load-{run_id}-{i}"))
+                .collect(),
+            poor: format!("load-{run_id}-poor"),
+        }
+    }
+
+    /// Seeds stock and wallets through the bus, then waits until the services show them.
+    async fn seed(&self, ctx: &Context, orders: u32) -> anyhow::Result<()> {
+        let stock = Event::StockAdjusted(StockAdjusted {
+            sku: self.sku.clone(),
+            delta: i64::from(orders) + 1,
+        });
+        publish_event(ctx, stock).await?;
+        let per_customer = (i64::from(orders) + 1) * UNIT_PRICE;
+        let wallets = self
+            .customers
+            .iter()
+            .map(|c| (c, per_customer))
+            .chain(std::iter::once((&self.poor, 1)));
+        for (customer, amount) in wallets {
+            let deposit = Event::FundsDeposited(FundsDeposited {
+                customer_id: customer.clone(),
+                amount,
+                currency: "EUR".into(),
+            });
+            publish_event(ctx, deposit).await?;
+        }
+        wait_seeded(ctx, &self.sku, &self.poor).await
+    }
+
+    /// The body of the `i`-th order, made for outcome `kind`.
+    fn order(&self, i: usize, kind: Kind) -> Value {
+        let regular = &self.customers[i % CUSTOMERS];
+        let (customer, sku) = match kind {
+            Kind::Happy => (regular, &self.sku),
+            Kind::NoStock => (regular, &self.missing_sku),
+            Kind::NoFunds => (&self.poor, &self.sku),
+        };
+        json!({"customer_id": customer, "currency": "EUR",
+               "items": [{"sku": sku, "quantity": 1, "unit_price": UNIT_PRICE}]})
+    }
+}
+
+/// What the run has seen so far, shared by the placing tasks and the bus follower. Each
+/// critical section is one insert or push, so a panicking holder cannot leave a map
+/// half-written: a poisoned lock is read as it stands.
+#[derive(Clone, Default)]
+struct Tracker {
+    placed: Arc<Mutex<HashMap<String, Instant>>>,
+    finished: Arc<Mutex<Vec<Finished>>>,
+    errors: Arc<Mutex<BTreeMap<String, u64>>>,
+    all_done: Arc<tokio::sync::Notify>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Tracker {
+    fn placed(&self, order_id: String, at: Instant) {
+        lock(&self.placed).insert(order_id, at);
+    }
+
+    fn failed(&self, error: String) {
+        *lock(&self.errors).entry(error).or_default() += 1;
+    }
+
+    /// Records a saga's end; wakes the waiter once all `total` orders are placed and ended.
+    fn finished(&self, order_id: &str, status: &'static str, at: Instant, total: usize) {
+        let mut finished = lock(&self.finished);
+        finished.push((order_id.to_owned(), status, at));
+        if finished.len() >= total && lock(&self.placed).len() >= total {
+            self.all_done.notify_one();
+        }
+    }
+
+    /// Waits until every placed order has ended, or `limit` passes.
+    async fn wait_for_finals(&self, limit: Duration) {
+        let expected = lock(&self.placed).len();
+        let waited = Instant::now();
+        while lock(&self.finished).len() < expected && waited.elapsed() < limit {
+            // Woken early when the last saga ends; otherwise re-checked every 200 ms.
+            // A timeout is the normal case here, not a failure: the loop checks again.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), self.all_done.notified()).await;
+        }
+    }
+
+    /// The run's report: counts, throughput, latency percentiles, outcomes and errors.
+    fn report(
+        &self,
+        args: &LoadArgs,
+        started: Instant,
+        placing: Duration,
+    ) -> anyhow::Result<Value> {
+        let placed = lock(&self.placed).clone();
+        let finished = lock(&self.finished).clone();
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut last = started;
+        let mut completed = 0u64;
+        for (order, status, at) in &finished {
+            let Some(t0) = placed.get(order) else {
+                continue;
+            };
+            completed += 1;
+            *outcomes.entry(status).or_default() += 1;
+            // Saturates at the histogram's top (10 minutes) rather than fail.
+            latency.saturating_record(at.duration_since(*t0).as_micros().max(1) as u64);
+            last = last.max(*at);
+        }
+        let elapsed = last.duration_since(started).as_secs_f64().max(1e-9);
+        let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+        let errors = lock(&self.errors).clone();
+        Ok(json!({
+            "orders": args.orders,
+            "placed": placed.len(),
+            "completed": completed,
+            "lost": placed.len() as u64 - completed,
+            "concurrency": args.concurrency,
+            "rate_limit": args.rate,
+            "placing_seconds": placing.as_secs_f64(),
+            "elapsed_seconds": elapsed,
+            "sagas_per_second": completed as f64 / elapsed,
+            "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": latency.max() as f64 / 1000.0,
+                           "mean": latency.mean() / 1000.0},
+            "outcomes": outcomes,
+            "errors": errors,
+        }))
+    }
+}
+
+/// Follows the final events on the bus: the first one about each order ends its saga.
+async fn follow_finals(mut finals: lapin::Consumer, tracker: Tracker, total: usize) {
+    let mut seen: HashMap<String, &'static str> = HashMap::new();
+    while let Some(Ok(d)) = finals.next().await {
+        let now = Instant::now();
+        // Not an envelope: not a saga's end either.
+        let Ok(env) = serde_json::from_slice::<Value>(&d.data) else {
+            continue;
+        };
+        let Some(order) = env["correlation_id"].as_str() else {
+            continue;
+        };
+        let status = match env["type"].as_str() {
+            Some("OrderConfirmed") => "confirmed",
+            Some("StockRejected") => "rejected",
+            Some("OrderCancelled") => "cancelled",
+            _ => continue,
+        };
+        if seen.insert(order.to_owned(), status).is_none() {
+            tracker.finished(order, status, now, total);
+        }
+    }
+}
+
+fn progress_bar(ctx: &Context, orders: u32) -> ProgressBar {
     let bar = if std::io::stderr().is_terminal() && !ctx.json {
-        ProgressBar::new(args.orders.into())
+        ProgressBar::new(orders.into())
     } else {
         ProgressBar::hidden()
     };
@@ -198,112 +262,63 @@ pub async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<Value> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} placed  {per_sec}  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    bar
+}
 
-    let started = Instant::now();
+/// Places every order, at most `--concurrency` at once and at most `--rate` per second.
+async fn place_all(
+    ctx: &Context,
+    args: &LoadArgs,
+    plan: &Plan,
+    tracker: &Tracker,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(args.concurrency.max(1) as usize));
-    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let mut interval = args
         .rate
         .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001))));
+    let url = format!("{}/orders", ctx.conn.order_url.trim_end_matches('/'));
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..args.orders {
+    for i in 0..args.orders as usize {
         if let Some(iv) = interval.as_mut() {
             iv.tick().await;
         }
         let permit = slots.clone().acquire_owned().await?;
-        let kind = mix.pick(rand::rng().random());
-        let (customer, item_sku) = match kind {
-            Kind::Happy => (customers[i as usize % CUSTOMERS].clone(), sku.clone()),
-            Kind::NoStock => (
-                customers[i as usize % CUSTOMERS].clone(),
-                missing_sku.clone(),
-            ),
-            Kind::NoFunds => (poor.clone(), sku.clone()),
-        };
-        let http = ctx.http.clone();
-        let url = format!("{}/orders", ctx.conn.order_url.trim_end_matches('/'));
-        let placed = placed.clone();
-        let errors = errors.clone();
-        let bar = bar.clone();
+        let body = plan.order(i, args.mix.pick(rand::rng().random()));
+        let (http, url, tracker, bar) =
+            (ctx.http.clone(), url.clone(), tracker.clone(), bar.clone());
         tasks.spawn(async move {
-            let body = json!({"customer_id": customer, "currency": "EUR",
-                              "items": [{"sku": item_sku, "quantity": 1, "unit_price": UNIT_PRICE}]});
+            // Latency runs from the moment the request leaves.
             let t0 = Instant::now();
-            let result = http.post(&url).json(&body).send().await;
-            let error = match result {
-                Ok(resp) if resp.status().is_success() => match resp.json::<Value>().await {
-                    Ok(v) => match v["order_id"].as_str() {
-                        Some(id) => {
-                            if let Ok(mut p) = placed.lock() {
-                                p.insert(id.to_owned(), t0);
-                            }
-                            None
-                        }
-                        None => Some("no order_id in the answer".to_owned()),
-                    },
-                    Err(e) => Some(format!("bad answer: {e}")),
-                },
-                Ok(resp) => Some(format!("HTTP {}", resp.status())),
-                Err(e) => Some(if e.is_connect() { "connection refused".to_owned() } else { e.to_string() }),
-            };
-            if let Some(e) = error
-                && let Ok(mut m) = errors.lock()
-            {
-                *m.entry(e).or_default() += 1;
+            match place_one(&http, &url, &body).await {
+                Ok(order_id) => tracker.placed(order_id, t0),
+                Err(e) => tracker.failed(e),
             }
             bar.inc(1);
             drop(permit);
         });
     }
     while tasks.join_next().await.is_some() {}
-    let placing = started.elapsed();
-    bar.set_message("waiting for the last sagas");
-    let expected = placed.lock().map(|p| p.len()).unwrap_or(0);
-    let wait_limit = Duration::from_secs(args.wait_secs);
-    let waited = Instant::now();
-    while finished.lock().map(|f| f.len()).unwrap_or(0) < expected && waited.elapsed() < wait_limit
-    {
-        let _ = tokio::time::timeout(Duration::from_millis(200), all_done.notified()).await;
-    }
-    bar.finish_and_clear();
-    follower.abort();
-    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
 
-    let placed = placed.lock().map(|p| p.clone()).unwrap_or_default();
-    let finished = finished.lock().map(|f| f.clone()).unwrap_or_default();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut last = started;
-    let mut completed = 0u64;
-    for (order, status, at) in &finished {
-        let Some(t0) = placed.get(order) else {
-            continue;
-        };
-        completed += 1;
-        *outcomes.entry(status).or_default() += 1;
-        latency
-            .record(at.duration_since(*t0).as_micros().max(1) as u64)
-            .ok();
-        last = last.max(*at);
+/// Places one order; its id, or the error as the report groups it.
+async fn place_one(http: &reqwest::Client, url: &str, body: &Value) -> Result<String, String> {
+    let resp = http.post(url).json(body).send().await.map_err(|e| {
+        if e.is_connect() {
+            "connection refused".to_owned()
+        } else {
+            e.to_string()
+        }
+    })?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
     }
-    let elapsed = last.duration_since(started).as_secs_f64().max(1e-9);
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
-    Ok(json!({
-        "orders": args.orders,
-        "placed": placed.len(),
-        "completed": completed,
-        "lost": placed.len() as u64 - completed,
-        "concurrency": args.concurrency,
-        "rate_limit": args.rate,
-        "placing_seconds": placing.as_secs_f64(),
-        "elapsed_seconds": elapsed,
-        "sagas_per_second": completed as f64 / elapsed,
-        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": latency.max() as f64 / 1000.0,
-                       "mean": latency.mean() / 1000.0},
-        "outcomes": outcomes,
-        "errors": errors,
-    }))
+    let answer: Value = resp.json().await.map_err(|e| format!("bad answer: {e}"))?;
+    answer["order_id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "no order_id in the answer".to_owned())
 }
 
 async fn wait_seeded(ctx: &Context, sku: &str, poor: &str) -> anyhow::Result<()> {
@@ -367,18 +382,6 @@ pub fn render(r: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_mix_parses_and_splits_by_weight() {
-        let m = Mix::parse("happy=2,no-stock=1,no-funds=1").unwrap();
-        assert!(matches!(m.pick(0), Kind::Happy));
-        assert!(matches!(m.pick(1), Kind::Happy));
-        assert!(matches!(m.pick(2), Kind::NoStock));
-        assert!(matches!(m.pick(3), Kind::NoFunds));
-        assert!(Mix::parse("happy=0").is_err());
-        assert!(Mix::parse("sad=1").unwrap_err().contains("unknown kind"));
-        assert!(Mix::parse("happy").unwrap_err().contains("KIND=WEIGHT"));
-    }
 
     #[test]
     fn the_report_prints_throughput_latency_and_outcomes() {

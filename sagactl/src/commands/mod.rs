@@ -23,13 +23,6 @@ use crate::cli::{Cli, Command, ScenarioCommand};
 use crate::context::Context;
 use sagactl::verify::Expected;
 
-pub use load::Mix;
-pub use publish::publish_event;
-
-pub fn load_mix(s: &str) -> Result<Mix, String> {
-    Mix::parse(s)
-}
-
 pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Publish(args) => publish::run(ctx, args).await,

@@ -18,7 +18,10 @@ use crate::output;
 pub async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
     let input = read_input(&args.input)?;
     if args.raw {
-        let routing_key = args.routing_key.unwrap_or_default();
+        // clap requires --routing-key with --raw.
+        let routing_key = args
+            .routing_key
+            .ok_or_else(|| CliError::Refused("--raw needs --routing-key".into()))?;
         let message = OutgoingMessage {
             exchange: EVENTS_EXCHANGE.to_owned(),
             routing_key: routing_key.clone(),

@@ -1,10 +1,12 @@
 //! `sagactl queues`: the project's queues from the RabbitMQ management API.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use rabbitmq_http_client::responses::QueueInfo;
 use serde_json::{Value, json};
 
-use crate::context::Context;
+use crate::context::{Context, MessageStats};
 use crate::output;
 
 const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
@@ -27,40 +29,45 @@ pub async fn run(ctx: &Context, watch: Option<u64>) -> anyhow::Result<()> {
 /// The project's queues with their counts and rates, as `--json` prints them.
 pub async fn snapshot(ctx: &Context) -> anyhow::Result<Value> {
     let vhost = ctx.vhost();
-    let path = crate::context::path(&["api", "queues", &vhost]);
-    let all = ctx.management(&path).await?;
-    let rows: Vec<Value> = all
-        .as_array()
+    let queues =
+        ctx.management().list_queues_in(&vhost).await.map_err(|e| {
+            ctx.management_failed(&format!("listing the queues of vhost {vhost:?}"), e)
+        })?;
+    let stats: HashMap<String, MessageStats> = ctx
+        .queue_stats(&vhost)
+        .await?
         .into_iter()
-        .flatten()
-        .filter(|q| {
-            let name = q.get("name").and_then(Value::as_str).unwrap_or("");
-            SERVICES
-                .iter()
-                .any(|s| name == *s || name.starts_with(&format!("{s}.")))
-        })
-        .map(summarize)
+        .map(|q| (q.name, q.message_stats))
+        .collect();
+    let rows: Vec<Value> = queues
+        .iter()
+        .filter(|q| is_ours(&q.name))
+        .map(|q| summarize(q, stats.get(&q.name).copied().unwrap_or_default()))
         .collect();
     Ok(json!({"vhost": vhost, "queues": rows}))
 }
 
-fn rate(q: &Value, key: &str) -> f64 {
-    q.pointer(&format!("/message_stats/{key}/rate"))
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0)
+/// A service's input queue, or its DLQ or retry queues.
+fn is_ours(name: &str) -> bool {
+    SERVICES.iter().any(|s| {
+        name == *s
+            || name
+                .strip_prefix(s)
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
 }
 
-fn summarize(q: &Value) -> Value {
-    let n = |k: &str| q.get(k).and_then(Value::as_i64).unwrap_or(0);
+/// `stats` is all zero for a queue that has seen no traffic yet (the broker reports none).
+fn summarize(q: &QueueInfo, stats: MessageStats) -> Value {
     json!({
-        "name": q.get("name"),
-        "type": q.get("type"),
-        "ready": n("messages_ready"),
-        "unacked": n("messages_unacknowledged"),
-        "consumers": n("consumers"),
-        "publish_rate": rate(q, "publish_details"),
-        "deliver_rate": rate(q, "deliver_get_details"),
-        "ack_rate": rate(q, "ack_details"),
+        "name": q.name,
+        "type": q.queue_type,
+        "ready": q.message_count.saturating_sub(q.unacknowledged_message_count),
+        "unacked": q.unacknowledged_message_count,
+        "consumers": q.consumer_count,
+        "publish_rate": stats.publish_details.rate,
+        "deliver_rate": stats.deliver_get_details.rate,
+        "ack_rate": stats.ack_details.rate,
     })
 }
 
@@ -90,14 +97,28 @@ mod tests {
 
     #[test]
     fn the_table_lists_each_queue_with_counts_and_rates() {
-        let report = json!({"queues": [summarize(&json!({
-            "name": "order-svc", "type": "quorum", "messages_ready": 3,
-            "messages_unacknowledged": 1, "consumers": 1,
-            "message_stats": {"publish_details": {"rate": 12.5}}
-        }))]});
+        let queue: QueueInfo = serde_json::from_value(json!({
+            "name": "order-svc", "vhost": "saga", "type": "quorum", "durable": true,
+            "auto_delete": false, "exclusive": false, "arguments": {},
+            "messages": 4, "messages_unacknowledged": 1, "consumers": 1
+        }))
+        .unwrap();
+        let stats: MessageStats =
+            serde_json::from_value(json!({"publish_details": {"rate": 12.5}})).unwrap();
+        let report = json!({"queues": [summarize(&queue, stats)]});
+        assert_eq!(report["queues"][0]["ready"], 3);
         let text = render(&report);
         assert!(text.lines().nth(1).unwrap().starts_with("order-svc"));
         assert!(text.contains("12.5"));
+    }
+
+    #[test]
+    fn only_the_services_queues_are_listed() {
+        assert!(is_ours("order-svc"));
+        assert!(is_ours("order-svc.dlq"));
+        assert!(is_ours("payment-svc.retry.1"));
+        assert!(!is_ours("order-svcx"));
+        assert!(!is_ours("amq.gen-1"));
     }
 
     #[test]

@@ -14,13 +14,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use sagactl::scenario::{Expect, Names, Scenario, Step, Wait, bind_payload, missing_events};
+use sagactl::scenario::{
+    Expect, Names, Place, Publish, Scenario, Step, Wait, bind_payload, missing_events,
+};
 
 use crate::cli::parse_item;
 use crate::context::{CliError, Context, Service, ok_or_refused};
 use crate::output;
 
-use super::publish_event;
+use super::publish::publish_event;
 
 /// The scenario files named: files as they are, directories for their `*.toml`, sorted.
 pub fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -166,7 +168,7 @@ async fn run_file(ctx: &Context, file: &Path) -> anyhow::Result<(String, Vec<Str
         }
     }
     .await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::context::close(conn).await;
     Ok((scenario.name, result?))
 }
 
@@ -179,20 +181,24 @@ fn step_name(step: &Step) -> &'static str {
     }
 }
 
-fn seen_types(run: &Run<'_>, seen: &std::sync::Mutex<Vec<Value>>) -> Vec<String> {
+fn seen_types(run: &Run<'_>, seen: &Mutex<Vec<Value>>) -> Vec<String> {
     let ids: Vec<String> = run.orders.values().map(Uuid::to_string).collect();
-    seen.lock()
-        .map(|s| {
-            s.iter()
-                .filter(|e| {
-                    e["correlation_id"]
-                        .as_str()
-                        .is_some_and(|c| ids.iter().any(|i| i == c))
-                })
-                .filter_map(|e| e["type"].as_str().map(str::to_owned))
-                .collect()
+    lock(seen)
+        .iter()
+        .filter(|e| {
+            e["correlation_id"]
+                .as_str()
+                .is_some_and(|c| ids.iter().any(|i| i == c))
         })
-        .unwrap_or_default()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The envelopes seen so far. The collector only pushes whole values, so a poisoned lock
+/// still holds a consistent list.
+fn lock(seen: &Mutex<Vec<Value>>) -> std::sync::MutexGuard<'_, Vec<Value>> {
+    seen.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn poll<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
@@ -269,191 +275,222 @@ async fn given(run: &mut Run<'_>, s: &Scenario, timeout: Duration) -> anyhow::Re
 }
 
 async fn when(run: &mut Run<'_>, step: &Step, timeout: Duration) -> anyhow::Result<()> {
-    let ctx = run.ctx;
     match step {
-        Step::Place(p) => {
-            let items = p
-                .items
-                .iter()
-                .map(|i| {
-                    parse_item(i).map(|mut it| {
-                        it.sku = run.names.sku(&it.sku);
-                        it
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(CliError::Refused)?;
-            let body = json!({"customer_id": run.names.customer(&p.customer), "currency": p.currency, "items": items});
-            let (st, v) = ctx
-                .call(Service::Order, Method::POST, "/orders", Some(&body), &[])
-                .await?;
-            let v = ok_or_refused(st, v)?;
-            let id: Uuid = v["order_id"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| CliError::Refused("no order_id in the answer".into()))?;
-            run.orders.insert(p.reference.clone(), id);
-        }
-        Step::Cancel(reference) => {
-            let id = run.order_id(reference);
-            let (st, v) = ctx
-                .call(
-                    Service::Order,
-                    Method::POST,
-                    &format!("/orders/{id}/cancel"),
-                    None,
-                    &[],
-                )
-                .await?;
-            ok_or_refused(st, v)?;
-        }
-        Step::Publish(p) => {
-            let mut ids = run.orders.clone();
-            let payload = bind_payload(&p.data, &run.names, &mut |r| {
-                ids.entry(r.to_owned())
-                    .or_insert_with(Uuid::now_v7)
-                    .to_string()
-            });
-            run.orders = ids;
-            let t: events::EventType = p
-                .event_type
-                .parse()
-                .map_err(|e| CliError::Refused(format!("{e}")))?;
-            let event = Event::decode(t.name(), t.version(), &payload)
-                .map_err(|e| CliError::Refused(e.to_string()))?;
-            let mut envelope = messaging::Envelope::wrap(&event, "sagactl", None);
-            if let Some(name) = &p.message_id {
-                envelope.message_id = *run
-                    .messages
-                    .entry(name.clone())
-                    .or_insert(envelope.message_id);
-            }
-            super::publish::publish_envelope(ctx, envelope).await?;
-        }
+        Step::Place(p) => place(run, p).await,
+        Step::Cancel(reference) => cancel(run, reference).await,
+        Step::Publish(p) => publish(run, p).await,
         Step::Wait(Wait {
             order,
             event: Some(event),
             ..
-        }) => {
-            let id = run.order_id(order).to_string();
-            let seen = run.seen.clone();
-            poll(
-                timeout,
-                &format!("{event} about {order} on the bus"),
-                || {
-                    let found = seen.lock().is_ok_and(|s| {
-                        s.iter()
-                            .any(|e| e["type"] == json!(event) && e["correlation_id"] == json!(id))
-                    });
-                    async move { Ok(found) }
-                },
-            )
-            .await?;
-        }
+        }) => wait_for_event(run, order, event, timeout).await,
         Step::Wait(Wait {
-            status: None,
             order,
+            status: Some(status),
             ..
-        }) => {
-            return Err(CliError::Refused(format!(
-                "wait for {order}: say which status or event to wait for"
-            ))
-            .into());
-        }
-        Step::Wait(w) => {
-            let status = w.status.clone().unwrap_or_default();
-            let id = run.order_id(&w.order);
-            poll(
-                timeout,
-                &format!("order {} to be {status}", w.order),
-                || async {
-                    let (st, v) = ctx
-                        .call(
-                            Service::Order,
-                            Method::GET,
-                            &format!("/orders/{id}"),
-                            None,
-                            &[],
-                        )
-                        .await?;
-                    Ok(st.is_success() && v["status"] == json!(status))
-                },
-            )
-            .await?;
-        }
+        }) => wait_for_status(run, order, status, timeout).await,
+        Step::Wait(Wait { order, .. }) => Err(CliError::Refused(format!(
+            "wait for {order}: say which status or event to wait for"
+        ))
+        .into()),
     }
+}
+
+/// `place`: posts the order and remembers its id under the scenario's reference.
+async fn place(run: &mut Run<'_>, p: &Place) -> anyhow::Result<()> {
+    let items = p
+        .items
+        .iter()
+        .map(|i| {
+            parse_item(i).map(|mut it| {
+                it.sku = run.names.sku(&it.sku);
+                it
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CliError::Refused)?;
+    let body = json!({"customer_id": run.names.customer(&p.customer), "currency": p.currency, "items": items});
+    let (st, v) = run
+        .ctx
+        .call(Service::Order, Method::POST, "/orders", Some(&body), &[])
+        .await?;
+    let v = ok_or_refused(st, v)?;
+    let id: Uuid = v["order_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CliError::Refused("no order_id in the answer".into()))?;
+    run.orders.insert(p.reference.clone(), id);
     Ok(())
+}
+
+async fn cancel(run: &mut Run<'_>, reference: &str) -> anyhow::Result<()> {
+    let id = run.order_id(reference);
+    let path = format!("/orders/{id}/cancel");
+    let (st, v) = run
+        .ctx
+        .call(Service::Order, Method::POST, &path, None, &[])
+        .await?;
+    ok_or_refused(st, v).map(drop)
+}
+
+/// `publish`: an event with the scenario's names bound; a named message id is reused.
+async fn publish(run: &mut Run<'_>, p: &Publish) -> anyhow::Result<()> {
+    let mut ids = run.orders.clone();
+    let payload = bind_payload(&p.data, &run.names, &mut |r| {
+        ids.entry(r.to_owned())
+            .or_insert_with(Uuid::now_v7)
+            .to_string()
+    });
+    run.orders = ids;
+    let t: events::EventType = p
+        .event_type
+        .parse()
+        .map_err(|e| CliError::Refused(format!("{e}")))?;
+    let event = Event::decode(t.name(), t.version(), &payload)
+        .map_err(|e| CliError::Refused(e.to_string()))?;
+    let mut envelope = messaging::Envelope::wrap(&event, "sagactl", None);
+    if let Some(name) = &p.message_id {
+        envelope.message_id = *run
+            .messages
+            .entry(name.clone())
+            .or_insert(envelope.message_id);
+    }
+    super::publish::publish_envelope(run.ctx, envelope).await?;
+    Ok(())
+}
+
+async fn wait_for_event(
+    run: &mut Run<'_>,
+    order: &str,
+    event: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let id = run.order_id(order).to_string();
+    let seen = run.seen.clone();
+    poll(
+        timeout,
+        &format!("{event} about {order} on the bus"),
+        || {
+            let found = lock(&seen)
+                .iter()
+                .any(|e| e["type"] == json!(event) && e["correlation_id"] == json!(id));
+            async move { Ok(found) }
+        },
+    )
+    .await
+}
+
+async fn wait_for_status(
+    run: &mut Run<'_>,
+    order: &str,
+    status: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let id = run.order_id(order);
+    let ctx = run.ctx;
+    poll(
+        timeout,
+        &format!("order {order} to be {status}"),
+        || async {
+            let path = format!("/orders/{id}");
+            let (st, v) = ctx
+                .call(Service::Order, Method::GET, &path, None, &[])
+                .await?;
+            Ok(st.is_success() && v["status"] == json!(status))
+        },
+    )
+    .await
+}
+
+/// A GET whose 404 is an answer (`null`), not a failure.
+async fn get_or_null(ctx: &Context, service: Service, path: String) -> anyhow::Result<Value> {
+    let (st, v) = ctx.call(service, Method::GET, &path, None, &[]).await?;
+    Ok(if st == StatusCode::NOT_FOUND {
+        Value::Null
+    } else {
+        v
+    })
+}
+
+/// Each `field = want` of `fields` that `got` (a service's JSON) does not hold; a field
+/// the service does not report compares as `null`.
+fn field_differences<W>(
+    label: &str,
+    got: &Value,
+    fields: &std::collections::BTreeMap<String, W>,
+    want_json: impl Fn(&W) -> Value,
+) -> Vec<String> {
+    fields
+        .iter()
+        .filter_map(|(field, want)| {
+            let value = got.get(field).unwrap_or(&Value::Null);
+            (*value != want_json(want))
+                .then(|| format!("{label}.{field}: expected {}, got {value}", want_json(want)))
+        })
+        .collect()
 }
 
 /// Every difference between what is expected and what the services report now.
 async fn check(run: &mut Run<'_>, expect: &Expect, seen: &[String]) -> anyhow::Result<Vec<String>> {
     let ctx = run.ctx;
     let mut problems = Vec::new();
-    let get = |service: Service, path: String| async move {
-        let (st, v) = ctx.call(service, Method::GET, &path, None, &[]).await?;
-        Ok::<_, anyhow::Error>(if st == StatusCode::NOT_FOUND {
-            Value::Null
-        } else {
-            v
-        })
-    };
     for (reference, fields) in &expect.orders {
         let id = run.order_id(reference);
-        let order = get(Service::Order, format!("/orders/{id}")).await?;
-        for (field, want) in fields {
-            let want = toml_to_json(want);
-            let got = order.get(field).cloned().unwrap_or(Value::Null);
-            if got != want {
-                problems.push(format!(
-                    "order {reference}.{field}: expected {want}, got {got}"
-                ));
-            }
-        }
+        let order = get_or_null(ctx, Service::Order, format!("/orders/{id}")).await?;
+        problems.extend(field_differences(
+            &format!("order {reference}"),
+            &order,
+            fields,
+            toml_to_json,
+        ));
     }
     for (sku, fields) in &expect.stock {
-        let stock = get(Service::Inventory, format!("/stock/{}", run.names.sku(sku))).await?;
-        for (field, want) in fields {
-            let got = stock.get(field).cloned().unwrap_or(Value::Null);
-            if got != json!(want) {
-                problems.push(format!("stock {sku}.{field}: expected {want}, got {got}"));
-            }
-        }
+        let path = crate::context::path(&["stock", &run.names.sku(sku)]);
+        let stock = get_or_null(ctx, Service::Inventory, path).await?;
+        problems.extend(field_differences(
+            &format!("stock {sku}"),
+            &stock,
+            fields,
+            |w| json!(w),
+        ));
     }
     for (customer, fields) in &expect.wallets {
-        let wallet = get(
-            Service::Payment,
-            format!("/wallets/{}", run.names.customer(customer)),
-        )
-        .await?;
-        for (field, want) in fields {
-            let got = wallet.get(field).cloned().unwrap_or(Value::Null);
-            if got != json!(want) {
-                problems.push(format!(
-                    "wallet {customer}.{field}: expected {want}, got {got}"
-                ));
+        let path = crate::context::path(&["wallets", &run.names.customer(customer)]);
+        let wallet = get_or_null(ctx, Service::Payment, path).await?;
+        problems.extend(field_differences(
+            &format!("wallet {customer}"),
+            &wallet,
+            fields,
+            |w| json!(w),
+        ));
+    }
+    let kept = [
+        (
+            "reservation",
+            Service::Inventory,
+            "reservations",
+            &expect.reservations,
+        ),
+        ("payment", Service::Payment, "payments", &expect.payments),
+    ];
+    for (what, service, list, wants) in kept {
+        for (reference, want) in wants {
+            let id = run.order_id(reference);
+            let found = get_or_null(ctx, service, format!("/{list}/{id}")).await?;
+            // No reservation or payment at all is the status `none`.
+            let got = found["status"].as_str().unwrap_or("none");
+            if got != want {
+                problems.push(format!("{what} of {reference}: expected {want}, got {got}"));
             }
         }
     }
-    for (reference, want) in &expect.reservations {
-        let id = run.order_id(reference);
-        let r = get(Service::Inventory, format!("/reservations/{id}")).await?;
-        let got = r["status"].as_str().unwrap_or("none");
-        if got != want {
-            problems.push(format!(
-                "reservation of {reference}: expected {want}, got {got}"
-            ));
-        }
-    }
-    for (reference, want) in &expect.payments {
-        let id = run.order_id(reference);
-        let p = get(Service::Payment, format!("/payments/{id}")).await?;
-        let got = p["status"].as_str().unwrap_or("none");
-        if got != want {
-            problems.push(format!(
-                "payment of {reference}: expected {want}, got {got}"
-            ));
-        }
-    }
+    problems.extend(event_differences(expect, seen));
+    Ok(problems)
+}
+
+/// Events expected on the bus but not seen, and events seen that must not be.
+fn event_differences(expect: &Expect, seen: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
     let missing = missing_events(&expect.events, seen);
     if !missing.is_empty() {
         problems.push(format!(
@@ -462,14 +499,12 @@ async fn check(run: &mut Run<'_>, expect: &Expect, seen: &[String]) -> anyhow::R
             seen.join(", ")
         ));
     }
-    for absent in &expect.absent_events {
-        if seen.contains(absent) {
-            problems.push(format!(
-                "event {absent} was seen on the bus but must not be"
-            ));
-        }
+    for absent in expect.absent_events.iter().filter(|a| seen.contains(a)) {
+        problems.push(format!(
+            "event {absent} was seen on the bus but must not be"
+        ));
     }
-    Ok(problems)
+    problems
 }
 
 fn toml_to_json(v: &toml::Value) -> Value {

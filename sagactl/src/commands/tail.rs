@@ -58,7 +58,7 @@ pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let _ = conn.close(200, "done".into()).await;
+    crate::context::close(conn).await;
     Ok(())
 }
 

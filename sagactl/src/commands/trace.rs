@@ -90,13 +90,15 @@ fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
 pub fn assemble(records: &[Value]) -> Vec<TracedEvent> {
     let mut by_id: HashMap<Uuid, TracedEvent> = HashMap::new();
     let mut upsert = |r: &Value| -> Option<Uuid> {
+        // A record without an id or a time cannot be placed in the timeline: skipped.
         let id: Uuid = r.get("message_id")?.as_str()?.parse().ok()?;
+        let occurred_at = parse_time(&r["occurred_at"])?;
         let e = by_id.entry(id).or_insert_with(|| TracedEvent {
             message_id: id,
             event_type: r["event_type"].as_str().unwrap_or("?").to_owned(),
             producer: r["producer"].as_str().unwrap_or("?").to_owned(),
             causation_id: r["causation_id"].as_str().and_then(|c| c.parse().ok()),
-            occurred_at: parse_time(&r["occurred_at"]).unwrap_or_default(),
+            occurred_at,
             published_at: None,
             consumed_by: Vec::new(),
         });
@@ -156,25 +158,24 @@ pub fn tree(events: &[TracedEvent]) -> Value {
     )
 }
 
-fn short(id: &Uuid) -> String {
+/// The last 8 characters of a message id: enough to tell a saga's messages apart.
+fn short(id: &(impl ToString + ?Sized)) -> String {
     let s = id.to_string();
-    s[s.len() - 8..].to_owned()
+    let start = s.char_indices().rev().nth(7).map_or(0, |(i, _)| i);
+    s[start..].to_owned()
 }
 
 fn render_tree(nodes: &Value, prefix: &str, out: &mut String) {
     let list = nodes.as_array().cloned().unwrap_or_default();
     for (i, n) in list.iter().enumerate() {
         let last = i + 1 == list.len();
-        let id: Uuid = n["message_id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_default();
+        let id = n["message_id"].as_str().unwrap_or("?");
         out.push_str(&format!(
             "{prefix}{}{} ({}) {}\n",
             if last { "└─ " } else { "├─ " },
             n["type"].as_str().unwrap_or("?"),
             n["producer"].as_str().unwrap_or("?"),
-            short(&id)
+            short(id)
         ));
         let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
         render_tree(&n["caused"], &deeper, out);

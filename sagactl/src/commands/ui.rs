@@ -11,7 +11,7 @@
 //! name (a DNS-rebinding page cannot reach it), refuses cross-site writes, and takes
 //! writes only as JSON (which a plain HTML form cannot send).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +83,7 @@ fn router(ctx: Context) -> Router {
         .route("/api/orders", get(list_orders))
         .route("/api/orders/{order_id}", get(show_saga))
         .route("/api/queues", get(queue_depths))
+        .route("/api/services", get(services))
         .route("/api/dlq", get(dead_letters))
         .route("/api/dlq/{queue}/replay", post(replay))
         .route("/api/dlq/{queue}/purge", post(purge))
@@ -161,12 +162,20 @@ type ApiResult = Result<Json<Value>, ApiError>;
 /// True for a `Host` header naming this machine: `localhost` or an IP literal. A page on
 /// another site that rebinds its DNS name to 127.0.0.1 still sends its own name here.
 fn is_local_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        // [::1]:8090
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    let Ok(url) = url::Url::parse(&format!("http://{host}/")) else {
+        return false;
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
+    // Only `name[:port]`: no user info or path smuggled into the header.
+    let bare = url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    bare && match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+        None => false,
+    }
 }
 
 /// The scheme-less `Origin` of a request equals its `Host`: sent by the explorer's own
@@ -176,12 +185,12 @@ fn same_origin(headers: &HeaderMap) -> bool {
         return true;
     };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin = origin.to_str().ok().map(|o| {
-        o.strip_prefix("http://")
-            .or_else(|| o.strip_prefix("https://"))
-            .unwrap_or(o)
-    });
-    origin.is_some() && origin == host
+    let origin = origin.to_str().ok().and_then(|o| url::Url::parse(o).ok());
+    // `host[:port]` of the origin, as the Host header writes it.
+    let authority = origin
+        .as_ref()
+        .map(|o| &o[url::Position::BeforeHost..url::Position::AfterPort]);
+    authority.is_some() && authority == host
 }
 
 async fn local_only(request: Request, next: Next) -> Response {
@@ -189,6 +198,7 @@ async fn local_only(request: Request, next: Next) -> Response {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        // No Host header (or not text) names no local host: refused below.
         .unwrap_or_default();
     if !is_local_host(host) {
         return ApiError::forbidden("the explorer answers only to localhost or an IP address")
@@ -282,7 +292,9 @@ async fn list_orders(State(app): State<Explorer>, Query(query): Query<OrdersQuer
         path.push_str(&format!("&status={s}"));
     }
     let mut listed = app.ctx.get_ok(Service::Order, &path).await?;
-    let mut orders: Vec<Value> = listed["orders"].as_array().cloned().unwrap_or_default();
+    let mut orders: Vec<Value> = listed["orders"].as_array().cloned().ok_or_else(|| {
+        ApiError::from(anyhow::anyhow!("order-svc answered a list without orders"))
+    })?;
     if let Some(needle) = &needle {
         orders.retain(|o| matches_search(o, needle));
         // A whole order id finds its order even when it is older than the window.
@@ -315,21 +327,20 @@ async fn show_saga(State(app): State<Explorer>, Path(order_id): Path<String>) ->
     }
     let (mut report, _) = trace::report(ctx, id).await?;
     let mut stock = Vec::new();
-    for item in report["order"]["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    let items = report["order"]["items"].as_array().cloned();
+    for item in items.ok_or_else(|| anyhow::anyhow!("order {id} has no items"))? {
         if let Some(sku) = item["sku"].as_str() {
-            let path = format!("/stock/{}", segment(sku));
+            let path = crate::context::path(&["stock", sku]);
             stock.push(trace::optional(ctx, Service::Inventory, &path).await?);
         }
     }
-    let customer = report["order"]["customer_id"].as_str().unwrap_or_default();
+    let customer = report["order"]["customer_id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("order {id} has no customer"))?;
     let wallet = trace::optional(
         ctx,
         Service::Payment,
-        &format!("/wallets/{}", segment(customer)),
+        &crate::context::path(&["wallets", customer]),
     )
     .await?;
     report["stock"] = json!(stock);
@@ -337,9 +348,23 @@ async fn show_saga(State(app): State<Explorer>, Path(order_id): Path<String>) ->
     Ok(Json(report))
 }
 
-/// `s` as one URL path segment.
-fn segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+// ------------------------------------------------------------------------------ services
+
+/// Each service's API reference page (`/api-docs`, its OpenAPI document), for the header.
+async fn services(State(app): State<Explorer>) -> Json<Value> {
+    Json(api_reference(&app.ctx.conn))
+}
+
+fn api_reference(conn: &crate::cli::Connection) -> Value {
+    let services = [
+        ("order-svc", &conn.order_url),
+        ("inventory-svc", &conn.inventory_url),
+        ("payment-svc", &conn.payment_url),
+    ]
+    .map(|(service, base)| {
+        json!({"service": service, "api_docs": format!("{}/api-docs", base.trim_end_matches('/'))})
+    });
+    json!({ "services": services })
 }
 
 // ------------------------------------------------------------------------------ queues
@@ -372,13 +397,15 @@ async fn dead_letters(State(app): State<Explorer>) -> ApiResult {
             .cloned()
             .unwrap_or_default()
         {
-            let name = q["queue"].as_str().unwrap_or_default().to_owned();
-            queues.push(dlq::peek(&channel, &name, DLQ_PAGE_LIMIT).await?);
+            let name = q["queue"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("a DLQ count without a queue name: {q}"))?;
+            queues.push(dlq::peek(&channel, name, DLQ_PAGE_LIMIT).await?);
         }
         anyhow::Ok(json!({"queues": queues}))
     }
     .await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::context::close(conn).await;
     Ok(Json(result?))
 }
 
@@ -401,7 +428,7 @@ async fn replay(
         dlq::resend(&channel, &publisher, target, request.message_id, false).await
     }
     .await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::context::close(conn).await;
     Ok(Json(result?))
 }
 
@@ -418,13 +445,30 @@ async fn purge(
     let _one_at_a_time = app.dlq_lock.lock().await;
     let (conn, channel) = channel(&app.ctx).await?;
     let result = dlq::purge(&channel, &name).await;
-    let _ = conn.close(200, "done".into()).await;
+    crate::context::close(conn).await;
     Ok(Json(result?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_links_each_services_api_reference() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "sagactl",
+            "--order-url",
+            "http://127.0.0.1:8080/",
+            "ui",
+        ])
+        .unwrap();
+        let links = api_reference(&cli.conn);
+        let services = links["services"].as_array().unwrap();
+        assert_eq!(services.len(), 3);
+        assert_eq!(services[0]["service"], "order-svc");
+        assert_eq!(services[0]["api_docs"], "http://127.0.0.1:8080/api-docs");
+    }
 
     #[test]
     fn only_local_names_reach_the_explorer() {
@@ -436,7 +480,13 @@ mod tests {
         ] {
             assert!(is_local_host(host), "{host}");
         }
-        for host in ["evil.example:8090", "", "127.0.0.1.nip.io:8090"] {
+        for host in [
+            "evil.example:8090",
+            "",
+            "127.0.0.1.nip.io:8090",
+            "evil.example@localhost",
+            "localhost/x",
+        ] {
             assert!(!is_local_host(host), "{host}");
         }
     }

@@ -8,7 +8,7 @@ use crate::cli::WalletCommand;
 use crate::context::{CliError, Context, Service};
 use crate::output::{self, field};
 
-use super::publish_event;
+use super::publish::publish_event;
 
 pub async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()> {
     match cmd {

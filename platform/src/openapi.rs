@@ -1,0 +1,302 @@
+//! Every service's OpenAPI 3.1 document and the page that shows it. A service describes its
+//! own routes with `#[utoipa::path]` on its handlers; [`document`] adds what every service
+//! shares (the error body, the bearer-token scheme, the probes, `/metrics`,
+//! `/messages/{correlation_id}` and `/openapi.json` itself), so the document is generated
+//! from the code and `docs/openapi/<service>.json` is only its committed copy.
+//!
+//! Served at [`DOCUMENT_PATH`] (a bearer token like every API route: the document names
+//! operator endpoints) and browsable at [`PAGE_PATH`]: Swagger UI, vendored under
+//! `platform/assets/swagger-ui/` by `scripts/vendor-swagger-ui.sh` and compiled into the
+//! binary, so the page needs no CDN. The page and its assets are open (see
+//! [`is_open_page`]); it asks the reader for a token and sends it with every request.
+
+use std::borrow::Cow;
+
+use axum::Json;
+use axum::Router;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use schemars::JsonSchema;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{OpenApi, RefOr, Schema};
+use utoipa::{Modify, ToSchema};
+
+use crate::auth::Caller;
+use crate::http::ApiError;
+
+/// Where a service serves its OpenAPI document.
+pub(crate) const DOCUMENT_PATH: &str = "/openapi.json";
+/// Where a service serves the page that shows it (Swagger UI).
+pub(crate) const PAGE_PATH: &str = "/api-docs";
+/// The name of the bearer-token security scheme in every document.
+pub const BEARER_SCHEME: &str = "bearer";
+
+/// The contract's error body: `{"error": "<code>", "message": "<human text>"}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code (`not_found`, `validation_failed`, `unauthorized`, ...).
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// What the shared routes answer, as documented (the handlers build the same JSON).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HealthReport {
+    /// `ok` / `unavailable` on `/healthz`; `ready` / `unavailable` on `/healthz/ready`;
+    /// `live` on `/healthz/live` (which has no other field).
+    pub status: String,
+    /// `up` or `down`.
+    pub database: Option<String>,
+    /// Each broker link of the service by name: `up` or `down`.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    pub broker: Option<serde_json::Value>,
+    /// `jwt`, or `off` when `SAGA_AUTH=off`.
+    pub auth: Option<String>,
+    /// `/healthz/ready` only: conditions an operator must not miss while the service serves.
+    pub warnings: Option<Vec<String>>,
+}
+
+/// `GET /messages/{correlation_id}`: what this service consumed and emitted about one saga.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SagaMessages {
+    pub correlation_id: String,
+    /// Inbox rows: the messages this service handled, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub consumed: Vec<serde_json::Value>,
+    /// Outbox rows: the messages this service emitted, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub emitted: Vec<serde_json::Value>,
+}
+
+/// `GET /metrics`: Prometheus text format. Documentation only: the route is a closure over
+/// the recorder in [`crate::http::with_ops_routes`].
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
+#[allow(dead_code)]
+fn metrics_doc() {}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses(
+        (status = 200, description = "This service's OpenAPI 3.1 document", body = Object),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ))]
+async fn openapi_json(
+    axum::extract::State(doc): axum::extract::State<std::sync::Arc<OpenApi>>,
+    caller: Caller,
+) -> Result<Json<OpenApi>, ApiError> {
+    caller.require_any_role()?;
+    Ok(Json((*doc).clone()))
+}
+
+/// The parts every service shares.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        crate::http::healthz,
+        crate::health::live,
+        crate::health::ready,
+        crate::http::messages,
+        metrics_doc,
+        openapi_json,
+    ),
+    components(schemas(ErrorBody, HealthReport, SagaMessages)),
+    modifiers(&BearerToken),
+    // The name of BEARER_SCHEME (the attribute takes a literal only).
+    security(("bearer" = [])),
+)]
+struct Shared;
+
+/// Declares the bearer-token scheme every non-open route requires.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, doc: &mut OpenApi) {
+        let scheme = utoipa::openapi::security::HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some(
+                "A JWT signed ES256 or RS256 by a key of the service's JWKS; `roles` holds \
+                 `customer` and/or `operator` (docs/http.md, Identity and access).",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(BEARER_SCHEME, SecurityScheme::Http(scheme));
+    }
+}
+
+/// The whole document of `service`: its own routes (`own`, from its `#[derive(OpenApi)]`)
+/// and the shared ones. Routes open without a token get an empty security list, taken from
+/// the same rule the auth middleware applies.
+pub fn document(service: &str, description: &str, own: OpenApi) -> OpenApi {
+    let mut doc = <Shared as utoipa::OpenApi>::openapi();
+    doc.merge(own);
+    doc.info = utoipa::openapi::InfoBuilder::new()
+        .title(service)
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(description))
+        .license(Some(utoipa::openapi::License::new("MIT OR Apache-2.0")))
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if crate::auth::is_open(path) {
+            for op in operations(item) {
+                op.security = Some(Vec::new());
+            }
+        }
+    }
+    doc
+}
+
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// The document as committed under `docs/openapi/`: pretty JSON with a trailing newline.
+pub fn render(doc: &OpenApi) -> serde_json::Result<String> {
+    let mut text = doc.to_pretty_json()?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// A payload type of the event catalog as an OpenAPI schema: its `schemars` JSON Schema
+/// (draft 2020-12, which OpenAPI 3.1 uses), so a rule is stated once, on the type.
+/// Types holding no other named type only: a nested `$ref` would point into `$defs`.
+pub fn catalog_schema<T: JsonSchema>() -> RefOr<Schema> {
+    let mut value = serde_json::Value::from(schemars::schema_for!(T));
+    if let Some(map) = value.as_object_mut() {
+        map.remove("$schema");
+        map.remove("title");
+    }
+    match serde_json::from_value(value) {
+        Ok(schema) => RefOr::T(schema),
+        Err(e) => RefOr::T(Schema::Object(
+            utoipa::openapi::ObjectBuilder::new()
+                .description(Some(format!("(schema not convertible: {e})")))
+                .build(),
+        )),
+    }
+}
+
+/// Implements [`ToSchema`] for a local stand-in of a catalog type, by [`catalog_schema`].
+#[macro_export]
+macro_rules! catalog_schema {
+    ($local:ident, $catalog:ty, $name:literal) => {
+        #[doc = concat!("`", $name, "` of the event catalog, in this service's OpenAPI document.")]
+        pub struct $local;
+        impl utoipa::PartialSchema for $local {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+                $crate::openapi::catalog_schema::<$catalog>()
+            }
+        }
+        impl utoipa::ToSchema for $local {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed($name)
+            }
+        }
+    };
+}
+
+/// Whether `path` is the page or one of its assets: open without a token, as a browser
+/// cannot send one when it opens a page. They hold no data (the same bytes in every
+/// service); the document and every call made from the page carry the reader's token.
+pub fn is_open_page(path: &str) -> bool {
+    path == PAGE_PATH
+        || path
+            .strip_prefix(PAGE_PATH)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+const PAGE: &str = include_str!("../assets/api-docs.html");
+const BUNDLE: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui-bundle.js");
+const STYLE: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui.css");
+
+/// `/openapi.json` and the page, for a service's router.
+pub fn routes(doc: OpenApi) -> Router {
+    let page = |service: Cow<'static, str>| {
+        move || {
+            let service = service.clone();
+            async move { Html(PAGE.replace("{{SERVICE}}", &service)) }
+        }
+    };
+    let service: Cow<'static, str> = Cow::Owned(doc.info.title.clone());
+    Router::new()
+        .route(DOCUMENT_PATH, get(openapi_json))
+        .with_state(std::sync::Arc::new(doc))
+        .route(PAGE_PATH, get(page(service.clone())))
+        .route(&format!("{PAGE_PATH}/"), get(page(service)))
+        .route(
+            &format!("{PAGE_PATH}/swagger-ui-bundle.js"),
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], BUNDLE).into_response() }),
+        )
+        .route(
+            &format!("{PAGE_PATH}/swagger-ui.css"),
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE).into_response() }),
+        )
+}
+
+/// A string schema holding one of `values` (a state machine's states, from its `ALL`).
+pub fn one_of_strings(values: impl IntoIterator<Item = &'static str>) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_types_keep_their_rules_in_the_document() {
+        let schema = serde_json::to_value(catalog_schema::<events::catalog::OrderItem>()).unwrap();
+        assert_eq!(schema["type"], "object", "{schema}");
+        assert_eq!(
+            schema["properties"]["quantity"]["maximum"], 10_000,
+            "{schema}"
+        );
+        assert!(
+            schema["properties"]["sku"]["pattern"].is_string(),
+            "{schema}"
+        );
+        assert!(schema.get("$schema").is_none(), "{schema}");
+    }
+
+    #[test]
+    fn only_the_page_and_its_assets_are_open() {
+        for open in ["/api-docs", "/api-docs/", "/api-docs/swagger-ui-bundle.js"] {
+            assert!(is_open_page(open), "{open}");
+        }
+        for closed in ["/openapi.json", "/api-docsx", "/api", "/orders"] {
+            assert!(!is_open_page(closed), "{closed}");
+        }
+    }
+
+    #[test]
+    fn the_documents_security_scheme_is_the_one_routes_require() {
+        let doc = <Shared as utoipa::OpenApi>::openapi();
+        let value = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            value["security"],
+            serde_json::json!([{ BEARER_SCHEME: [] }])
+        );
+        assert_eq!(
+            value["components"]["securitySchemes"][BEARER_SCHEME]["scheme"],
+            "bearer"
+        );
+    }
+}
