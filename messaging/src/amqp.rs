@@ -57,24 +57,7 @@ impl Default for Backoff {
 /// The URL (or each URL of a comma-separated list) with its password replaced, for logs
 /// and error messages.
 pub fn redact_url(url: &str) -> String {
-    crate::amqp_nodes::map_each(url, redact_one)
-}
-
-fn redact_one(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
+    crate::amqp_nodes::map_each(url, crate::amqp_nodes::redact_one)
 }
 
 #[cfg(test)]
