@@ -45,7 +45,7 @@ pub fn first_url(setting: &str) -> &str {
 }
 
 /// Applies `f` to each URL of the setting and joins the results with commas again.
-pub fn map_each(setting: &str, f: impl Fn(&str) -> String) -> String {
+pub(crate) fn map_each(setting: &str, f: impl Fn(&str) -> String) -> String {
     let list = urls(setting);
     if list.len() <= 1 {
         return f(setting.trim());
