@@ -627,13 +627,13 @@ impl messaging::Event for Event {
 /// Most items an order may hold.
 pub const MAX_ITEMS: usize = 100;
 /// Largest quantity of one item.
-pub const MAX_QUANTITY: i64 = 10_000;
+pub(crate) const MAX_QUANTITY: i64 = 10_000;
 /// Longest customer id.
-pub const MAX_CUSTOMER_ID_CHARS: usize = 64;
+pub(crate) const MAX_CUSTOMER_ID_CHARS: usize = 64;
 /// What [`check_sku`] accepts, as a regular expression (for the published JSON Schemas).
-pub const SKU_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+pub(crate) const SKU_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
 /// What [`check_currency`] accepts, as a regular expression (for the published JSON Schemas).
-pub const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
+pub(crate) const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
 
 pub fn check_sku(sku: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&sku.len())
@@ -693,7 +693,7 @@ fn check_count(field: &str, n: usize) -> Result<(), String> {
 
 /// Largest quantity of one SKU in a reservation: inventory merges an order's lines per
 /// SKU, so up to `MAX_ITEMS` lines of `MAX_QUANTITY` each may add up in one item.
-pub const MAX_MERGED_QUANTITY: i64 = MAX_ITEMS as i64 * MAX_QUANTITY;
+pub(crate) const MAX_MERGED_QUANTITY: i64 = MAX_ITEMS as i64 * MAX_QUANTITY;
 
 fn check_stock_item(item: &StockItem) -> Result<(), String> {
     check_sku(&item.sku)?;

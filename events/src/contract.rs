@@ -47,7 +47,10 @@ pub fn event_schema(t: EventType) -> Value {
 }
 
 /// The services of `subscriptions` that consume events of type `t`.
-pub fn consumers_of(t: EventType, subscriptions: &[ServiceTopology<EventType>]) -> Vec<&str> {
+pub(crate) fn consumers_of(
+    t: EventType,
+    subscriptions: &[ServiceTopology<EventType>],
+) -> Vec<&str> {
     subscriptions
         .iter()
         .filter(|s| s.consumes.contains(&t))
@@ -351,7 +354,7 @@ const EXAMPLE_CAUSE: Uuid = Uuid::from_u128(0x0193a4f2_7b00_7d6e_9f10_2132435465
 const EXAMPLE_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// The envelope of `t`'s example ([`EventType::example`]), with fixed ids and time.
-pub fn example_envelope(t: EventType) -> Envelope {
+pub(crate) fn example_envelope(t: EventType) -> Envelope {
     let event: Event = t.example();
     Envelope {
         message_id: EXAMPLE_MESSAGE,

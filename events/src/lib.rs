@@ -13,7 +13,7 @@
 
 pub mod catalog;
 pub mod contract;
-pub mod payload;
+mod payload;
 pub mod tables;
 
 pub use catalog::{Event, EventType};

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 /// Which saga an event belongs to: what its envelope's `correlation_id` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Correlation<'a> {
+pub(crate) enum Correlation<'a> {
     /// An event of one order's saga: the order id.
     Order(Uuid),
     /// An operator event: the key it is about (a SKU, a customer id).
@@ -19,7 +19,7 @@ pub enum Correlation<'a> {
 
 /// A payload type of the catalog: its fields (serde and JSON Schema derives), its format
 /// rules, its correlation, and a typical value for the published documents.
-pub trait Payload:
+pub(crate) trait Payload:
     Serialize + DeserializeOwned + JsonSchema + Clone + Debug + PartialEq + Send + Sync + 'static
 {
     /// Whether a message of this type is caused by another (its envelope carries a
@@ -96,14 +96,14 @@ macro_rules! declare_catalog {
             }
 
             /// Whether its messages carry a `causation_id` ([`Payload::CAUSED`]).
-            pub fn caused(self) -> bool {
+            pub(crate) fn caused(self) -> bool {
                 match self {
                     $( EventType::$name => <$name as $crate::payload::Payload>::CAUSED, )+
                 }
             }
 
             /// A reference to its payload schema, added to `generator`'s definitions.
-            pub fn payload_schema(
+            pub(crate) fn payload_schema(
                 self,
                 generator: &mut schemars::generate::SchemaGenerator,
             ) -> schemars::Schema {
@@ -111,7 +111,7 @@ macro_rules! declare_catalog {
             }
 
             /// A typical event of this type ([`Payload::example`]).
-            pub fn example(self) -> Event {
+            pub(crate) fn example(self) -> Event {
                 match self {
                     $( EventType::$name => {
                         Event::$name(<$name as $crate::payload::Payload>::example())

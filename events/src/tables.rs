@@ -8,10 +8,10 @@ use crate::catalog::EventType;
 use crate::contract::consumers_of;
 
 /// The comment before the generated catalog table in docs/events.md.
-pub const CATALOG_TABLE_BEGIN: &str =
+pub(crate) const CATALOG_TABLE_BEGIN: &str =
     "<!-- catalog table: generated from the catalog (events::tables), do not edit -->";
 /// The comment after it.
-pub const CATALOG_TABLE_END: &str = "<!-- end of catalog table -->";
+pub(crate) const CATALOG_TABLE_END: &str = "<!-- end of catalog table -->";
 
 /// The catalog table of docs/events.md: each type with its routing key, producer, the
 /// consumers among `subscriptions`, and its payload fields.

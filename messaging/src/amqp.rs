@@ -15,17 +15,24 @@ pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
     crate::amqp_nodes::connect_any(urls, name).await
 }
 
+/// Closes a connection at shutdown; a connection already gone is logged, not an error.
+pub(crate) async fn close_quietly(conn: &Connection) {
+    if let Err(e) = conn.close(200, "shutting down".into()).await {
+        tracing::debug!(error = %e, "the broker connection was already closed");
+    }
+}
+
 /// Capped exponential backoff with full jitter, so replicas that lost the broker together
 /// do not come back in lockstep.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     attempt: u32,
     base: Duration,
     cap: Duration,
 }
 
 impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
+    pub(crate) fn new(base: Duration, cap: Duration) -> Self {
         Backoff {
             attempt: 0,
             base,
@@ -33,7 +40,7 @@ impl Backoff {
         }
     }
 
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let exp = self
             .base
             .saturating_mul(1u32 << self.attempt.min(16))
@@ -43,7 +50,7 @@ impl Backoff {
         Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }
@@ -57,24 +64,7 @@ impl Default for Backoff {
 /// The URL (or each URL of a comma-separated list) with its password replaced, for logs
 /// and error messages.
 pub fn redact_url(url: &str) -> String {
-    crate::amqp_nodes::map_each(url, redact_one)
-}
-
-fn redact_one(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
+    crate::amqp_nodes::map_each(url, crate::amqp_nodes::redact_one)
 }
 
 #[cfg(test)]

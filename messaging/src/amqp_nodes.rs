@@ -45,7 +45,7 @@ pub fn first_url(setting: &str) -> &str {
 }
 
 /// Applies `f` to each URL of the setting and joins the results with commas again.
-pub fn map_each(setting: &str, f: impl Fn(&str) -> String) -> String {
+pub(crate) fn map_each(setting: &str, f: impl Fn(&str) -> String) -> String {
     let list = urls(setting);
     if list.len() <= 1 {
         return f(setting.trim());
@@ -57,6 +57,24 @@ pub fn map_each(setting: &str, f: impl Fn(&str) -> String) -> String {
 pub fn try_map_each<E>(setting: &str, f: impl Fn(&str) -> Result<String, E>) -> Result<String, E> {
     let mapped: Result<Vec<String>, E> = urls(setting).into_iter().map(f).collect();
     Ok(mapped?.join(","))
+}
+
+/// One node's URL with its password replaced, for logs and error messages.
+pub(crate) fn redact_one(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// The order in which one attempt tries the nodes: every node once, starting at `start`.
@@ -76,20 +94,19 @@ pub(crate) async fn connect_any(setting: &str, name: &str) -> lapin::Result<Conn
     let mut last_error = None;
     for i in rotation(list.len(), start) {
         let url = list[i];
-        let error = match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props()))
-            .await
-        {
-            Ok(Ok(conn)) => {
-                tracing::debug!(connection = name, node = %crate::amqp::redact_url(url), "connected");
-                return Ok(conn);
-            }
-            Ok(Err(e)) => e,
-            Err(_) => lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {CONNECT_TIMEOUT:?}"),
-            )),
-        };
-        tracing::info!(connection = name, node = %crate::amqp::redact_url(url), error = %error, "broker node unreachable; trying the next");
+        let error =
+            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props())).await {
+                Ok(Ok(conn)) => {
+                    tracing::debug!(connection = name, node = %redact_one(url), "connected");
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {CONNECT_TIMEOUT:?}"),
+                )),
+            };
+        tracing::info!(connection = name, node = %redact_one(url), error = %error, "broker node unreachable; trying the next");
         last_error = Some(error);
     }
     Err(last_error.unwrap_or_else(|| {

@@ -28,18 +28,18 @@ use crate::event::EventKind;
 /// The broker user that first published a message relayed since.
 pub const PUBLISHED_BY_HEADER: &str = "x-published-by";
 /// The dead-letter code of a message from the wrong broker user.
-pub const FORGED_PRODUCER: &str = "forged_producer";
+pub(crate) const FORGED_PRODUCER: &str = "forged_producer";
 
 /// Which broker users may publish as each producer, and who the operator is.
 #[derive(Debug, Clone)]
-pub struct ProducerUsers {
+pub(crate) struct ProducerUsers {
     by_producer: HashMap<String, Vec<String>>,
     operator: &'static str,
 }
 
 impl ProducerUsers {
     /// `SAGA_PRODUCER_USERS_<PRODUCER>` for every producer of the catalog of `K`.
-    pub fn from_env<K: EventKind>() -> Self {
+    pub(crate) fn from_env<K: EventKind>() -> Self {
         let mut by_producer = HashMap::new();
         for producer in K::producers() {
             let var = format!(
@@ -62,7 +62,7 @@ impl ProducerUsers {
         }
     }
 
-    pub fn users_of(&self, producer: &str) -> &[String] {
+    pub(crate) fn users_of(&self, producer: &str) -> &[String] {
         self.by_producer.get(producer).map_or(&[], Vec::as_slice)
     }
 
@@ -72,14 +72,14 @@ impl ProducerUsers {
 }
 
 /// The broker user of an AMQP URL (`guest` when it names none, as the broker assumes).
-pub fn user_of_url(url: &str) -> String {
+pub(crate) fn user_of_url(url: &str) -> String {
     url.parse::<lapin::uri::AMQPUri>()
         .map(|uri| uri.authority.userinfo.username)
         .unwrap_or_else(|_| "guest".to_owned())
 }
 
 /// Who published `props` as far as the consumer with broker user `own_user` can tell.
-pub fn publisher_of(
+pub(crate) fn publisher_of(
     users: &ProducerUsers,
     props: &BasicProperties,
     own_user: &str,
@@ -94,7 +94,7 @@ pub fn publisher_of(
 
 /// Ok when `event_type` in a message with `props` comes from its producer's broker user;
 /// else why not (the dead-letter reason).
-pub fn check<K: EventKind>(
+pub(crate) fn check<K: EventKind>(
     users: &ProducerUsers,
     event_type: K,
     props: &BasicProperties,
@@ -117,7 +117,7 @@ pub fn check<K: EventKind>(
 
 /// `headers` with [`PUBLISHED_BY_HEADER`] set to who published `props` (for a copy about to
 /// be republished by `own_user`). A header already there is kept only when it is trusted.
-pub fn record_publisher(
+pub(crate) fn record_publisher(
     users: &ProducerUsers,
     props: &BasicProperties,
     own_user: &str,

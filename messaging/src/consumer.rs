@@ -83,7 +83,7 @@ pub trait Handler: Send + Sync + 'static {
 
 /// What became of one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     /// Handled and committed: ack.
     Handled,
     /// Seen before: ack, nothing changed.
@@ -105,7 +105,7 @@ pub enum Disposition {
 }
 
 impl Disposition {
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             Disposition::Handled => "ok",
             Disposition::Duplicate => "duplicate",
@@ -196,7 +196,7 @@ impl<H: Handler> EventConsumer<H> {
 
     /// Decodes a message and, when it is valid, runs the handler in one transaction with the
     /// inbox claim and the outbox rows. Touches no broker: the caller settles the delivery.
-    pub async fn process(&self, body: &[u8], properties: &BasicProperties) -> Disposition {
+    pub(crate) async fn process(&self, body: &[u8], properties: &BasicProperties) -> Disposition {
         let attempt = header_u32(properties, ATTEMPT_HEADER).unwrap_or(0) + 1;
         let (envelope, event) = match decode_body::<H::Event>(body) {
             Ok(decoded) => decoded,
@@ -301,7 +301,7 @@ impl<H: Handler> EventConsumer<H> {
     /// tried again with backoff; after [`PATIENCE`] the delivery is rejected back to the
     /// queue (after that delay, and counted toward the delivery limit on every RabbitMQ
     /// version, so it never spins).
-    pub async fn handle_delivery(
+    pub(crate) async fn handle_delivery(
         &self,
         delivery: Delivery,
         publisher: &ParkingPublisher,
@@ -356,10 +356,14 @@ impl<H: Handler> EventConsumer<H> {
         {
             if let ParkError::Refused(_) = e {
                 tracing::error!(error = %e, "could not park the failed message; rejecting it back to the queue");
-                let _ = delivery
+                if let Err(e) = delivery
                     .acker
                     .reject(BasicRejectOptions { requeue: true })
-                    .await;
+                    .await
+                {
+                    // The channel is gone: the broker requeues the delivery with it.
+                    tracing::warn!(error = %e, "reject failed; the message will be redelivered");
+                }
             }
             return disposition;
         }
@@ -516,13 +520,16 @@ impl<H: Handler> EventConsumer<H> {
             }
         };
         if shutdown.is_cancelled() {
-            let _ = channel
+            if let Err(e) = channel
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+                .await
+            {
+                tracing::debug!(error = %e, "consumer cancel failed; closing anyway");
+            }
             // Let the handlers in flight commit and ack on this channel before closing it.
             tracker.close();
             tracker.wait().await;
-            let _ = conn.close(200, "shutting down".into()).await;
+            amqp::close_quietly(&conn).await;
         }
         inner.link.set(false);
         result
@@ -531,10 +538,10 @@ impl<H: Handler> EventConsumer<H> {
 
 fn delivery_span(delivery: &Delivery) -> tracing::Span {
     let p = &delivery.properties;
+    // Optional properties: an absent one shows as an empty field.
     let s = |v: &Option<lapin::types::ShortString>| {
         v.as_ref()
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_default()
+            .map_or_else(String::new, |s| s.as_str().to_owned())
     };
     let span = tracing::info_span!(
         "message",
@@ -552,8 +559,12 @@ fn delivery_span(delivery: &Delivery) -> tracing::Span {
     span
 }
 
+/// The delivery's headers, to extend on a copy (a message without headers has none).
 fn copied_headers(props: &BasicProperties) -> FieldTable {
-    props.headers().clone().unwrap_or_default()
+    match props.headers() {
+        Some(headers) => headers.clone(),
+        None => FieldTable::default(),
+    }
 }
 
 fn dead_letter(e: &DecodeError, attempt: u32) -> Disposition {

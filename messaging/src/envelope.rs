@@ -19,7 +19,7 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Longest correlation id accepted (the contract allows any id up to 128 characters for
 /// operator events).
-pub const MAX_CORRELATION_ID_CHARS: usize = 128;
+pub(crate) const MAX_CORRELATION_ID_CHARS: usize = 128;
 
 /// AMQP header carrying the W3C trace context.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
@@ -160,7 +160,7 @@ pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
 }
 
 /// Reads an integer header from AMQP properties, whatever integer width the sender chose.
-pub fn header_u32(props: &BasicProperties, name: &str) -> Option<u32> {
+pub(crate) fn header_u32(props: &BasicProperties, name: &str) -> Option<u32> {
     let headers = props.headers().as_ref()?;
     let v: i64 = match headers.inner().get(name)? {
         AMQPValue::ShortShortInt(v) => (*v).into(),

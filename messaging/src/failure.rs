@@ -32,7 +32,7 @@ impl FailureClass {
 }
 
 /// The class of a SQLSTATE code.
-pub fn classify_sqlstate(code: &str) -> FailureClass {
+pub(crate) fn classify_sqlstate(code: &str) -> FailureClass {
     match code {
         // unique_violation: two handlers raced to insert the same key; the loser finds the
         // row on its next try, so this one is a lost race rather than bad data.

@@ -89,7 +89,7 @@ pub async fn purge_once(pool: &PgPool, retention: &Retention) -> sqlx::Result<Pu
 
 /// Refreshes `saga_outbox_backlog`, `saga_outbox_oldest_unsent_seconds` and
 /// `saga_inbox_rows`.
-pub async fn refresh_gauges(pool: &PgPool) -> sqlx::Result<()> {
+pub(crate) async fn refresh_gauges(pool: &PgPool) -> sqlx::Result<()> {
     let (backlog, oldest) = crate::outbox::backlog(pool).await?;
     metrics::gauge!("saga_outbox_backlog").set(backlog as f64);
     metrics::gauge!("saga_outbox_oldest_unsent_seconds").set(oldest.unwrap_or(0.0));

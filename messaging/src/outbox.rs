@@ -29,7 +29,7 @@ use crate::publisher::{ConfirmedPublisher, OutgoingMessage, PublishError};
 use crate::topology::EVENTS_EXCHANGE;
 
 /// The channel the outbox trigger notifies.
-pub const NOTIFY_CHANNEL: &str = "saga_outbox";
+pub(crate) const NOTIFY_CHANNEL: &str = "saga_outbox";
 
 /// Writes `envelope` to the outbox inside the caller's transaction, to be published with
 /// `routing_key`. An empty routing key is refused: the row could never reach a consumer.
@@ -383,7 +383,7 @@ impl OutboxRelay {
         }
         self.link.set(false);
         if let Some((conn, _)) = link {
-            let _ = conn.close(200, "shutting down".into()).await;
+            crate::amqp::close_quietly(&conn).await;
         }
     }
 

@@ -19,7 +19,7 @@ use crate::amqp::{self, Backoff};
 
 /// Whether a consumer is paused, shared by its delivery loop and its handlers.
 #[derive(Debug)]
-pub struct PauseGate {
+pub(crate) struct PauseGate {
     paused: watch::Sender<bool>,
     /// Held by the one handler that probes; the others wait for the gate instead.
     prober: Mutex<()>,
@@ -35,12 +35,12 @@ impl Default for PauseGate {
 }
 
 impl PauseGate {
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         *self.paused.borrow()
     }
 
     /// Waits until the gate is open; false when shutdown came first.
-    pub async fn wait_open(&self, shutdown: &CancellationToken) -> bool {
+    pub(crate) async fn wait_open(&self, shutdown: &CancellationToken) -> bool {
         let mut rx = self.paused.subscribe();
         tokio::select! {
             _ = shutdown.cancelled() => false,
@@ -49,7 +49,7 @@ impl PauseGate {
     }
 
     /// Closes the gate and returns once `pool` answers again (true), or at shutdown (false).
-    pub async fn ride_out(&self, pool: &PgPool, shutdown: &CancellationToken) -> bool {
+    pub(crate) async fn ride_out(&self, pool: &PgPool, shutdown: &CancellationToken) -> bool {
         if !self.is_paused() {
             tracing::warn!("database unreachable; pausing the consumer until it answers");
             metrics::gauge!("saga_consumer_paused").set(1.0);

@@ -68,13 +68,13 @@ pub enum PublishError {
 
 impl PublishError {
     /// Whether the channel is unusable afterwards and should be reopened.
-    pub fn breaks_channel(&self) -> bool {
+    pub(crate) fn breaks_channel(&self) -> bool {
         matches!(self, PublishError::Channel(_) | PublishError::Timeout(_))
     }
 
     /// Whether the broker closed the channel because of this message (a channel-level
     /// error such as ACCESS_REFUSED for a routing key the user may not write to).
-    pub fn closed_channel_over_message(&self) -> bool {
+    pub(crate) fn closed_channel_over_message(&self) -> bool {
         matches!(self, PublishError::Channel(e) if e.is_amqp_soft_error())
     }
 }
@@ -119,7 +119,10 @@ impl ConfirmedPublisher {
 
     /// Publishes every message, then waits for all their confirms. The result at index `i`
     /// is the fate of `messages[i]`.
-    pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PublishError>> {
+    pub(crate) async fn publish_all(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Vec<Result<(), PublishError>> {
         let mut pending = Vec::with_capacity(messages.len());
         for m in messages {
             let sent = self

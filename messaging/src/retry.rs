@@ -31,7 +31,7 @@ pub fn longest_retry_path() -> Duration {
 pub const ATTEMPT_HEADER: &str = "x-saga-attempt";
 
 /// The delay before the attempt after `attempts_made`, or `None` when the budget is spent.
-pub fn next_delay(attempts_made: u32) -> Option<Duration> {
+pub(crate) fn next_delay(attempts_made: u32) -> Option<Duration> {
     RETRY_DELAYS
         .get(attempts_made.checked_sub(1)? as usize)
         .copied()

@@ -33,13 +33,13 @@ use crate::event::EventKind;
 use crate::retry::RETRY_DELAYS;
 
 pub const EVENTS_EXCHANGE: &str = "saga.events";
-pub const RETRY_EXCHANGE: &str = "saga.retry";
+pub(crate) const RETRY_EXCHANGE: &str = "saga.retry";
 pub const REDELIVER_EXCHANGE: &str = "saga.redeliver";
 pub const DEAD_LETTER_EXCHANGE: &str = "saga.dead-letter";
 
 /// How many times the broker hands out one message before dead-lettering it. Only crashes
 /// and lost channels count here: handled failures go through the retry queues instead.
-pub const DELIVERY_LIMIT: i64 = 20;
+pub(crate) const DELIVERY_LIMIT: i64 = 20;
 
 /// One service's queues and the event types its handler consumes (its input queue is bound
 /// to their routing keys).

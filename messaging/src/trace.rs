@@ -15,7 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::envelope::{TRACEPARENT_HEADER, header_str};
 
 /// Header carrying vendor-specific trace state next to `traceparent` (W3C).
-pub const TRACESTATE_HEADER: &str = "tracestate";
+pub(crate) const TRACESTATE_HEADER: &str = "tracestate";
 
 /// The trace context of `span` as a `traceparent` value, or `None` when the span is not
 /// part of a trace (no OpenTelemetry layer installed, or the span is filtered out).
@@ -36,16 +36,16 @@ pub fn current_traceparent() -> Option<String> {
 /// when it is a root).
 pub fn continue_trace(span: &tracing::Span, carrier: &dyn opentelemetry::propagation::Extractor) {
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
-    if opentelemetry::trace::TraceContextExt::span(&parent)
+    let valid = opentelemetry::trace::TraceContextExt::span(&parent)
         .span_context()
-        .is_valid()
-    {
-        let _ = span.set_parent(parent);
+        .is_valid();
+    if valid && let Err(e) = span.set_parent(parent) {
+        tracing::debug!(error = %e, "the span keeps no parent");
     }
 }
 
 /// Makes `span` a child of a stored `traceparent` (an outbox row's).
-pub fn continue_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
+pub(crate) fn continue_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(tp) = traceparent {
         continue_trace(
             span,
@@ -55,7 +55,7 @@ pub fn continue_from_traceparent(span: &tracing::Span, traceparent: Option<&str>
 }
 
 /// Makes `span` a child of the trace context a message carries in its headers.
-pub fn continue_from_message(span: &tracing::Span, properties: &BasicProperties) {
+pub(crate) fn continue_from_message(span: &tracing::Span, properties: &BasicProperties) {
     let carrier: HashMap<String, String> = [TRACEPARENT_HEADER, TRACESTATE_HEADER]
         .into_iter()
         .filter_map(|h| header_str(properties, h).map(|v| (h.to_owned(), v)))

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::http::{Health, MAX_BODY_BYTES, json_errors, with_ops_routes};
+use crate::api_error::MAX_BODY_BYTES;
+use crate::health::Health;
+use crate::http::{json_errors, with_ops_routes};
 
 /// Longest time one HTTP request may take before it is answered 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

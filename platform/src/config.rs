@@ -9,6 +9,8 @@
 //! Every variable may instead be given as `<NAME>_FILE`, the path of a file holding the
 //! value (a mounted secret). docs/configuration.md lists them all.
 
+pub mod validate;
+
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -143,7 +145,7 @@ impl ServiceConfig {
             // connection at once (see `validate::pool_needed`).
             db_pool_size: env_parse(
                 "SAGA_DB_POOL_SIZE",
-                crate::validate::pool_needed(concurrency, relay_workers),
+                validate::pool_needed(concurrency, relay_workers),
             )?,
             consumer: ConsumerSettings {
                 prefetch: env_parse("SAGA_PREFETCH", 64)?,
@@ -169,7 +171,7 @@ impl ServiceConfig {
                 ..Retention::default()
             },
         };
-        crate::validate::check(&config)?;
+        validate::check(&config)?;
         Ok(config)
     }
 }

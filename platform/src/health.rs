@@ -4,13 +4,52 @@
 //! when the service can serve its HTTP API, that is when its database answers; the body
 //! reports the database and the broker separately, so an operator sees which one is away.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use messaging::amqp::LinkState;
 use serde_json::json;
+use sqlx::PgPool;
 
-use crate::http::Health;
+/// What `/healthz` checks: the database answers, and every broker link is up.
+#[derive(Clone)]
+pub struct Health {
+    pub pool: PgPool,
+    pub links: Vec<(&'static str, LinkState)>,
+}
+
+impl Health {
+    pub async fn check(&self) -> (bool, serde_json::Value) {
+        let db_ok = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let mut broker = serde_json::Map::new();
+        let mut links_ok = true;
+        for (name, link) in &self.links {
+            links_ok &= link.is_up();
+            broker.insert(
+                (*name).to_owned(),
+                json!(if link.is_up() { "up" } else { "down" }),
+            );
+        }
+        let ok = db_ok && links_ok;
+        (
+            ok,
+            json!({
+                "status": if ok { "ok" } else { "unavailable" },
+                "database": if db_ok { "up" } else { "down" },
+                "broker": broker,
+                "auth": crate::auth::mode_label(),
+            }),
+        )
+    }
+}
 
 /// `GET /healthz/live`: 200 while the process answers.
 #[utoipa::path(get, path = "/healthz/live", tag = "operations",

@@ -1,134 +1,20 @@
-//! The HTTP edge every service shares: one error type rendered as the contract's JSON
-//! (`{"error", "message"}`), a JSON body extractor whose rejections are such errors, and
-//! the operational routes `/healthz` and `/metrics`.
+//! The HTTP edge every service shares: paging, the JSON answers to unknown routes, request
+//! metrics, and the operational routes `/healthz`, `/metrics` and `/messages` (the error
+//! type and the JSON body extractor are in [`crate::api_error`]).
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use messaging::amqp::LinkState;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde::de::DeserializeOwned;
 use serde_json::json;
-use sqlx::PgPool;
 
-/// Largest request body accepted.
-pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// An error answered to an HTTP client. Internal causes are logged, never returned.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
-    }
-
-    /// A failure of ours (typically the database being away): logged with its cause, answered
-    /// as 503 so clients know to retry, without internals.
-    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "request failed");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the service cannot answer right now; try again shortly",
-        )
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    /// A value the database cannot store (a NUL character, a number out of range, a broken
-    /// constraint) is the client's bad input: 400. Anything else is ours: 503.
-    fn from(e: sqlx::Error) -> Self {
-        match messaging::failure::classify_sqlx(&e) {
-            messaging::failure::FailureClass::BadInput => {
-                tracing::info!(error = %e, "request refused: a value the database cannot store");
-                ApiError::bad_request(
-                    messaging::failure::bad_input_code(&e),
-                    "the request holds a value that cannot be stored \
-                     (a NUL character, a number out of range, or a value breaking a rule)",
-                )
-            }
-            _ => ApiError::unavailable(e),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response()
-    }
-}
-
-/// `Json<T>` whose rejections (bad JSON, wrong content type, body too large) are answered
-/// in the contract's error shape with the right 4xx status.
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
-        _ => "invalid_json",
-    };
-    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        format!(
-            "request bodies are limited to {} KiB",
-            MAX_BODY_BYTES / 1024
-        )
-    } else {
-        rejection.body_text()
-    };
-    // Clients must see a 4xx for anything wrong with their body.
-    let status = if status.is_client_error() {
-        status
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    ApiError::new(status, code, message)
-}
+use crate::api_error::ApiError;
+use crate::health::Health;
 
 /// `?after=<id>&limit=N`: one page of a list in id order (keyset paging, so a page costs
 /// the same however deep it is).
@@ -217,43 +103,6 @@ pub(crate) fn metrics_handle() -> PrometheusHandle {
                 .unwrap_or_else(|_| builder().build_recorder().handle())
         })
         .clone()
-}
-
-/// What `/healthz` checks: the database answers, and every broker link is up.
-#[derive(Clone)]
-pub struct Health {
-    pub pool: PgPool,
-    pub links: Vec<(&'static str, LinkState)>,
-}
-
-impl Health {
-    pub async fn check(&self) -> (bool, serde_json::Value) {
-        let db_ok = tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-        let mut broker = serde_json::Map::new();
-        let mut links_ok = true;
-        for (name, link) in &self.links {
-            links_ok &= link.is_up();
-            broker.insert(
-                (*name).to_owned(),
-                json!(if link.is_up() { "up" } else { "down" }),
-            );
-        }
-        let ok = db_ok && links_ok;
-        (
-            ok,
-            json!({
-                "status": if ok { "ok" } else { "unavailable" },
-                "database": if db_ok { "up" } else { "down" },
-                "broker": broker,
-                "auth": crate::auth::mode_label(),
-            }),
-        )
-    }
 }
 
 /// `/healthz` and `/metrics`, plus the JSON 404/405 answers, around a service's own routes.

@@ -3,6 +3,7 @@
 //! and metrics endpoints, the OpenAPI document), shutdown on signals, and the [`Application`] that ties a
 //! service's parts together so `main` and the tests start it the same way.
 
+pub mod api_error;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -17,8 +18,7 @@ pub mod openapi;
 pub mod request_span;
 pub mod shutdown;
 pub mod telemetry;
-pub mod validate;
 
+pub use api_error::{ApiError, ApiJson};
 pub use app::Application;
 pub use config::ServiceConfig;
-pub use http::{ApiError, ApiJson};

@@ -24,7 +24,7 @@ use utoipa::openapi::{OpenApi, RefOr, Schema};
 use utoipa::{Modify, ToSchema};
 
 use crate::auth::Caller;
-use crate::http::ApiError;
+use crate::api_error::ApiError;
 
 /// Where a service serves its OpenAPI document.
 pub(crate) const DOCUMENT_PATH: &str = "/openapi.json";

@@ -80,7 +80,8 @@ pub fn init(service: &'static str) -> Telemetry {
 
 /// Whether a span comes from one of the project's crates.
 fn is_own_target(target: &str) -> bool {
-    const OWN: [&str; 5] = [
+    const OWN: [&str; 6] = [
+        "messaging",
         "events",
         "platform",
         "order_svc",

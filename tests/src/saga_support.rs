@@ -400,7 +400,7 @@ type Seen = (Envelope, Option<String>);
 
 /// Every event published on `saga.events` while it lives, seen through an exclusive,
 /// auto-deleted queue bound to `#` (it takes no service's messages, and it goes with its
-/// connection).
+/// connection). The saga's queues are declared before it binds.
 pub struct EventWatch {
     seen: Arc<Mutex<Vec<Seen>>>,
     wait: Duration,
@@ -414,6 +414,9 @@ impl EventWatch {
         let connection = messaging::amqp::connect(&url, "saga-tests event watch")
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the broker to watch events: {e}"));
+        // A bystander: the saga's own queues first, so no event reaches the watch alone.
+        messaging::topology::declare_all(&connection, &sagactl::subscriptions::saga_services())
+            .await;
         let channel = connection
             .create_channel()
             .await

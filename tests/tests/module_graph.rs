@@ -5,7 +5,12 @@
 //! literals are skipped), and fails on any cycle, naming its modules.
 //!
 //! A reference counts from the module it is written in, inline modules (`mod tests { … }`)
-//! included, to the deepest module its path names.
+//! included, to the deepest module its path names; a name a module re-exports (`pub use
+//! a::X`) counts as the module it comes from. A module's references to its own ancestors
+//! (`super::X`, `crate::X` of an item defined in the root) are not counted: a child module
+//! is part of its parent's implementation, and the crate root is the crate's facade (it
+//! declares the modules, re-exports and holds the entry point). So a cycle is always
+//! between modules neither of which contains the other, such as two siblings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -223,16 +228,56 @@ impl Crate {
         }
     }
 
-    /// The edges of the graph: from each module to every other module it refers to.
-    fn edges(&self) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
-        let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    /// Every absolute path each module refers to.
+    fn references(&self) -> BTreeMap<Vec<String>, Vec<Vec<String>>> {
+        self.modules
+            .iter()
+            .map(|(module, (index, range))| {
+                let text = &self.files[*index][range.clone()];
+                let own = own_text(text, module, &self.modules, range.start);
+                let paths = referenced_paths(&own, module, &self.children(module));
+                (module.clone(), paths)
+            })
+            .collect()
+    }
+
+    /// What each module re-exports: name → the module it comes from.
+    fn reexports(&self) -> BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>> {
+        let mut out: BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>> = BTreeMap::new();
         for (module, (index, range)) in &self.modules {
             let text = &self.files[*index][range.clone()];
             let own = own_text(text, module, &self.modules, range.start);
+            for statement in pub_use_statements(&own) {
+                for path in referenced_paths(statement, module, &self.children(module)) {
+                    let target = self.deepest_module(&path);
+                    if let Some(name) = path.get(target.len()) {
+                        out.entry(module.clone())
+                            .or_default()
+                            .insert(name.clone(), target);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The edges of the graph: from each module to every other module it refers to.
+    fn edges(&self) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+        let reexports = self.reexports();
+        let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+        for (module, paths) in self.references() {
             let targets = edges.entry(module.clone()).or_default();
-            for path in referenced_paths(&own, module, &self.children(module)) {
-                let target = self.deepest_module(&path);
-                if &target != module && !is_inline_child(&target, module, &self.modules, *index) {
+            for path in paths {
+                let mut target = self.deepest_module(&path);
+                if let Some(origin) = path
+                    .get(target.len())
+                    .and_then(|name| reexports.get(&target)?.get(name))
+                {
+                    target = origin.clone();
+                }
+                // Neither the module itself nor one of its ancestors.
+                let counted = !module.starts_with(&target);
+                if counted {
                     targets.insert(target);
                 }
             }
@@ -265,15 +310,24 @@ impl Crate {
     }
 }
 
-/// Whether `target` is an inline module (one written inside `module`'s own file text): a
-/// module's reference to its own inline test module is no import.
-fn is_inline_child(
-    target: &[String],
-    module: &[String],
-    modules: &BTreeMap<Vec<String>, (usize, std::ops::Range<usize>)>,
-    index: usize,
-) -> bool {
-    target.starts_with(module) && modules.get(target).is_some_and(|(i, _)| *i == index)
+/// The `pub use …;` and `pub(…) use …;` statements of `text`.
+fn pub_use_statements(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("pub") {
+        let after = rest[at + 3..].trim_start();
+        let after = match after.strip_prefix('(') {
+            Some(r) => r.find(')').map_or("", |end| r[end + 1..].trim_start()),
+            None => after,
+        };
+        let word_start = at == 0 || !rest[..at].chars().next_back().is_some_and(is_ident);
+        if word_start && after.starts_with("use ") {
+            let end = after.find(';').unwrap_or(after.len());
+            out.push(&after[4..end]);
+        }
+        rest = &rest[at + 3..];
+    }
+    out
 }
 
 /// `text` without the bodies of the inline modules nested in it (they are modules of their

@@ -3,7 +3,7 @@
 //! forgets a message before its last retry can apply it twice; a pool smaller than what
 //! runs at once times out under load).
 
-use crate::ServiceConfig;
+use super::ServiceConfig;
 use std::ops::RangeInclusive;
 
 /// Database connections the HTTP API may hold at once besides the background work.
