@@ -19,13 +19,12 @@ pub fn router(pool: PgPool) -> Router {
         .route("/reservations", get(list_reservations))
         .route("/reservations/{order_id}", get(show_reservation))
         .with_state(pool)
-        .merge(platform::openapi::routes(crate::openapi::document()))
 }
 
 #[utoipa::path(get, path = "/stock/{sku}", tag = "stock",
     params(("sku" = String, Path, description = "The SKU")),
     responses(
-        (status = 200, description = "The SKU's stock", body = crate::openapi::Stock),
+        (status = 200, description = "The SKU's stock", body = crate::schema::Stock),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The token grants no role", body = platform::openapi::ErrorBody),
         (status = 404, description = "The SKU was never adjusted", body = platform::openapi::ErrorBody),
@@ -47,7 +46,7 @@ async fn show_stock(
 
 #[utoipa::path(get, path = "/stock", tag = "stock",
     responses(
-        (status = 200, description = "Every SKU ever adjusted", body = crate::openapi::StockList),
+        (status = 200, description = "Every SKU ever adjusted", body = crate::schema::StockList),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
     ))]
@@ -64,7 +63,7 @@ async fn list_stock(
 #[utoipa::path(get, path = "/reservations/{order_id}", tag = "stock",
     params(("order_id" = Uuid, Path, description = "The order id")),
     responses(
-        (status = 200, description = "What inventory holds or held for the order", body = crate::openapi::Reservation),
+        (status = 200, description = "What inventory holds or held for the order", body = crate::schema::Reservation),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
         (status = 404, description = "No reservation for that order", body = platform::openapi::ErrorBody),
@@ -93,7 +92,7 @@ async fn show_reservation(
 #[utoipa::path(get, path = "/reservations", tag = "stock",
     params(platform::http::Page),
     responses(
-        (status = 200, description = "One page of reservations", body = crate::openapi::ReservationList),
+        (status = 200, description = "One page of reservations", body = crate::schema::ReservationList),
         (status = 400, description = "limit out of range", body = platform::openapi::ErrorBody),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),

@@ -15,6 +15,7 @@ mod http;
 pub mod memory;
 pub mod openapi;
 pub mod saga;
+mod schema;
 mod store;
 
 use events::EventType;
@@ -43,7 +44,7 @@ pub async fn build(c: ServiceConfig, shutdown: CancellationToken) -> anyhow::Res
         &MIGRATIONS,
         topology(),
         handlers::InventoryHandler,
-        http::router,
+        |pool| http::router(pool).merge(platform::openapi::routes(openapi::document())),
         shutdown,
     )
     .await?;

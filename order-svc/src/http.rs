@@ -35,7 +35,6 @@ pub(crate) fn router(api: OrderApi) -> Router {
         .route("/orders/{id}", get(show_order))
         .route("/orders/{id}/cancel", post(cancel_order))
         .with_state(api)
-        .merge(platform::openapi::routes(crate::openapi::document()))
 }
 
 /// `POST /orders`: 1 to 100 items; `customer_id` 1 to 64 characters and, for a customer,
@@ -44,7 +43,7 @@ pub(crate) fn router(api: OrderApi) -> Router {
 pub(crate) struct PlaceOrder {
     pub customer_id: String,
     pub currency: String,
-    #[schema(value_type = Vec<crate::openapi::OrderItemSchema>)]
+    #[schema(value_type = Vec<crate::schema::OrderItemSchema>)]
     pub items: Vec<OrderItem>,
 }
 
@@ -91,7 +90,7 @@ fn request_hash(req: &PlaceOrder) -> Result<String, ApiError> {
     params(("Idempotency-Key" = Option<String>, Header,
         description = "1 to 255 characters; the same key with the same body answers the same order")),
     responses(
-        (status = 202, description = "Placed: the order is pending, the saga runs", body = crate::openapi::OrderAccepted),
+        (status = 202, description = "Placed: the order is pending, the saga runs", body = crate::schema::OrderAccepted),
         (status = 400, description = "Invalid body or Idempotency-Key", body = platform::openapi::ErrorBody),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "A customer ordering for someone else", body = platform::openapi::ErrorBody),
@@ -212,7 +211,7 @@ async fn visible_order(
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders",
     params(("id" = Uuid, Path, description = "The order id")),
     responses(
-        (status = 200, description = "The order and its history", body = crate::openapi::OrderDetail),
+        (status = 200, description = "The order and its history", body = crate::schema::OrderDetail),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 404, description = "No such order, or another customer's", body = platform::openapi::ErrorBody),
     ))]
@@ -249,7 +248,7 @@ struct ListQuery {
 #[utoipa::path(get, path = "/orders", tag = "orders",
     params(ListQuery),
     responses(
-        (status = 200, description = "One page of orders and the counts by status", body = crate::openapi::OrderList),
+        (status = 200, description = "One page of orders and the counts by status", body = crate::schema::OrderList),
         (status = 400, description = "Unknown status or limit out of range", body = platform::openapi::ErrorBody),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
@@ -288,7 +287,7 @@ async fn list_orders(
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
     params(("id" = Uuid, Path, description = "The order id")),
     responses(
-        (status = 202, description = "Cancelled: refund and restock follow as events", body = crate::openapi::OrderAccepted),
+        (status = 202, description = "Cancelled: refund and restock follow as events", body = crate::schema::OrderAccepted),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 404, description = "No such order, or another customer's", body = platform::openapi::ErrorBody),
         (status = 409, description = "The order is already rejected or cancelled", body = platform::openapi::ErrorBody),

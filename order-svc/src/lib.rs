@@ -21,6 +21,7 @@ pub mod memory;
 pub mod openapi;
 mod outage;
 pub mod saga;
+mod schema;
 mod store;
 
 use std::time::Duration;
@@ -73,7 +74,10 @@ pub async fn build(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
     let deadline = config.deadline;
-    let api = |pool| http::router(http::OrderApi { pool, deadline });
+    let api = |pool| {
+        http::router(http::OrderApi { pool, deadline })
+            .merge(platform::openapi::routes(openapi::document()))
+    };
     let (app, pool) = platform::app::launch(
         &config.service,
         &MIGRATIONS,

@@ -19,13 +19,12 @@ pub fn router(pool: PgPool) -> Router {
         .route("/payments", get(list_payments))
         .route("/payments/{order_id}", get(show_payment))
         .with_state(pool)
-        .merge(platform::openapi::routes(crate::openapi::document()))
 }
 
 #[utoipa::path(get, path = "/wallets/{customer_id}", tag = "payments",
     params(("customer_id" = String, Path, description = "The customer id")),
     responses(
-        (status = 200, description = "The customer's wallet", body = crate::openapi::Wallet),
+        (status = 200, description = "The customer's wallet", body = crate::schema::Wallet),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 404, description = "The customer never deposited, or is not the caller", body = platform::openapi::ErrorBody),
     ))]
@@ -48,7 +47,7 @@ async fn show_wallet(
 
 #[utoipa::path(get, path = "/wallets", tag = "payments",
     responses(
-        (status = 200, description = "Every wallet", body = crate::openapi::WalletList),
+        (status = 200, description = "Every wallet", body = crate::schema::WalletList),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
     ))]
@@ -65,7 +64,7 @@ async fn list_wallets(
 #[utoipa::path(get, path = "/payments/{order_id}", tag = "payments",
     params(("order_id" = Uuid, Path, description = "The order id")),
     responses(
-        (status = 200, description = "The order's payment", body = crate::openapi::Payment),
+        (status = 200, description = "The order's payment", body = crate::schema::Payment),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
         (status = 404, description = "No payment for that order", body = platform::openapi::ErrorBody),
@@ -89,7 +88,7 @@ async fn show_payment(
 #[utoipa::path(get, path = "/payments", tag = "payments",
     params(platform::http::Page),
     responses(
-        (status = 200, description = "One page of payments", body = crate::openapi::PaymentList),
+        (status = 200, description = "One page of payments", body = crate::schema::PaymentList),
         (status = 400, description = "limit out of range", body = platform::openapi::ErrorBody),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),

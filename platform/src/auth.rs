@@ -332,7 +332,7 @@ pub fn is_open(path: &str) -> bool {
     path == "/healthz"
         || path.starts_with("/healthz/")
         || path == "/metrics"
-        || crate::openapi::is_open_page(path)
+        || crate::api_schema::is_open_page(path)
 }
 
 /// Middleware: verifies the bearer token of every request but the open ones and hands the

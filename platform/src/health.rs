@@ -53,7 +53,7 @@ impl Health {
 
 /// `GET /healthz/live`: 200 while the process answers.
 #[utoipa::path(get, path = "/healthz/live", tag = "operations",
-    responses((status = 200, description = "The process answers (no dependency is checked)", body = crate::openapi::HealthReport)))]
+    responses((status = 200, description = "The process answers (no dependency is checked)", body = crate::api_schema::HealthReport)))]
 pub async fn live() -> Response {
     (StatusCode::OK, Json(json!({"status": "live"}))).into_response()
 }
@@ -62,8 +62,8 @@ pub async fn live() -> Response {
 /// do not decide (the outbox keeps what is written while the broker is away).
 #[utoipa::path(get, path = "/healthz/ready", tag = "operations",
     responses(
-        (status = 200, description = "The database answers; the body reports the broker too", body = crate::openapi::HealthReport),
-        (status = 503, description = "The database does not answer", body = crate::openapi::HealthReport),
+        (status = 200, description = "The database answers; the body reports the broker too", body = crate::api_schema::HealthReport),
+        (status = 503, description = "The database does not answer", body = crate::api_schema::HealthReport),
     ))]
 pub async fn ready(State(health): State<Health>) -> Response {
     let (_, mut body) = health.check().await;

@@ -135,8 +135,8 @@ pub(crate) fn with_ops_routes(api: Router, health: Health) -> Router {
 /// `GET /healthz`: 200 only when the database and every broker link are up.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses(
-        (status = 200, description = "Database and broker reachable", body = crate::openapi::HealthReport),
-        (status = 503, description = "The database or a broker link is down", body = crate::openapi::HealthReport),
+        (status = 200, description = "Database and broker reachable", body = crate::api_schema::HealthReport),
+        (status = 503, description = "The database or a broker link is down", body = crate::api_schema::HealthReport),
     ))]
 async fn healthz(State(health): State<Health>) -> Response {
     let (ok, body) = health.check().await;
@@ -153,9 +153,9 @@ async fn healthz(State(health): State<Health>) -> Response {
 #[utoipa::path(get, path = "/messages/{correlation_id}", tag = "operations",
     params(("correlation_id" = String, Path, description = "The saga id (the order id), or an operator event's SKU or customer")),
     responses(
-        (status = 200, description = "What this service consumed and emitted about the saga", body = crate::openapi::SagaMessages),
-        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The caller is not an operator", body = crate::openapi::ErrorBody),
+        (status = 200, description = "What this service consumed and emitted about the saga", body = crate::api_schema::SagaMessages),
+        (status = 401, description = "No valid bearer token", body = crate::api_schema::ErrorBody),
+        (status = 403, description = "The caller is not an operator", body = crate::api_schema::ErrorBody),
     ))]
 async fn messages(
     State(health): State<Health>,

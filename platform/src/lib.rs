@@ -4,6 +4,7 @@
 //! service's parts together so `main` and the tests start it the same way.
 
 pub mod api_error;
+pub mod api_schema;
 pub mod app;
 pub mod auth;
 pub mod config;
