@@ -120,13 +120,17 @@ def rabbit_match(regex: str, name: str) -> bool:
 
 
 def service_consumes(svc: str) -> list | None:
-    """The event types `<svc>/src` declares its handler consumes: a `CONSUMES` list, or the
-    types named in its `fn topology()`."""
+    """The event types `<svc>/src` declares its handler consumes: the `events: [...]` of its
+    `saga_inputs!` declaration, a `CONSUMES` list, or the types named in its `fn topology()`."""
     src = os.path.join(ROOT, svc, "src")
     try:
         texts = [read(svc, "src", name) for name in sorted(os.listdir(src)) if name.endswith(".rs")]
     except OSError:
         return None
+    for text in texts:
+        m = re.search(r"saga_inputs!\s*\{.*?events:\s*\[(.*?)\]", text, re.DOTALL)
+        if m:
+            return re.findall(r"\w+", m.group(1))
     for text in texts:
         m = re.search(r"CONSUMES[^=]*=\s*&\[(.*?)\];", text, re.DOTALL)
         if m:
