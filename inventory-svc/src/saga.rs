@@ -19,7 +19,7 @@ use events::catalog::{
     OrderCreated, OrderItem, StockAdjusted, StockItem, StockRejected, StockReleased, StockReserved,
     Unavailable,
 };
-use platform::inputs::Refusal;
+use platform::inputs::{Refusal, add};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -166,14 +166,14 @@ pub fn decide(state: &InventoryState, input: &InventoryInput) -> Result<Plan, Re
             }),
             I::StockAdjusted(e),
         ) => adjust(state, e),
-        (None, I::OrderCreated(e)) => Ok(try_reserve(state, e)),
+        (None, I::OrderCreated(e)) => try_reserve(state, e),
         (
             None
             | Some(Reservation {
                 state: S::Rejected, ..
             }),
             I::OrderCancelled(e),
-        ) => Ok(release(state, e.order_id, &[], RELEASE_RESERVED)),
+        ) => release(state, e.order_id, &[], RELEASE_RESERVED),
         (
             Some(Reservation {
                 state: S::Reserved,
@@ -181,7 +181,7 @@ pub fn decide(state: &InventoryState, input: &InventoryInput) -> Result<Plan, Re
             }),
             I::OrderConfirmed(e),
         ) => Ok(Plan {
-            stock: moved(state, items, SELL),
+            stock: moved(state, items, SELL)?,
             reservation: Some((
                 e.order_id,
                 Reservation {
@@ -197,14 +197,14 @@ pub fn decide(state: &InventoryState, input: &InventoryInput) -> Result<Plan, Re
                 items,
             }),
             I::OrderCancelled(e),
-        ) => Ok(release(state, e.order_id, items, RELEASE_RESERVED)),
+        ) => release(state, e.order_id, items, RELEASE_RESERVED),
         (
             Some(Reservation {
                 state: S::Sold,
                 items,
             }),
             I::OrderCancelled(e),
-        ) => Ok(release(state, e.order_id, items, RETURN_SOLD)),
+        ) => release(state, e.order_id, items, RETURN_SOLD),
         // A repeated OrderCreated, or one arriving after the cancellation.
         (
             Some(Reservation {
@@ -242,31 +242,36 @@ fn levels(state: &InventoryState, sku: &str) -> StockLevels {
 }
 
 /// Each item's quantity moved between buckets. A SKU without stock moves nothing.
-fn moved(state: &InventoryState, items: &[StockItem], m: Movement) -> Vec<(String, StockLevels)> {
-    items
-        .iter()
-        .filter_map(|item| {
-            let s = state.stock.get(&item.sku)?;
-            let q = item.quantity;
-            let levels = StockLevels {
-                available: s.available + q * m.available,
-                reserved: s.reserved + q * m.reserved,
-                sold: s.sold + q * m.sold,
-                adjusted: s.adjusted,
-            };
-            Some((item.sku.clone(), levels))
-        })
-        .collect()
+fn moved(
+    state: &InventoryState,
+    items: &[StockItem],
+    m: Movement,
+) -> Result<Vec<(String, StockLevels)>, Refusal> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(s) = state.stock.get(&item.sku) else {
+            continue;
+        };
+        let q = item.quantity;
+        let levels = StockLevels {
+            available: add("available stock", s.available, q * m.available)?,
+            reserved: add("reserved stock", s.reserved, q * m.reserved)?,
+            sold: add("sold stock", s.sold, q * m.sold)?,
+            adjusted: s.adjusted,
+        };
+        out.push((item.sku.clone(), levels));
+    }
+    Ok(out)
 }
 
 /// Reserve every item or none → `reserved` + StockReserved, or `rejected` + StockRejected.
-fn try_reserve(state: &InventoryState, order: &OrderCreated) -> Plan {
+fn try_reserve(state: &InventoryState, order: &OrderCreated) -> Result<Plan, Refusal> {
     let wanted = merge_items(&order.items);
     let (state_after, stock, emit) =
         match plan_reservation(&wanted, |sku| levels(state, sku).available) {
             Ok(()) => (
                 ReservationState::Reserved,
-                moved(state, &wanted, RESERVE),
+                moved(state, &wanted, RESERVE)?,
                 Event::StockReserved(StockReserved {
                     order_id: order.order_id,
                     customer_id: order.customer_id.clone(),
@@ -285,7 +290,7 @@ fn try_reserve(state: &InventoryState, order: &OrderCreated) -> Plan {
                 }),
             ),
         };
-    Plan {
+    Ok(Plan {
         reservation: Some((
             order.order_id,
             Reservation {
@@ -295,14 +300,19 @@ fn try_reserve(state: &InventoryState, order: &OrderCreated) -> Plan {
         )),
         stock,
         emit: vec![emit],
-    }
+    })
 }
 
 /// Gives `items` back by `m` → `released` + StockReleased (with no items when nothing was
 /// held).
-fn release(state: &InventoryState, order_id: Uuid, items: &[StockItem], m: Movement) -> Plan {
-    Plan {
-        stock: moved(state, items, m),
+fn release(
+    state: &InventoryState,
+    order_id: Uuid,
+    items: &[StockItem],
+    m: Movement,
+) -> Result<Plan, Refusal> {
+    Ok(Plan {
+        stock: moved(state, items, m)?,
         reservation: Some((
             order_id,
             Reservation {
@@ -314,14 +324,15 @@ fn release(state: &InventoryState, order_id: Uuid, items: &[StockItem], m: Movem
             order_id,
             items: items.to_vec(),
         })],
-    }
+    })
 }
 
 /// Adds the delta to what is on hand (and to the adjustments' sum); refused when the
 /// available stock would go negative.
 fn adjust(state: &InventoryState, e: &StockAdjusted) -> Result<Plan, Refusal> {
     let s = levels(state, &e.sku);
-    if s.available + e.delta < 0 {
+    let available = add("available stock", s.available, e.delta)?;
+    if available < 0 {
         return Err(Refusal::new(
             "negative_stock",
             format!(
@@ -331,8 +342,8 @@ fn adjust(state: &InventoryState, e: &StockAdjusted) -> Result<Plan, Refusal> {
         ));
     }
     let after = StockLevels {
-        available: s.available + e.delta,
-        adjusted: s.adjusted + e.delta,
+        available,
+        adjusted: add("the sum of adjustments", s.adjusted, e.delta)?,
         ..s
     };
     Ok(Plan {

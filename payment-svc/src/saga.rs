@@ -16,7 +16,7 @@ use events::catalog::{
     FundsDeposited, PaymentDone, PaymentFailed, PaymentFailureReason, PaymentRefunded,
     StockReserved,
 };
-use platform::inputs::Refusal;
+use platform::inputs::{Refusal, add};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -136,7 +136,7 @@ pub fn decide(ctx: &PaymentContext, input: &PaymentInput) -> Result<Plan, Refusa
             }),
             I::FundsDeposited(e),
         ) => deposit(ctx.wallet.as_ref(), e),
-        (None, I::StockReserved(e)) => Ok(charge(ctx, e)),
+        (None, I::StockReserved(e)) => charge(ctx, e),
         (None, I::OrderCancelled(e)) => Ok(Plan {
             payment: Some((
                 e.order_id,
@@ -185,18 +185,19 @@ pub fn decide(ctx: &PaymentContext, input: &PaymentInput) -> Result<Plan, Refusa
 }
 
 /// Debit the wallet → `captured` + PaymentDone, or `failed` + PaymentFailed.
-fn charge(ctx: &PaymentContext, r: &StockReserved) -> Plan {
+fn charge(ctx: &PaymentContext, r: &StockReserved) -> Result<Plan, Refusal> {
     let wallet = match can_charge(ctx.wallet.as_ref(), r.total, &r.currency) {
         Ok(w) => w,
-        Err(reason) => return fail(r, reason),
+        Err(reason) => return Ok(fail(r, reason)),
     };
     let payment_id = ctx.new_payment_id;
-    Plan {
+    Ok(Plan {
         wallet: Some((
             r.customer_id.clone(),
             Wallet {
+                // can_charge checked that the balance covers the total.
                 balance: wallet.balance - r.total,
-                captured: wallet.captured + r.total,
+                captured: add("the captures' sum", wallet.captured, r.total)?,
                 ..wallet.clone()
             },
         )),
@@ -218,7 +219,7 @@ fn charge(ctx: &PaymentContext, r: &StockReserved) -> Plan {
             amount: r.total,
             currency: r.currency.clone(),
         })],
-    }
+    })
 }
 
 /// `failed` + PaymentFailed(`reason`); nothing charged.
@@ -270,8 +271,8 @@ fn refund(wallet: Option<&Wallet>, order_id: Uuid, p: &Payment) -> Result<Plan, 
         wallet: Some((
             p.customer_id.clone(),
             Wallet {
-                balance: wallet.balance + p.amount,
-                refunded: wallet.refunded + p.amount,
+                balance: add("the balance", wallet.balance, p.amount)?,
+                refunded: add("the refunds' sum", wallet.refunded, p.amount)?,
                 ..wallet.clone()
             },
         )),
@@ -313,8 +314,8 @@ fn deposit(wallet: Option<&Wallet>, e: &FundsDeposited) -> Result<Plan, Refusal>
         wallet: Some((
             e.customer_id.clone(),
             Wallet {
-                balance: w.balance + e.amount,
-                deposited: w.deposited + e.amount,
+                balance: add("the balance", w.balance, e.amount)?,
+                deposited: add("the deposits' sum", w.deposited, e.amount)?,
                 ..w.clone()
             },
         )),
@@ -427,6 +428,24 @@ mod tests {
             decide(&c, &cancelled()).unwrap_err().code,
             "corrupt_payment"
         );
+    }
+
+    #[test]
+    fn a_deposit_past_the_64_bit_range_is_refused_before_anything_is_written() {
+        let full = Wallet {
+            currency: "EUR".into(),
+            balance: i64::MAX,
+            deposited: i64::MAX,
+            captured: 0,
+            refunded: 0,
+        };
+        let deposit = FundsDeposited {
+            customer_id: "rich".into(),
+            amount: 1,
+            currency: "EUR".into(),
+        };
+        let refused = super::deposit(Some(&full), &deposit).unwrap_err();
+        assert_eq!(refused.code, "invalid_value", "{refused:?}");
     }
 
     #[test]

@@ -31,6 +31,17 @@ impl From<Refusal> for HandlerError {
     }
 }
 
+/// `a + b`, or the refusal a database gives a number it cannot store (`invalid_value`):
+/// sums of money and stock are checked in `decide`, before anything is written.
+pub fn add(what: &str, a: i64, b: i64) -> Result<i64, Refusal> {
+    a.checked_add(b).ok_or_else(|| {
+        Refusal::new(
+            "invalid_value",
+            format!("{what} would leave the 64-bit range: {a} + {b}"),
+        )
+    })
+}
+
 /// The permanent error for an event of type `t` that `service` does not consume.
 pub fn unexpected_event<K: EventKind>(service: &str, t: K) -> Refusal {
     Refusal::new(
