@@ -15,7 +15,7 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use saga_tests::sandbox::{self, encode_segment};
+use saga_tests::sandbox;
 use saga_tests::stack::binary_path;
 use saga_tests::{Method, Service, Stack, StackOptions, StatusCode, eventually, order_request};
 use serde_json::json;
@@ -267,26 +267,16 @@ async fn a_copy_that_cannot_be_parked_comes_back_after_a_delay_not_at_once() {
 async fn a_refused_outbox_row_backs_off_alone() {
     let stack = Stack::start(StackOptions::default()).await;
     // The services' broker user may not write routing keys starting with `forbidden.`.
-    let api = sandbox::management_api();
-    let vhost = encode_segment(stack.sandbox().vhost());
-    let set = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("HTTP client")
-        .put(format!(
-            "{api}/api/topic-permissions/{vhost}/{}",
-            sandbox::BROKER_USER
-        ))
-        .basic_auth(sandbox::BROKER_USER, Some(sandbox::BROKER_PASSWORD))
-        .json(&json!({"exchange": "saga.events", "write": "^(?!forbidden\\.).*", "read": ".*"}))
-        .send()
+    sandbox::management_client()
+        .declare_topic_permissions(&rabbitmq_http_client::requests::TopicPermissions {
+            user: sandbox::BROKER_USER,
+            vhost: stack.sandbox().vhost(),
+            exchange: "saga.events",
+            write: "^(?!forbidden\\.).*",
+            read: ".*",
+        })
         .await
         .expect("setting topic permissions");
-    assert!(
-        set.status().is_success(),
-        "topic permissions: {}",
-        set.status()
-    );
     let pool = stack.db(Service::Order).await;
     sqlx::query(
         "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, producer, occurred_at, body)

@@ -12,7 +12,9 @@ use futures_util::FutureExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use saga_tests::sandbox::{broker_addr, encode_segment, management_api};
+use rabbitmq_http_client::password_hashing;
+use rabbitmq_http_client::requests::{Permissions, TopicPermissions, UserParams};
+use saga_tests::sandbox::{broker_addr, management_client};
 use saga_tests::stack::binary_path;
 use saga_tests::{Sandbox, Service, Stack, StackOptions, eventually, order_request};
 use serde_json::{Value, json};
@@ -42,17 +44,11 @@ impl Drop for Users {
                 return;
             };
             rt.block_on(async {
-                let http = reqwest::Client::new();
+                let api = management_client();
                 for n in names {
-                    let _ = http
-                        .delete(format!(
-                            "{}/api/users/{}",
-                            management_api(),
-                            encode_segment(&n)
-                        ))
-                        .basic_auth("guest", Some("guest"))
-                        .send()
-                        .await;
+                    if let Err(e) = api.delete_user(&n, true).await {
+                        eprintln!("could not remove broker user {n}: {e}");
+                    }
                 }
             });
         })
@@ -64,30 +60,19 @@ impl Drop for Users {
 /// permissions the definitions give that service. Returns (service, user, password).
 async fn service_users(vhost: &str, suffix: &str) -> (Users, Vec<(String, String, String)>) {
     let defs = definitions();
-    let http = reqwest::Client::new();
-    let api = management_api();
+    let api = management_client();
     let mut made = Users { names: Vec::new() };
     let mut out = Vec::new();
     for service in SERVICES {
         let user = format!("{service}-{suffix}");
         let password = format!("pw-{suffix}-{service}");
-        let put = |path: String, body: Value| {
-            http.put(format!("{api}{path}"))
-                .basic_auth("guest", Some("guest"))
-                .json(&body)
-                .send()
-        };
-        let r = put(
-            format!("/api/users/{}", encode_segment(&user)),
-            json!({"password": password, "tags": ""}),
-        )
-        .await
-        .expect("management API");
-        assert!(
-            r.status().is_success(),
-            "creating user {user}: {}",
-            r.status()
+        let hash = password_hashing::base64_encoded_salted_password_hash_sha256(
+            &password_hashing::salt(),
+            &password,
         );
+        api.create_user(&UserParams::new(&user, &hash, ""))
+            .await
+            .unwrap_or_else(|e| panic!("creating user {user}: {e}"));
         made.names.push(user.clone());
         let perm = defs["permissions"]
             .as_array()
@@ -95,42 +80,41 @@ async fn service_users(vhost: &str, suffix: &str) -> (Users, Vec<(String, String
             .iter()
             .find(|p| p["user"] == service)
             .unwrap_or_else(|| panic!("definitions grant {service} nothing"));
-        let r = put(
-            format!(
-                "/api/permissions/{}/{}",
-                encode_segment(vhost),
-                encode_segment(&user)
-            ),
-            json!({"configure": perm["configure"], "write": perm["write"], "read": perm["read"]}),
-        )
-        .await
-        .expect("management API");
-        assert!(
-            r.status().is_success(),
-            "permissions of {user}: {}",
-            r.status()
+        let pattern = |p: &Value, k: &str| p[k].as_str().expect("a pattern").to_owned();
+        let (configure, write, read) = (
+            pattern(perm, "configure"),
+            pattern(perm, "write"),
+            pattern(perm, "read"),
         );
+        api.declare_permissions(&Permissions {
+            user: &user,
+            vhost,
+            configure: &configure,
+            read: &read,
+            write: &write,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("permissions of {user}: {e}"));
         for tp in defs["topic_permissions"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|p| p["user"] == service)
         {
-            let r = put(
-                format!(
-                    "/api/topic-permissions/{}/{}",
-                    encode_segment(vhost),
-                    encode_segment(&user)
-                ),
-                json!({"exchange": tp["exchange"], "write": tp["write"], "read": tp["read"]}),
-            )
-            .await
-            .expect("management API");
-            assert!(
-                r.status().is_success(),
-                "topic permissions of {user}: {}",
-                r.status()
+            let (exchange, write, read) = (
+                pattern(tp, "exchange"),
+                pattern(tp, "write"),
+                pattern(tp, "read"),
             );
+            api.declare_topic_permissions(&TopicPermissions {
+                user: &user,
+                vhost,
+                exchange: &exchange,
+                write: &write,
+                read: &read,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("topic permissions of {user}: {e}"));
         }
         out.push((service.to_owned(), user, password));
     }
@@ -138,11 +122,12 @@ async fn service_users(vhost: &str, suffix: &str) -> (Users, Vec<(String, String
 }
 
 fn amqp_url(user: &str, password: &str, vhost: &str) -> String {
-    format!(
-        "amqp://{user}:{password}@{}/{}?heartbeat=5",
-        broker_addr(),
-        encode_segment(vhost)
-    )
+    let mut url = url::Url::parse(&format!("amqp://{}/", broker_addr())).expect("broker address");
+    url.set_username(user).expect("a user name");
+    url.set_password(Some(password)).expect("a password");
+    url.path_segments_mut().expect("a base").pop().push(vhost);
+    url.set_query(Some("heartbeat=5"));
+    url.into()
 }
 
 /// The environment that makes every service log in as its own user and accept each event

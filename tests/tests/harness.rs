@@ -58,22 +58,10 @@ fn footprint(stack: &Stack) -> Footprint {
 /// Whether the footprint is gone: vhost deleted, databases dropped, processes ended.
 async fn leftovers(f: &Footprint) -> Vec<String> {
     let mut found = Vec::new();
-    let url = format!(
-        "{}/api/vhosts/{}",
-        sandbox::management_api(),
-        sandbox::encode_segment(&f.vhost)
-    );
-    let vhost = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(url)
-        .basic_auth(BROKER_USER, Some(BROKER_PASSWORD))
-        .send()
-        .await
-        .expect("asking the management API");
-    if vhost.status() != StatusCode::NOT_FOUND {
-        found.push(format!("vhost {} answers {}", f.vhost, vhost.status()));
+    match sandbox::management_client().get_vhost(&f.vhost).await {
+        Err(e) if e.is_not_found() => {}
+        Ok(_) => found.push(format!("vhost {} still exists", f.vhost)),
+        Err(e) => panic!("asking the management API about vhost {}: {e}", f.vhost),
     }
     let mut pg = PgConnection::connect(&format!("{}/postgres", sandbox::postgres_server_url()))
         .await
