@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::store;
 
-pub fn router(pool: PgPool) -> Router {
+pub(crate) fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/stock", get(list_stock))
         .route("/stock/{sku}", get(show_stock))

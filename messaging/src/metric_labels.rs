@@ -5,7 +5,7 @@
 use crate::event::EventKind;
 
 /// The label for a message's event type: a name of the catalog of `K`, or `other`.
-pub fn event_type<K: EventKind>(kind: Option<&str>) -> &'static str {
+pub(crate) fn event_type<K: EventKind>(kind: Option<&str>) -> &'static str {
     kind.and_then(K::from_name).map_or("other", K::name)
 }
 

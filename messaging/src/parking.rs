@@ -21,11 +21,11 @@ use crate::amqp::{self, Backoff};
 use crate::publisher::{ConfirmedPublisher, OutgoingMessage, PublishError};
 
 /// How long a delivery is held while its copy cannot be published, before it is rejected.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Why a copy was not placed.
 #[derive(Debug, thiserror::Error)]
-pub enum ParkError {
+pub(crate) enum ParkError {
     /// The broker kept refusing it for [`PATIENCE`].
     #[error("the copy could not be published: {0}")]
     Refused(PublishError),
@@ -37,7 +37,7 @@ pub enum ParkError {
 }
 
 /// A confirm channel on one connection that is reopened after a channel error.
-pub struct ParkingPublisher {
+pub(crate) struct ParkingPublisher {
     conn: Arc<Connection>,
     confirm_timeout: Duration,
     current: Mutex<ConfirmedPublisher>,
@@ -45,7 +45,10 @@ pub struct ParkingPublisher {
 
 impl ParkingPublisher {
     /// Opens a confirm channel on `conn`, the consumer's connection.
-    pub async fn open(conn: Arc<Connection>, confirm_timeout: Duration) -> lapin::Result<Self> {
+    pub(crate) async fn open(
+        conn: Arc<Connection>,
+        confirm_timeout: Duration,
+    ) -> lapin::Result<Self> {
         let first = ConfirmedPublisher::open(&conn, confirm_timeout).await?;
         Ok(ParkingPublisher {
             conn,
@@ -73,7 +76,7 @@ impl ParkingPublisher {
     }
 
     /// Publishes `copy`, retrying with backoff (1 s doubling to 10 s) for up to `patience`.
-    pub async fn park(
+    pub(crate) async fn park(
         &self,
         copy: &OutgoingMessage,
         patience: Duration,

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::store;
 
-pub fn router(pool: PgPool) -> Router {
+pub(crate) fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/wallets", get(list_wallets))
         .route("/wallets/{customer_id}", get(show_wallet))

@@ -177,7 +177,7 @@ impl Authenticator {
     /// `SAGA_AUTH` (`on` unless exactly `off`), `SAGA_AUTH_JWKS_FILE` or
     /// `SAGA_AUTH_JWKS_URL`, `SAGA_AUTH_ISSUER`, `SAGA_AUTH_AUDIENCE`. The JWKS is read once
     /// here, so a wrong path or URL stops the service at start.
-    pub async fn from_env() -> anyhow::Result<Self> {
+    pub(crate) async fn from_env() -> anyhow::Result<Self> {
         match env_or("SAGA_AUTH", "on")?.trim() {
             "off" => {
                 AUTH_OFF.store(true, Ordering::Relaxed);
@@ -213,7 +213,11 @@ impl Authenticator {
         .await
     }
 
-    pub async fn new(source: JwksSource, issuer: String, audience: String) -> anyhow::Result<Self> {
+    pub(crate) async fn new(
+        source: JwksSource,
+        issuer: String,
+        audience: String,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -237,7 +241,7 @@ impl Authenticator {
     }
 
     /// The caller a token proves.
-    pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         let Some(verifier) = &self.inner else {
             return Ok(Caller {
                 sub: "anonymous".to_owned(),

@@ -37,7 +37,7 @@ pub fn add(what: &str, a: i64, b: i64) -> Result<i64, Refusal> {
     a.checked_add(b).ok_or_else(|| {
         Refusal::new(
             "invalid_value",
-            format!("{what} would leave the 64-bit range: {a} + {b}"),
+            format!("{what} would be out of range: {a} + {b} exceeds a 64-bit integer"),
         )
     })
 }

@@ -12,7 +12,7 @@ use events::EventType;
     version,
     about = "Operate and explore the order saga: publish events, place orders, read stock and wallets."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub conn: Connection,
     #[command(flatten)]
@@ -26,7 +26,7 @@ pub struct Cli {
 /// How results are printed; global, so they go before or after the subcommand.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Output")]
-pub struct OutputArgs {
+pub(crate) struct OutputArgs {
     /// Output format: `table` (text for people), `json` (one document), `jsonl` (one JSON
     /// object per line for lists).
     #[arg(
@@ -52,7 +52,7 @@ pub struct OutputArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     Table,
     Json,
     Jsonl,
@@ -62,7 +62,7 @@ pub enum OutputFormat {
 /// from the same environment variable the services use.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Connection")]
-pub struct Connection {
+pub(crate) struct Connection {
     /// Broker URL (with vhost); several, comma-separated, for the nodes of a cluster.
     #[arg(
         long,
@@ -125,7 +125,7 @@ pub struct Connection {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Wrap a payload in a valid envelope and publish it to saga.events with confirms.
     #[command(long_about = publish_help())]
     Publish(PublishArgs),
@@ -225,7 +225,7 @@ fn event_type_arg() -> impl clap::builder::TypedValueParser<Value = EventType> {
 }
 
 #[derive(Debug, Args)]
-pub struct PublishArgs {
+pub(crate) struct PublishArgs {
     /// Event type (see the list above). Not used with --raw.
     #[arg(value_parser = event_type_arg(), required_unless_present = "raw")]
     pub event_type: Option<EventType>,
@@ -250,7 +250,7 @@ pub struct PublishArgs {
 
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
-pub struct PayloadInput {
+pub(crate) struct PayloadInput {
     /// The payload (or, with --raw, the body) as an argument.
     #[arg(long)]
     pub data: Option<String>,
@@ -264,7 +264,7 @@ pub struct PayloadInput {
 
 /// The `-` that stands for standard input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stdin;
+pub(crate) struct Stdin;
 
 fn parse_dash(s: &str) -> Result<Stdin, String> {
     if s == "-" {
@@ -277,7 +277,7 @@ fn parse_dash(s: &str) -> Result<Stdin, String> {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// How many orders to place.
     #[arg(long, default_value_t = 1000)]
     pub orders: u32,
@@ -296,7 +296,7 @@ pub struct LoadArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Orders of the happy-path load.
     #[arg(long, default_value_t = 2000)]
     pub orders: u32,
@@ -342,7 +342,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ScenarioCommand {
+pub(crate) enum ScenarioCommand {
     /// Run scenario files (or every *.toml of a directory); exit 1 if any fails.
     Run {
         /// Scenario files (TOML) or directories of them.
@@ -352,7 +352,7 @@ pub enum ScenarioCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct TailArgs {
+pub(crate) struct TailArgs {
     /// Only events of this type.
     #[arg(long = "type", value_parser = event_type_arg())]
     pub event_type: Option<EventType>,
@@ -368,7 +368,7 @@ pub struct TailArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DlqCommand {
+pub(crate) enum DlqCommand {
     /// Each dead-letter queue with its message count.
     List,
     /// The messages in a dead-letter queue, with why they failed (left in the queue).
@@ -402,7 +402,7 @@ pub enum DlqCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum OrderCommand {
+pub(crate) enum OrderCommand {
     /// Place an order: `sagactl order place --customer alice --currency EUR --item BOOK:2:1500`.
     Place {
         /// The customer placing the order (their wallet pays).
@@ -447,7 +447,7 @@ pub enum OrderCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum StockCommand {
+pub(crate) enum StockCommand {
     /// Add (or with a negative delta remove) available stock: publishes StockAdjusted.
     Adjust {
         /// The SKU.
@@ -464,7 +464,7 @@ pub enum StockCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum WalletCommand {
+pub(crate) enum WalletCommand {
     /// Deposit money (minor units) into a customer's wallet: publishes FundsDeposited.
     Deposit {
         /// The customer whose wallet receives the money.
@@ -483,7 +483,7 @@ pub enum WalletCommand {
 }
 
 /// `SKU:QUANTITY:UNIT_PRICE`.
-pub fn parse_item(s: &str) -> Result<events::catalog::OrderItem, String> {
+pub(crate) fn parse_item(s: &str) -> Result<events::catalog::OrderItem, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let [sku, quantity, unit_price] = parts[..] else {
         return Err(format!(

@@ -11,7 +11,7 @@ use crate::cli::{Cli, Connection, OutputFormat};
 
 /// Cloned by `sagactl ui`, whose request handlers each hold one.
 #[derive(Clone)]
-pub struct Context {
+pub(crate) struct Context {
     pub conn: Connection,
     /// `-o`: table, json or jsonl.
     pub format: OutputFormat,
@@ -25,7 +25,7 @@ pub struct Context {
 
 /// Errors whose kind sets the exit status.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// A broker or service could not be reached (exit 3).
     #[error("{what} is not reachable at {url}: {cause}\n  hint: {hint}")]
     Unreachable {
@@ -40,20 +40,20 @@ pub enum CliError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     Refused,
     Unreachable,
 }
 
 impl Failure {
-    pub fn classify(e: &anyhow::Error) -> Failure {
+    pub(crate) fn classify(e: &anyhow::Error) -> Failure {
         match e.downcast_ref::<CliError>() {
             Some(CliError::Unreachable { .. }) => Failure::Unreachable,
             _ => Failure::Refused,
         }
     }
 
-    pub fn exit_code(self) -> i32 {
+    pub(crate) fn exit_code(self) -> i32 {
         match self {
             Failure::Refused => 1,
             Failure::Unreachable => 3,
@@ -65,13 +65,13 @@ const MANAGEMENT_HINT: &str =
     "enable it with `rabbitmq-plugins enable rabbitmq_management`, or set SAGA_MANAGEMENT_URL";
 
 /// The typed client of the RabbitMQ management API.
-pub type Management = rabbitmq_http_client::api::Client<String, String, String>;
-pub use rabbitmq_http_client::api::HttpClientError;
+pub(crate) type Management = rabbitmq_http_client::api::Client<String, String, String>;
+pub(crate) use rabbitmq_http_client::api::HttpClientError;
 
 /// One queue's message counters and rates (`message_stats`), absent until the queue has
 /// seen traffic.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct QueueStats {
+pub(crate) struct QueueStats {
     pub name: String,
     #[serde(default)]
     pub message_stats: MessageStats,
@@ -81,7 +81,7 @@ pub struct QueueStats {
 /// not reported yet is zero.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
 #[serde(default)]
-pub struct MessageStats {
+pub(crate) struct MessageStats {
     /// Deliveries since the queue was declared (`sagactl bench`).
     pub deliver_get: u64,
     pub publish_details: Rate,
@@ -92,7 +92,7 @@ pub struct MessageStats {
 /// Messages per second over the broker's sampling window.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
 #[serde(default)]
-pub struct Rate {
+pub(crate) struct Rate {
     pub rate: f64,
 }
 
@@ -100,14 +100,14 @@ const STACK_HINT: &str = "is the stack up? Start it with ./scripts/stack.sh up, 
 
 /// Which service a request goes to.
 #[derive(Debug, Clone, Copy)]
-pub enum Service {
+pub(crate) enum Service {
     Order,
     Inventory,
     Payment,
 }
 
 impl Context {
-    pub fn from_cli(cli: &Cli) -> Self {
+    pub(crate) fn from_cli(cli: &Cli) -> Self {
         let format = if cli.output.json {
             OutputFormat::Json
         } else {
@@ -136,7 +136,7 @@ impl Context {
     }
 
     /// Sends a request and returns the status and JSON body (Null when there is none).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         service: Service,
         method: reqwest::Method,
@@ -172,7 +172,7 @@ impl Context {
     }
 
     /// GET that must answer 2xx; a 4xx becomes a refusal carrying the service's message.
-    pub async fn get_ok(&self, service: Service, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get_ok(&self, service: Service, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self
             .call(service, reqwest::Method::GET, path, None, &[])
             .await?;
@@ -180,13 +180,13 @@ impl Context {
     }
 
     /// A broker connection named for the console, or an error saying what to check.
-    pub async fn broker(&self, purpose: &str) -> anyhow::Result<lapin::Connection> {
+    pub(crate) async fn broker(&self, purpose: &str) -> anyhow::Result<lapin::Connection> {
         messaging::amqp::connect(&self.conn.amqp_url, &format!("sagactl {purpose}"))
             .await
             .map_err(|e| self.broker_unreachable(e).into())
     }
 
-    pub fn broker_unreachable(&self, e: lapin::Error) -> CliError {
+    pub(crate) fn broker_unreachable(&self, e: lapin::Error) -> CliError {
         CliError::Unreachable {
             what: "the broker",
             url: messaging::amqp::redact_url(&self.conn.amqp_url),
@@ -197,14 +197,14 @@ impl Context {
 
     /// The vhost named in the AMQP URL (`/` when none), read by the same parser the
     /// broker connection uses.
-    pub fn vhost(&self) -> String {
+    pub(crate) fn vhost(&self) -> String {
         messaging::amqp_nodes::first_url(&self.conn.amqp_url)
             .parse::<lapin::uri::AMQPUri>()
             .map_or_else(|_| "/".to_owned(), |uri| uri.vhost)
     }
 
     /// The RabbitMQ management API's typed client (`--management-url`, user and password).
-    pub fn management(&self) -> Management {
+    pub(crate) fn management(&self) -> Management {
         let endpoint = format!("{}/api", self.conn.management_url.trim_end_matches('/'));
         // A client of its own: `self.http` carries the services' bearer token.
         let http = reqwest::Client::builder()
@@ -220,7 +220,7 @@ impl Context {
     }
 
     /// A management API failure as sagactl reports it: not reachable (exit 3) or refused.
-    pub fn management_failed(&self, what: &str, e: HttpClientError) -> anyhow::Error {
+    pub(crate) fn management_failed(&self, what: &str, e: HttpClientError) -> anyhow::Error {
         match e {
             HttpClientError::RequestError { error, .. } => CliError::Unreachable {
                 what: "the RabbitMQ management API",
@@ -237,7 +237,7 @@ impl Context {
 
     /// Message counters and rates of the vhost's queues, which the typed client's
     /// `QueueInfo` does not carry: the smallest typed read of the same endpoint.
-    pub async fn queue_stats(&self, vhost: &str) -> anyhow::Result<Vec<QueueStats>> {
+    pub(crate) async fn queue_stats(&self, vhost: &str) -> anyhow::Result<Vec<QueueStats>> {
         let mut url = url::Url::parse(&self.conn.management_url)
             .map_err(|e| CliError::Refused(format!("--management-url is not a URL: {e}")))?;
         url.path_segments_mut()
@@ -273,7 +273,7 @@ impl Context {
     }
 
     /// Publishes one message with confirms on a fresh connection.
-    pub async fn publish(&self, message: &OutgoingMessage) -> anyhow::Result<()> {
+    pub(crate) async fn publish(&self, message: &OutgoingMessage) -> anyhow::Result<()> {
         let conn = self.broker("publish").await?;
         let publisher = ConfirmedPublisher::open(&conn, Duration::from_secs(10))
             .await
@@ -286,7 +286,7 @@ impl Context {
 
 /// Closes a broker connection at the end of a command. What the command did is settled by
 /// then (confirms received, acks sent), so a failure to close is only logged.
-pub async fn close(conn: lapin::Connection) {
+pub(crate) async fn close(conn: lapin::Connection) {
     if let Err(e) = conn.close(200, "done".into()).await {
         tracing::debug!(error = %e, "closing the broker connection failed");
     }
@@ -294,7 +294,7 @@ pub async fn close(conn: lapin::Connection) {
 
 /// A URL path from raw segments, each percent-encoded: a SKU, customer or vhost name may
 /// hold `/`, `?`, `%` or spaces, which must stay inside their segment.
-pub fn path(segments: &[&str]) -> String {
+pub(crate) fn path(segments: &[&str]) -> String {
     let mut url = url::Url::parse("http://localhost/").unwrap_or_else(|_| unreachable!());
     if let Ok(mut p) = url.path_segments_mut() {
         p.clear().extend(segments);
@@ -302,7 +302,7 @@ pub fn path(segments: &[&str]) -> String {
     url.path().to_owned()
 }
 
-pub fn ok_or_refused(status: StatusCode, body: Value) -> anyhow::Result<Value> {
+pub(crate) fn ok_or_refused(status: StatusCode, body: Value) -> anyhow::Result<Value> {
     if status.is_success() {
         return Ok(body);
     }

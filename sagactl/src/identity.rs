@@ -17,7 +17,7 @@ const OWN_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Identity")]
-pub struct Identity {
+pub(crate) struct Identity {
     /// A bearer token to send as it is (instead of signing one).
     #[arg(long, global = true, env = "SAGA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -52,7 +52,7 @@ pub struct Identity {
 
 /// `sagactl token`: print a token for curl.
 #[derive(Debug, Args)]
-pub struct TokenArgs {
+pub(crate) struct TokenArgs {
     /// The token's `sub`: the customer id, or the operator's name [default: --as].
     #[arg(long)]
     pub sub: Option<String>,
@@ -66,7 +66,7 @@ pub struct TokenArgs {
 
 /// `sagactl dev-keys`: create the development key pair.
 #[derive(Debug, Args)]
-pub struct DevKeysArgs {
+pub(crate) struct DevKeysArgs {
     /// The directory to create them in.
     #[arg(long, default_value = ".stack")]
     pub dir: PathBuf,
@@ -74,7 +74,7 @@ pub struct DevKeysArgs {
 
 impl Identity {
     /// The `Authorization` value for sagactl's own requests, if it has a token or a key.
-    pub fn authorization(&self) -> anyhow::Result<Option<String>> {
+    pub(crate) fn authorization(&self) -> anyhow::Result<Option<String>> {
         if let Some(token) = &self.token {
             return Ok(Some(format!("Bearer {}", token.trim())));
         }
@@ -87,7 +87,7 @@ impl Identity {
     }
 
     /// A token for `sub` with `roles`, signed with the configured or found key.
-    pub fn sign(
+    pub(crate) fn sign(
         &self,
         key: &Path,
         sub: &str,
@@ -103,7 +103,7 @@ impl Identity {
     }
 
     /// `--signing-key`, else the development key of the checkout, if there is one.
-    pub fn key_path(&self) -> Option<PathBuf> {
+    pub(crate) fn key_path(&self) -> Option<PathBuf> {
         if let Some(path) = &self.signing_key {
             return Some(path.clone());
         }
@@ -122,7 +122,7 @@ impl Identity {
 }
 
 /// `sagactl token`.
-pub fn print_token(identity: &Identity, args: &TokenArgs) -> anyhow::Result<()> {
+pub(crate) fn print_token(identity: &Identity, args: &TokenArgs) -> anyhow::Result<()> {
     let key = identity.key_path().ok_or_else(|| {
         anyhow::anyhow!(
             "no signing key: run ./scripts/stack.sh up (it creates .stack/dev-signing-key.pem) \
@@ -149,7 +149,7 @@ pub fn print_token(identity: &Identity, args: &TokenArgs) -> anyhow::Result<()> 
 }
 
 /// `sagactl dev-keys`.
-pub fn create_dev_keys(args: &DevKeysArgs) -> anyhow::Result<()> {
+pub(crate) fn create_dev_keys(args: &DevKeysArgs) -> anyhow::Result<()> {
     let (key, jwks) = dev::ensure_key_pair(&args.dir)?;
     println!("{}\n{}", key.display(), jwks.display());
     Ok(())

@@ -3,7 +3,7 @@
 
 /// How the orders of a run are split between the three outcomes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Mix {
+pub(crate) struct Mix {
     pub happy: u32,
     pub no_stock: u32,
     pub no_funds: u32,
@@ -11,7 +11,7 @@ pub struct Mix {
 
 impl Mix {
     /// `happy=80,no-stock=10,no-funds=10` (weights; missing kinds weigh 0).
-    pub fn parse(s: &str) -> Result<Mix, String> {
+    pub(crate) fn parse(s: &str) -> Result<Mix, String> {
         let mut mix = Mix {
             happy: 0,
             no_stock: 0,

@@ -12,12 +12,12 @@ use crate::context::{Context, Failure};
 
 /// Writes `text` and a newline to standard output. When the reader has gone (a closed
 /// pipe) there is nobody left to tell, so the process ends at once with status 0.
-pub fn line(text: &str) {
+pub(crate) fn line(text: &str) {
     write_out(format!("{text}\n").as_bytes());
 }
 
 /// Writes bytes to standard output as they are, ending quietly on a closed pipe.
-pub fn write_out(bytes: &[u8]) {
+pub(crate) fn write_out(bytes: &[u8]) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -28,14 +28,14 @@ pub fn write_out(bytes: &[u8]) {
     }
 }
 
-pub fn json(value: &Value) {
+pub(crate) fn json(value: &Value) {
     // `{:#}` is serde_json's pretty form, and cannot fail for a `Value`.
     line(&format!("{value:#}"));
 }
 
 /// Prints `value` as JSON with `-o json` (one compact line with `-o jsonl`), else the text
 /// `human` renders.
-pub fn show(ctx: &Context, value: &Value, human: impl FnOnce(&Value) -> String) {
+pub(crate) fn show(ctx: &Context, value: &Value, human: impl FnOnce(&Value) -> String) {
     match ctx.format {
         OutputFormat::Table => line(&human(value)),
         OutputFormat::Json => json(value),
@@ -45,7 +45,7 @@ pub fn show(ctx: &Context, value: &Value, human: impl FnOnce(&Value) -> String) 
 
 /// Like [`show`] for a result that is a list under `key`: with `-o jsonl` each entry of
 /// the list is one line.
-pub fn list(ctx: &Context, value: &Value, key: &str, human: impl FnOnce(&Value) -> String) {
+pub(crate) fn list(ctx: &Context, value: &Value, key: &str, human: impl FnOnce(&Value) -> String) {
     if ctx.format == OutputFormat::Jsonl {
         for entry in value[key].as_array().into_iter().flatten() {
             line(&entry.to_string());
@@ -57,7 +57,7 @@ pub fn list(ctx: &Context, value: &Value, key: &str, human: impl FnOnce(&Value) 
 
 /// Whether colours go to a stream: `--color always|never`, or on `auto` a terminal without
 /// `NO_COLOR` set to a non-empty value (<https://no-color.org>).
-pub fn use_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {
+pub(crate) fn use_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {
     match choice {
         clap::ColorChoice::Always => true,
         clap::ColorChoice::Never => false,
@@ -68,7 +68,7 @@ pub fn use_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {
 }
 
 /// `text` in an ANSI colour (`31` red, `32` green) when the output is coloured.
-pub fn paint(color: bool, code: &str, text: &str) -> String {
+pub(crate) fn paint(color: bool, code: &str, text: &str) -> String {
     if color {
         format!("\x1b[{code}m{text}\x1b[0m")
     } else {
@@ -76,7 +76,7 @@ pub fn paint(color: bool, code: &str, text: &str) -> String {
     }
 }
 
-pub fn error(ctx: &Context, e: &anyhow::Error, failure: Failure) {
+pub(crate) fn error(ctx: &Context, e: &anyhow::Error, failure: Failure) {
     if ctx.json {
         let kind = match failure {
             Failure::Refused => "refused",
@@ -95,7 +95,7 @@ pub fn error(ctx: &Context, e: &anyhow::Error, failure: Failure) {
 /// An amount of money given in minor units, in major units with the currency's number of
 /// decimals (ISO 4217: EUR 2, JPY 0, BHD 3), followed by the code: `480, EUR` is
 /// `4.80 EUR`. A code ISO 4217 does not know is shown with the minor units as they are.
-pub fn money(minor: i64, currency: &str) -> String {
+pub(crate) fn money(minor: i64, currency: &str) -> String {
     let decimals = iso_currency::Currency::from_code(currency)
         .and_then(|c| c.exponent())
         .unwrap_or(0);
@@ -114,14 +114,14 @@ pub fn money(minor: i64, currency: &str) -> String {
 }
 
 /// [`money`] for fields of a JSON answer (`-` when the amount is missing).
-pub fn money_field(v: &Value, key: &str, currency: &str) -> String {
+pub(crate) fn money_field(v: &Value, key: &str, currency: &str) -> String {
     v.get(key)
         .and_then(Value::as_i64)
         .map_or_else(|| "-".to_owned(), |n| money(n, currency))
 }
 
 /// A field as display text: strings without quotes, null as "-".
-pub fn field(v: &Value, key: &str) -> String {
+pub(crate) fn field(v: &Value, key: &str) -> String {
     match v.get(key) {
         None | Some(Value::Null) => "-".to_owned(),
         Some(Value::String(s)) => s.clone(),
@@ -129,7 +129,7 @@ pub fn field(v: &Value, key: &str) -> String {
     }
 }
 
-pub fn render_order(o: &Value) -> String {
+pub(crate) fn render_order(o: &Value) -> String {
     let currency = field(o, "currency");
     let mut s = format!(
         "order    {}\nstatus   {}{}\ncustomer {}\ntotal    {}\n",

@@ -18,7 +18,6 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use saga_tests::sandbox;
 use saga_tests::stack::binary_path;
 use saga_tests::{Method, Service, Stack, StackOptions, StatusCode, eventually, order_request};
-use serde_json::json;
 
 /// A counter of `saga_messages_handled_total` on `service` for one outcome.
 async fn handled(stack: &Stack, service: Service, outcome: &str) -> f64 {

@@ -17,7 +17,7 @@ use rabbitmq_http_client::requests::{Permissions, TopicPermissions, UserParams};
 use saga_tests::sandbox::{broker_addr, management_client};
 use saga_tests::stack::binary_path;
 use saga_tests::{Sandbox, Service, Stack, StackOptions, eventually, order_request};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
 

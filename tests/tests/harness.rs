@@ -2,7 +2,7 @@
 //! passes or panics; a killed service comes back with its state; a service that cannot
 //! start fails the stack at once, saying why.
 
-use saga_tests::sandbox::{self, BROKER_PASSWORD, BROKER_USER};
+use saga_tests::sandbox;
 use saga_tests::{Service, Stack, StackOptions, StatusCode};
 use sqlx::{Connection, PgConnection};
 

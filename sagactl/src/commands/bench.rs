@@ -60,7 +60,7 @@ struct ProjectCosts {
     relay_rate: f64,
 }
 
-pub async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let progress = |step: &str| {
         if !ctx.json {
             eprintln!("==> {step}");

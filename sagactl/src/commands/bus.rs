@@ -14,7 +14,7 @@ use crate::context::Context;
 
 /// Opens the watcher's queue, bound to `keys` (`#` for everything), and returns its
 /// consumer (messages are auto-acked).
-pub async fn watch(
+pub(super) async fn watch(
     ctx: &Context,
     purpose: &str,
     keys: &[&str],
@@ -64,7 +64,7 @@ pub async fn watch(
 }
 
 /// Collects every envelope seen into a shared list until the consumer ends.
-pub fn collect(mut consumer: Consumer) -> Arc<Mutex<Vec<Value>>> {
+pub(super) fn collect(mut consumer: Consumer) -> Arc<Mutex<Vec<Value>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     tokio::spawn(async move {

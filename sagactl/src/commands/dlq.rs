@@ -26,7 +26,7 @@ const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
 
 /// A DLQ name from a queue or service name: `order-svc` and `order-svc.dlq` both mean
 /// `order-svc.dlq`.
-pub fn dlq_name(arg: &str) -> Result<(String, String), CliError> {
+pub(super) fn dlq_name(arg: &str) -> Result<(String, String), CliError> {
     let service = arg.strip_suffix(".dlq").unwrap_or(arg);
     if !SERVICES.contains(&service) {
         return Err(CliError::Refused(format!(
@@ -37,7 +37,7 @@ pub fn dlq_name(arg: &str) -> Result<(String, String), CliError> {
     Ok((format!("{service}.dlq"), service.to_owned()))
 }
 
-pub async fn run(ctx: &Context, cmd: DlqCommand) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, cmd: DlqCommand) -> anyhow::Result<()> {
     let conn = ctx.broker("dlq").await?;
     let channel = conn
         .create_channel()
@@ -95,7 +95,7 @@ async fn count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
 }
 
 /// Deletes every message of the dead-letter queue `name`.
-pub async fn purge(channel: &Channel, name: &str) -> anyhow::Result<Value> {
+pub(super) async fn purge(channel: &Channel, name: &str) -> anyhow::Result<Value> {
     let n = channel
         .queue_purge(name.into(), QueuePurgeOptions::default())
         .await?;
@@ -103,7 +103,7 @@ pub async fn purge(channel: &Channel, name: &str) -> anyhow::Result<Value> {
 }
 
 /// Each dead-letter queue with its exact message count.
-pub async fn counts(channel: &Channel) -> anyhow::Result<Value> {
+pub(super) async fn counts(channel: &Channel) -> anyhow::Result<Value> {
     let mut rows = Vec::new();
     for s in SERVICES {
         let name = format!("{s}.dlq");
@@ -180,7 +180,7 @@ fn header(props: &BasicProperties, name: &str) -> Value {
 }
 
 /// What `show` prints of one dead-lettered message.
-pub fn describe(delivery: &lapin::message::Delivery) -> Value {
+pub(super) fn describe(delivery: &lapin::message::Delivery) -> Value {
     let p = &delivery.properties;
     let short = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
     let body = String::from_utf8_lossy(&delivery.data);
@@ -207,7 +207,7 @@ pub fn describe(delivery: &lapin::message::Delivery) -> Value {
 
 /// Up to `limit` messages of a dead-letter queue, described, and its total; they stay in
 /// the queue once the channel is closed.
-pub async fn peek(channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<Value> {
+pub(super) async fn peek(channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<Value> {
     let total = count(channel, queue).await?;
     let taken = take(channel, queue, limit).await?;
     let messages: Vec<Value> = taken.iter().map(describe).collect();
@@ -276,7 +276,7 @@ async fn replay(
 
 /// Sends the dead-lettered messages of `queue` (or only `message_id`) back to `service`
 /// and reports which it sent.
-pub async fn resend(
+pub(super) async fn resend(
     channel: &Channel,
     publisher: &ConfirmedPublisher,
     (queue, service): (String, String),

@@ -38,7 +38,7 @@ type Finished = (String, &'static str, Instant);
 const CUSTOMERS: usize = 64;
 const UNIT_PRICE: i64 = 100;
 
-pub async fn run(ctx: &Context, args: LoadArgs) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, args: LoadArgs) -> anyhow::Result<()> {
     let report = run_load(ctx, &args).await?;
     output::show(ctx, &report, render);
     if report["lost"].as_u64().unwrap_or(0) > 0 {
@@ -50,7 +50,7 @@ pub async fn run(ctx: &Context, args: LoadArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the load and returns its report (also used by `sagactl bench`).
-pub async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<Value> {
+pub(super) async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<Value> {
     let plan = Plan::new();
     plan.seed(ctx, args.orders).await?;
     // A watcher bound only to the events that end a saga.
@@ -352,7 +352,7 @@ async fn wait_seeded(ctx: &Context, sku: &str, poor: &str) -> anyhow::Result<()>
     }
 }
 
-pub fn render(r: &Value) -> String {
+pub(super) fn render(r: &Value) -> String {
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     let mut s = format!(
         "orders     {} placed, {} completed, {} lost\nthroughput {:.1} sagas/s over {:.2} s (concurrency {})\nlatency    p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\noutcomes  ",

@@ -23,7 +23,7 @@ use crate::cli::{Cli, Command, ScenarioCommand};
 use crate::context::Context;
 use sagactl::verify::Expected;
 
-pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
+pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Publish(args) => publish::run(ctx, args).await,
         Command::Order(cmd) => order::run(ctx, cmd).await,

@@ -12,7 +12,7 @@ use crate::output::{self, field, render_order};
 /// Longest `order place --wait` waits for a final status.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
-pub async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> {
     match cmd {
         OrderCommand::Place {
             customer,

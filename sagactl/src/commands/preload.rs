@@ -8,14 +8,14 @@
 use sqlx::PgPool;
 
 /// The databases of the three services.
-pub struct Databases {
+pub(super) struct Databases {
     pub orders: PgPool,
     pub inventory: PgPool,
     pub payments: PgPool,
 }
 
 /// Inserts `n` confirmed sagas for one SKU and one customer named after `run`, in batches.
-pub async fn preload(db: &Databases, run: &str, n: i64) -> anyhow::Result<()> {
+pub(super) async fn preload(db: &Databases, run: &str, n: i64) -> anyhow::Result<()> {
     const BATCH: i64 = 20_000;
     let sku = format!("PRELOAD-{run}");
     let customer = format!("preload-{run}");

@@ -15,7 +15,7 @@ use crate::cli::{PayloadInput, PublishArgs};
 use crate::context::{CliError, Context};
 use crate::output;
 
-pub async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
     let input = read_input(&args.input)?;
     if args.raw {
         // clap requires --routing-key with --raw.
@@ -70,11 +70,14 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
 }
 
 /// Publishes an event from the operator (no cause) and returns its envelope.
-pub async fn publish_event(ctx: &Context, event: Event) -> anyhow::Result<Envelope> {
+pub(super) async fn publish_event(ctx: &Context, event: Event) -> anyhow::Result<Envelope> {
     publish_envelope(ctx, Envelope::wrap(&event, "sagactl", None)).await
 }
 
-pub async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Result<Envelope> {
+pub(super) async fn publish_envelope(
+    ctx: &Context,
+    envelope: Envelope,
+) -> anyhow::Result<Envelope> {
     if envelope.correlation_id.is_empty() || envelope.correlation_id.chars().count() > 128 {
         return Err(
             CliError::Refused("the correlation id must be 1 to 128 characters".into()).into(),

@@ -11,7 +11,7 @@ use crate::output;
 
 const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
 
-pub async fn run(ctx: &Context, watch: Option<u64>) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, watch: Option<u64>) -> anyhow::Result<()> {
     loop {
         let report = snapshot(ctx).await?;
         if watch.is_some() && !ctx.json {
@@ -27,7 +27,7 @@ pub async fn run(ctx: &Context, watch: Option<u64>) -> anyhow::Result<()> {
 }
 
 /// The project's queues with their counts and rates, as `--json` prints them.
-pub async fn snapshot(ctx: &Context) -> anyhow::Result<Value> {
+pub(super) async fn snapshot(ctx: &Context) -> anyhow::Result<Value> {
     let vhost = ctx.vhost();
     let queues =
         ctx.management().list_queues_in(&vhost).await.map_err(|e| {
@@ -71,7 +71,7 @@ fn summarize(q: &QueueInfo, stats: MessageStats) -> Value {
     })
 }
 
-pub fn render(report: &Value) -> String {
+pub(super) fn render(report: &Value) -> String {
     let mut s = format!(
         "{:<28} {:>8} {:>8} {:>9} {:>10} {:>10} {:>10}\n",
         "QUEUE", "READY", "UNACKED", "CONSUMERS", "IN/s", "OUT/s", "ACK/s"

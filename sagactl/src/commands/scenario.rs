@@ -25,7 +25,7 @@ use crate::output;
 use super::publish::publish_event;
 
 /// The scenario files named: files as they are, directories for their `*.toml`, sorted.
-pub fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+pub(super) fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -47,7 +47,7 @@ pub fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub async fn run(ctx: &Context, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, paths: Vec<PathBuf>) -> anyhow::Result<()> {
     let files = scenario_files(&paths)?;
     let bar = if std::io::stderr().is_terminal() && !ctx.json {
         ProgressBar::new(files.len() as u64)

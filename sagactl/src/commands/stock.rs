@@ -10,7 +10,7 @@ use crate::output::{self, field};
 
 use super::publish::publish_event;
 
-pub async fn run(ctx: &Context, cmd: StockCommand) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, cmd: StockCommand) -> anyhow::Result<()> {
     match cmd {
         StockCommand::Adjust { sku, delta } => {
             let event = Event::StockAdjusted(StockAdjusted {

@@ -10,7 +10,7 @@ use crate::cli::TailArgs;
 use crate::context::Context;
 use crate::output;
 
-pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
     let (conn, mut deliveries) = super::bus::watch(ctx, "tail", &["#"]).await?;
     // On stderr even with --json (stdout stays one envelope per line): scripts wait for it
     // to know the watcher is bound before they publish.
@@ -63,7 +63,7 @@ pub async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
 }
 
 /// One readable line: time, type, order, short message id, producer.
-pub fn line(envelope: &Value, routing_key: &str) -> String {
+pub(super) fn line(envelope: &Value, routing_key: &str) -> String {
     let s = |k: &str| envelope.get(k).and_then(Value::as_str).unwrap_or("-");
     if envelope.is_null() {
         return format!(

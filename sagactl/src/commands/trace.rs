@@ -16,7 +16,7 @@ use crate::output;
 
 /// One event of the saga, assembled from every service's records of it.
 #[derive(Debug, Clone, Serialize)]
-pub struct TracedEvent {
+pub(super) struct TracedEvent {
     pub message_id: Uuid,
     #[serde(rename = "type")]
     pub event_type: String,
@@ -29,7 +29,7 @@ pub struct TracedEvent {
     pub consumed_by: Vec<(String, DateTime<Utc>)>,
 }
 
-pub async fn run(ctx: &Context, order_id: Uuid) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, order_id: Uuid) -> anyhow::Result<()> {
     let (report, events) = report(ctx, order_id).await?;
     output::show(ctx, &report, |r| render(r, &events));
     Ok(())
@@ -37,7 +37,10 @@ pub async fn run(ctx: &Context, order_id: Uuid) -> anyhow::Result<()> {
 
 /// The saga as `--json` prints it (order, events, tree, reservation, payment), with the
 /// events in the order they occurred.
-pub async fn report(ctx: &Context, order_id: Uuid) -> anyhow::Result<(Value, Vec<TracedEvent>)> {
+pub(super) async fn report(
+    ctx: &Context,
+    order_id: Uuid,
+) -> anyhow::Result<(Value, Vec<TracedEvent>)> {
     let order = ctx
         .get_ok(Service::Order, &format!("/orders/{order_id}"))
         .await?;
@@ -71,7 +74,7 @@ pub async fn report(ctx: &Context, order_id: Uuid) -> anyhow::Result<(Value, Vec
 }
 
 /// A GET whose 404 means "none" (Null) rather than an error.
-pub async fn optional(ctx: &Context, service: Service, path: &str) -> anyhow::Result<Value> {
+pub(super) async fn optional(ctx: &Context, service: Service, path: &str) -> anyhow::Result<Value> {
     let (status, body) = ctx.call(service, Method::GET, path, None, &[]).await?;
     if status == StatusCode::NOT_FOUND {
         return Ok(Value::Null);
@@ -87,7 +90,7 @@ fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
 
 /// Merges each service's `/messages` answer into one event per message id, in the order
 /// they occurred.
-pub fn assemble(records: &[Value]) -> Vec<TracedEvent> {
+pub(super) fn assemble(records: &[Value]) -> Vec<TracedEvent> {
     let mut by_id: HashMap<Uuid, TracedEvent> = HashMap::new();
     let mut upsert = |r: &Value| -> Option<Uuid> {
         // A record without an id or a time cannot be placed in the timeline: skipped.
@@ -132,7 +135,7 @@ fn millis(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
 }
 
 /// The causation tree: each event under the one that caused it.
-pub fn tree(events: &[TracedEvent]) -> Value {
+pub(super) fn tree(events: &[TracedEvent]) -> Value {
     let ids: std::collections::HashSet<Uuid> = events.iter().map(|e| e.message_id).collect();
     let mut children: BTreeMap<Option<Uuid>, Vec<&TracedEvent>> = BTreeMap::new();
     for e in events {

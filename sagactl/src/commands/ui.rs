@@ -52,7 +52,7 @@ struct Explorer {
     dlq_lock: Arc<Mutex<()>>,
 }
 
-pub async fn run(ctx: &Context, listen: SocketAddr) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, listen: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::Refused(format!("cannot listen on {listen}: {e}")))?;

@@ -10,7 +10,11 @@ use sagactl::verify::{Endpoints, Expected, Snapshot, check_against};
 use crate::context::{CliError, Context};
 use crate::output;
 
-pub async fn run(ctx: &Context, settle_secs: u64, expected: &Expected) -> anyhow::Result<()> {
+pub(super) async fn run(
+    ctx: &Context,
+    settle_secs: u64,
+    expected: &Expected,
+) -> anyhow::Result<()> {
     let endpoints = Endpoints {
         order: ctx.conn.order_url.clone(),
         inventory: ctx.conn.inventory_url.clone(),

@@ -10,7 +10,7 @@ use crate::output::{self, field};
 
 use super::publish::publish_event;
 
-pub async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()> {
     match cmd {
         WalletCommand::Deposit {
             customer,

@@ -32,19 +32,19 @@ use payment_svc::saga::PaymentState;
 use uuid::Uuid;
 
 /// The producer name operators' events carry.
-pub const OPERATOR: &str = "sagactl";
+pub(crate) const OPERATOR: &str = "sagactl";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Service {
+pub(crate) enum Service {
     Order,
     Inventory,
     Payment,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::Order, Service::Inventory, Service::Payment];
+    pub(crate) const ALL: [Service; 3] = [Service::Order, Service::Inventory, Service::Payment];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Service::Order => order_svc::SERVICE,
             Service::Inventory => inventory_svc::SERVICE,
@@ -53,7 +53,7 @@ impl Service {
     }
 
     /// What the service's queue is bound to: the service's own topology.
-    pub fn consumes(self) -> &'static [EventType] {
+    pub(crate) fn consumes(self) -> &'static [EventType] {
         static ROUTES: OnceLock<[Vec<EventType>; 3]> = OnceLock::new();
         let routes = ROUTES.get_or_init(|| {
             [
@@ -68,7 +68,7 @@ impl Service {
 
 /// A message on the broker, with the queues it still has to reach.
 #[derive(Debug, Clone)]
-pub struct Message {
+pub(crate) struct Message {
     /// Sequence number, for readable traces only.
     pub seq: u32,
     pub id: Uuid,
@@ -81,7 +81,7 @@ pub struct Message {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Held {
+pub(crate) struct Held {
     pub reserved: i64,
     pub sold: i64,
     /// Units ever reserved for the order.
@@ -90,7 +90,7 @@ pub struct Held {
 
 /// What really happened to an order's money and stock.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Audit {
+pub(crate) struct Audit {
     /// (customer, amount) of every debit taken for the order.
     pub captures: Vec<(String, i64)>,
     /// (customer, amount) of every refund credited for the order.
@@ -99,18 +99,18 @@ pub struct Audit {
 }
 
 impl Audit {
-    pub fn net_charged(&self) -> i64 {
+    pub(crate) fn net_charged(&self) -> i64 {
         self.captures.iter().map(|c| c.1).sum::<i64>()
             - self.refunds.iter().map(|r| r.1).sum::<i64>()
     }
 
-    pub fn holds_stock(&self) -> bool {
+    pub(crate) fn holds_stock(&self) -> bool {
         self.held.values().any(|h| h.reserved != 0 || h.sold != 0)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Handled,
     Duplicate,
     DeadLettered(&'static str),
@@ -118,7 +118,7 @@ pub enum Outcome {
 
 /// One line of the run's history, formatted only when a case fails.
 #[derive(Debug, Clone)]
-pub enum Note {
+pub(crate) enum Note {
     Published {
         seq: u32,
         ty: EventType,
@@ -161,7 +161,7 @@ impl Note {
 }
 
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     pub seq: u32,
     pub to: Service,
     pub ty: EventType,
@@ -171,7 +171,7 @@ pub struct DeadLetter {
 
 /// The three services, the broker, and the audit.
 #[derive(Debug, Clone, Default)]
-pub struct World {
+pub(crate) struct World {
     pub order: OrderTables,
     pub inventory: InventoryTables,
     pub payment: PaymentTables,
@@ -204,7 +204,7 @@ struct Snapshot {
 }
 
 /// A short, stable name for the ids the scenarios make (`Uuid::from_u128(n)`).
-pub fn label(id: Uuid) -> String {
+pub(crate) fn label(id: Uuid) -> String {
     let n = id.as_u128();
     if n < 1 << 32 {
         format!("o{n}")
@@ -213,12 +213,12 @@ pub fn label(id: Uuid) -> String {
     }
 }
 
-pub fn order_id(n: usize) -> Uuid {
+pub(crate) fn order_id(n: usize) -> Uuid {
     Uuid::from_u128(n as u128 + 1)
 }
 
 impl World {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         World::default()
     }
 
@@ -226,7 +226,7 @@ impl World {
 
     /// Publishes `event` as `producer` would: wrapped in an envelope, encoded, decoded by
     /// the consumers' own decoder, routed to every queue bound to its type.
-    pub fn publish(&mut self, event: Event, producer: &'static str, copy: bool) {
+    pub(crate) fn publish(&mut self, event: Event, producer: &'static str, copy: bool) {
         let envelope = Envelope::wrap(&event, producer, None);
         let decoded = match decode_body::<Event>(&envelope.to_body()) {
             Ok((env, back)) => {
@@ -275,7 +275,7 @@ impl World {
     }
 
     /// Publishes again an event about an order published before, under a new message id.
-    pub fn republish(&mut self, pick: usize) {
+    pub(crate) fn republish(&mut self, pick: usize) {
         if self.about_orders.is_empty() {
             return;
         }
@@ -286,7 +286,12 @@ impl World {
     /// Delivers in-flight message `pick` to one of the queues it has still to reach;
     /// with `twice`, delivers it a second time (same message id) and checks that the
     /// second time changed nothing.
-    pub fn deliver(&mut self, pick: usize, recipient: usize, twice: bool) -> Result<(), String> {
+    pub(crate) fn deliver(
+        &mut self,
+        pick: usize,
+        recipient: usize,
+        twice: bool,
+    ) -> Result<(), String> {
         if self.bus.is_empty() {
             return Ok(());
         }
@@ -313,7 +318,7 @@ impl World {
 
     /// The broker delivers again, later, a message a queue already received (a lost ack):
     /// the same message id must change nothing.
-    pub fn redeliver(&mut self, pick: usize) -> Result<(), String> {
+    pub(crate) fn redeliver(&mut self, pick: usize) -> Result<(), String> {
         if self.delivered.is_empty() {
             return Ok(());
         }
@@ -445,7 +450,7 @@ impl World {
 
     // ---- operators -----------------------------------------------------------------
 
-    pub fn adjust_stock(&mut self, sku: &str, delta: i64) {
+    pub(crate) fn adjust_stock(&mut self, sku: &str, delta: i64) {
         self.publish(
             Event::StockAdjusted(StockAdjusted {
                 sku: sku.to_owned(),
@@ -456,7 +461,7 @@ impl World {
         );
     }
 
-    pub fn deposit(&mut self, customer_id: &str, amount: i64, currency: &str) {
+    pub(crate) fn deposit(&mut self, customer_id: &str, amount: i64, currency: &str) {
         self.publish(
             Event::FundsDeposited(FundsDeposited {
                 customer_id: customer_id.to_owned(),
@@ -471,7 +476,7 @@ impl World {
     // ---- order-svc's commands and sweep ------------------------------------------------
 
     /// `POST /orders`: `false` when the request is refused (400).
-    pub fn place_order(
+    pub(crate) fn place_order(
         &mut self,
         order_id: Uuid,
         customer_id: &str,
@@ -499,7 +504,7 @@ impl World {
     }
 
     /// `POST /orders/{id}/cancel`.
-    pub fn request_cancel(&mut self, order_id: Uuid) {
+    pub(crate) fn request_cancel(&mut self, order_id: Uuid) {
         let answer = self.order.run(&OrderInput::Cancel(order_id));
         if matches!(answer, Err(OrderRefusal::Closed { .. })) {
             self.refused_cancels += 1;
@@ -511,7 +516,7 @@ impl World {
     }
 
     /// The deadline sweep reaching the order: it takes only open orders.
-    pub fn deadline_passes(&mut self, order_id: Uuid) {
+    pub(crate) fn deadline_passes(&mut self, order_id: Uuid) {
         let open = self
             .order
             .orders
@@ -540,14 +545,14 @@ impl World {
     }
 
     /// Every order the sweep would find once all deadlines have passed.
-    pub fn expire_all_open_orders(&mut self) {
+    pub(crate) fn expire_all_open_orders(&mut self) {
         let open: Vec<Uuid> = self.open_orders();
         for id in open {
             self.deadline_passes(id);
         }
     }
 
-    pub fn open_orders(&self) -> Vec<Uuid> {
+    pub(crate) fn open_orders(&self) -> Vec<Uuid> {
         self.order
             .orders
             .iter()
@@ -560,7 +565,7 @@ impl World {
 
     /// What must hold after every single step, messages in flight or not: each handler
     /// is one transaction, so the books always balance.
-    pub fn check_always(&self) -> Result<(), String> {
+    pub(crate) fn check_always(&self) -> Result<(), String> {
         for (sku, s) in &self.inventory.stock {
             if s.available < 0 || s.reserved < 0 || s.sold < 0 {
                 return Err(format!("stock of {sku} went negative: {s:?}"));
@@ -659,7 +664,7 @@ impl World {
     }
 
     /// The contract's at-rest invariants, checked once nothing is in flight.
-    pub fn check_at_rest(&self) -> Result<(), String> {
+    pub(crate) fn check_at_rest(&self) -> Result<(), String> {
         if !self.bus.is_empty() {
             return Err(format!("{} messages still in flight", self.bus.len()));
         }
@@ -824,7 +829,7 @@ impl World {
 
     /// Messages the services themselves produced that a consumer dead-lettered: each is a
     /// saga step that never happened.
-    pub fn dead_lettered_saga_messages(&self) -> Vec<&DeadLetter> {
+    pub(crate) fn dead_lettered_saga_messages(&self) -> Vec<&DeadLetter> {
         self.dead_letters
             .iter()
             .filter(|d| d.producer != OPERATOR)
@@ -834,7 +839,7 @@ impl World {
     // ---- reporting ---------------------------------------------------------------------
 
     /// The run's history, restricted to `order` when given.
-    pub fn history(&self, order: Option<Uuid>) -> String {
+    pub(crate) fn history(&self, order: Option<Uuid>) -> String {
         let mut out = String::new();
         for n in &self.notes {
             if order.is_some() && n.order() != order && !matches!(n, Note::Quiescent) {
@@ -896,7 +901,7 @@ impl World {
     }
 
     /// Everything the services hold about `order`.
-    pub fn describe(&self, order: Uuid) -> String {
+    pub(crate) fn describe(&self, order: Uuid) -> String {
         format!(
             "order {}: {:?}\n  reservation: {:?}\n  payment: {:?}\n  audit: {:?}\n",
             label(order),
@@ -909,7 +914,7 @@ impl World {
 
     /// A readable account of a failed run: the whole final state, then the history of the
     /// order a message names (or the whole history).
-    pub fn explain(&self, failure: &str) -> String {
+    pub(crate) fn explain(&self, failure: &str) -> String {
         let mut out = format!("{failure}\n\nfinal state:\n");
         for id in self.order.orders.keys() {
             out.push_str(&self.describe(*id));
