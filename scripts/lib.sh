@@ -289,3 +289,21 @@ ensure_chromium() {
     (or run this script as root and it will do so), then run it again."
     fi
 }
+
+# Creates a Python virtual environment at $1 (replacing what is there), installing
+# Debian's python3-venv first when the venv module is missing and we are root.
+make_venv() {
+    local dir="$1"
+    rm -rf "$dir"
+    mkdir -p "$(dirname "$dir")"
+    python3 -m venv "$dir" >/dev/null 2>&1 && return 0
+    rm -rf "$dir"
+    # Debian and Ubuntu ship the venv module separately.
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        apt_install python3-venv
+        python3 -m venv "$dir"
+    else
+        warn "python3 -m venv failed; install python3-venv (Debian/Ubuntu)"
+        return 1
+    fi
+}

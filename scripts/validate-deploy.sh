@@ -61,19 +61,7 @@ _venv_ok() {
 
 _venv_build() {
     log "installing ${REQUIREMENTS[*]} into ${VENV} (once)"
-    rm -rf "$VENV"
-    mkdir -p "$(dirname "$VENV")"
-    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-        rm -rf "$VENV"
-        # Debian and Ubuntu ship the venv module separately.
-        if is_root && command -v apt-get >/dev/null 2>&1; then
-            apt_install python3-venv
-            python3 -m venv "$VENV" || return 1
-        else
-            warn "python3 -m venv failed; install python3-venv (Debian/Ubuntu)"
-            return 1
-        fi
-    fi
+    make_venv "$VENV" || return 1
     "${VENV}/bin/python" -m pip install -q --disable-pip-version-check --no-input "${REQUIREMENTS[@]}" || return 1
     printf '%s\n' "${REQUIREMENTS[*]}" >"${VENV}/.saga-requirements"
 }

@@ -27,9 +27,7 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 if [[ "$(cat "${VENV}/.saga-requirements" 2>/dev/null)" != "$VALIDATOR" ]]; then
     log "installing ${VALIDATOR} into ${VENV} (once)"
-    rm -rf "$VENV"
-    mkdir -p "$(dirname "$VENV")"
-    python3 -m venv "$VENV"
+    make_venv "$VENV" || die "cannot create a Python virtual environment in ${VENV}"
     "${VENV}/bin/python" -m pip install -q --disable-pip-version-check --no-input "$VALIDATOR"
     printf '%s\n' "$VALIDATOR" >"${VENV}/.saga-requirements"
 fi
