@@ -57,6 +57,12 @@ SAGA_ORDER_DATABASE_URL="$(pg_url orders_bench)"
 SAGA_INVENTORY_DATABASE_URL="$(pg_url inventory_bench)"
 SAGA_PAYMENT_DATABASE_URL="$(pg_url payments_bench)"
 export SAGA_LOG="${SAGA_LOG:-warn}"
+# Authentication on, as a user runs it: the development key pair in .stack/ (made once, as
+# ./scripts/stack.sh up does) signs sagactl's tokens and its JWKS checks them.
+target/release/sagactl dev-keys --dir .stack >/dev/null
+if [[ -z "${SAGA_AUTH_JWKS_URL:-}" ]]; then
+    export SAGA_AUTH_JWKS_FILE="${SAGA_AUTH_JWKS_FILE:-${PWD}/.stack/dev-jwks.json}"
+fi
 
 PIDS=()
 stop_all() {
