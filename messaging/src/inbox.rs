@@ -72,3 +72,49 @@ pub async fn for_correlation(
     .fetch_all(pool)
     .await
 }
+
+/// Claims every envelope for `consumer` in one statement inside the caller's transaction,
+/// and returns which were claimed: the first occurrence of each message id this consumer
+/// has not handled before. A message id that stands twice in `envelopes` (a duplicate
+/// delivery in the same batch) is claimed at its first place only.
+pub(crate) async fn claim_all(
+    conn: &mut PgConnection,
+    consumer: &str,
+    envelopes: &[&Envelope],
+) -> sqlx::Result<Vec<InboxClaim>> {
+    let mut seen = std::collections::HashSet::with_capacity(envelopes.len());
+    let first: Vec<bool> = envelopes
+        .iter()
+        .map(|e| seen.insert(e.message_id))
+        .collect();
+    let column = |f: fn(&Envelope) -> String| envelopes.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let claimed: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+         SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
+              AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+         ON CONFLICT (consumer, message_id) DO NOTHING
+         RETURNING message_id",
+    )
+    .bind(consumer)
+    .bind(envelopes.iter().map(|e| e.message_id).collect::<Vec<_>>())
+    .bind(column(|e| e.event_type.clone()))
+    .bind(column(|e| e.correlation_id.clone()))
+    .bind(envelopes.iter().map(|e| e.causation_id).collect::<Vec<_>>())
+    .bind(column(|e| e.producer.clone()))
+    .bind(envelopes.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    let claimed: std::collections::HashSet<_> = claimed.into_iter().collect();
+    Ok(envelopes
+        .iter()
+        .zip(first)
+        .map(|(e, first)| {
+            if first && claimed.contains(&e.message_id) {
+                InboxClaim::Claimed
+            } else {
+                InboxClaim::Duplicate
+            }
+        })
+        .collect())
+}

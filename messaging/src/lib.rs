@@ -29,6 +29,7 @@
 //! - [`amqp`], [`amqp_nodes`]: connecting with backoff to one of a cluster's nodes, and the
 //!   connection settings every component shares.
 
+pub(crate) mod acks;
 pub mod amqp;
 pub mod amqp_nodes;
 pub mod authenticity;

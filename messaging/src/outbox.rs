@@ -10,15 +10,22 @@
 //! - Several relays (replicas) may run on one outbox: each claims its batch with
 //!   `FOR UPDATE SKIP LOCKED` and holds the row locks until the batch is marked, so no two
 //!   relays publish the same row.
-//! - Relays wake on `NOTIFY saga_outbox` (sent by a trigger after commit) and poll every
-//!   `poll_interval` as well, because a listener that is reconnecting misses notifications.
+//! - Relays wake in process: whoever commits outbox rows calls [`rows_committed`] after the
+//!   commit (or commits with [`Emitter::commit`], which does), and the relay loops of the
+//!   process claim what is there. No database notification is involved: PostgreSQL takes
+//!   one global lock at commit for every transaction that issued `NOTIFY`, which halved the
+//!   commits per second the database can do. Each replica wakes its own relay for its own
+//!   commits; every relay also polls every `poll_interval`, which picks up rows whose writer
+//!   died between its commit and its relay.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::Connection;
-use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use std::sync::LazyLock;
+
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -28,8 +35,17 @@ use crate::event::{Event, EventKind};
 use crate::publisher::{ConfirmedPublisher, OutgoingMessage, PublishError};
 use crate::topology::EVENTS_EXCHANGE;
 
-/// The channel the outbox trigger notifies.
-pub(crate) const NOTIFY_CHANNEL: &str = "saga_outbox";
+/// How many transactions with outbox rows this process has committed. Every relay loop
+/// that waits for work watches it, so one commit wakes each of them once, and commits made
+/// while a loop was busy wake it as soon as it waits again (they coalesce into one wake).
+static COMMITTED: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// Tells this process's relays that a transaction which wrote outbox rows has committed.
+/// Call it after the commit, never before: a relay woken earlier would find nothing and
+/// the rows would wait for its next poll.
+pub fn rows_committed() {
+    COMMITTED.send_modify(|n| *n = n.wrapping_add(1));
+}
 
 /// Writes `envelope` to the outbox inside the caller's transaction, to be published with
 /// `routing_key`. An empty routing key is refused: the row could never reach a consumer.
@@ -39,31 +55,84 @@ pub async fn enqueue(
     routing_key: &str,
     traceparent: Option<&str>,
 ) -> sqlx::Result<()> {
-    if routing_key.is_empty() {
-        return Err(sqlx::Error::Protocol(format!(
-            "outbox row {} ({}) has no routing key",
-            envelope.message_id, envelope.event_type
-        )));
+    let mut rows = OutboxRows::default();
+    rows.push(envelope, routing_key, traceparent)?;
+    rows.insert(conn).await
+}
+
+/// Outbox rows gathered from one or more emitters (several messages handled, or several
+/// requests placed, in one transaction), written with one statement.
+#[derive(Debug, Default)]
+pub struct OutboxRows {
+    message_id: Vec<Uuid>,
+    event_type: Vec<String>,
+    routing_key: Vec<String>,
+    correlation_id: Vec<String>,
+    causation_id: Vec<Option<Uuid>>,
+    producer: Vec<String>,
+    occurred_at: Vec<DateTime<Utc>>,
+    body: Vec<String>,
+    traceparent: Vec<Option<String>>,
+}
+
+impl OutboxRows {
+    pub fn push(
+        &mut self,
+        envelope: &Envelope,
+        routing_key: &str,
+        traceparent: Option<&str>,
+    ) -> sqlx::Result<()> {
+        if routing_key.is_empty() {
+            return Err(sqlx::Error::Protocol(format!(
+                "outbox row {} ({}) has no routing key",
+                envelope.message_id, envelope.event_type
+            )));
+        }
+        // serde_json writes UTF-8 only, so the body is always text.
+        let body =
+            String::from_utf8(envelope.to_body()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        self.message_id.push(envelope.message_id);
+        self.event_type.push(envelope.event_type.clone());
+        self.routing_key.push(routing_key.to_owned());
+        self.correlation_id.push(envelope.correlation_id.clone());
+        self.causation_id.push(envelope.causation_id);
+        self.producer.push(envelope.producer.clone());
+        self.occurred_at.push(envelope.occurred_at);
+        self.body.push(body);
+        self.traceparent.push(traceparent.map(str::to_owned));
+        Ok(())
     }
-    // serde_json writes UTF-8 only, so the body is always text.
-    let body =
-        String::from_utf8(envelope.to_body()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    sqlx::query(
-        "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(envelope.message_id)
-    .bind(&envelope.event_type)
-    .bind(routing_key)
-    .bind(&envelope.correlation_id)
-    .bind(envelope.causation_id)
-    .bind(&envelope.producer)
-    .bind(envelope.occurred_at)
-    .bind(body)
-    .bind(traceparent)
-    .execute(conn)
-    .await?;
-    Ok(())
+
+    pub fn is_empty(&self) -> bool {
+        self.message_id.is_empty()
+    }
+
+    /// Inserts every row in one round trip, in the order they were pushed (their ids, and
+    /// so the relay's publish order, follow it).
+    pub async fn insert(self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent)
+             SELECT message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])
+             WITH ORDINALITY AS r(message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent, n)
+             ORDER BY n",
+        )
+        .bind(self.message_id)
+        .bind(self.event_type)
+        .bind(self.routing_key)
+        .bind(self.correlation_id)
+        .bind(self.causation_id)
+        .bind(self.producer)
+        .bind(self.occurred_at)
+        .bind(self.body)
+        .bind(self.traceparent)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }
 
 /// The events one transaction emits, each wrapped in its envelope as soon as it is emitted
@@ -99,14 +168,37 @@ impl Emitter {
         &self.envelopes
     }
 
-    /// Writes every emitted event to the outbox inside the caller's transaction.
+    /// Writes every emitted event to the outbox inside the caller's transaction. The caller
+    /// commits and then calls [`rows_committed`]; [`Emitter::commit`] does all three.
     pub async fn write(
         self,
         conn: &mut PgConnection,
         traceparent: Option<&str>,
     ) -> sqlx::Result<()> {
+        let mut rows = OutboxRows::default();
+        self.add_to(&mut rows, traceparent)?;
+        rows.insert(conn).await
+    }
+
+    /// Adds every emitted event to `rows`, for a caller that writes several emitters at once.
+    pub fn add_to(self, rows: &mut OutboxRows, traceparent: Option<&str>) -> sqlx::Result<()> {
         for (envelope, routing_key) in self.envelopes.iter().zip(self.routing_keys) {
-            enqueue(conn, envelope, routing_key, traceparent).await?;
+            rows.push(envelope, routing_key, traceparent)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the emitted events, commits `tx`, and wakes this process's relays.
+    pub async fn commit(
+        self,
+        mut tx: Transaction<'_, Postgres>,
+        traceparent: Option<&str>,
+    ) -> sqlx::Result<()> {
+        let wrote = !self.envelopes.is_empty();
+        self.write(&mut tx, traceparent).await?;
+        tx.commit().await?;
+        if wrote {
+            rows_committed();
         }
         Ok(())
     }
@@ -324,7 +416,10 @@ impl OutboxRelay {
     async fn run_worker(self, worker: usize, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut link: Option<(Connection, ConfirmedPublisher)> = None;
-        let mut listener: Option<PgListener> = None;
+        // Commits are counted from now on: rows committed earlier are found by the first
+        // claim, which runs before the first wait.
+        let mut commits = COMMITTED.subscribe();
+        let primary = worker == 0;
         while !shutdown.is_cancelled() {
             if link.as_ref().is_none_or(|(_, p)| !p.is_usable()) {
                 self.link.set(false);
@@ -343,13 +438,12 @@ impl OutboxRelay {
                     }
                 }
             }
-            let primary = worker == 0;
-            if primary && listener.is_none() {
-                listener = self.listen().await;
-            }
             let Some((_, publisher)) = link.as_ref() else {
                 continue;
             };
+            // Whatever commits from here on wakes the next wait, so nothing committed while
+            // this batch is claimed and published is left for the poll.
+            commits.mark_unchanged();
             match self.relay_once(publisher).await {
                 Ok(n) if n as i64 >= self.settings.batch_size => {
                     backoff.reset();
@@ -359,7 +453,7 @@ impl OutboxRelay {
                 }
                 Ok(_) if primary => {
                     backoff.reset();
-                    self.wait_for_work(&mut listener, &shutdown).await;
+                    self.wait_for_work(&mut commits, &shutdown).await;
                 }
                 Ok(_) => {
                     backoff.reset();
@@ -396,38 +490,17 @@ impl OutboxRelay {
         Ok((conn, publisher))
     }
 
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen(NOTIFY_CHANNEL).await.ok()?;
-        Some(listener)
-    }
-
-    /// Returns on a notification, after the poll interval, or at shutdown.
-    async fn wait_for_work(&self, listener: &mut Option<PgListener>, shutdown: &CancellationToken) {
-        let poll = tokio::time::sleep(self.settings.poll_interval);
-        match listener {
-            Some(l) => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = poll => {}
-                    got = l.recv() => {
-                        if got.is_err() {
-                            *listener = None;
-                        } else {
-                            // One batch serves every commit notified so far: drop the
-                            // notifications already queued, so they do not each cost a
-                            // transaction that finds nothing.
-                            while l.next_buffered().is_some() {}
-                        }
-                    }
-                }
-            }
-            None => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = poll => {}
-                }
-            }
+    /// Returns after a commit in this process, after the poll interval, or at shutdown.
+    async fn wait_for_work(
+        &self,
+        commits: &mut watch::Receiver<u64>,
+        shutdown: &CancellationToken,
+    ) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            // The sender is a static: it is never dropped, so this only returns on a commit.
+            _ = commits.changed() => {}
         }
     }
 }

@@ -41,8 +41,7 @@ pub(crate) async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
             messaging::trace::traceparent_of(&tracing::info_span!("deadline sweep", cancelled))
         })
         .flatten();
-    out.write(&mut tx, trace.as_deref()).await?;
-    tx.commit().await?;
+    out.commit(tx, trace.as_deref()).await?;
     Ok(cancelled)
 }
 

@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::apply::{Applied, apply};
+use crate::apply::apply;
+use crate::placing::{PlaceError, Placed, Placement, Placer};
 use crate::saga::{self, IdempotencyKey, NewOrder, OrderInput, OrderRefusal, OrderStatus};
 use crate::{SERVICE, store};
 
@@ -27,6 +28,8 @@ pub(crate) const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub(crate) struct OrderApi {
     pub pool: PgPool,
     pub deadline: std::time::Duration,
+    /// Commits placements in groups ([`crate::placing`]).
+    pub placer: Placer,
 }
 
 pub(crate) fn router(api: OrderApi) -> Router {
@@ -133,31 +136,30 @@ async fn place_order(
     let plan = saga::decide(None, &OrderInput::Place(new))?;
     let key = key?;
     let trace = messaging::trace::current_traceparent();
-    let mut tx = api.pool.begin().await?;
-    if let Some(key) = &key
-        && let Some(existing) = store::find_by_idempotency_key(&mut tx, key).await?
-    {
-        return same_key_answer(existing, &hash);
+    let placement = Placement {
+        plan,
+        key,
+        trace: trace.clone(),
+    };
+    match api.placer.place(placement).await? {
+        Placed::Existing(existing) => same_key_answer(existing, &hash),
+        Placed::New => {
+            tracing::info!(%order_id, traceparent = ?trace, %customer_id, "order placed");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"order_id": order_id, "status": OrderStatus::Pending})),
+            ))
+        }
     }
-    let mut out = Emitter::new(SERVICE, None);
-    if apply(&mut tx, &mut out, plan, None).await? == Applied::KeyTaken {
-        // A concurrent request with the same key won the insert; answer as it did.
-        tx.rollback().await?;
-        let mut conn = api.pool.acquire().await?;
-        let existing = match &key {
-            Some(key) => store::find_by_idempotency_key(&mut conn, key).await?,
-            None => None,
-        };
-        let existing = existing.ok_or_else(|| ApiError::unavailable("idempotency key vanished"))?;
-        return same_key_answer(existing, &hash);
+}
+
+impl From<PlaceError> for ApiError {
+    fn from(e: PlaceError) -> Self {
+        match e {
+            PlaceError::Database(e) => e.into(),
+            e @ (PlaceError::KeyVanished | PlaceError::Stopped) => ApiError::unavailable(e),
+        }
     }
-    out.write(&mut tx, trace.as_deref()).await?;
-    tx.commit().await?;
-    tracing::info!(%order_id, traceparent = ?trace, %customer_id, "order placed");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"order_id": order_id, "status": OrderStatus::Pending})),
-    ))
 }
 
 fn same_key_answer(
@@ -306,9 +308,8 @@ async fn cancel_order(
     let plan = saga::decide(order.as_ref(), &OrderInput::Cancel(order_id))?;
     let mut out = Emitter::new(SERVICE, None);
     apply(&mut tx, &mut out, plan, None).await?;
-    out.write(&mut tx, messaging::trace::current_traceparent().as_deref())
+    out.commit(tx, messaging::trace::current_traceparent().as_deref())
         .await?;
-    tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"order_id": order_id, "status": OrderStatus::Cancelled})),

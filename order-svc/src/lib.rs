@@ -8,6 +8,7 @@
 //!   and the sweep alike.
 //! - [`memory`]: the same table in memory, for the property tests.
 //! - [`http`]: `POST /orders`, `GET /orders/{id}`, `GET /orders`, `POST /orders/{id}/cancel`.
+//! - [`placing`]: the group commit of concurrent placements.
 //! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`deadline`]: cancels orders still open when their deadline passes.
 //! - [`outage`]: stops the deadline while order-svc cannot reach its broker or database.
@@ -20,6 +21,7 @@ mod http;
 pub mod memory;
 pub mod openapi;
 mod outage;
+mod placing;
 pub mod saga;
 mod schema;
 mod store;
@@ -74,9 +76,14 @@ pub async fn build(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
     let deadline = config.deadline;
-    let api = |pool| {
-        http::router(http::OrderApi { pool, deadline })
-            .merge(platform::openapi::routes(openapi::document()))
+    let api = |pool: sqlx::PgPool| {
+        let placer = placing::Placer::start(pool.clone());
+        http::router(http::OrderApi {
+            pool,
+            deadline,
+            placer,
+        })
+        .merge(platform::openapi::routes(openapi::document()))
     };
     let (app, pool) = platform::app::launch(
         &config.service,

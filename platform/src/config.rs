@@ -130,7 +130,8 @@ impl ServiceConfig {
         )?;
         let confirm_timeout =
             Duration::from_millis(env_parse("SAGA_CONFIRM_TIMEOUT_MS", 10_000u64)?);
-        let concurrency: usize = env_parse("SAGA_CONCURRENCY", 8)?;
+        let defaults = ConsumerSettings::default();
+        let concurrency: usize = env_parse("SAGA_CONCURRENCY", defaults.concurrency)?;
         let relay_workers: usize = env_parse("SAGA_RELAY_WORKERS", 4usize)?;
         let config = ServiceConfig {
             name,
@@ -141,15 +142,16 @@ impl ServiceConfig {
                 &format!("SAGA_{prefix}_AMQP_PASSWORD"),
                 &env_or("SAGA_AMQP_URL", DEFAULT_AMQP_URL)?,
             )?,
-            // Handlers, the relay loops, its listener, HTTP and housekeeping each need a
+            // Batches of deliveries, the relay loops, HTTP and housekeeping each need a
             // connection at once (see `validate::pool_needed`).
             db_pool_size: env_parse(
                 "SAGA_DB_POOL_SIZE",
                 validate::pool_needed(concurrency, relay_workers),
             )?,
             consumer: ConsumerSettings {
-                prefetch: env_parse("SAGA_PREFETCH", 64)?,
+                prefetch: env_parse("SAGA_PREFETCH", defaults.prefetch)?,
                 concurrency,
+                batch_size: env_parse("SAGA_BATCH_SIZE", defaults.batch_size)?,
                 confirm_timeout,
             },
             relay: RelaySettings {

@@ -134,22 +134,26 @@ pub struct BrokerProbe {
 
 impl BrokerProbe {
     pub async fn connect(stack: &Stack) -> BrokerProbe {
-        let url = stack.broker_url();
+        BrokerProbe::at(&stack.broker_url()).await
+    }
+
+    /// A probe on the broker (and vhost) of `url`.
+    pub async fn at(url: &str) -> BrokerProbe {
         let connection = tokio::time::timeout(
             Duration::from_secs(30),
-            messaging::amqp::connect(&url, "saga-tests probe"),
+            messaging::amqp::connect(url, "saga-tests probe"),
         )
         .await
         .unwrap_or_else(|_| {
             panic!(
                 "connecting to {} took over 30 s",
-                messaging::amqp::redact_url(&url)
+                messaging::amqp::redact_url(url)
             )
         })
         .unwrap_or_else(|e| {
             panic!(
                 "cannot connect to {}: {e}",
-                messaging::amqp::redact_url(&url)
+                messaging::amqp::redact_url(url)
             )
         });
         BrokerProbe { connection }

@@ -9,11 +9,11 @@ use std::ops::RangeInclusive;
 /// Database connections the HTTP API may hold at once besides the background work.
 pub(crate) const HTTP_CONNECTIONS: u32 = 4;
 
-/// The connections that may be in use at once: one per handler, one per relay loop, the
-/// relay's listener, housekeeping, the order deadline sweep, the consumer's pause probe,
+/// The connections that may be in use at once: one per batch of deliveries being handled,
+/// one per relay loop, housekeeping, the order deadline sweep, the consumer's pause probe,
 /// and [`HTTP_CONNECTIONS`] for HTTP.
 pub(crate) fn pool_needed(concurrency: usize, relay_workers: usize) -> u32 {
-    let background = concurrency.saturating_add(relay_workers).saturating_add(4);
+    let background = concurrency.saturating_add(relay_workers).saturating_add(3);
     u32::try_from(background)
         .unwrap_or(u32::MAX)
         .saturating_add(HTTP_CONNECTIONS)
@@ -41,6 +41,7 @@ pub fn check(config: &ServiceConfig) -> anyhow::Result<()> {
     let r = &config.relay;
     in_range("SAGA_CONCURRENCY", c.concurrency, 1..=1024)?;
     in_range("SAGA_PREFETCH", c.prefetch, 1..=u16::MAX)?;
+    in_range("SAGA_BATCH_SIZE", c.batch_size, 1..=1_000)?;
     in_range("SAGA_RELAY_BATCH", r.batch_size, 1..=10_000)?;
     in_range("SAGA_RELAY_WORKERS", r.workers, 1..=64)?;
     in_range(
@@ -57,7 +58,7 @@ pub fn check(config: &ServiceConfig) -> anyhow::Result<()> {
     in_range("SAGA_DB_POOL_SIZE", config.db_pool_size, needed..=10_000).map_err(|e| {
         e.context(format!(
             "the pool must hold what runs at once: SAGA_CONCURRENCY handlers, \
-             SAGA_RELAY_WORKERS relay loops, 4 background tasks and {HTTP_CONNECTIONS} for HTTP"
+             SAGA_RELAY_WORKERS relay loops, 3 background tasks and {HTTP_CONNECTIONS} for HTTP"
         ))
     })?;
     let retention = &config.retention;
