@@ -4,74 +4,119 @@
 //! `multiple` set on its highest delivery tag, which the broker reads as "every delivery up
 //! to this tag". That is only right when no other delivery below that tag is still being
 //! handled (by another batch, or held while the database is away): the ledger knows which
-//! tags are outstanding and falls back to one ack per delivery otherwise. Every ack, reject
-//! and the decision behind it go through one lock, so a multiple ack can never overtake the
-//! single ack of a delivery it covers (which the broker would refuse by closing the
-//! channel: "unknown delivery tag").
+//! tags are outstanding and falls back to one ack per delivery otherwise.
+//!
+//! The decision is taken under a lock and the frames it calls for are queued, in that
+//! order, for one task that sends them ([`AckSender`]). So a multiple ack can never overtake
+//! the single ack of a delivery it covers (which the broker would answer by closing the
+//! channel: "unknown delivery tag"), and a worker never waits for the frames to be written:
+//! it is free for the next batch as soon as its transaction has committed.
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 
+use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use tokio::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// One frame to send for a delivery.
+enum Settle {
+    Ack { acker: Acker, multiple: bool },
+    Requeue(Acker),
+}
 
 /// The delivery tags of one channel not yet acked or rejected.
-#[derive(Debug, Default)]
 pub(crate) struct AckLedger {
     outstanding: Mutex<BTreeSet<u64>>,
+    queue: mpsc::UnboundedSender<Settle>,
+}
+
+/// Sends what the ledger decided, in order; ends once the ledger is dropped and every
+/// queued frame is sent.
+pub(crate) struct AckSender {
+    queue: mpsc::UnboundedReceiver<Settle>,
 }
 
 impl AckLedger {
+    pub(crate) fn new() -> (AckLedger, AckSender) {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        let ledger = AckLedger {
+            outstanding: Mutex::new(BTreeSet::new()),
+            queue,
+        };
+        (ledger, AckSender { queue: waiting })
+    }
+
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        // Each critical section is a few set operations and queue pushes that cannot
+        // panic half-way, so a poisoned lock still holds a consistent set.
+        self.outstanding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Records deliveries as they arrive, before any of them can be settled.
-    pub(crate) async fn received(&self, deliveries: &[Delivery]) {
-        let mut outstanding = self.outstanding.lock().await;
-        outstanding.extend(deliveries.iter().map(|d| d.delivery_tag));
+    pub(crate) fn received(&self, deliveries: &[Delivery]) {
+        self.outstanding()
+            .extend(deliveries.iter().map(|d| d.delivery_tag));
     }
 
     /// Acks `deliveries` (all handled and committed): one multiple ack when nothing below
     /// the highest tag is outstanding but them, one ack each otherwise.
-    pub(crate) async fn ack(&self, deliveries: &[&Delivery]) {
+    pub(crate) fn ack(&self, deliveries: &[&Delivery]) {
         let Some(highest) = deliveries.iter().max_by_key(|d| d.delivery_tag) else {
             return;
         };
-        let mut outstanding = self.outstanding.lock().await;
+        let mut outstanding = self.outstanding();
         for d in deliveries {
             outstanding.remove(&d.delivery_tag);
         }
         let alone = outstanding.range(..highest.delivery_tag).next().is_none();
-        let result = if deliveries.len() > 1 && alone {
+        if deliveries.len() > 1 && alone {
             metrics::counter!("saga_consumer_multiple_acks_total").increment(1);
-            highest
-                .acker
-                .ack(BasicAckOptions { multiple: true })
-                .await
-                .map(|_| ())
+            self.send(Settle::Ack {
+                acker: highest.acker.clone(),
+                multiple: true,
+            });
         } else {
-            let mut result = Ok(());
             for d in deliveries {
-                if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
-                    result = Err(e);
-                }
+                self.send(Settle::Ack {
+                    acker: d.acker.clone(),
+                    multiple: false,
+                });
             }
-            result
-        };
-        if let Err(e) = result {
-            // The channel is gone: the broker will redeliver, and the inbox makes that a no-op.
-            tracing::warn!(error = %e, "ack failed; the messages will be redelivered");
         }
     }
 
     /// Rejects `delivery` back to its queue.
-    pub(crate) async fn requeue(&self, delivery: &Delivery) {
-        let mut outstanding = self.outstanding.lock().await;
+    pub(crate) fn requeue(&self, delivery: &Delivery) {
+        let mut outstanding = self.outstanding();
         outstanding.remove(&delivery.delivery_tag);
-        if let Err(e) = delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: true })
-            .await
-        {
-            // The channel is gone: the broker requeues the delivery with it.
-            tracing::warn!(error = %e, "reject failed; the message will be redelivered");
+        self.send(Settle::Requeue(delivery.acker.clone()));
+    }
+
+    fn send(&self, settle: Settle) {
+        if self.queue.send(settle).is_err() {
+            // The sender task is gone with its channel: the broker redelivers what was not
+            // acked, and the inbox makes that a no-op.
+            tracing::warn!("ack after the channel closed; the message will be redelivered");
+        }
+    }
+}
+
+impl AckSender {
+    pub(crate) async fn run(mut self) {
+        while let Some(settle) = self.queue.recv().await {
+            let result = match settle {
+                Settle::Ack { acker, multiple } => acker.ack(BasicAckOptions { multiple }).await,
+                Settle::Requeue(acker) => acker.reject(BasicRejectOptions { requeue: true }).await,
+            };
+            if let Err(e) = result {
+                // The channel is gone: the broker redelivers (or requeues) the delivery,
+                // and the inbox makes a second application a no-op.
+                tracing::warn!(error = %e, "settling a delivery failed; it will come again");
+            }
         }
     }
 }

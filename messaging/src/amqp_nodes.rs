@@ -21,6 +21,25 @@ use lapin::{Connection, ConnectionProperties};
 /// would otherwise hold the attempt for the operating system's TCP timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest AMQP frame asked for when the URL names none (`?frame_max=`). The client
+/// keeps a read and a write buffer of 32 frames per connection, zeroed up front: at the
+/// broker's default of 128 KiB that is 8 MiB resident per connection, most of a service's
+/// memory. The saga's messages are a few hundred bytes, and a larger one (up to the 256 KiB
+/// the envelope allows) simply travels in several frames.
+const FRAME_MAX: u32 = 16 * 1024;
+
+/// `url` parsed, with [`FRAME_MAX`] unless it asks for another frame size.
+fn with_frame_max(url: &str) -> lapin::Result<lapin::uri::AMQPUri> {
+    let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|e: String| {
+        lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid broker URL {}: {e}", redact_one(url)),
+        ))
+    })?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(uri)
+}
+
 /// Where the next connection attempt starts in the list; shared by the whole process.
 static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
 
@@ -88,24 +107,27 @@ pub(crate) async fn connect_any(setting: &str, name: &str) -> lapin::Result<Conn
     let list = urls(setting);
     let props = || ConnectionProperties::default().with_connection_name(name.into());
     if list.len() <= 1 {
-        return Connection::connect(setting.trim(), props()).await;
+        return Connection::connect_uri(with_frame_max(setting.trim())?, props()).await;
     }
     let start = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
     let mut last_error = None;
     for i in rotation(list.len(), start) {
         let url = list[i];
-        let error =
-            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props())).await {
-                Ok(Ok(conn)) => {
-                    tracing::debug!(connection = name, node = %redact_one(url), "connected");
-                    return Ok(conn);
-                }
-                Ok(Err(e)) => e,
-                Err(_) => lapin::Error::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {CONNECT_TIMEOUT:?}"),
-                )),
-            };
+        let error = match tokio::time::timeout(CONNECT_TIMEOUT, async {
+            Connection::connect_uri(with_frame_max(url)?, props()).await
+        })
+        .await
+        {
+            Ok(Ok(conn)) => {
+                tracing::debug!(connection = name, node = %redact_one(url), "connected");
+                return Ok(conn);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            )),
+        };
         tracing::info!(connection = name, node = %redact_one(url), error = %error, "broker node unreachable; trying the next");
         last_error = Some(error);
     }

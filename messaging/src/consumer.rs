@@ -137,10 +137,13 @@ pub struct ConsumerSettings {
 
 impl Default for ConsumerSettings {
     fn default() -> Self {
+        // One batch at a time, of up to 500: two batches of one process would take the
+        // same rows (a wallet, a SKU's stock) in different orders and deadlock, and one
+        // large transaction commits more messages per second than several small ones.
         ConsumerSettings {
-            prefetch: 256,
-            concurrency: 4,
-            batch_size: 64,
+            prefetch: 1000,
+            concurrency: 1,
+            batch_size: 500,
             confirm_timeout: Duration::from_secs(10),
         }
     }
@@ -327,9 +330,11 @@ impl<H: Handler> EventConsumer<H> {
         batch: &[(&IncomingEvent<H::Event>, &tracing::Span)],
     ) -> Result<Vec<InboxClaim>, HandlerError> {
         let inner = &self.inner;
+        let started = Instant::now();
         let mut tx = inner.pool.begin().await?;
         let envelopes: Vec<&Envelope> = batch.iter().map(|(i, _)| &i.envelope).collect();
         let claims = inbox::claim_all(&mut tx, self.consumer_name(), &envelopes).await?;
+        let claimed = started.elapsed();
         let mut rows = OutboxRows::default();
         for ((incoming, span), claim) in batch.iter().zip(&claims) {
             if *claim == InboxClaim::Duplicate {
@@ -345,12 +350,20 @@ impl<H: Handler> EventConsumer<H> {
             let trace = span.in_scope(crate::trace::current_traceparent);
             out.add_to(&mut rows, trace.as_deref())?;
         }
+        let handled = started.elapsed();
         let wrote = !rows.is_empty();
         rows.insert(&mut tx).await?;
         tx.commit().await?;
         if wrote {
             crate::outbox::rows_committed();
         }
+        tracing::debug!(
+            size = batch.len(),
+            claim_ms = claimed.as_secs_f64() * 1e3,
+            handlers_ms = (handled - claimed).as_secs_f64() * 1e3,
+            commit_ms = (started.elapsed() - handled).as_secs_f64() * 1e3,
+            "batch committed"
+        );
         Ok(claims)
     }
 
@@ -402,7 +415,7 @@ impl<H: Handler> EventConsumer<H> {
                         .in_scope(|| record_outcome::<H::Event>(d.delivery, &disposition));
                 }
                 let handled: Vec<&Delivery> = valid.iter().map(|d| d.delivery).collect();
-                acks.ack(&handled).await;
+                acks.ack(&handled);
             }
             Err(e) => {
                 metrics::counter!("saga_consumer_batch_fallbacks_total").increment(1);
@@ -476,11 +489,11 @@ impl<H: Handler> EventConsumer<H> {
         {
             if let ParkError::Refused(_) = e {
                 tracing::error!(error = %e, "could not park the failed message; rejecting it back to the queue");
-                acks.requeue(delivery).await;
+                acks.requeue(delivery);
             }
             return disposition;
         }
-        acks.ack(&[delivery]).await;
+        acks.ack(&[delivery]);
         disposition
     }
 
@@ -604,7 +617,9 @@ impl<H: Handler> EventConsumer<H> {
         backoff.reset();
         tracing::info!(queue = inner.topology.input_queue(), "consuming");
         let workers = Arc::new(Semaphore::new(inner.settings.concurrency.max(1)));
-        let acks = Arc::new(AckLedger::default());
+        let (acks, ack_sender) = AckLedger::new();
+        let acks = Arc::new(acks);
+        let ack_sender = tokio::spawn(ack_sender.run());
         // What the stream said after the last delivery a batch took (an end or an error),
         // to act on before waiting for more.
         let mut carried: Option<Option<lapin::Result<Delivery>>> = None;
@@ -639,7 +654,7 @@ impl<H: Handler> EventConsumer<H> {
                     }
                 }
             }
-            acks.received(&batch).await;
+            acks.received(&batch);
             let (this, publisher, shutdown, acks) = (
                 self.clone(),
                 publisher.clone(),
@@ -658,9 +673,15 @@ impl<H: Handler> EventConsumer<H> {
             {
                 tracing::debug!(error = %e, "consumer cancel failed; closing anyway");
             }
-            // Let the handlers in flight commit and ack on this channel before closing it.
+            // Let the handlers in flight commit and ack on this channel before closing it:
+            // once they are done the ledger is dropped, and its sender ends when every ack
+            // it was given is written.
             tracker.close();
             tracker.wait().await;
+            drop(acks);
+            if let Err(e) = ack_sender.await {
+                tracing::warn!(error = %e, "the ack sender failed; unacked messages come again");
+            }
             amqp::close_quietly(&conn).await;
         }
         inner.link.set(false);

@@ -87,24 +87,32 @@ pub(crate) async fn claim_all(
         .iter()
         .map(|e| seen.insert(e.message_id))
         .collect();
-    let column = |f: fn(&Envelope) -> String| envelopes.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let claimed: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-         SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
-         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
-              AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-         ON CONFLICT (consumer, message_id) DO NOTHING
-         RETURNING message_id",
-    )
-    .bind(consumer)
-    .bind(envelopes.iter().map(|e| e.message_id).collect::<Vec<_>>())
-    .bind(column(|e| e.event_type.clone()))
-    .bind(column(|e| e.correlation_id.clone()))
-    .bind(envelopes.iter().map(|e| e.causation_id).collect::<Vec<_>>())
-    .bind(column(|e| e.producer.clone()))
-    .bind(envelopes.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await?;
+    let sizes = envelopes
+        .iter()
+        .map(|e| e.event_type.len() + e.correlation_id.len() + e.producer.len() + 64);
+    let mut claimed = Vec::with_capacity(envelopes.len());
+    for r in crate::chunks::by_size(sizes, crate::chunks::STATEMENT_BYTES) {
+        let part = &envelopes[r];
+        let column = |f: fn(&Envelope) -> String| part.iter().map(|e| f(e)).collect::<Vec<_>>();
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+             SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
+                  AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+             ON CONFLICT (consumer, message_id) DO NOTHING
+             RETURNING message_id",
+        )
+        .bind(consumer)
+        .bind(part.iter().map(|e| e.message_id).collect::<Vec<_>>())
+        .bind(column(|e| e.event_type.clone()))
+        .bind(column(|e| e.correlation_id.clone()))
+        .bind(part.iter().map(|e| e.causation_id).collect::<Vec<_>>())
+        .bind(column(|e| e.producer.clone()))
+        .bind(part.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+        claimed.extend(ids);
+    }
     let claimed: std::collections::HashSet<_> = claimed.into_iter().collect();
     Ok(envelopes
         .iter()

@@ -107,30 +107,39 @@ impl OutboxRows {
         self.message_id.is_empty()
     }
 
-    /// Inserts every row in one round trip, in the order they were pushed (their ids, and
-    /// so the relay's publish order, follow it).
+    /// Inserts every row, in the order they were pushed (their ids, and so the relay's
+    /// publish order, follow it): one statement per [`crate::chunks::STATEMENT_BYTES`].
     pub async fn insert(self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        if self.is_empty() {
-            return Ok(());
+        let sizes = (0..self.message_id.len()).map(|i| {
+            // What the row adds to the statement, near enough: its texts and fixed columns.
+            self.body[i].len()
+                + self.event_type[i].len()
+                + self.routing_key[i].len()
+                + self.correlation_id[i].len()
+                + self.producer[i].len()
+                + self.traceparent[i].as_ref().map_or(0, String::len)
+                + 64
+        });
+        for r in crate::chunks::by_size(sizes, crate::chunks::STATEMENT_BYTES) {
+            sqlx::query(
+                "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent)
+                 SELECT message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])
+                 WITH ORDINALITY AS r(message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent, n)
+                 ORDER BY n",
+            )
+            .bind(&self.message_id[r.clone()])
+            .bind(&self.event_type[r.clone()])
+            .bind(&self.routing_key[r.clone()])
+            .bind(&self.correlation_id[r.clone()])
+            .bind(&self.causation_id[r.clone()])
+            .bind(&self.producer[r.clone()])
+            .bind(&self.occurred_at[r.clone()])
+            .bind(&self.body[r.clone()])
+            .bind(&self.traceparent[r])
+            .execute(&mut *conn)
+            .await?;
         }
-        sqlx::query(
-            "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent)
-             SELECT message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])
-             WITH ORDINALITY AS r(message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent, n)
-             ORDER BY n",
-        )
-        .bind(self.message_id)
-        .bind(self.event_type)
-        .bind(self.routing_key)
-        .bind(self.correlation_id)
-        .bind(self.causation_id)
-        .bind(self.producer)
-        .bind(self.occurred_at)
-        .bind(self.body)
-        .bind(self.traceparent)
-        .execute(conn)
-        .await?;
         Ok(())
     }
 }
@@ -264,7 +273,8 @@ pub struct RelaySettings {
     pub confirm_timeout: Duration,
     /// Relay loops per process. Several let one loop's database work (claim, mark sent)
     /// overlap another's wait for confirms; SKIP LOCKED keeps their batches disjoint.
-    /// Only the first loop answers notifications; the others join in on a backlog.
+    /// Each commit in the process wakes one idle loop, so a commit made while one loop
+    /// waits for its confirms is published by another at once.
     pub workers: usize,
 }
 
@@ -299,9 +309,10 @@ pub struct OutboxRelay {
     name: String,
     settings: RelaySettings,
     link: LinkState,
-    /// Raised by the first loop when it meets a backlog (a full batch): the other loops
-    /// only work then, so an ordinary commit wakes one loop, not all of them.
-    backlog: std::sync::Arc<tokio::sync::Notify>,
+    /// Work for one loop: rung once per commit of outbox rows in this process (by the
+    /// doorbell task of [`OutboxRelay::run`]) and by a loop that met a full batch. One
+    /// stored permit serves every commit made while all loops were busy.
+    work: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl OutboxRelay {
@@ -318,7 +329,7 @@ impl OutboxRelay {
             name: name.into(),
             settings,
             link: LinkState::default(),
-            backlog: Default::default(),
+            work: Default::default(),
         }
     }
 
@@ -407,6 +418,18 @@ impl OutboxRelay {
     /// database as needed. The batches in flight when shutdown comes are finished first.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut loops = tokio::task::JoinSet::new();
+        let (work, stop) = (self.work.clone(), shutdown.clone());
+        // The doorbell: every commit of outbox rows in this process wakes one loop.
+        loops.spawn(async move {
+            let mut commits = COMMITTED.subscribe();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    // The sender is a static, never dropped: this returns on a commit.
+                    _ = commits.changed() => work.notify_one(),
+                }
+            }
+        });
         for worker in 0..self.settings.workers.max(1) {
             loops.spawn(self.clone().run_worker(worker, shutdown.clone()));
         }
@@ -416,10 +439,8 @@ impl OutboxRelay {
     async fn run_worker(self, worker: usize, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut link: Option<(Connection, ConfirmedPublisher)> = None;
-        // Commits are counted from now on: rows committed earlier are found by the first
-        // claim, which runs before the first wait.
-        let mut commits = COMMITTED.subscribe();
-        let primary = worker == 0;
+        // Only the first loop polls: one look a poll interval finds rows whose writer died.
+        let polls = worker == 0;
         while !shutdown.is_cancelled() {
             if link.as_ref().is_none_or(|(_, p)| !p.is_usable()) {
                 self.link.set(false);
@@ -441,26 +462,15 @@ impl OutboxRelay {
             let Some((_, publisher)) = link.as_ref() else {
                 continue;
             };
-            // Whatever commits from here on wakes the next wait, so nothing committed while
-            // this batch is claimed and published is left for the poll.
-            commits.mark_unchanged();
             match self.relay_once(publisher).await {
                 Ok(n) if n as i64 >= self.settings.batch_size => {
+                    // A backlog: go on, and bring in another loop.
                     backoff.reset();
-                    if primary {
-                        self.backlog.notify_waiters();
-                    }
-                }
-                Ok(_) if primary => {
-                    backoff.reset();
-                    self.wait_for_work(&mut commits, &shutdown).await;
+                    self.work.notify_one();
                 }
                 Ok(_) => {
                     backoff.reset();
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {}
-                        _ = self.backlog.notified() => {}
-                    }
+                    self.wait_for_work(polls, &shutdown).await;
                 }
                 Err(e) => {
                     tracing::warn!(relay = %self.name, error = %e, "outbox relay failed; will retry");
@@ -490,17 +500,20 @@ impl OutboxRelay {
         Ok((conn, publisher))
     }
 
-    /// Returns after a commit in this process, after the poll interval, or at shutdown.
-    async fn wait_for_work(
-        &self,
-        commits: &mut watch::Receiver<u64>,
-        shutdown: &CancellationToken,
-    ) {
+    /// Returns when this loop has work (a commit in this process), after the poll interval
+    /// if it `polls`, or at shutdown.
+    async fn wait_for_work(&self, polls: bool, shutdown: &CancellationToken) {
+        let poll = async {
+            if polls {
+                tokio::time::sleep(self.settings.poll_interval).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(self.settings.poll_interval) => {}
-            // The sender is a static: it is never dropped, so this only returns on a commit.
-            _ = commits.changed() => {}
+            _ = poll => {}
+            _ = self.work.notified() => {}
         }
     }
 }
