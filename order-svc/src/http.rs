@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::apply::{Applied, apply};
 use crate::saga::{self, IdempotencyKey, NewOrder, OrderInput, OrderRefusal, OrderStatus};
+use crate::shedding::Admission;
 use crate::{SERVICE, store};
 
 /// Longest `Idempotency-Key` accepted.
@@ -27,6 +28,8 @@ pub(crate) const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub(crate) struct OrderApi {
     pub pool: PgPool,
     pub deadline: std::time::Duration,
+    /// Whether `POST /orders` may take one more order (load shedding).
+    pub admission: Admission,
 }
 
 pub(crate) fn router(api: OrderApi) -> Router {
@@ -95,6 +98,9 @@ fn request_hash(req: &PlaceOrder) -> Result<String, ApiError> {
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "A customer ordering for someone else", body = platform::openapi::ErrorBody),
         (status = 409, description = "The Idempotency-Key was used with another body", body = platform::openapi::ErrorBody),
+        (status = 503, description = "`overloaded`: too many orders in progress, retry after `Retry-After` seconds with the same Idempotency-Key; or `unavailable`: the service cannot answer (its database away)",
+            body = platform::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying (with `overloaded`)"))),
     ))]
 async fn place_order(
     State(api): State<OrderApi>,
@@ -132,6 +138,10 @@ async fn place_order(
     // The body's rules first, then the key's.
     let plan = saga::decide(None, &OrderInput::Place(new))?;
     let key = key?;
+    // Bad input is answered 4xx whatever the load; a valid order is shed before it costs
+    // the database anything (the backlog is sampled in the background). Held to the end:
+    // until this request has finished, the order counts on top of the last sample.
+    let _admitted = api.admission.check()?;
     let trace = messaging::trace::current_traceparent();
     let mut tx = api.pool.begin().await?;
     if let Some(key) = &key
