@@ -1,8 +1,9 @@
 //! Above capacity order-svc sheds load (docs/http.md, "Overload"): once the sagas it has
 //! accepted and not finished reach `SAGA_ORDER_MAX_OPEN`, `POST /orders` answers 503
 //! `overloaded` with `Retry-After` instead of queueing more work, while reads, cancels and
-//! the probes keep working; once the backlog drains it accepts orders again. (A bound out
-//! of range stopping order-svc at start-up is tested with the other settings, in
+//! the probes keep working; once the backlog drains it accepts orders again. `sagactl load`
+//! waits out the shed answers and places the same orders again. (A bound out of range
+//! stopping order-svc at start-up is tested with the other settings, in
 //! e2e_failure_classes.rs.)
 
 use std::time::Duration;
@@ -207,5 +208,24 @@ async fn past_its_open_saga_bound_order_svc_sheds_new_orders_and_recovers_when_t
     .await
     .unwrap_or_else(|| panic!("the accepted order has no order_id"));
     stack.wait_for_status(&placed, "confirmed").await;
+    stack.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn sagactl_load_waits_out_shed_answers_and_loses_no_order() {
+    let stack = Stack::start(StackOptions::default().env("SAGA_ORDER_MAX_OPEN", "4")).await;
+    // Far more placements at once than the bound: most of them are shed, and retried.
+    let report = stack
+        .sagactl_json(&["load", "--orders", "24", "--concurrency", "12"], &[])
+        .await;
+    assert_eq!(report["placed"], 24, "{report:#}");
+    assert_eq!(report["completed"], 24, "{report:#}");
+    assert_eq!(report["lost"], 0, "{report:#}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+    let shed = report["shed"].as_u64().unwrap_or(0);
+    assert!(
+        shed > 0,
+        "nothing was shed with SAGA_ORDER_MAX_OPEN=4: {report:#}"
+    );
     stack.assert_invariants().await;
 }
