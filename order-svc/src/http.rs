@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::apply::apply;
 use crate::placing::{PlaceError, Placed, Placement, Placer};
 use crate::saga::{self, IdempotencyKey, NewOrder, OrderInput, OrderRefusal, OrderStatus};
+use crate::shedding::Admission;
 use crate::{SERVICE, store};
 
 /// Longest `Idempotency-Key` accepted.
@@ -30,6 +31,8 @@ pub(crate) struct OrderApi {
     pub deadline: std::time::Duration,
     /// Commits placements in groups ([`crate::placing`]).
     pub placer: Placer,
+    /// Whether `POST /orders` may take one more order (load shedding).
+    pub admission: Admission,
 }
 
 pub(crate) fn router(api: OrderApi) -> Router {
@@ -98,6 +101,9 @@ fn request_hash(req: &PlaceOrder) -> Result<String, ApiError> {
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "A customer ordering for someone else", body = platform::openapi::ErrorBody),
         (status = 409, description = "The Idempotency-Key was used with another body", body = platform::openapi::ErrorBody),
+        (status = 503, description = "`overloaded`: too many orders in progress, retry after `Retry-After` seconds with the same Idempotency-Key; or `unavailable`: the service cannot answer (its database away)",
+            body = platform::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying (with `overloaded`)"))),
     ))]
 async fn place_order(
     State(api): State<OrderApi>,
@@ -135,6 +141,10 @@ async fn place_order(
     // The body's rules first, then the key's.
     let plan = saga::decide(None, &OrderInput::Place(new))?;
     let key = key?;
+    // Bad input is answered 4xx whatever the load; a valid order is shed before it costs
+    // the database anything (the backlog is sampled in the background). Held to the end:
+    // until this request has finished, the order counts on top of the last sample.
+    let _admitted = api.admission.check()?;
     let trace = messaging::trace::current_traceparent();
     let placement = Placement {
         plan,

@@ -12,6 +12,8 @@
 //! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`deadline`]: cancels orders still open when their deadline passes.
 //! - [`outage`]: stops the deadline while order-svc cannot reach its broker or database.
+//! - [`shedding`]: counts the backlog in the background; `POST /orders` refuses new
+//!   orders (503 `overloaded`) once it reaches its bounds.
 //! - [`store`]: the order tables' queries.
 
 mod apply;
@@ -24,7 +26,10 @@ mod outage;
 mod placing;
 pub mod saga;
 mod schema;
+mod shedding;
 mod store;
+
+pub use shedding::BacklogBounds;
 
 use std::time::Duration;
 
@@ -42,14 +47,18 @@ pub struct OrderConfig {
     pub service: ServiceConfig,
     /// How long an order may stay pending/reserved before it is cancelled (`timeout`).
     pub deadline: Duration,
+    /// The backlog at which `POST /orders` is shed.
+    pub backlog: BacklogBounds,
 }
 
 impl OrderConfig {
-    /// `SAGA_ORDER_*` and the shared `SAGA_*` variables; `SAGA_ORDER_DEADLINE_SECS` (30).
+    /// `SAGA_ORDER_*` and the shared `SAGA_*` variables; `SAGA_ORDER_DEADLINE_SECS` (30),
+    /// `SAGA_ORDER_MAX_UNPUBLISHED` (2000), `SAGA_ORDER_MAX_OPEN` (1000).
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(OrderConfig {
             service: ServiceConfig::from_env(SERVICE, "ORDER", 8080, "orders")?,
             deadline: deadline_from_env()?,
+            backlog: BacklogBounds::from_env()?,
         })
     }
 }
@@ -69,19 +78,21 @@ pub fn topology() -> ServiceTopology<EventType> {
     ServiceTopology::new(SERVICE, saga::OrderInput::CONSUMES)
 }
 
-/// Builds the running service: database, consumer, relay, housekeeping, deadline sweep
-/// and HTTP.
+/// Builds the running service: database, consumer, relay, housekeeping, deadline sweep,
+/// backlog sampler and HTTP.
 pub async fn build(
     config: OrderConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
     let deadline = config.deadline;
+    let (sampler, admission) = shedding::sampler(config.backlog);
     let api = |pool: sqlx::PgPool| {
         let placer = placing::Placer::start(pool.clone());
         http::router(http::OrderApi {
             pool,
             deadline,
             placer,
+            admission,
         })
         .merge(platform::openapi::routes(openapi::document()))
     };
@@ -96,6 +107,7 @@ pub async fn build(
     .await?;
     let sweep_every = (deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let clock = outage::OutageClock::new(app.broker_links());
+    app.spawn(sampler.run(pool.clone(), shutdown.clone()));
     app.spawn(deadline::run(pool, sweep_every, clock, shutdown));
     Ok(app)
 }

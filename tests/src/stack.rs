@@ -27,6 +27,7 @@ use lapin::{BasicProperties, Connection};
 use messaging::Envelope;
 use messaging::publisher::{ConfirmedPublisher, OutgoingMessage};
 use messaging::topology::EVENTS_EXCHANGE;
+use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use sagactl::verify::{self, Endpoints, Expected, Snapshot};
 use serde_json::{Value, json};
@@ -163,6 +164,13 @@ pub fn order_request(customer_id: &str, currency: &str, items: &[(&str, i64, i64
             .map(|(sku, quantity, unit_price)| json!({"sku": sku, "quantity": quantity, "unit_price": unit_price}))
             .collect::<Vec<_>>(),
     })
+}
+
+/// The `Retry-After` of an answer, in whole seconds as order-svc sends it when it sheds
+/// load; `None` when absent or not a number.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// Where the service binaries are: `target/<profile>/<name>`, next to the `deps`
@@ -521,6 +529,22 @@ impl Stack {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> reqwest::Result<(StatusCode, Value)> {
+        let (status, _, value) = self
+            .try_request_with_headers(service, method, path, headers, body)
+            .await?;
+        Ok((status, value))
+    }
+
+    /// [`Stack::try_request`] that also answers the response's headers (`Retry-After`,
+    /// say).
+    pub async fn try_request_with_headers(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> reqwest::Result<(StatusCode, HeaderMap, Value)> {
         let no_token = headers
             .iter()
             .any(|(name, value)| name.eq_ignore_ascii_case("authorization") && value.is_empty());
@@ -540,6 +564,7 @@ impl Stack {
         }
         let response = request.send().await?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await?;
         let value = if bytes.is_empty() {
             Value::Null
@@ -547,7 +572,7 @@ impl Stack {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        Ok((status, value))
+        Ok((status, headers, value))
     }
 
     /// [`Stack::try_request`] that panics when the service cannot be reached.

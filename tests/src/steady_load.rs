@@ -16,6 +16,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::stack::retry_after;
 use crate::{Method, Service, Stack, StatusCode, order_request};
 
 /// Orders placed per second.
@@ -58,6 +59,9 @@ pub struct Placed {
     pub ghost: bool,
     /// POSTs that failed (5xx or no answer) before one was accepted.
     pub failed_attempts: u32,
+    /// POSTs shed (503 with `Retry-After`: order-svc over its backlog bound) before one
+    /// was accepted; each waited as told and was sent again with the same key.
+    pub shed_attempts: u32,
 }
 
 /// The stock and the wallets the load draws on.
@@ -87,10 +91,11 @@ async fn place_one(stack: &Stack, n: u64) -> Placed {
         order_id: None,
         ghost,
         failed_attempts: 0,
+        shed_attempts: 0,
     };
     while started.elapsed() < PLACE_DEADLINE {
         match stack
-            .try_request(
+            .try_request_with_headers(
                 Service::Order,
                 Method::POST,
                 "/orders",
@@ -99,16 +104,31 @@ async fn place_one(stack: &Stack, n: u64) -> Placed {
             )
             .await
         {
-            Ok((StatusCode::ACCEPTED, answer)) => {
+            Ok((StatusCode::ACCEPTED, _, answer)) => {
                 placed.order_id = answer["order_id"].as_str().map(str::to_owned);
                 break;
             }
-            Ok((status, answer)) if status.is_client_error() => {
+            Ok((status, _, answer)) if status.is_client_error() => {
                 panic!("POST /orders answered {status} {answer}")
             }
-            _ => {
-                placed.failed_attempts += 1;
-                tokio::time::sleep(Duration::from_millis(250)).await;
+            answer => {
+                // A 503 with Retry-After is order-svc shedding load, not a fault: the order
+                // waits as told and is placed again with the same key.
+                let shed = answer
+                    .ok()
+                    .filter(|(status, _, _)| *status == StatusCode::SERVICE_UNAVAILABLE)
+                    .and_then(|(_, answer_headers, _)| retry_after(&answer_headers));
+                let wait = match shed {
+                    Some(wait) => {
+                        placed.shed_attempts += 1;
+                        wait.min(Duration::from_secs(5))
+                    }
+                    None => {
+                        placed.failed_attempts += 1;
+                        Duration::from_millis(250)
+                    }
+                };
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -320,9 +340,10 @@ pub async fn assert_nothing_lost(
         "orders seen confirmed are no longer: {vanished:?}"
     );
     journal.note(format!(
-        "all {} orders terminal as expected ({} POSTs repeated during faults)",
+        "all {} orders terminal as expected ({} POSTs repeated during faults, {} shed)",
         orders.len(),
-        placed.iter().map(|p| p.failed_attempts).sum::<u32>()
+        placed.iter().map(|p| p.failed_attempts).sum::<u32>(),
+        placed.iter().map(|p| p.shed_attempts).sum::<u32>()
     ));
     stack.wait_no_double_charge(Duration::from_secs(30)).await;
     stack.assert_invariants().await;

@@ -375,20 +375,31 @@ async fn made_up_methods_and_message_types_create_no_time_series() {
 
 #[tokio::test]
 async fn a_configuration_value_out_of_range_stops_the_service_naming_it() {
-    for (name, value) in [
-        ("SAGA_INBOX_RETENTION_SECS", "0"),
-        ("SAGA_CONCURRENCY", "0"),
-        ("SAGA_DB_POOL_SIZE", "3"),
+    for (service, name, value) in [
+        (Service::Payment, "SAGA_INBOX_RETENTION_SECS", "0"),
+        (Service::Payment, "SAGA_CONCURRENCY", "0"),
+        (Service::Payment, "SAGA_DB_POOL_SIZE", "3"),
+        (Service::Order, "SAGA_ORDER_MAX_OPEN", "0"),
+        (Service::Order, "SAGA_ORDER_MAX_UNPUBLISHED", "-3"),
     ] {
-        let out = tokio::process::Command::new(binary_path("payment-svc"))
+        let prefix = service.env_prefix();
+        let out = tokio::process::Command::new(binary_path(service.name()))
             .env(name, value)
-            .env("SAGA_PAYMENT_HTTP_ADDR", "127.0.0.1:0")
+            .env(format!("SAGA_{prefix}_HTTP_ADDR"), "127.0.0.1:0")
+            // Should the value pass, the service must not reach anyone's database.
+            .env(
+                format!("SAGA_{prefix}_DATABASE_URL"),
+                "postgres://postgres@127.0.0.1:1/none",
+            )
             .output()
             .await
-            .expect("running payment-svc");
+            .unwrap_or_else(|e| panic!("running {service}: {e}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name}={value} was accepted");
-        assert!(stderr.contains(name), "{name}={value}: {stderr}");
+        assert!(
+            !out.status.success(),
+            "{service}: {name}={value} was accepted"
+        );
+        assert!(stderr.contains(name), "{service}: {name}={value}: {stderr}");
     }
 }
 

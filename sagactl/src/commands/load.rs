@@ -6,9 +6,16 @@
 //! Every run seeds its own SKUs and customers (suffixed with a run id): `happy` orders
 //! find stock and money, `no-stock` orders name a SKU with none, `no-funds` orders come
 //! from a customer with 1 minor unit.
+//!
+//! Above capacity order-svc sheds load: 503 with `Retry-After`. That is the stack working
+//! as designed, not a failure: the order waits that long and is placed again with the same
+//! `Idempotency-Key` (so a lost answer never makes two orders), and the report counts the
+//! shed answers (`shed`). Latency runs from the accepted attempt: it is the saga's, and the
+//! time spent shed shows in `shed` and in the run's throughput.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +23,8 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
-use reqwest::Method;
+use reqwest::header::{HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -37,6 +45,12 @@ type Finished = (String, &'static str, Instant);
 /// Customers among whom happy orders are spread (a wallet is a row lock).
 const CUSTOMERS: usize = 64;
 const UNIT_PRICE: i64 = 100;
+/// How long one order keeps being placed again while order-svc sheds it.
+const SHED_RETRY_LIMIT: Duration = Duration::from_secs(60);
+/// The wait after a shed answer whose `Retry-After` is not a number of seconds.
+const SHED_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest `Retry-After` obeyed, so one odd header cannot stall the run.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(ctx: &Context, args: LoadArgs) -> anyhow::Result<()> {
     let report = run_load(ctx, &args).await?;
@@ -147,6 +161,8 @@ struct Tracker {
     placed: Arc<Mutex<HashMap<String, Instant>>>,
     finished: Arc<Mutex<Vec<Finished>>>,
     errors: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// `POST /orders` answered 503 with `Retry-After` (each placed again later).
+    shed: Arc<AtomicU64>,
     all_done: Arc<tokio::sync::Notify>,
 }
 
@@ -161,6 +177,10 @@ impl Tracker {
 
     fn failed(&self, error: String) {
         *lock(&self.errors).entry(error).or_default() += 1;
+    }
+
+    fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a saga's end; wakes the waiter once all `total` orders are placed and ended.
@@ -215,6 +235,7 @@ impl Tracker {
             "placed": placed.len(),
             "completed": completed,
             "lost": placed.len() as u64 - completed,
+            "shed": self.shed.load(Ordering::Relaxed),
             "concurrency": args.concurrency,
             "rate_limit": args.rate,
             "placing_seconds": placing.as_secs_f64(),
@@ -288,10 +309,8 @@ async fn place_all(
         let (http, url, tracker, bar) =
             (ctx.http.clone(), url.clone(), tracker.clone(), bar.clone());
         tasks.spawn(async move {
-            // Latency runs from the moment the request leaves.
-            let t0 = Instant::now();
-            match place_one(&http, &url, &body).await {
-                Ok(order_id) => tracker.placed(order_id, t0),
+            match place_one(&http, &url, &body, &tracker).await {
+                Ok((order_id, t0)) => tracker.placed(order_id, t0),
                 Err(e) => tracker.failed(e),
             }
             bar.inc(1);
@@ -302,23 +321,68 @@ async fn place_all(
     Ok(())
 }
 
-/// Places one order; its id, or the error as the report groups it.
-async fn place_one(http: &reqwest::Client, url: &str, body: &Value) -> Result<String, String> {
-    let resp = http.post(url).json(body).send().await.map_err(|e| {
-        if e.is_connect() {
-            "connection refused".to_owned()
-        } else {
-            e.to_string()
+/// Places one order, placed again while it is shed; its id and when the accepted attempt
+/// left (latency runs from there), or the error as the report groups it.
+async fn place_one(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    tracker: &Tracker,
+) -> Result<(String, Instant), String> {
+    // One key for every attempt: an order placed again is the same order, never a second.
+    let key = Uuid::now_v7().to_string();
+    let started = Instant::now();
+    loop {
+        let t0 = Instant::now();
+        let resp = http
+            .post(url)
+            .header("idempotency-key", &key)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    "connection refused".to_owned()
+                } else {
+                    e.to_string()
+                }
+            })?;
+        if let Some(wait) = shed_wait(resp.status(), resp.headers().get(RETRY_AFTER)) {
+            tracker.shed();
+            // Read to the end, so the connection is kept for the next attempt.
+            let _ = resp.bytes().await;
+            if started.elapsed() + wait > SHED_RETRY_LIMIT {
+                return Err(format!(
+                    "HTTP 503 overloaded for over {} s",
+                    SHED_RETRY_LIMIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(wait).await;
+            continue;
         }
-    })?;
-    if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let answer: Value = resp.json().await.map_err(|e| format!("bad answer: {e}"))?;
+        return answer["order_id"]
+            .as_str()
+            .map(|id| (id.to_owned(), t0))
+            .ok_or_else(|| "no order_id in the answer".to_owned());
     }
-    let answer: Value = resp.json().await.map_err(|e| format!("bad answer: {e}"))?;
-    answer["order_id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| "no order_id in the answer".to_owned())
+}
+
+/// How long to wait before placing a shed order again: a 503 with `Retry-After` is
+/// order-svc shedding load. `None` for any other answer (a 503 without it is a failure).
+fn shed_wait(status: StatusCode, retry_after: Option<&HeaderValue>) -> Option<Duration> {
+    if status != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let wait = retry_after?
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(SHED_BACKOFF, Duration::from_secs);
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 async fn wait_seeded(ctx: &Context, sku: &str, poor: &str) -> anyhow::Result<()> {
@@ -355,10 +419,11 @@ async fn wait_seeded(ctx: &Context, sku: &str, poor: &str) -> anyhow::Result<()>
 pub(super) fn render(r: &Value) -> String {
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     let mut s = format!(
-        "orders     {} placed, {} completed, {} lost\nthroughput {:.1} sagas/s over {:.2} s (concurrency {})\nlatency    p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\noutcomes  ",
+        "orders     {} placed, {} completed, {} lost, {} shed\nthroughput {:.1} sagas/s over {:.2} s (concurrency {})\nlatency    p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\noutcomes  ",
         r["placed"],
         r["completed"],
         r["lost"],
+        r["shed"],
         f(&r["sagas_per_second"]),
         f(&r["elapsed_seconds"]),
         r["concurrency"],
@@ -386,12 +451,31 @@ mod tests {
     #[test]
     fn the_report_prints_throughput_latency_and_outcomes() {
         let text = render(&json!({
-            "placed": 10, "completed": 10, "lost": 0, "sagas_per_second": 123.4, "elapsed_seconds": 0.08,
+            "placed": 10, "completed": 10, "lost": 0, "shed": 3, "sagas_per_second": 123.4, "elapsed_seconds": 0.08,
             "concurrency": 4, "latency_ms": {"p50": 5.0, "p90": 8.0, "p99": 9.0, "max": 9.5},
             "outcomes": {"confirmed": 9, "rejected": 1}, "errors": {}
         }));
         assert!(text.contains("123.4 sagas/s"));
         assert!(text.contains("p99 9.0 ms"));
         assert!(text.contains("confirmed 9"));
+        assert!(text.contains("0 lost, 3 shed"));
+    }
+
+    #[test]
+    fn a_503_with_retry_after_is_shedding_and_says_how_long_to_wait() {
+        let header = |v: &'static str| HeaderValue::from_static(v);
+        let busy = StatusCode::SERVICE_UNAVAILABLE;
+        assert_eq!(
+            shed_wait(busy, Some(&header("2"))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(shed_wait(busy, Some(&header("soon"))), Some(SHED_BACKOFF));
+        assert_eq!(
+            shed_wait(busy, Some(&header("3600"))),
+            Some(MAX_RETRY_AFTER)
+        );
+        // Without Retry-After a 503 is the service failing, not shedding.
+        assert_eq!(shed_wait(busy, None), None);
+        assert_eq!(shed_wait(StatusCode::ACCEPTED, Some(&header("1"))), None);
     }
 }
