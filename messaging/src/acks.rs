@@ -69,11 +69,8 @@ impl AckLedger {
             return;
         };
         let mut outstanding = self.outstanding();
-        for d in deliveries {
-            outstanding.remove(&d.delivery_tag);
-        }
-        let alone = outstanding.range(..highest.delivery_tag).next().is_none();
-        if deliveries.len() > 1 && alone {
+        let tags: Vec<u64> = deliveries.iter().map(|d| d.delivery_tag).collect();
+        if settle_together(&mut outstanding, &tags) {
             metrics::counter!("saga_consumer_multiple_acks_total").increment(1);
             self.send(Settle::Ack {
                 acker: highest.acker.clone(),
@@ -105,6 +102,18 @@ impl AckLedger {
     }
 }
 
+/// Removes `tags` from `outstanding`; whether one multiple ack on the highest of them
+/// settles exactly them (several tags, and none below the highest still outstanding).
+fn settle_together(outstanding: &mut BTreeSet<u64>, tags: &[u64]) -> bool {
+    for tag in tags {
+        outstanding.remove(tag);
+    }
+    let Some(highest) = tags.iter().max() else {
+        return false;
+    };
+    tags.len() > 1 && outstanding.range(..*highest).next().is_none()
+}
+
 impl AckSender {
     pub(crate) async fn run(mut self) {
         while let Some(settle) = self.queue.recv().await {
@@ -118,5 +127,26 @@ impl AckSender {
                 tracing::warn!(error = %e, "settling a delivery failed; it will come again");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multiple_ack_covers_a_batch_only_when_nothing_below_it_is_outstanding() {
+        let mut outstanding: BTreeSet<u64> = (1..=10).collect();
+        // 4..=6 are done, but 1..=3 are still being handled: one ack each.
+        assert!(!settle_together(&mut outstanding, &[4, 5, 6]));
+        // 1..=3 are done and nothing below 3 is left: one multiple ack on 3.
+        assert!(settle_together(&mut outstanding, &[1, 2, 3]));
+        // Above a delivery that is still held (7), later ones are acked one by one.
+        assert!(!settle_together(&mut outstanding, &[8, 9]));
+        assert_eq!(outstanding.iter().copied().collect::<Vec<_>>(), vec![7, 10]);
+        // A single delivery never needs a multiple ack.
+        assert!(!settle_together(&mut outstanding, &[7]));
+        assert!(!settle_together(&mut outstanding, &[]));
+        assert_eq!(outstanding.iter().copied().collect::<Vec<_>>(), vec![10]);
     }
 }

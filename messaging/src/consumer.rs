@@ -377,6 +377,7 @@ impl<H: Handler> EventConsumer<H> {
         shutdown: &CancellationToken,
         acks: &AckLedger,
     ) {
+        metrics::histogram!("saga_consumer_batch_size").record(deliveries.len() as f64);
         if deliveries.len() == 1 {
             for delivery in deliveries {
                 let span = delivery_span(&delivery);
@@ -400,12 +401,20 @@ impl<H: Handler> EventConsumer<H> {
                 Err(_) => alone.push((delivery, span)),
             }
         }
-        metrics::histogram!("saga_consumer_batch_size").record(valid.len() as f64);
         let started = Instant::now();
         let batch: Vec<_> = valid.iter().map(|d| (&d.incoming, &d.span)).collect();
-        match self.apply_batch(&batch).await {
+        // Nothing to apply when every delivery was invalid: no empty transaction.
+        let applied = if batch.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.apply_batch(&batch).await
+        };
+        match applied {
             Ok(claims) => {
                 for (d, claim) in valid.iter().zip(claims) {
+                    if d.delivery.redelivered {
+                        metrics::counter!("saga_messages_redelivered_total").increment(1);
+                    }
                     record_duration::<H::Event>(&d.incoming, started);
                     let disposition = match claim {
                         InboxClaim::Claimed => Disposition::Handled,
