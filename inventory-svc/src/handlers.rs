@@ -1,32 +1,57 @@
-//! inventory-svc's consumer: every event it consumes is loaded, decided and applied the
-//! same way, in the consumer's transaction.
+//! inventory-svc's consumer: a batch of events (one, at low load) is loaded with one
+//! statement per table, decided in order on the tables in memory ([`InventoryTables`], the
+//! same the property tests run), and what changed is stored with one statement per table,
+//! in the consumer's transaction.
 
 use events::Event;
-use messaging::consumer::{Handler, IncomingEvent};
-use messaging::outbox::Emitter;
+use messaging::consumer::Handling;
 use messaging::retry::HandlerError;
 use platform::inputs::unexpected_event;
+use platform::staged::Staged;
 use sqlx::PgConnection;
 
+use crate::memory::InventoryTables;
 use crate::saga::{self, InventoryInput};
-use crate::{SERVICE, apply, store};
+use crate::{SERVICE, store};
 
 pub(crate) struct InventoryHandler;
 
-impl Handler for InventoryHandler {
+impl Staged for InventoryHandler {
     type Event = Event;
+    type Input = InventoryInput;
+    type Tables = InventoryTables;
 
-    async fn handle(
+    fn input(&self, event: &Event) -> Result<InventoryInput, HandlerError> {
+        Ok(InventoryInput::try_from(event).map_err(|t| unexpected_event(SERVICE, t))?)
+    }
+
+    fn load(
         &self,
         tx: &mut PgConnection,
-        incoming: &IncomingEvent<Event>,
-        out: &mut Emitter,
+        inputs: &[InventoryInput],
+    ) -> impl Future<Output = sqlx::Result<InventoryTables>> + Send {
+        store::load(tx, inputs)
+    }
+
+    fn decide(
+        &self,
+        tables: &mut InventoryTables,
+        input: &InventoryInput,
+        h: &mut Handling<'_, Event>,
     ) -> Result<(), HandlerError> {
-        let input =
-            InventoryInput::try_from(&incoming.event).map_err(|t| unexpected_event(SERVICE, t))?;
-        let state = store::load(tx, &input).await?;
-        let plan = saga::decide(&state, &input)?;
-        apply::apply(tx, out, plan).await?;
+        let plan = saga::decide(&tables.load(input), input)?;
+        for event in tables.apply(plan) {
+            h.out.emit(event);
+        }
         Ok(())
+    }
+
+    fn store(
+        &self,
+        tx: &mut PgConnection,
+        loaded: &InventoryTables,
+        now: &InventoryTables,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        store::store(tx, loaded, now)
     }
 }

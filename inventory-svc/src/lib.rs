@@ -2,14 +2,14 @@
 //!
 //! - [`saga`]: the inputs inventory-svc consumes (OrderCreated, OrderConfirmed,
 //!   OrderCancelled, StockAdjusted) and the one pure `decide` from them to a plan.
-//! - [`handlers`]: the consumer: load, decide, apply.
-//! - [`apply`]: a plan written in the caller's transaction.
-//! - [`memory`]: the same tables in memory, for the property tests.
+//! - [`handlers`]: the consumer: a batch's rows loaded, every event decided in order on
+//!   them in memory, what changed stored.
+//! - [`memory`]: the tables in memory, which the consumer decides on and the property
+//!   tests run.
 //! - [`http`]: `GET /stock/{sku}`, `GET /stock`, `GET /reservations/{order_id}`.
 //! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`store`]: the stock and reservation tables' queries.
 
-mod apply;
 mod handlers;
 mod http;
 pub mod memory;
@@ -43,7 +43,7 @@ pub async fn build(c: ServiceConfig, shutdown: CancellationToken) -> anyhow::Res
         &c,
         &MIGRATIONS,
         topology(),
-        handlers::InventoryHandler,
+        platform::staged::StagedHandler(handlers::InventoryHandler),
         |pool| http::router(pool).merge(platform::openapi::routes(openapi::document())),
         shutdown,
     )

@@ -6,9 +6,14 @@ use events::catalog::StockItem;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use messaging::consumer::lock_saga;
+use std::collections::BTreeSet;
 
-use crate::saga::{InventoryInput, InventoryState, Reservation, ReservationState, StockLevels};
+use messaging::chunks::{STATEMENT_BYTES, by_size};
+use messaging::consumer::lock_sagas;
+use platform::staged::changed;
+
+use crate::memory::InventoryTables;
+use crate::saga::{InventoryInput, Reservation, ReservationState, StockLevels};
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub(crate) struct StockRow {
@@ -20,104 +25,134 @@ pub(crate) struct StockRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Loads what [`saga::decide`] reads for `input`, locking it for the transaction: the
-/// order's saga lock and reservation, then the stock rows in SKU order (so two
-/// transactions never wait on each other in a cycle).
+/// Loads, and locks for the transaction, every row a batch's decisions read: the saga
+/// lock and reservation of each order the inputs name, then the stock of every SKU they
+/// name or a loaded reservation holds, in SKU order (so two transactions never wait on each
+/// other in a cycle). A reservation created within the batch holds the SKUs of the
+/// OrderCreated that created it, which are loaded too.
+///
+/// A SKU's first adjustment creates its row before locking it, so two first adjustments
+/// queue on the row instead of both inserting; a row created so is left out of the tables
+/// (the adjustment finds no stock, exactly as alone). A refused adjustment rolls the row
+/// back with the rest of the transaction.
 pub(crate) async fn load(
     conn: &mut PgConnection,
-    input: &InventoryInput,
-) -> sqlx::Result<InventoryState> {
-    let reservation = match input.order_id() {
-        Some(order_id) => {
-            lock_saga(conn, order_id).await?;
-            lock_reservation(conn, order_id).await?
+    inputs: &[InventoryInput],
+) -> sqlx::Result<InventoryTables> {
+    let order_ids: BTreeSet<Uuid> = inputs.iter().filter_map(InventoryInput::order_id).collect();
+    lock_sagas(conn, order_ids.iter().copied()).await?;
+    let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
+    let mut tables = InventoryTables::default();
+    for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
+        let rows: Vec<(Uuid, ReservationState, sqlx::types::Json<Vec<StockItem>>)> =
+            sqlx::query_as(
+                "SELECT order_id, status, items FROM reservations
+                 WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+            )
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        tables
+            .reservations
+            .extend(rows.into_iter().map(|(id, state, items)| {
+                let reservation = Reservation {
+                    state,
+                    items: items.0,
+                };
+                (id, reservation)
+            }));
+    }
+    let mut opening: BTreeSet<&str> = BTreeSet::new();
+    let mut skus: BTreeSet<String> = BTreeSet::new();
+    for input in inputs {
+        if let InventoryInput::StockAdjusted(e) = input {
+            opening.insert(&e.sku);
         }
-        None => None,
-    };
-    if let InventoryInput::StockAdjusted(e) = input {
-        // A SKU's first adjustment creates its row before locking it, so two first
-        // adjustments queue on the row instead of both inserting. A refused adjustment
-        // rolls the row back with the rest of the transaction.
-        sqlx::query(
-            "INSERT INTO stock (sku, available, adjusted) VALUES ($1, 0, 0) ON CONFLICT (sku) DO NOTHING",
+        let reservation = input.order_id().and_then(|id| tables.reservations.get(&id));
+        skus.extend(input.stock_keys(reservation));
+    }
+    let opening: Vec<&str> = opening.into_iter().collect();
+    let mut opened: BTreeSet<String> = BTreeSet::new();
+    for part in by_size(opening.iter().map(|s| s.len() + 4), STATEMENT_BYTES) {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO stock (sku, available, adjusted) SELECT s, 0, 0 FROM UNNEST($1::text[]) AS s
+             ON CONFLICT (sku) DO NOTHING RETURNING sku",
         )
-        .bind(&e.sku)
+        .bind(&opening[part])
+        .fetch_all(&mut *conn)
+        .await?;
+        opened.extend(rows);
+    }
+    let skus: Vec<String> = skus.into_iter().collect();
+    for part in by_size(skus.iter().map(|s| s.len() + 4), STATEMENT_BYTES) {
+        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT sku, available, reserved, sold, adjusted FROM stock
+             WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+        )
+        .bind(&skus[part])
+        .fetch_all(&mut *conn)
+        .await?;
+        let rows = rows.into_iter().filter(|(sku, ..)| !opened.contains(sku));
+        tables
+            .stock
+            .extend(rows.map(|(sku, available, reserved, sold, adjusted)| {
+                let levels = StockLevels {
+                    available,
+                    reserved,
+                    sold,
+                    adjusted,
+                };
+                (sku, levels)
+            }));
+    }
+    Ok(tables)
+}
+
+/// Order ids per `ANY($1)` statement: 16 bytes each, well inside one write.
+const KEYS_PER_STATEMENT: usize = 500;
+
+/// Stores every row of `now` that differs from `loaded` (the rows were locked, or
+/// created, by [`load`]): one statement per table and [`STATEMENT_BYTES`].
+pub(crate) async fn store(
+    conn: &mut PgConnection,
+    loaded: &InventoryTables,
+    now: &InventoryTables,
+) -> sqlx::Result<()> {
+    let stock: Vec<(&String, &StockLevels)> = changed(&loaded.stock, &now.stock);
+    for part in by_size(stock.iter().map(|(sku, _)| sku.len() + 40), STATEMENT_BYTES) {
+        let rows = &stock[part];
+        sqlx::query(
+            "INSERT INTO stock (sku, available, reserved, sold, adjusted)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])
+             ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, reserved = EXCLUDED.reserved,
+                 sold = EXCLUDED.sold, adjusted = EXCLUDED.adjusted, updated_at = now()",
+        )
+        .bind(rows.iter().map(|(sku, _)| sku.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, s)| s.available).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, s)| s.reserved).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, s)| s.sold).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, s)| s.adjusted).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
-    let keys = input.stock_keys(reservation.as_ref());
-    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT sku, available, reserved, sold, adjusted FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
-    )
-    .bind(&keys)
-    .fetch_all(conn)
-    .await?;
-    let stock = rows
-        .into_iter()
-        .map(|(sku, available, reserved, sold, adjusted)| {
-            let levels = StockLevels {
-                available,
-                reserved,
-                sold,
-                adjusted,
-            };
-            (sku, levels)
-        })
-        .collect();
-    Ok(InventoryState { reservation, stock })
-}
-
-/// The reservation of an order, locked for the transaction.
-async fn lock_reservation(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> sqlx::Result<Option<Reservation>> {
-    let row: Option<(ReservationState, sqlx::types::Json<Vec<StockItem>>)> =
-        sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.map(|(state, items)| Reservation {
-        state,
-        items: items.0,
-    }))
-}
-
-pub(crate) async fn upsert_reservation(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    r: &Reservation,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO reservations (order_id, status, items) VALUES ($1, $2, $3)
-         ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, items = EXCLUDED.items, updated_at = now()",
-    )
-    .bind(order_id)
-    .bind(r.state)
-    .bind(sqlx::types::Json(&r.items))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Stores a SKU's new levels (its row was locked, or created, by [`load`]).
-pub(crate) async fn set_stock(
-    conn: &mut PgConnection,
-    sku: &str,
-    s: &StockLevels,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO stock (sku, available, reserved, sold, adjusted) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, reserved = EXCLUDED.reserved,
-             sold = EXCLUDED.sold, adjusted = EXCLUDED.adjusted, updated_at = now()",
-    )
-    .bind(sku)
-    .bind(s.available)
-    .bind(s.reserved)
-    .bind(s.sold)
-    .bind(s.adjusted)
-    .execute(conn)
-    .await?;
+    let reservations: Vec<(&Uuid, &Reservation)> = changed(&loaded.reservations, &now.reservations);
+    let items = reservations
+        .iter()
+        .map(|(_, r)| serde_json::to_string(&r.items))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    for part in by_size(items.iter().map(|i| i.len() + 40), STATEMENT_BYTES) {
+        sqlx::query(
+            "INSERT INTO reservations (order_id, status, items)
+             SELECT o, s, i::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(o, s, i)
+             ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, items = EXCLUDED.items, updated_at = now()",
+        )
+        .bind(reservations[part.clone()].iter().map(|(id, _)| **id).collect::<Vec<_>>())
+        .bind(reservations[part.clone()].iter().map(|(_, r)| r.state.as_str()).collect::<Vec<_>>())
+        .bind(&items[part])
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

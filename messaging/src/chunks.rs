@@ -10,11 +10,11 @@
 use std::ops::Range;
 
 /// The most bytes of row data one statement carries.
-pub(crate) const STATEMENT_BYTES: usize = 12 * 1024;
+pub const STATEMENT_BYTES: usize = 12 * 1024;
 
 /// Cuts rows of the given sizes into consecutive ranges of at most `budget` bytes each (a
 /// row larger than the budget gets a range of its own).
-pub(crate) fn by_size(sizes: impl IntoIterator<Item = usize>, budget: usize) -> Vec<Range<usize>> {
+pub fn by_size(sizes: impl IntoIterator<Item = usize>, budget: usize) -> Vec<Range<usize>> {
     let mut ranges = Vec::new();
     let (mut start, mut bytes, mut end) = (0, 0, 0);
     for size in sizes {

@@ -74,6 +74,14 @@ pub struct IncomingEvent<E> {
     pub traceparent: Option<String>,
 }
 
+/// One message of a batch as a handler sees it: the event, the span it is handled in, and
+/// the emitter its events go to (their causation is this message).
+pub struct Handling<'a, E> {
+    pub incoming: &'a IncomingEvent<E>,
+    pub span: &'a tracing::Span,
+    pub out: &'a mut Emitter,
+}
+
 /// A service's reaction to the events it consumes.
 pub trait Handler: Send + Sync + 'static {
     /// The catalog the service's events come from.
@@ -87,6 +95,26 @@ pub trait Handler: Send + Sync + 'static {
         incoming: &IncomingEvent<Self::Event>,
         out: &mut Emitter,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies a batch, in order, inside `tx`: the same as [`Handler::handle`] on each
+    /// message in turn, which is what this default does. A handler that can load the
+    /// rows of a whole batch with one statement per table, decide every message in memory
+    /// in order, and store each table with one statement overrides it; it must end in
+    /// exactly the state and the events the messages handled one by one would have.
+    fn handle_all(
+        &self,
+        tx: &mut PgConnection,
+        batch: &mut [Handling<'_, Self::Event>],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async move {
+            for h in batch.iter_mut() {
+                self.handle(tx, h.incoming, h.out)
+                    .instrument(h.span.clone())
+                    .await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// What became of one delivery.
@@ -335,17 +363,32 @@ impl<H: Handler> EventConsumer<H> {
         let envelopes: Vec<&Envelope> = batch.iter().map(|(i, _)| &i.envelope).collect();
         let claims = inbox::claim_all(&mut tx, self.consumer_name(), &envelopes).await?;
         let claimed = started.elapsed();
+        let claimed_batch: Vec<_> = batch
+            .iter()
+            .zip(&claims)
+            .filter(|(_, claim)| **claim == InboxClaim::Claimed)
+            .map(|(message, _)| message)
+            .collect();
+        let mut emitters: Vec<Emitter> = claimed_batch
+            .iter()
+            .map(|(incoming, _)| {
+                Emitter::new(self.consumer_name(), Some(incoming.envelope.message_id))
+            })
+            .collect();
+        if !claimed_batch.is_empty() {
+            let mut handlings: Vec<Handling<'_, H::Event>> = claimed_batch
+                .iter()
+                .zip(emitters.iter_mut())
+                .map(|((incoming, span), out)| Handling {
+                    incoming,
+                    span,
+                    out,
+                })
+                .collect();
+            inner.handler.handle_all(&mut tx, &mut handlings).await?;
+        }
         let mut rows = OutboxRows::default();
-        for ((incoming, span), claim) in batch.iter().zip(&claims) {
-            if *claim == InboxClaim::Duplicate {
-                continue;
-            }
-            let mut out = Emitter::new(self.consumer_name(), Some(incoming.envelope.message_id));
-            inner
-                .handler
-                .handle(&mut tx, incoming, &mut out)
-                .instrument((*span).clone())
-                .await?;
+        for ((_, span), out) in claimed_batch.iter().zip(emitters) {
             // Emitted events are children of the handling span, not siblings of the message.
             let trace = span.in_scope(crate::trace::current_traceparent);
             out.add_to(&mut rows, trace.as_deref())?;
@@ -759,11 +802,33 @@ fn dead_letter(e: &DecodeError, attempt: u32) -> Disposition {
 /// exists to lock (OrderCreated racing OrderCancelled, say); this transaction-scoped
 /// advisory lock on the order id makes the second wait for the first to commit.
 pub async fn lock_saga(conn: &mut PgConnection, order_id: uuid::Uuid) -> sqlx::Result<()> {
-    let (hi, _) = order_id.as_u64_pair();
-    // The high 64 bits of a UUIDv7 are mostly its timestamp; fold in the random low half.
-    let key = (hi ^ order_id.as_u64_pair().1) as i64;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(key)
+    lock_sagas(conn, [order_id]).await
+}
+
+/// [`lock_saga`] for every order of a batch, with one statement. The locks are taken in
+/// the order of their keys, so two batches that share orders queue on the first they
+/// share instead of waiting on each other in a cycle.
+pub async fn lock_sagas(
+    conn: &mut PgConnection,
+    order_ids: impl IntoIterator<Item = uuid::Uuid>,
+) -> sqlx::Result<()> {
+    let mut keys: Vec<i64> = order_ids
+        .into_iter()
+        .map(|id| {
+            // The high 64 bits of a UUIDv7 are mostly its timestamp; fold in the random
+            // low half.
+            let (hi, lo) = id.as_u64_pair();
+            (hi ^ lo) as i64
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // A function scan yields the array in order, and each row takes its lock as it passes.
+    sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::int8[]) AS k")
+        .bind(&keys)
         .execute(conn)
         .await?;
     Ok(())

@@ -33,7 +33,7 @@ pub(crate) mod acks;
 pub mod amqp;
 pub mod amqp_nodes;
 pub mod authenticity;
-pub(crate) mod chunks;
+pub mod chunks;
 pub mod consumer;
 pub mod envelope;
 pub mod event;

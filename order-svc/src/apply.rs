@@ -1,13 +1,14 @@
-//! Applies a [`Plan`] in the caller's transaction: the one place order-svc's decisions
-//! reach its tables and outbox, for the consumer, the HTTP routes and the deadline sweep
-//! alike. Every event an order emits, and the message that moved it, go in its history.
+//! Applies a [`Plan`] in the caller's transaction: the one place the HTTP routes' and the
+//! deadline sweep's decisions reach order-svc's tables and outbox (the consumer stages a
+//! batch's in memory, see [`crate::handlers`]). Every event an order emits, and the message
+//! that moved it, go in its history.
 
 use chrono::Utc;
 use messaging::outbox::Emitter;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::saga::{OrderWrite, Plan};
+use crate::saga::{OrderWrite, Outcome, Plan};
 use crate::store;
 
 /// Whether the plan was written.
@@ -52,10 +53,15 @@ pub(crate) async fn apply(
         store::record_history(tx, order_id, &event_type, message_id).await?;
     }
     if let Some(outcome) = plan.outcome {
-        let status = outcome.status.as_str();
-        metrics::counter!("saga_outcomes_total", "status" => status).increment(1);
-        let elapsed = (Utc::now() - outcome.started).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::histogram!("saga_duration_seconds", "status" => status).record(elapsed);
+        record_outcome(outcome);
     }
     Ok(Applied::Written)
+}
+
+/// Counts a saga that ended, and how long it took.
+pub(crate) fn record_outcome(outcome: Outcome) {
+    let status = outcome.status.as_str();
+    metrics::counter!("saga_outcomes_total", "status" => status).increment(1);
+    let elapsed = (Utc::now() - outcome.started).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::histogram!("saga_duration_seconds", "status" => status).record(elapsed);
 }

@@ -1,38 +1,87 @@
-//! order-svc's consumer: every event it consumes is loaded, decided and applied the same
-//! way, in the consumer's transaction, and recorded in the order's history.
+//! order-svc's consumer: a batch of events (one, at low load) locks and loads its orders
+//! with one statement, is decided in order on them in memory ([`OrderTables`], the same the
+//! property tests run), and stores the orders that moved and every history row with one
+//! statement each, in the consumer's transaction.
 
 use events::Event;
-use messaging::consumer::{Handler, IncomingEvent};
-use messaging::outbox::Emitter;
+use messaging::consumer::Handling;
 use messaging::retry::HandlerError;
 use platform::inputs::{Refusal, unexpected_event};
+use platform::staged::Staged;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
-use crate::saga::{self, OrderInput};
+use crate::memory::OrderTables;
+use crate::saga::{self, OrderInput, OrderWrite};
 use crate::{SERVICE, apply, store};
 
 pub(crate) struct OrderHandler;
 
-impl Handler for OrderHandler {
-    type Event = Event;
+/// A batch's orders and the history rows its decisions add, in order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OrderBatch {
+    pub tables: OrderTables,
+    /// (order, event type, message id): each message handled, then each event it emitted.
+    pub history: Vec<(Uuid, String, Uuid)>,
+}
 
-    async fn handle(
+impl Staged for OrderHandler {
+    type Event = Event;
+    type Input = OrderInput;
+    type Tables = OrderBatch;
+
+    fn input(&self, event: &Event) -> Result<OrderInput, HandlerError> {
+        Ok(OrderInput::try_from(event).map_err(|t| unexpected_event(SERVICE, t))?)
+    }
+
+    fn load(
         &self,
         tx: &mut PgConnection,
-        incoming: &IncomingEvent<Event>,
-        out: &mut Emitter,
+        inputs: &[OrderInput],
+    ) -> impl Future<Output = sqlx::Result<OrderBatch>> + Send {
+        store::lock_orders(tx, inputs.iter().map(OrderInput::order_id).collect())
+    }
+
+    fn decide(
+        &self,
+        batch: &mut OrderBatch,
+        input: &OrderInput,
+        h: &mut Handling<'_, Event>,
     ) -> Result<(), HandlerError> {
-        let input =
-            OrderInput::try_from(&incoming.event).map_err(|t| unexpected_event(SERVICE, t))?;
-        let order = store::lock_order(tx, input.order_id()).await?;
+        let order_id = input.order_id();
         // Never drop an event about an order we do not know: `decide` refuses it, and the
         // dead letter waits for an operator.
-        let plan = saga::decide(order.as_ref(), &input).map_err(Refusal::from)?;
-        let cause = (
-            incoming.envelope.event_type.as_str(),
-            incoming.envelope.message_id,
-        );
-        apply::apply(tx, out, plan, Some(cause)).await?;
+        let plan =
+            saga::decide(batch.tables.orders.get(&order_id), input).map_err(Refusal::from)?;
+        // Events only move orders; an order is inserted by `POST /orders` alone.
+        if let Some(OrderWrite::Insert { .. }) = plan.write {
+            return Err(HandlerError::permanent(
+                "unexpected_insert",
+                format!("an event may not create order {order_id}"),
+            ));
+        }
+        if let Some(outcome) = plan.outcome {
+            apply::record_outcome(outcome);
+        }
+        let envelope = &h.incoming.envelope;
+        batch
+            .history
+            .push((order_id, envelope.event_type.clone(), envelope.message_id));
+        for event in batch.tables.apply(plan) {
+            let emitted = h.out.emit(event);
+            batch
+                .history
+                .push((order_id, emitted.event_type.clone(), emitted.message_id));
+        }
         Ok(())
+    }
+
+    fn store(
+        &self,
+        tx: &mut PgConnection,
+        loaded: &OrderBatch,
+        now: &OrderBatch,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        store::store_batch(tx, loaded, now)
     }
 }

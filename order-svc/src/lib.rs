@@ -3,10 +3,11 @@
 //! - [`saga`]: the order's inputs (the events it consumes: StockReserved/Rejected,
 //!   PaymentDone/Failed, StockReleased, PaymentRefunded; its commands: place, cancel,
 //!   deadline) and the one pure `decide` from them to a plan.
-//! - [`handlers`]: the consumer: load, decide, apply.
-//! - [`apply`]: a plan written in the caller's transaction, for the consumer, the routes
-//!   and the sweep alike.
-//! - [`memory`]: the same table in memory, for the property tests.
+//! - [`handlers`]: the consumer: a batch's orders loaded, every event decided in order on
+//!   them in memory, what changed stored.
+//! - [`apply`]: a plan written in the caller's transaction, for the routes and the sweep.
+//! - [`memory`]: the orders in memory, which the consumer decides on and the property
+//!   tests run.
 //! - [`http`]: `POST /orders`, `GET /orders/{id}`, `GET /orders`, `POST /orders/{id}/cancel`.
 //! - [`placing`]: the group commit of concurrent placements.
 //! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
@@ -100,7 +101,7 @@ pub async fn build(
         &config.service,
         &MIGRATIONS,
         topology(),
-        handlers::OrderHandler,
+        platform::staged::StagedHandler(handlers::OrderHandler),
         api,
         shutdown.clone(),
     )

@@ -6,6 +6,10 @@ use events::catalog::OrderItem;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use messaging::chunks::{STATEMENT_BYTES, by_size};
+use platform::staged::changed;
+
+use crate::handlers::OrderBatch;
 use crate::saga::{IdempotencyKey, Order, OrderStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -90,13 +94,77 @@ pub(crate) async fn lock_order(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> sqlx::Result<Option<Order>> {
-    let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE"
-    )))
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(Order::from))
+    let mut batch = lock_orders(conn, vec![order_id]).await?;
+    Ok(batch.tables.orders.remove(&order_id))
+}
+
+/// Locks the orders of a batch, in order-id order (so two batches never wait on each
+/// other in a cycle), and loads them.
+pub(crate) async fn lock_orders(
+    conn: &mut PgConnection,
+    mut order_ids: Vec<Uuid>,
+) -> sqlx::Result<OrderBatch> {
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    let mut batch = OrderBatch::default();
+    for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
+        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
+        )))
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let orders = rows.into_iter().map(|r| (r.order_id, Order::from(r)));
+        batch.tables.orders.extend(orders);
+    }
+    Ok(batch)
+}
+
+/// Order ids per `ANY($1)` statement: 16 bytes each, well inside one write.
+const KEYS_PER_STATEMENT: usize = 500;
+
+/// Stores a batch: the orders whose status or reason changed, then its history rows in
+/// order (each message once per order, as [`record_history`] does).
+pub(crate) async fn store_batch(
+    conn: &mut PgConnection,
+    loaded: &OrderBatch,
+    now: &OrderBatch,
+) -> sqlx::Result<()> {
+    let moved = changed(&loaded.tables.orders, &now.tables.orders);
+    let sizes = moved
+        .iter()
+        .map(|(_, o)| o.reason.as_ref().map_or(0, String::len) + 40);
+    for part in by_size(sizes, STATEMENT_BYTES) {
+        let rows = &moved[part];
+        sqlx::query(
+            "UPDATE orders o SET status = u.s, reason = u.r, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, s, r) WHERE o.order_id = u.id",
+        )
+        .bind(rows.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, o)| o.status.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, o)| o.reason.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    let history = &now.history[loaded.history.len()..];
+    for part in by_size(
+        history.iter().map(|(_, t, _)| t.len() + 40),
+        STATEMENT_BYTES,
+    ) {
+        let rows = &history[part];
+        sqlx::query(
+            "INSERT INTO order_history (order_id, event_type, message_id)
+             SELECT o, t, m FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS u(o, t, m, n)
+             WHERE NOT EXISTS (SELECT 1 FROM order_history h WHERE h.order_id = u.o AND h.message_id = u.m)
+             ORDER BY n",
+        )
+        .bind(rows.iter().map(|(o, _, _)| *o).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| *m).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn set_status(

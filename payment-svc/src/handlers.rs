@@ -1,32 +1,61 @@
-//! payment-svc's consumer: every event it consumes is loaded, decided and applied the
-//! same way, in the consumer's transaction.
+//! payment-svc's consumer: a batch of events (one, at low load) is loaded with one
+//! statement per table, decided in order on the tables in memory ([`PaymentTables`], the
+//! same the property tests run), and what changed is stored with one statement per table,
+//! in the consumer's transaction.
 
 use events::Event;
-use messaging::consumer::{Handler, IncomingEvent};
-use messaging::outbox::Emitter;
+use messaging::consumer::Handling;
 use messaging::retry::HandlerError;
 use platform::inputs::unexpected_event;
+use platform::staged::Staged;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
-use crate::saga::{self, PaymentInput};
-use crate::{SERVICE, apply, store};
+use crate::memory::PaymentTables;
+use crate::saga::{self, PaymentContext, PaymentInput};
+use crate::{SERVICE, store};
 
 pub(crate) struct PaymentHandler;
 
-impl Handler for PaymentHandler {
+impl Staged for PaymentHandler {
     type Event = Event;
+    type Input = PaymentInput;
+    type Tables = PaymentTables;
 
-    async fn handle(
+    fn input(&self, event: &Event) -> Result<PaymentInput, HandlerError> {
+        Ok(PaymentInput::try_from(event).map_err(|t| unexpected_event(SERVICE, t))?)
+    }
+
+    fn load(
         &self,
         tx: &mut PgConnection,
-        incoming: &IncomingEvent<Event>,
-        out: &mut Emitter,
+        inputs: &[PaymentInput],
+    ) -> impl Future<Output = sqlx::Result<PaymentTables>> + Send {
+        store::load(tx, inputs)
+    }
+
+    fn decide(
+        &self,
+        tables: &mut PaymentTables,
+        input: &PaymentInput,
+        h: &mut Handling<'_, Event>,
     ) -> Result<(), HandlerError> {
-        let input =
-            PaymentInput::try_from(&incoming.event).map_err(|t| unexpected_event(SERVICE, t))?;
-        let ctx = store::load(tx, &input).await?;
-        let plan = saga::decide(&ctx, &input)?;
-        apply::apply(tx, out, plan).await?;
+        let ctx = PaymentContext {
+            new_payment_id: Uuid::now_v7(),
+            ..tables.load(input)
+        };
+        for event in tables.apply(saga::decide(&ctx, input)?) {
+            h.out.emit(event);
+        }
         Ok(())
+    }
+
+    fn store(
+        &self,
+        tx: &mut PgConnection,
+        loaded: &PaymentTables,
+        now: &PaymentTables,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        store::store(tx, loaded, now)
     }
 }

@@ -5,9 +5,14 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use messaging::consumer::lock_saga;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::saga::{Payment, PaymentContext, PaymentInput, PaymentState, Wallet};
+use messaging::chunks::{STATEMENT_BYTES, by_size};
+use messaging::consumer::lock_sagas;
+use platform::staged::changed;
+
+use crate::memory::PaymentTables;
+use crate::saga::{Payment, PaymentInput, PaymentState, Wallet};
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub(crate) struct WalletRow {
@@ -36,102 +41,147 @@ pub(crate) struct PaymentRow {
 const PAYMENT_COLUMNS: &str =
     "order_id, payment_id, customer_id, amount, currency, status, reason, created_at, updated_at";
 
-/// Loads what [`saga::decide`](crate::saga::decide) reads for `input`, locking it for the
-/// transaction: the order's saga lock and payment, then the wallet.
+/// Loads, and locks for the transaction, every row a batch's decisions read: the saga
+/// lock and payment of each order the inputs name, then the wallet of each customer they
+/// name or a loaded payment charged, in customer order. A payment created within the batch
+/// charges the customer of the StockReserved that created it, which is loaded too.
+///
+/// A first deposit opens its wallet before locking it, so two first deposits queue on the
+/// row instead of both inserting; a wallet opened so is left out of the tables (the deposit
+/// finds no wallet and opens it, exactly as alone). A refused deposit rolls the row back
+/// with the rest of the transaction.
 pub(crate) async fn load(
     conn: &mut PgConnection,
-    input: &PaymentInput,
-) -> sqlx::Result<PaymentContext> {
-    let payment = match input.order_id() {
-        Some(order_id) => {
-            lock_saga(conn, order_id).await?;
-            sqlx::query_as(
-                "SELECT payment_id, customer_id, amount, currency, status, reason
-                 FROM payments WHERE order_id = $1 FOR UPDATE",
-            )
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-        None => None,
-    };
-    if let PaymentInput::FundsDeposited(e) = input {
-        // A first deposit opens the wallet before locking it, so two first deposits queue
-        // on the row instead of both inserting. A refused deposit rolls the row back with
-        // the rest of the transaction.
-        sqlx::query(
-            "INSERT INTO wallets (customer_id, currency, balance, deposited) VALUES ($1, $2, 0, 0)
-             ON CONFLICT (customer_id) DO NOTHING",
+    inputs: &[PaymentInput],
+) -> sqlx::Result<PaymentTables> {
+    let order_ids: BTreeSet<Uuid> = inputs.iter().filter_map(PaymentInput::order_id).collect();
+    lock_sagas(conn, order_ids.iter().copied()).await?;
+    let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
+    let mut tables = PaymentTables::default();
+    for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
+        let rows: Vec<KeyedPayment> = sqlx::query_as(
+            "SELECT order_id, payment_id, customer_id, amount, currency, status, reason
+             FROM payments WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
         )
-        .bind(&e.customer_id)
-        .bind(&e.currency)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        tables
+            .payments
+            .extend(rows.into_iter().map(|r| (r.order_id, r.payment)));
+    }
+    let mut opening: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut customers: BTreeSet<&str> = BTreeSet::new();
+    for input in inputs {
+        if let PaymentInput::FundsDeposited(e) = input {
+            opening.entry(&e.customer_id).or_insert(&e.currency);
+        }
+        let payment = input.order_id().and_then(|id| tables.payments.get(&id));
+        customers.extend(input.wallet_key(payment));
+    }
+    let mut opened: BTreeSet<String> = BTreeSet::new();
+    let opening: Vec<(&str, &str)> = opening.into_iter().collect();
+    for part in by_size(
+        opening.iter().map(|(c, cur)| c.len() + cur.len() + 8),
+        STATEMENT_BYTES,
+    ) {
+        let (ids, currencies): (Vec<&str>, Vec<&str>) = opening[part].iter().copied().unzip();
+        let rows: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO wallets (customer_id, currency, balance, deposited)
+             SELECT c, cur, 0, 0 FROM UNNEST($1::text[], $2::text[]) AS u(c, cur)
+             ON CONFLICT (customer_id) DO NOTHING RETURNING customer_id",
+        )
+        .bind(ids)
+        .bind(currencies)
+        .fetch_all(&mut *conn)
+        .await?;
+        opened.extend(rows);
+    }
+    let customers: Vec<&str> = customers.into_iter().collect();
+    for part in by_size(customers.iter().map(|c| c.len() + 4), STATEMENT_BYTES) {
+        let rows: Vec<KeyedWallet> = sqlx::query_as(
+            "SELECT customer_id, currency, balance, deposited, captured, refunded FROM wallets
+             WHERE customer_id = ANY($1) ORDER BY customer_id FOR UPDATE",
+        )
+        .bind(&customers[part])
+        .fetch_all(&mut *conn)
+        .await?;
+        tables.wallets.extend(
+            rows.into_iter()
+                .filter(|r| !opened.contains(&r.customer_id))
+                .map(|r| (r.customer_id, r.wallet)),
+        );
+    }
+    Ok(tables)
+}
+
+/// Order ids per `ANY($1)` statement: 16 bytes each, well inside one write.
+const KEYS_PER_STATEMENT: usize = 500;
+
+#[derive(sqlx::FromRow)]
+struct KeyedPayment {
+    order_id: Uuid,
+    #[sqlx(flatten)]
+    payment: Payment,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyedWallet {
+    customer_id: String,
+    #[sqlx(flatten)]
+    wallet: Wallet,
+}
+
+/// Stores every row of `now` that differs from `loaded` (the rows were locked, or opened,
+/// by [`load`]): one statement per table and [`STATEMENT_BYTES`].
+pub(crate) async fn store(
+    conn: &mut PgConnection,
+    loaded: &PaymentTables,
+    now: &PaymentTables,
+) -> sqlx::Result<()> {
+    let wallets: Vec<(&String, &Wallet)> = changed(&loaded.wallets, &now.wallets);
+    let sizes = wallets.iter().map(|(c, w)| c.len() + w.currency.len() + 40);
+    for part in by_size(sizes, STATEMENT_BYTES) {
+        let rows = &wallets[part];
+        sqlx::query(
+            "INSERT INTO wallets (customer_id, currency, balance, deposited, captured, refunded)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
+             ON CONFLICT (customer_id) DO UPDATE SET currency = EXCLUDED.currency, balance = EXCLUDED.balance,
+                 deposited = EXCLUDED.deposited, captured = EXCLUDED.captured,
+                 refunded = EXCLUDED.refunded, updated_at = now()",
+        )
+        .bind(rows.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, w)| w.currency.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, w)| w.balance).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, w)| w.deposited).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, w)| w.captured).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, w)| w.refunded).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
-    let wallet = match input.wallet_key(payment.as_ref()) {
-        Some(customer_id) => {
-            sqlx::query_as(
-                "SELECT currency, balance, deposited, captured, refunded FROM wallets
-                 WHERE customer_id = $1 FOR UPDATE",
-            )
-            .bind(customer_id)
-            .fetch_optional(conn)
-            .await?
-        }
-        None => None,
-    };
-    Ok(PaymentContext {
-        payment,
-        wallet,
-        new_payment_id: Uuid::now_v7(),
-    })
-}
-
-pub(crate) async fn set_payment(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    p: &Payment,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO payments (order_id, payment_id, customer_id, amount, currency, status, reason)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (order_id) DO UPDATE SET payment_id = EXCLUDED.payment_id,
-             customer_id = EXCLUDED.customer_id, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
-             status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = now()",
-    )
-    .bind(order_id)
-    .bind(p.payment_id)
-    .bind(&p.customer_id)
-    .bind(p.amount)
-    .bind(&p.currency)
-    .bind(p.state)
-    .bind(&p.reason)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Stores a wallet (its row was locked, or opened, by [`load`]).
-pub(crate) async fn set_wallet(
-    conn: &mut PgConnection,
-    customer_id: &str,
-    w: &Wallet,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO wallets (customer_id, currency, balance, deposited, captured, refunded)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (customer_id) DO UPDATE SET currency = EXCLUDED.currency, balance = EXCLUDED.balance,
-             deposited = EXCLUDED.deposited, captured = EXCLUDED.captured,
-             refunded = EXCLUDED.refunded, updated_at = now()",
-    )
-    .bind(customer_id)
-    .bind(&w.currency)
-    .bind(w.balance)
-    .bind(w.deposited)
-    .bind(w.captured)
-    .bind(w.refunded)
-    .execute(conn)
-    .await?;
+    let payments: Vec<(&Uuid, &Payment)> = changed(&loaded.payments, &now.payments);
+    let sizes = payments.iter().map(|(_, p)| {
+        p.customer_id.len() + p.currency.len() + p.reason.as_ref().map_or(0, String::len) + 80
+    });
+    for part in by_size(sizes, STATEMENT_BYTES) {
+        let rows = &payments[part];
+        sqlx::query(
+            "INSERT INTO payments (order_id, payment_id, customer_id, amount, currency, status, reason)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[])
+             ON CONFLICT (order_id) DO UPDATE SET payment_id = EXCLUDED.payment_id,
+                 customer_id = EXCLUDED.customer_id, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
+                 status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = now()",
+        )
+        .bind(rows.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.payment_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.customer_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.amount).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.currency.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.state.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.reason.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

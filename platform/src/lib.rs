@@ -18,6 +18,7 @@ pub mod listener;
 pub mod openapi;
 pub mod request_span;
 pub mod shutdown;
+pub mod staged;
 pub mod telemetry;
 
 pub use api_error::{ApiError, ApiJson};
