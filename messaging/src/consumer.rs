@@ -9,9 +9,9 @@
 //!    the second delivery into a no-op.
 //!
 //! Under load, the deliveries that are waiting when a worker becomes free are handled as a
-//! batch: up to `batch_size` of them in one transaction (one inbox statement for all, each
-//! handler in delivery order, one outbox statement for all, one commit), then settled with
-//! one multiple ack ([`crate::acks`]). A batch costs one commit instead of one per message,
+//! batch: up to `batch_size` of them in one transaction (one inbox statement for all, the
+//! handler's [`Handler::handle_all`] on the claimed ones in delivery order, one outbox
+//! statement for all, one commit), then settled with one multiple ack ([`crate::acks`]). A batch costs one commit instead of one per message,
 //! which is most of what a delivery costs the database. If anything in the batch fails, the
 //! whole transaction rolls back and every message of it is handled again on its own, so a
 //! failing message is isolated, classified and retried alone, exactly as if it had come

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 /// Opens a pool on `url`, creating the database first if needed, and runs `migrator`.
@@ -23,10 +23,15 @@ pub async fn connect_and_migrate(
         PgConnectOptions::from_str(url)
             .with_context(|| format!("invalid database URL {}", messaging::amqp::redact_url(url)))
             .map(|o| {
-                o.options([
+                let o = o.options([
                     ("lock_timeout", format!("{lock_timeout}ms")),
                     ("statement_timeout", format!("{statement_timeout}ms")),
-                ])
+                ]);
+                if plain_on_loopback(url, std::env::var_os("PGSSLMODE").is_some(), o.get_host()) {
+                    o.ssl_mode(PgSslMode::Disable)
+                } else {
+                    o
+                }
             })
     };
     // Several URLs: a primary and its standbys (see db_failover); start on the primary.
@@ -70,6 +75,22 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
+/// Whether a connection goes without TLS although nobody asked for that: a server on this
+/// machine (a loopback address, `localhost` or a Unix socket) with no `sslmode` in the URL
+/// or `PGSSLMODE`. PostgreSQL's own default (`prefer`) would negotiate TLS there, which
+/// protects nothing on loopback and costs both ends an encryption on every round trip. Any
+/// `sslmode` given is kept as it is.
+fn plain_on_loopback(url: &str, sslmode_in_env: bool, host: &str) -> bool {
+    let asked = url.contains("sslmode=") || sslmode_in_env;
+    let local = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !asked && local
+}
+
 /// Creates the database named in `options` unless it exists. Two processes starting at once
 /// may both try: the loser's "already exists" error is expected and ignored.
 async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
@@ -97,4 +118,36 @@ async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
     }
     admin.close().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_on_loopback;
+
+    #[test]
+    fn only_a_local_server_nobody_chose_tls_for_goes_without_it() {
+        let plain = |url: &str, host: &str| plain_on_loopback(url, false, host);
+        assert!(plain("postgres://u@127.0.0.1/orders", "127.0.0.1"));
+        assert!(plain("postgres://u@localhost/orders", "localhost"));
+        assert!(plain("postgres://u@[::1]/orders", "::1"));
+        assert!(plain(
+            "postgres:///orders?host=/run/postgresql",
+            "/run/postgresql"
+        ));
+        assert!(!plain("postgres://u@db.internal/orders", "db.internal"));
+        assert!(!plain("postgres://u@10.0.0.5/orders", "10.0.0.5"));
+        assert!(!plain(
+            "postgres://u@127.0.0.1/orders?sslmode=require",
+            "127.0.0.1"
+        ));
+        assert!(!plain(
+            "postgres://u@127.0.0.1/orders?sslmode=prefer",
+            "127.0.0.1"
+        ));
+        assert!(!plain_on_loopback(
+            "postgres://u@127.0.0.1/orders",
+            true,
+            "127.0.0.1"
+        ));
+    }
 }
