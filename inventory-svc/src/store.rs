@@ -46,8 +46,8 @@ pub(crate) async fn load(
     for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
         let rows: Vec<(Uuid, ReservationState, sqlx::types::Json<Vec<StockItem>>)> =
             sqlx::query_as(
-                "SELECT order_id, status, items FROM reservations
-                 WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+                "SELECT r.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
+                     SELECT order_id, status, items FROM reservations WHERE order_id = k.id FOR UPDATE) r",
             )
             .bind(ids)
             .fetch_all(&mut *conn)
@@ -86,8 +86,8 @@ pub(crate) async fn load(
     let skus: Vec<String> = skus.into_iter().collect();
     for part in by_size(skus.iter().map(|s| s.len() + 4), STATEMENT_BYTES) {
         let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT sku, available, reserved, sold, adjusted FROM stock
-             WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+            "SELECT s.* FROM UNNEST($1::text[]) AS k(sku) CROSS JOIN LATERAL (
+                 SELECT sku, available, reserved, sold, adjusted FROM stock WHERE sku = k.sku FOR UPDATE) s",
         )
         .bind(&skus[part])
         .fetch_all(&mut *conn)

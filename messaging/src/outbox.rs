@@ -215,7 +215,9 @@ impl Emitter {
 
 #[derive(Debug, sqlx::FromRow)]
 struct PendingRow {
-    id: i64,
+    /// Where the row is: it is locked until the transaction ends, so it stays there, and
+    /// marking it by this address costs no index lookup and no plan.
+    at: String,
     message_id: Uuid,
     event_type: String,
     routing_key: String,
@@ -343,7 +345,7 @@ impl OutboxRelay {
     pub async fn relay_once(&self, publisher: &ConfirmedPublisher) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<PendingRow> = sqlx::query_as(
-            "SELECT id, message_id, event_type, routing_key, correlation_id, producer, occurred_at, body, traceparent
+            "SELECT ctid::text AS at, message_id, event_type, routing_key, correlation_id, producer, occurred_at, body, traceparent
              FROM outbox WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= now())
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
@@ -367,7 +369,7 @@ impl OutboxRelay {
         let mut failed = 0;
         for ((row, result), span) in rows.iter().zip(results).zip(&spans) {
             match result {
-                Ok(()) => sent.push(row.id),
+                Ok(()) => sent.push(row.at.as_str()),
                 Err(e) => {
                     span.record("error", tracing::field::display(&e));
                     failed += 1;
@@ -377,7 +379,7 @@ impl OutboxRelay {
                     // Confirms come in publish order, so that one is the culprit, and it
                     // backs off alone instead of heading every batch.
                     if !e.breaks_channel() || (failed == 1 && e.closed_channel_over_message()) {
-                        refused.push(row.id);
+                        refused.push(row.at.as_str());
                     }
                     first_error.get_or_insert(e);
                 }
@@ -389,7 +391,7 @@ impl OutboxRelay {
             sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
                      next_attempt_at = now() + make_interval(secs => LEAST(power(2, attempts), 60))
-                 WHERE id = ANY($1)",
+                 WHERE ctid = ANY($1::text[]::tid[])",
             )
             .bind(&refused)
             .bind(reason)
@@ -397,7 +399,7 @@ impl OutboxRelay {
             .await?;
         }
         if !sent.is_empty() {
-            sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+            sqlx::query("UPDATE outbox SET sent_at = now() WHERE ctid = ANY($1::text[]::tid[])")
                 .bind(&sent)
                 .execute(&mut *tx)
                 .await?;

@@ -3,6 +3,8 @@
 //! property tests run), and stores the orders that moved and every history row with one
 //! statement each, in the consumer's transaction.
 
+use std::collections::BTreeMap;
+
 use events::Event;
 use messaging::consumer::Handling;
 use messaging::retry::HandlerError;
@@ -21,6 +23,8 @@ pub(crate) struct OrderHandler;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OrderBatch {
     pub tables: OrderTables,
+    /// Where each loaded order's row is (its `ctid`, as text), to store it by.
+    pub located: BTreeMap<Uuid, String>,
     /// (order, event type, message id): each message handled, then each event it emitted.
     pub history: Vec<(Uuid, String, Uuid)>,
 }

@@ -108,16 +108,27 @@ pub(crate) async fn lock_orders(
     order_ids.dedup();
     let mut batch = OrderBatch::default();
     for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
-        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
+        let rows: Vec<LockedOrder> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT o.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
+                 SELECT ctid::text AS at, {ORDER_COLUMNS} FROM orders WHERE order_id = k.id FOR UPDATE) o"
         )))
         .bind(ids)
         .fetch_all(&mut *conn)
         .await?;
-        let orders = rows.into_iter().map(|r| (r.order_id, Order::from(r)));
-        batch.tables.orders.extend(orders);
+        for LockedOrder { at, row } in rows {
+            batch.located.insert(row.order_id, at);
+            batch.tables.orders.insert(row.order_id, Order::from(row));
+        }
     }
     Ok(batch)
+}
+
+/// An order row locked by [`lock_orders`], and where it is.
+#[derive(sqlx::FromRow)]
+struct LockedOrder {
+    at: String,
+    #[sqlx(flatten)]
+    row: OrderRow,
 }
 
 /// Order ids per `ANY($1)` statement: 16 bytes each, well inside one write.
@@ -136,35 +147,36 @@ pub(crate) async fn store_batch(
         .map(|(_, o)| o.reason.as_ref().map_or(0, String::len) + 40);
     for part in by_size(sizes, STATEMENT_BYTES) {
         let rows = &moved[part];
+        let at = rows
+            .iter()
+            .map(|(id, _)| {
+                loaded.located.get(*id).map(String::as_str).ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("order {id} was stored without being locked"))
+                })
+            })
+            .collect::<sqlx::Result<Vec<&str>>>()?;
+        // By the rows' addresses (locked since `lock_orders`, so they have not moved): a scan
+        // by address needs neither an index lookup nor a plan that knows the table's size.
         sqlx::query(
             "UPDATE orders o SET status = u.s, reason = u.r, updated_at = now()
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, s, r) WHERE o.order_id = u.id",
+             FROM UNNEST($1::text[]::tid[], $2::text[], $3::text[]) AS u(at, s, r)
+             WHERE o.ctid = ANY($1::text[]::tid[]) AND o.ctid = u.at",
         )
-        .bind(rows.iter().map(|(id, _)| **id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, o)| o.status.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, o)| o.reason.as_deref()).collect::<Vec<_>>())
+        .bind(at)
+        .bind(
+            rows.iter()
+                .map(|(_, o)| o.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, o)| o.reason.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await?;
     }
-    let history = &now.history[loaded.history.len()..];
-    for part in by_size(
-        history.iter().map(|(_, t, _)| t.len() + 40),
-        STATEMENT_BYTES,
-    ) {
-        let rows = &history[part];
-        sqlx::query(
-            "INSERT INTO order_history (order_id, event_type, message_id)
-             SELECT o, t, m FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS u(o, t, m, n)
-             WHERE NOT EXISTS (SELECT 1 FROM order_history h WHERE h.order_id = u.o AND h.message_id = u.m)
-             ORDER BY n",
-        )
-        .bind(rows.iter().map(|(o, _, _)| *o).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| *m).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    record_history_rows(conn, &now.history[loaded.history.len()..]).await
 }
 
 pub(crate) async fn set_status(
@@ -188,18 +200,30 @@ pub(crate) async fn record_history(
     event_type: &str,
     message_id: Uuid,
 ) -> sqlx::Result<()> {
-    // Once per message: a message redelivered after its inbox row was purged is not a new
-    // event. The caller holds the order row's lock, so two inserts cannot race.
-    sqlx::query(
-        "INSERT INTO order_history (order_id, event_type, message_id)
-         SELECT $1, $2, $3
-         WHERE NOT EXISTS (SELECT 1 FROM order_history WHERE order_id = $1 AND message_id = $3)",
-    )
-    .bind(order_id)
-    .bind(event_type)
-    .bind(message_id)
-    .execute(conn)
-    .await?;
+    record_history_rows(conn, &[(order_id, event_type.to_owned(), message_id)]).await
+}
+
+/// Appends (order, event type, message id) rows to the orders' histories, in order. Once
+/// per message: a message redelivered after its inbox row was purged is not a new event,
+/// and the unique index on (order, message) drops it.
+pub(crate) async fn record_history_rows(
+    conn: &mut PgConnection,
+    rows: &[(Uuid, String, Uuid)],
+) -> sqlx::Result<()> {
+    for part in by_size(rows.iter().map(|(_, t, _)| t.len() + 40), STATEMENT_BYTES) {
+        let rows = &rows[part];
+        sqlx::query(
+            "INSERT INTO order_history (order_id, event_type, message_id)
+             SELECT o, t, m FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS u(o, t, m, n)
+             ORDER BY n
+             ON CONFLICT (order_id, message_id) DO NOTHING",
+        )
+        .bind(rows.iter().map(|(o, _, _)| *o).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| *m).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

@@ -60,8 +60,9 @@ pub(crate) async fn load(
     let mut tables = PaymentTables::default();
     for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
         let rows: Vec<KeyedPayment> = sqlx::query_as(
-            "SELECT order_id, payment_id, customer_id, amount, currency, status, reason
-             FROM payments WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+            "SELECT p.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
+                 SELECT order_id, payment_id, customer_id, amount, currency, status, reason
+                 FROM payments WHERE order_id = k.id FOR UPDATE) p",
         )
         .bind(ids)
         .fetch_all(&mut *conn)
@@ -100,8 +101,9 @@ pub(crate) async fn load(
     let customers: Vec<&str> = customers.into_iter().collect();
     for part in by_size(customers.iter().map(|c| c.len() + 4), STATEMENT_BYTES) {
         let rows: Vec<KeyedWallet> = sqlx::query_as(
-            "SELECT customer_id, currency, balance, deposited, captured, refunded FROM wallets
-             WHERE customer_id = ANY($1) ORDER BY customer_id FOR UPDATE",
+            "SELECT w.* FROM UNNEST($1::text[]) AS k(id) CROSS JOIN LATERAL (
+                 SELECT customer_id, currency, balance, deposited, captured, refunded
+                 FROM wallets WHERE customer_id = k.id FOR UPDATE) w",
         )
         .bind(&customers[part])
         .fetch_all(&mut *conn)
