@@ -3,31 +3,18 @@
 //! property tests run), and stores the orders that moved and every history row with one
 //! statement each, in the consumer's transaction.
 
-use std::collections::BTreeMap;
-
 use events::Event;
 use messaging::consumer::Handling;
 use messaging::retry::HandlerError;
 use platform::inputs::{Refusal, unexpected_event};
 use platform::staged::Staged;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-use crate::memory::OrderTables;
 use crate::saga::{self, OrderInput, OrderWrite};
+use crate::store::OrderBatch;
 use crate::{SERVICE, apply, store};
 
 pub(crate) struct OrderHandler;
-
-/// A batch's orders and the history rows its decisions add, in order.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct OrderBatch {
-    pub tables: OrderTables,
-    /// Where each loaded order's row is (its `ctid`, as text), to store it by.
-    pub located: BTreeMap<Uuid, String>,
-    /// (order, event type, message id): each message handled, then each event it emitted.
-    pub history: Vec<(Uuid, String, Uuid)>,
-}
 
 impl Staged for OrderHandler {
     type Event = Event;

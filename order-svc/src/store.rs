@@ -1,6 +1,8 @@
 //! The order tables: named queries used by the HTTP routes, the handlers and the deadline
 //! sweep. Every write happens inside a transaction the caller owns.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use events::catalog::OrderItem;
 use sqlx::PgConnection;
@@ -9,7 +11,7 @@ use uuid::Uuid;
 use messaging::chunks::{STATEMENT_BYTES, by_size};
 use platform::staged::changed;
 
-use crate::handlers::OrderBatch;
+use crate::memory::OrderTables;
 use crate::saga::{IdempotencyKey, Order, OrderStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -96,6 +98,16 @@ pub(crate) async fn lock_order(
 ) -> sqlx::Result<Option<Order>> {
     let mut batch = lock_orders(conn, vec![order_id]).await?;
     Ok(batch.tables.orders.remove(&order_id))
+}
+
+/// A batch's orders and the history rows its decisions add, in order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OrderBatch {
+    pub tables: OrderTables,
+    /// Where each loaded order's row is (its `ctid`, as text), to store it by.
+    pub located: BTreeMap<Uuid, String>,
+    /// (order, event type, message id): each message handled, then each event it emitted.
+    pub history: Vec<(Uuid, String, Uuid)>,
 }
 
 /// Locks the orders of a batch, in order-id order (so two batches never wait on each
