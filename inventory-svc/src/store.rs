@@ -1,14 +1,15 @@
-//! The stock and reservation tables' queries: the loading of a decision's state, the
-//! writes of its plan, and the read API's queries. Writes run in the caller's transaction.
+//! The stock and reservation tables' queries: the loading of a batch's rows, the storing
+//! of what its decisions changed, and the read API's queries. Writes run in the caller's
+//! transaction.
+
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use events::catalog::StockItem;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use std::collections::BTreeSet;
-
-use messaging::chunks::{STATEMENT_BYTES, by_size};
+use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
 use messaging::consumer::lock_sagas;
 use platform::staged::changed;
 
@@ -43,7 +44,7 @@ pub(crate) async fn load(
     lock_sagas(conn, order_ids.iter().copied()).await?;
     let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
     let mut tables = InventoryTables::default();
-    for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
+    for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
         let rows: Vec<(Uuid, ReservationState, sqlx::types::Json<Vec<StockItem>>)> =
             sqlx::query_as(
                 "SELECT r.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
@@ -107,9 +108,6 @@ pub(crate) async fn load(
     }
     Ok(tables)
 }
-
-/// Order ids per `ANY($1)` statement: 16 bytes each, well inside one write.
-const KEYS_PER_STATEMENT: usize = 500;
 
 /// Stores every row of `now` that differs from `loaded` (the rows were locked, or
 /// created, by [`load`]): one statement per table and [`STATEMENT_BYTES`].

@@ -12,6 +12,9 @@ use std::ops::Range;
 /// The most bytes of row data one statement carries.
 pub const STATEMENT_BYTES: usize = 12 * 1024;
 
+/// Keys per `ANY($1)` or `UNNEST($1)` of UUIDs: 16 bytes each, well inside one write.
+pub const UUIDS_PER_STATEMENT: usize = 500;
+
 /// Cuts rows of the given sizes into consecutive ranges of at most `budget` bytes each (a
 /// row larger than the budget gets a range of its own).
 pub fn by_size(sizes: impl IntoIterator<Item = usize>, budget: usize) -> Vec<Range<usize>> {

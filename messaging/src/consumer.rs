@@ -11,11 +11,12 @@
 //! Under load, the deliveries that are waiting when a worker becomes free are handled as a
 //! batch: up to `batch_size` of them in one transaction (one inbox statement for all, the
 //! handler's [`Handler::handle_all`] on the claimed ones in delivery order, one outbox
-//! statement for all, one commit), then settled with one multiple ack ([`crate::acks`]). A batch costs one commit instead of one per message,
-//! which is most of what a delivery costs the database. If anything in the batch fails, the
-//! whole transaction rolls back and every message of it is handled again on its own, so a
-//! failing message is isolated, classified and retried alone, exactly as if it had come
-//! alone. At low load a batch is one delivery: batching adds no wait.
+//! statement for all, one commit), then settled with one multiple ack ([`crate::acks`]).
+//! A batch costs one commit instead of one per message, which is most of what a delivery
+//! costs the database. If anything in the batch fails, the whole transaction rolls back
+//! and every message of it is handled again on its own, so a failing message is isolated,
+//! classified and retried alone, exactly as if it had come alone. At low load a batch is
+//! one delivery: batching adds no wait.
 //!
 //! A handler failure rolls the transaction back (no trace of the attempt) and then, by its
 //! class, either publishes the message to a delayed retry queue or to the dead-letter
@@ -797,17 +798,12 @@ fn dead_letter(e: &DecodeError, attempt: u32) -> Disposition {
     }
 }
 
-/// Serialises the handlers of one saga for the rest of the transaction. Deliveries are
-/// handled concurrently, and two events about one order may arrive together before any row
-/// exists to lock (OrderCreated racing OrderCancelled, say); this transaction-scoped
-/// advisory lock on the order id makes the second wait for the first to commit.
-pub async fn lock_saga(conn: &mut PgConnection, order_id: uuid::Uuid) -> sqlx::Result<()> {
-    lock_sagas(conn, [order_id]).await
-}
-
-/// [`lock_saga`] for every order of a batch, with one statement. The locks are taken in
-/// the order of their keys, so two batches that share orders queue on the first they
-/// share instead of waiting on each other in a cycle.
+/// Serialises the handlers of one saga for the rest of the transaction, for every order
+/// of a batch with one statement. Two events about one order may arrive together before
+/// any row exists to lock (OrderCreated racing OrderCancelled, say); this
+/// transaction-scoped advisory lock on the order id makes the second wait for the first to
+/// commit. The locks are taken in the order of their keys, so two batches that share
+/// orders queue on the first they share instead of waiting on each other in a cycle.
 pub async fn lock_sagas(
     conn: &mut PgConnection,
     order_ids: impl IntoIterator<Item = uuid::Uuid>,

@@ -8,7 +8,7 @@ use events::catalog::OrderItem;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use messaging::chunks::{STATEMENT_BYTES, by_size};
+use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
 use platform::staged::changed;
 
 use crate::memory::OrderTables;
@@ -119,7 +119,7 @@ pub(crate) async fn lock_orders(
     order_ids.sort_unstable();
     order_ids.dedup();
     let mut batch = OrderBatch::default();
-    for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
+    for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
         let rows: Vec<LockedOrder> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT o.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
                  SELECT ctid::text AS at, {ORDER_COLUMNS} FROM orders WHERE order_id = k.id FOR UPDATE) o"
@@ -142,9 +142,6 @@ struct LockedOrder {
     #[sqlx(flatten)]
     row: OrderRow,
 }
-
-/// Order ids per `ANY($1)` statement: 16 bytes each, well inside one write.
-const KEYS_PER_STATEMENT: usize = 500;
 
 /// Stores a batch: the orders whose status or reason changed, then its history rows in
 /// order (each message once per order, as [`record_history`] does).

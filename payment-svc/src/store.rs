@@ -1,13 +1,14 @@
-//! The wallet and payment tables' queries: the loading of a decision's context, the
-//! writes of its plan, and the read API's queries. Writes run in the caller's transaction.
+//! The wallet and payment tables' queries: the loading of a batch's rows, the storing of
+//! what its decisions changed, and the read API's queries. Writes run in the caller's
+//! transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use messaging::chunks::{STATEMENT_BYTES, by_size};
+use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
 use messaging::consumer::lock_sagas;
 use platform::staged::changed;
 
@@ -58,7 +59,7 @@ pub(crate) async fn load(
     lock_sagas(conn, order_ids.iter().copied()).await?;
     let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
     let mut tables = PaymentTables::default();
-    for ids in order_ids.chunks(KEYS_PER_STATEMENT) {
+    for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
         let rows: Vec<KeyedPayment> = sqlx::query_as(
             "SELECT p.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
                  SELECT order_id, payment_id, customer_id, amount, currency, status, reason
@@ -116,9 +117,6 @@ pub(crate) async fn load(
     }
     Ok(tables)
 }
-
-/// Order ids per `ANY($1)` statement: 16 bytes each, well inside one write.
-const KEYS_PER_STATEMENT: usize = 500;
 
 #[derive(sqlx::FromRow)]
 struct KeyedPayment {
