@@ -395,12 +395,7 @@ impl<H: Handler> EventConsumer<H> {
             out.add_to(&mut rows, trace.as_deref())?;
         }
         let handled = started.elapsed();
-        let wrote = !rows.is_empty();
-        rows.insert(&mut tx).await?;
-        tx.commit().await?;
-        if wrote {
-            crate::outbox::rows_committed();
-        }
+        rows.commit(tx).await?;
         tracing::debug!(
             size = batch.len(),
             claim_ms = claimed.as_secs_f64() * 1e3,

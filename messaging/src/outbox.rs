@@ -60,9 +60,14 @@ pub async fn enqueue(
     rows.insert(conn).await
 }
 
+/// What runs once a transaction has committed (counting a saga that ended, say): never
+/// before, and never for a transaction that rolled back and runs again.
+type AfterCommit = Box<dyn FnOnce() + Send>;
+
 /// Outbox rows gathered from one or more emitters (several messages handled, or several
-/// requests placed, in one transaction), written with one statement.
-#[derive(Debug, Default)]
+/// requests placed, in one transaction), written with one statement, and what their
+/// emitters asked to run after the commit.
+#[derive(Default)]
 pub struct OutboxRows {
     message_id: Vec<Uuid>,
     event_type: Vec<String>,
@@ -73,6 +78,16 @@ pub struct OutboxRows {
     occurred_at: Vec<DateTime<Utc>>,
     body: Vec<String>,
     traceparent: Vec<Option<String>>,
+    after_commit: Vec<AfterCommit>,
+}
+
+impl std::fmt::Debug for OutboxRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRows")
+            .field("message_id", &self.message_id)
+            .field("after_commit", &self.after_commit.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl OutboxRows {
@@ -105,6 +120,22 @@ impl OutboxRows {
 
     pub fn is_empty(&self) -> bool {
         self.message_id.is_empty()
+    }
+
+    /// Inserts every row, commits `tx`, wakes this process's relays if a row was written,
+    /// and runs what the emitters asked to run after the commit.
+    pub async fn commit(mut self, mut tx: Transaction<'_, Postgres>) -> sqlx::Result<()> {
+        let wrote = !self.is_empty();
+        let after_commit = std::mem::take(&mut self.after_commit);
+        self.insert(&mut tx).await?;
+        tx.commit().await?;
+        if wrote {
+            rows_committed();
+        }
+        for run in after_commit {
+            run();
+        }
+        Ok(())
     }
 
     /// Inserts every row, in the order they were pushed (their ids, and so the relay's
@@ -146,13 +177,24 @@ impl OutboxRows {
 
 /// The events one transaction emits, each wrapped in its envelope as soon as it is emitted
 /// so the caller knows its message id (for an order's history, say).
-#[derive(Debug)]
 pub struct Emitter {
     producer: String,
     causation_id: Option<Uuid>,
     envelopes: Vec<Envelope>,
     /// The routing key of each envelope, from its event type.
     routing_keys: Vec<&'static str>,
+    after_commit: Vec<AfterCommit>,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("producer", &self.producer)
+            .field("causation_id", &self.causation_id)
+            .field("envelopes", &self.envelopes)
+            .field("after_commit", &self.after_commit.len())
+            .finish()
+    }
 }
 
 impl Emitter {
@@ -163,7 +205,15 @@ impl Emitter {
             causation_id,
             envelopes: Vec::new(),
             routing_keys: Vec::new(),
+            after_commit: Vec::new(),
         }
+    }
+
+    /// Runs `f` once the transaction these events are written in has committed: for what
+    /// must count once, and only if it happened (a batch that fails is rolled back and
+    /// handled again message by message).
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(f));
     }
 
     pub fn emit<E: Event>(&mut self, event: E) -> &Envelope {
@@ -177,39 +227,26 @@ impl Emitter {
         &self.envelopes
     }
 
-    /// Writes every emitted event to the outbox inside the caller's transaction. The caller
-    /// commits and then calls [`rows_committed`]; [`Emitter::commit`] does all three.
-    pub async fn write(
-        self,
-        conn: &mut PgConnection,
-        traceparent: Option<&str>,
-    ) -> sqlx::Result<()> {
-        let mut rows = OutboxRows::default();
-        self.add_to(&mut rows, traceparent)?;
-        rows.insert(conn).await
-    }
-
-    /// Adds every emitted event to `rows`, for a caller that writes several emitters at once.
+    /// Adds every emitted event, and what is to run after the commit, to `rows`, for a
+    /// caller that writes several emitters in one transaction.
     pub fn add_to(self, rows: &mut OutboxRows, traceparent: Option<&str>) -> sqlx::Result<()> {
         for (envelope, routing_key) in self.envelopes.iter().zip(self.routing_keys) {
             rows.push(envelope, routing_key, traceparent)?;
         }
+        rows.after_commit.extend(self.after_commit);
         Ok(())
     }
 
-    /// Writes the emitted events, commits `tx`, and wakes this process's relays.
+    /// Writes the emitted events, commits `tx`, wakes this process's relays, and runs what
+    /// was asked to run after the commit.
     pub async fn commit(
         self,
-        mut tx: Transaction<'_, Postgres>,
+        tx: Transaction<'_, Postgres>,
         traceparent: Option<&str>,
     ) -> sqlx::Result<()> {
-        let wrote = !self.envelopes.is_empty();
-        self.write(&mut tx, traceparent).await?;
-        tx.commit().await?;
-        if wrote {
-            rows_committed();
-        }
-        Ok(())
+        let mut rows = OutboxRows::default();
+        self.add_to(&mut rows, traceparent)?;
+        rows.commit(tx).await
     }
 }
 

@@ -53,12 +53,13 @@ pub(crate) async fn apply(
         store::record_history(tx, order_id, &event_type, message_id).await?;
     }
     if let Some(outcome) = plan.outcome {
-        record_outcome(outcome);
+        out.after_commit(move || record_outcome(outcome));
     }
     Ok(Applied::Written)
 }
 
-/// Counts a saga that ended, and how long it took.
+/// Counts a saga that ended, and how long it took: after the commit that ended it, so a
+/// transaction rolled back (a batch handled again message by message) counts nothing.
 pub(crate) fn record_outcome(outcome: Outcome) {
     let status = outcome.status.as_str();
     metrics::counter!("saga_outcomes_total", "status" => status).increment(1);

@@ -52,7 +52,7 @@ impl Staged for OrderHandler {
             ));
         }
         if let Some(outcome) = plan.outcome {
-            apply::record_outcome(outcome);
+            h.out.after_commit(move || apply::record_outcome(outcome));
         }
         let envelope = &h.incoming.envelope;
         batch

@@ -160,12 +160,7 @@ async fn place_together(
         }
         out.add_to(&mut rows, placement.trace.as_deref())?;
     }
-    let wrote = !rows.is_empty();
-    rows.insert(&mut tx).await?;
-    tx.commit().await?;
-    if wrote {
-        messaging::outbox::rows_committed();
-    }
+    rows.commit(tx).await?;
     Ok(Some(answers))
 }
 

@@ -6,17 +6,18 @@
 //! outbox with the service's own in-memory tables fed the same events in the same order.
 //!
 //! Orders made up here were never placed at order-svc, which dead-letters the answers it
-//! gets about them; that is expected and asserted nowhere.
+//! gets about them; that is expected and asserted nowhere, except by the last test, which
+//! uses one to make order-svc's batch fail and be handled again one message at a time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use events::Event;
-use events::catalog::{CancelReason, FundsDeposited, OrderConfirmed, StockAdjusted};
+use events::catalog::{CancelReason, FundsDeposited, OrderConfirmed, StockAdjusted, StockRejected};
 use inventory_svc::memory::InventoryTables;
 use payment_svc::memory::PaymentTables;
 use saga_tests::saga_support::{order_cancelled, stock_reserved_for, synthetic_order};
-use saga_tests::{Service, Stack, StackOptions, eventually};
+use saga_tests::{Service, Stack, StackOptions, eventually, order_request};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -63,13 +64,17 @@ async fn handled_together(stack: &Stack, service: Service, events: &[Event]) -> 
     pool
 }
 
-/// How many transactions the inbox rows were written in: fewer than the events means
-/// they were handled as batches.
-async fn transactions(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM inbox")
+/// Asserts that the `events` inbox rows were written in fewer transactions than there are
+/// events: that they were handled as batches.
+async fn assert_batched(pool: &PgPool, events: usize) {
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM inbox")
         .fetch_one(pool)
         .await
-        .expect("counting the inbox's transactions")
+        .expect("counting the inbox's transactions");
+    assert!(
+        transactions < events as i64,
+        "{events} events in {transactions} transactions: no batch was formed"
+    );
 }
 
 /// The event types the service wrote to its outbox, in order.
@@ -166,12 +171,7 @@ async fn payment_svc_decides_a_batch_as_it_would_decide_its_events_one_by_one() 
     assert_eq!(payments, expected_payments);
     assert_eq!(emitted_types(&pool).await, expected_types);
 
-    let transactions = transactions(&pool).await;
-    assert!(
-        transactions < events.len() as i64,
-        "{} events in {transactions} transactions: no batch was formed",
-        events.len()
-    );
+    assert_batched(&pool, events.len()).await;
     stack.assert_invariants().await;
 }
 
@@ -249,11 +249,72 @@ async fn inventory_svc_decides_a_batch_as_it_would_decide_its_events_one_by_one(
     assert_eq!(reservations, expected_reservations);
     assert_eq!(emitted_types(&pool).await, expected_types);
 
-    let transactions = transactions(&pool).await;
+    assert_batched(&pool, events.len()).await;
+    stack.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn order_svc_counts_each_ended_saga_once_when_a_failed_batch_is_handled_again() {
+    let stack = Stack::start(StackOptions::default()).await;
+    // Orders that wait: nothing answers their order.created until the end of the test.
+    stack.kill(Service::Inventory);
+    stack.kill(Service::Payment);
+    let request = order_request("batch-ord", "EUR", &[("SKU-OB", 1, 100)]);
+    let first = stack.place_order_ok(&request).await;
+    let second = stack.place_order_ok(&request).await;
+    let rejected = |order_id: &str| {
+        Event::StockRejected(StockRejected {
+            order_id: saga_tests::saga_support::order_uuid(order_id),
+            reason: "insufficient_stock".to_owned(),
+            unavailable: Vec::new(),
+        })
+    };
+    // Between the two rejections (each ends its saga), a reservation of an order that was
+    // never placed: order-svc refuses it, so the batch the three arrive in fails and is
+    // handled again one message at a time.
+    let stranger = synthetic_order("batch-ord", "EUR", "SKU-OB", 1, 100);
+    let events = [
+        rejected(&first),
+        Event::StockReserved(stock_reserved_for(&stranger)),
+        rejected(&second),
+    ];
+    stack.kill(Service::Order);
+    for event in &events {
+        stack.publish(event).await;
+    }
+    stack.start_service(Service::Order).await;
+    stack.wait_for_status(&first, "rejected").await;
+    stack.wait_for_status(&second, "rejected").await;
+
+    let fallbacks = stack
+        .metric(Service::Order, "saga_consumer_batch_fallbacks_total", &[])
+        .await;
     assert!(
-        transactions < events.len() as i64,
-        "{} events in {transactions} transactions: no batch was formed",
-        events.len()
+        fallbacks >= 1.0,
+        "the batch did not fail, so nothing was handled twice"
     );
+    // Counted just after the commit the answers above already show: wait for both.
+    let ended = eventually(Duration::from_secs(30), || async {
+        let n = stack
+            .metric(
+                Service::Order,
+                "saga_outcomes_total",
+                &[("status", "rejected")],
+            )
+            .await;
+        if n >= 2.0 {
+            Ok(n)
+        } else {
+            Err(format!("{n} sagas counted"))
+        }
+    })
+    .await;
+    assert_eq!(
+        ended, 2.0,
+        "two sagas ended, each counted once after its commit"
+    );
+
+    stack.start_service(Service::Inventory).await;
+    stack.start_service(Service::Payment).await;
     stack.assert_invariants().await;
 }
