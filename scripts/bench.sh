@@ -123,6 +123,7 @@ print(f"    database ceiling        {b['db_transactions_per_second']:.0f} tx/s (
 print(f"(c) saga ceiling            {b['saga_ceiling_per_second']:.1f} sagas/s = 1 / (5 / broker + 6 / database)")
 print(f"(d) saga throughput         {b['sagas_per_second']:.1f} sagas/s  ({lat(b['load'])})")
 print(f"    ratio (d)/(c)           {b['ratio_to_ceiling']:.2f}")
+print(f"latency floor               {b['latency_floor_ms']:.1f} ms = 4 x delivery {b['delivery_floor_ms']:.2f} ms + 4 x transaction {b['transaction_floor_ms']:.2f} ms, one at a time")
 d = b["diagnostics"]
 print(f"diagnostics per saga        {d['deliveries_per_saga']:.2f} deliveries, {d['transactions_per_saga']:.2f} transactions, {d['cpu_seconds_per_saga'] * 1000:.2f} ms CPU")
 print(f"    project inbox+outbox    {d['project_db_transactions_per_second']:.0f} tx/s")

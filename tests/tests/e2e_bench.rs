@@ -100,6 +100,9 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
         "/saga_ceiling_per_second",
         "/sagas_per_second",
         "/ratio_to_ceiling",
+        "/latency_floor_ms",
+        "/delivery_floor_ms",
+        "/transaction_floor_ms",
         "/load/latency_ms/p99",
         "/diagnostics/deliveries_per_saga",
         "/diagnostics/transactions_per_saga",
@@ -129,6 +132,15 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
     assert!(
         (ceiling - expected).abs() <= expected * 1e-9,
         "ceiling {ceiling} is not 1 / (5 / {broker} + 6 / {database})"
+    );
+    // The floor is the saga's path timed one step at a time: four deliveries, four
+    // transactions.
+    let floor = positive(&report, "/latency_floor_ms");
+    let expected = 4.0 * positive(&report, "/delivery_floor_ms")
+        + 4.0 * positive(&report, "/transaction_floor_ms");
+    assert!(
+        (floor - expected).abs() <= expected * 1e-9,
+        "floor {floor} is not 4 x delivery + 4 x transaction"
     );
     assert_eq!(report["load"]["completed"], 30);
     // The preloaded sagas are consistent: every invariant still holds.

@@ -11,6 +11,10 @@
 //!     deliveries (OrderCreated, StockReserved to two services, PaymentDone,
 //!     OrderConfirmed) and six transactions (the HTTP command and one per delivery).
 //! (d) the saga throughput of a happy-path load; and (d)/(c).
+//! Latency floor: the saga's path from placed to final event (four transactions and four
+//! deliveries, one after the other) timed one step at a time with nothing else running:
+//! the median of one persistent message through a quorum queue, publish to delivery, and
+//! of one minimal transaction. No load can have a lower median latency on this machine.
 //! Diagnostics: deliveries and committed transactions per saga counted from the running
 //! system (the management API's deliver counters of the three input queues,
 //! `pg_stat_database.xact_commit` of the three service databases), the machine's CPU
@@ -41,6 +45,13 @@ const WINDOW: usize = 256;
 const SAGA_DELIVERIES: f64 = 5.0;
 /// Transactions one happy saga needs: the HTTP command and one per delivery.
 const SAGA_TRANSACTIONS: f64 = 6.0;
+/// One after the other from the placing of an order to its final event: the HTTP
+/// command's transaction, OrderCreated, inventory-svc's transaction, StockReserved,
+/// payment-svc's transaction, PaymentDone, order-svc's transaction, OrderConfirmed.
+const PATH_TRANSACTIONS: f64 = 4.0;
+const PATH_DELIVERIES: f64 = 4.0;
+/// Messages and transactions timed one at a time for the latency floor.
+const FLOOR_SAMPLES: usize = 200;
 
 /// The machine's own limits, measured with no project code in the way.
 struct Ceilings {
@@ -51,6 +62,19 @@ struct Ceilings {
 impl Ceilings {
     fn sagas_per_second(&self) -> f64 {
         1.0 / (SAGA_DELIVERIES / self.broker + SAGA_TRANSACTIONS / self.database)
+    }
+}
+
+/// The shortest time the machine allows from placed to final event: the saga's path
+/// timed one step at a time with nothing else running, no project code in the way.
+struct Floor {
+    delivery_ms: f64,
+    transaction_ms: f64,
+}
+
+impl Floor {
+    fn saga_ms(&self) -> f64 {
+        PATH_DELIVERIES * self.delivery_ms + PATH_TRANSACTIONS * self.transaction_ms
     }
 }
 
@@ -73,6 +97,11 @@ pub(super) async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let seconds = Duration::from_secs(args.db_seconds);
     let database = minimal_transactions(&pool, args.pool, seconds).await?;
     let ceilings = Ceilings { broker, database };
+    progress("latency floor: one delivery and one minimal transaction at a time");
+    let floor = Floor {
+        delivery_ms: broker_hop_ms(ctx, FLOOR_SAMPLES).await?,
+        transaction_ms: transaction_ms(&pool, FLOOR_SAMPLES).await?,
+    };
     progress("diagnostics: the project's inbox + outbox code, and the relay on a backlog");
     let costs = project_costs(ctx, &pool, &args).await?;
     pool.close().await;
@@ -84,7 +113,15 @@ pub(super) async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     // The management API's counters lag by about five seconds: wait until they settle.
     let mut after = settled_counters(ctx, &args, &before).await?;
     after.cpu_seconds = cpu_after_load;
-    let report = report(&args, &ceilings, &costs, existing, load, &before, &after);
+    let report = report(
+        &args,
+        &ceilings,
+        &floor,
+        &costs,
+        existing,
+        load,
+        (&before, &after),
+    );
     output::show(ctx, &report, render);
     Ok(())
 }
@@ -142,11 +179,11 @@ async fn preload(ctx: &Context, args: &BenchArgs) -> anyhow::Result<i64> {
 fn report(
     args: &BenchArgs,
     ceilings: &Ceilings,
+    floor: &Floor,
     costs: &ProjectCosts,
     existing: i64,
     load: Value,
-    before: &Counters,
-    after: &Counters,
+    (before, after): (&Counters, &Counters),
 ) -> Value {
     let completed = load["completed"].as_f64().filter(|n| *n > 0.0);
     let per_saga = |delta: f64| completed.map(|n| delta / n);
@@ -162,6 +199,9 @@ fn report(
         "saga_ceiling_per_second": ceiling,
         "sagas_per_second": throughput,
         "ratio_to_ceiling": throughput.map(|t| t / ceiling),
+        "latency_floor_ms": floor.saga_ms(),
+        "delivery_floor_ms": floor.delivery_ms,
+        "transaction_floor_ms": floor.transaction_ms,
         "orders_stored_before": existing,
         "diagnostics": {
             "deliveries_per_saga": per_saga((after.deliveries - before.deliveries) as f64),
@@ -190,6 +230,7 @@ fn render(r: &Value) -> String {
          (d) saga throughput       {:>10.1} sagas/s\n\
          \x20   ratio (d)/(c)         {:>10.2}\n\
          \x20   latency               p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n\
+         \x20   latency floor         {:>10.1} ms      (4 x delivery {:.2} ms + 4 x transaction {:.2} ms, one at a time)\n\
          diagnostics (not in the ceiling):\n\
          \x20   per saga              {:>10.2} deliveries, {:.2} committed transactions, {:.2} ms CPU\n\
          \x20   project inbox+outbox  {:>10.0} tx/s\n\
@@ -205,6 +246,9 @@ fn render(r: &Value) -> String {
         f("/load/latency_ms/p90"),
         f("/load/latency_ms/p99"),
         f("/load/latency_ms/max"),
+        f("/latency_floor_ms"),
+        f("/delivery_floor_ms"),
+        f("/transaction_floor_ms"),
         f("/diagnostics/deliveries_per_saga"),
         f("/diagnostics/transactions_per_saga"),
         f("/diagnostics/cpu_seconds_per_saga") * 1000.0,
@@ -214,29 +258,79 @@ fn render(r: &Value) -> String {
     )
 }
 
+/// A quorum queue of the benchmark's own, with a consumer and a confirming publisher.
+struct BenchQueue {
+    conn: lapin::Connection,
+    name: String,
+    setup: lapin::Channel,
+    consume: lapin::Channel,
+    consumer: lapin::Consumer,
+    publish: lapin::Channel,
+    body: Vec<u8>,
+}
+
+impl BenchQueue {
+    async fn open(ctx: &Context, purpose: &str) -> anyhow::Result<BenchQueue> {
+        let conn = ctx.broker("bench").await?;
+        let name = format!("sagactl.bench.{purpose}.{}", std::process::id());
+        let setup = conn.create_channel().await?;
+        messaging::topology::declare_quorum(&setup, &name, FieldTable::default()).await?;
+        let consume = conn.create_channel().await?;
+        consume
+            .basic_qos(WINDOW as u16, BasicQosOptions::default())
+            .await?;
+        let consumer = consume
+            .basic_consume(
+                name.as_str().into(),
+                "bench".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let publish = conn.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(BenchQueue {
+            conn,
+            name,
+            setup,
+            consume,
+            consumer,
+            publish,
+            body: vec![b'x'; BODY_BYTES],
+        })
+    }
+
+    /// Publishes one persistent message; the returned confirm says when the broker has it.
+    async fn publish(&self) -> lapin::Result<lapin::PublisherConfirm> {
+        self.publish
+            .basic_publish(
+                "".into(),
+                self.name.as_str().into(),
+                BasicPublishOptions::default(),
+                &self.body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        // Close the consuming channel first: deleting a queue under a live consumer makes
+        // the broker cancel it, which races the client's own shutdown of that channel.
+        close_quietly(self.consume.close(200, "done".into()).await);
+        self.setup
+            .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+        crate::context::close(self.conn).await;
+        Ok(())
+    }
+}
+
 /// Messages per second through one quorum queue, publish to ack.
 async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
-    let conn = ctx.broker("bench").await?;
-    let queue = format!("sagactl.bench.{}", std::process::id());
-    let setup = conn.create_channel().await?;
-    messaging::topology::declare_quorum(&setup, &queue, FieldTable::default()).await?;
-    let consume = conn.create_channel().await?;
-    consume
-        .basic_qos(WINDOW as u16, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let body = vec![b'x'; BODY_BYTES];
+    let queue = BenchQueue::open(ctx, "ceiling").await?;
+    let mut consumer = queue.consumer.clone();
     let started = Instant::now();
     let consumer_task = tokio::spawn(async move {
         let mut acked = 0;
@@ -256,17 +350,7 @@ async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
         let n = WINDOW.min(messages - sent);
         let mut confirms = Vec::with_capacity(n);
         for _ in 0..n {
-            confirms.push(
-                publish
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?,
-            );
+            confirms.push(queue.publish().await?);
         }
         for c in confirms {
             c.await?;
@@ -275,14 +359,48 @@ async fn broker_ceiling(ctx: &Context, messages: usize) -> anyhow::Result<f64> {
     }
     let acked = consumer_task.await??;
     let rate = acked as f64 / started.elapsed().as_secs_f64();
-    // Close the consuming channel first: deleting a queue under a live consumer makes the
-    // broker cancel it, which races the client's own shutdown of that channel.
-    close_quietly(consume.close(200, "done".into()).await);
-    setup
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
-    crate::context::close(conn).await;
+    queue.close().await?;
     Ok(rate)
+}
+
+/// The median time one persistent message takes through a quorum queue, from publish to
+/// its delivery at the consumer, with nothing else in flight.
+async fn broker_hop_ms(ctx: &Context, samples: usize) -> anyhow::Result<f64> {
+    let mut queue = BenchQueue::open(ctx, "hop").await?;
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        let confirm = queue.publish().await?;
+        let delivery = match queue.consumer.next().await {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the broker ended the benchmark's consumer"),
+        };
+        times.push(started.elapsed());
+        confirm.await?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    queue.close().await?;
+    Ok(median_ms(times))
+}
+
+/// The median time of one minimal handler transaction, with nothing else running.
+async fn transaction_ms(pool: &PgPool, samples: usize) -> anyhow::Result<f64> {
+    let body = vec![b'x'; BODY_BYTES];
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        minimal_transaction(pool, 0, &body).await?;
+        times.push(started.elapsed());
+    }
+    Ok(median_ms(times))
+}
+
+fn median_ms(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    times
+        .get(times.len() / 2)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
 /// The benchmark's channels and connections close after their work is measured: a failed
@@ -349,30 +467,34 @@ async fn minimal_transactions(
     workers: u32,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let body = vec![b'x'; BODY_BYTES];
+    let body = std::sync::Arc::new(vec![b'x'; BODY_BYTES]);
     transactions_per_second(pool, workers, duration, move |pool, row| {
         let body = body.clone();
-        async move {
-            let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO bench_inbox (consumer, message_id) VALUES ('bench', $1)")
-                .bind(Uuid::new_v4())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = $1")
-                .bind(row)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO bench_outbox (message_id, routing_key, body) VALUES ($1, 'bench', $2)",
-            )
-            .bind(Uuid::new_v4())
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await
-        }
+        async move { minimal_transaction(&pool, row, &body).await }
     })
     .await
+}
+
+/// A handler's minimal transaction: insert an inbox row, update one row, insert an outbox
+/// row, commit.
+async fn minimal_transaction(pool: &PgPool, row: i32, body: &[u8]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO bench_inbox (consumer, message_id) VALUES ('bench', $1)")
+        .bind(Uuid::new_v4())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = $1")
+        .bind(row)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO bench_outbox (message_id, routing_key, body) VALUES ($1, 'bench', $2)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(body)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 /// A diagnostic: the same transaction through the project's inbox and outbox code.
