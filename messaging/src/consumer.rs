@@ -51,7 +51,7 @@ use crate::authenticity::ProducerUsers;
 use crate::envelope::{Envelope, TRACEPARENT_HEADER, decode_body, header_str, header_u32};
 use crate::event::{DecodeError, Event};
 use crate::inbox::{self, InboxClaim};
-use crate::outbox::{Emitter, OutboxRows};
+use crate::outbox::{Emitter, Outbox, OutboxRows};
 use crate::parking::{PATIENCE, ParkError, ParkingPublisher};
 use crate::pause::PauseGate;
 use crate::publisher::OutgoingMessage;
@@ -188,6 +188,8 @@ struct Decoded<'d, E> {
 struct Inner<H: Handler> {
     topology: ServiceTopology<<H::Event as Event>::Kind>,
     pool: PgPool,
+    /// Where emitted events are committed (and handed to the process's relay).
+    outbox: Outbox,
     amqp_url: String,
     handler: H,
     settings: ConsumerSettings,
@@ -216,6 +218,7 @@ impl<H: Handler> EventConsumer<H> {
     pub fn new(
         topology: ServiceTopology<<H::Event as Event>::Kind>,
         pool: PgPool,
+        outbox: Outbox,
         amqp_url: impl Into<String>,
         handler: H,
         settings: ConsumerSettings,
@@ -225,6 +228,7 @@ impl<H: Handler> EventConsumer<H> {
             inner: Arc::new(Inner {
                 topology,
                 pool,
+                outbox,
                 own_user: crate::authenticity::user_of_url(&amqp_url),
                 users: ProducerUsers::from_env::<<H::Event as Event>::Kind>(),
                 amqp_url,
@@ -353,7 +357,7 @@ impl<H: Handler> EventConsumer<H> {
 
     /// Handles `batch` in ONE transaction: claims every message in the inbox, runs the
     /// handler of each claimed one in order (each in its own span), writes every emitted
-    /// event to the outbox, commits, and wakes the relays. Any failure rolls it all back.
+    /// event to the outbox, commits, and hands the events to the relay. Any failure rolls it all back.
     async fn apply_batch(
         &self,
         batch: &[(&IncomingEvent<H::Event>, &tracing::Span)],
@@ -395,7 +399,7 @@ impl<H: Handler> EventConsumer<H> {
             out.add_to(&mut rows, trace.as_deref())?;
         }
         let handled = started.elapsed();
-        rows.commit(tx).await?;
+        rows.commit(tx, &inner.outbox).await?;
         tracing::debug!(
             size = batch.len(),
             claim_ms = claimed.as_secs_f64() * 1e3,

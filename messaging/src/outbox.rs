@@ -5,27 +5,39 @@
 //! - A committed state change always gets its events published (eventually, at least once).
 //!   A rolled-back one never does.
 //! - A row is marked sent only after the broker confirmed it and routed it to a queue. A
-//!   crash between the confirm and the mark publishes the row again on restart (same
+//!   crash between the confirm and the mark publishes the row again later (same
 //!   `message_id`, so consumers drop the copy).
-//! - Several relays (replicas) may run on one outbox: each claims its batch with
-//!   `FOR UPDATE SKIP LOCKED` and holds the row locks until the batch is marked, so no two
-//!   relays publish the same row.
-//! - Relays wake in process: whoever commits outbox rows calls [`rows_committed`] after the
-//!   commit (or commits with [`Emitter::commit`], which does), and the relay loops of the
-//!   process claim what is there. No database notification is involved: PostgreSQL takes
-//!   one global lock at commit for every transaction that issued `NOTIFY`, which halved the
-//!   commits per second the database can do. Each replica wakes its own relay for its own
-//!   commits; every relay also polls every `poll_interval`, which picks up rows whose writer
-//!   died between its commit and its relay.
+//! - Rows are handed over in memory: a writer commits through its process's [`Outbox`],
+//!   and once the transaction has committed, the rows go to the process's relay as they
+//!   are, which publishes them at once and records them sent a moment later, many rows in
+//!   one statement. So a row costs the relay no claim and no transaction on the saga's
+//!   path. A handed-over row carries a lease (`next_attempt_at`, `SAGA_RELAY_LEASE_MS`):
+//!   until it runs out, no relay claims the row; after it, any relay of the database does.
+//!   That is how the rows of a writer that died before its relay published them get out
+//!   (its restart, or another replica, claims them when their lease ends), and the rows
+//!   its relay could not publish (the broker went away) too.
+//! - Relays claim what is not handed over: rows whose lease ran out, rows written with no
+//!   relay running in the process (or its broker link down, or its queue full), and rows
+//!   of other writers ([`enqueue`]). Several relays (replicas) may run on one outbox: each
+//!   claims its batch with `FOR UPDATE SKIP LOCKED` and holds the row locks until the batch
+//!   is marked, so no two relays publish the same claimed row.
+//! - Relays wake in process: a commit of rows that are not handed over calls
+//!   [`rows_committed`] after the commit, and the relay loops of the process claim what is
+//!   there. No database notification is involved: PostgreSQL takes one global lock at
+//!   commit for every transaction that issued `NOTIFY`, which halved the commits per second
+//!   the database can do. Every relay also polls every `poll_interval`, which picks up rows
+//!   whose lease ran out.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use lapin::Connection;
-use std::sync::LazyLock;
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -62,7 +74,7 @@ pub async fn enqueue(
 
 /// What runs once a transaction has committed (counting a saga that ended, say): never
 /// before, and never for a transaction that rolled back and runs again.
-type AfterCommit = Box<dyn FnOnce() + Send>;
+type AfterCommit = Box<dyn FnOnce() + Send + Sync>;
 
 /// Outbox rows gathered from one or more emitters (several messages handled, or several
 /// requests placed, in one transaction), written with one statement, and what their
@@ -122,15 +134,27 @@ impl OutboxRows {
         self.message_id.is_empty()
     }
 
-    /// Inserts every row, commits `tx`, wakes this process's relays if a row was written,
-    /// and runs what the emitters asked to run after the commit.
-    pub async fn commit(mut self, mut tx: Transaction<'_, Postgres>) -> sqlx::Result<()> {
-        let wrote = !self.is_empty();
+    pub fn len(&self) -> usize {
+        self.message_id.len()
+    }
+
+    /// Inserts every row, commits `tx`, hands the rows to this process's relay through
+    /// `outbox` (or, when it cannot take them, wakes the relays to claim them), and runs
+    /// what the emitters asked to run after the commit.
+    pub async fn commit(
+        mut self,
+        mut tx: Transaction<'_, Postgres>,
+        outbox: &Outbox,
+    ) -> sqlx::Result<()> {
         let after_commit = std::mem::take(&mut self.after_commit);
-        self.insert(&mut tx).await?;
+        let handover = outbox.taker(self.len());
+        self.insert_leased(&mut tx, handover.map(|h| h.lease))
+            .await?;
         tx.commit().await?;
-        if wrote {
-            rows_committed();
+        match handover {
+            Some(handover) => handover.hand(self.into_rows()),
+            None if !self.is_empty() => rows_committed(),
+            None => {}
         }
         for run in after_commit {
             run();
@@ -139,8 +163,20 @@ impl OutboxRows {
     }
 
     /// Inserts every row, in the order they were pushed (their ids, and so the relay's
-    /// publish order, follow it): one statement per [`crate::chunks::STATEMENT_BYTES`].
-    pub async fn insert(self, conn: &mut PgConnection) -> sqlx::Result<()> {
+    /// publish order, follow it), for any relay to claim.
+    pub async fn insert(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        self.insert_leased(conn, None).await
+    }
+
+    /// Inserts every row, leased for `lease` to the relay they are handed to (no relay
+    /// claims them before the lease runs out): one statement per
+    /// [`crate::chunks::STATEMENT_BYTES`].
+    async fn insert_leased(
+        &self,
+        conn: &mut PgConnection,
+        lease: Option<Duration>,
+    ) -> sqlx::Result<()> {
+        let lease = lease.map(|l| l.as_secs_f64());
         let sizes = (0..self.message_id.len()).map(|i| {
             // What the row adds to the statement, near enough: its texts and fixed columns.
             self.body[i].len()
@@ -153,8 +189,9 @@ impl OutboxRows {
         });
         for r in crate::chunks::by_size(sizes, crate::chunks::STATEMENT_BYTES) {
             sqlx::query(
-                "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent)
-                 SELECT message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent
+                "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent, next_attempt_at)
+                 SELECT message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent,
+                        now() + make_interval(secs => $10::float8)
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])
                  WITH ORDINALITY AS r(message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent, n)
                  ORDER BY n",
@@ -168,10 +205,160 @@ impl OutboxRows {
             .bind(&self.occurred_at[r.clone()])
             .bind(&self.body[r.clone()])
             .bind(&self.traceparent[r])
+            .bind(lease)
             .execute(&mut *conn)
             .await?;
         }
         Ok(())
+    }
+
+    /// The rows as the relay publishes them.
+    fn into_rows(self) -> Vec<RowToPublish> {
+        let mut rows = Vec::with_capacity(self.len());
+        let columns = self
+            .message_id
+            .into_iter()
+            .zip(self.event_type)
+            .zip(self.routing_key)
+            .zip(self.correlation_id)
+            .zip(self.producer)
+            .zip(self.occurred_at)
+            .zip(self.body)
+            .zip(self.traceparent);
+        for (
+            (
+                (
+                    ((((message_id, event_type), routing_key), correlation_id), producer),
+                    occurred_at,
+                ),
+                body,
+            ),
+            traceparent,
+        ) in columns
+        {
+            rows.push(RowToPublish {
+                message_id,
+                event_type,
+                routing_key,
+                correlation_id,
+                producer,
+                occurred_at,
+                body,
+                traceparent,
+            });
+        }
+        rows
+    }
+}
+
+/// Where the writers of one process commit outbox rows. With the process's relay running
+/// and connected, each transaction's rows are handed to it in memory once committed;
+/// otherwise (`Outbox::default()`, a tool, a test) they wait for a relay to claim them.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    handover: Option<Arc<Handover>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("hands_over", &self.handover.is_some())
+            .finish()
+    }
+}
+
+impl Outbox {
+    /// The relay that takes `rows` more rows now, if there is one: running, connected to
+    /// the broker, and with room in its queue.
+    fn taker(&self, rows: usize) -> Option<&Handover> {
+        self.handover
+            .as_deref()
+            .filter(|h| rows > 0 && h.link.is_up() && h.queued() + rows <= h.capacity)
+    }
+}
+
+/// Rows handed from the writers of a process to its relay, and the confirmed ones waiting
+/// to be recorded sent.
+struct Handover {
+    /// How long a handed-over row is the relay's alone.
+    lease: Duration,
+    /// Most rows queued; a writer that finds the queue full leaves its rows to be claimed.
+    capacity: usize,
+    link: LinkState,
+    queue: Mutex<VecDeque<(Instant, RowToPublish)>>,
+    /// The relay's loops wait on it.
+    work: Arc<Notify>,
+    /// Published and confirmed, with when: recorded sent by [`OutboxRelay::record_sent`].
+    confirmed: Mutex<Vec<(Uuid, DateTime<Utc>)>>,
+    recorder: Notify,
+}
+
+impl Handover {
+    fn queued(&self) -> usize {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn hand(&self, rows: Vec<RowToPublish>) {
+        let now = Instant::now();
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(rows.into_iter().map(|row| (now, row)));
+        self.work.notify_one();
+    }
+
+    /// Up to `max` rows to publish, oldest first. Rows that waited half their lease are
+    /// dropped instead: they are left to the relays that claim, so that a row is never
+    /// published from memory while a claim may take it.
+    fn take(&self, max: usize) -> Vec<RowToPublish> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rows = Vec::new();
+        while rows.len() < max
+            && let Some((handed, row)) = queue.pop_front()
+        {
+            if handed.elapsed() < self.lease / 2 {
+                rows.push(row);
+            } else {
+                metrics::counter!("saga_outbox_handover_expired_total").increment(1);
+            }
+        }
+        if !queue.is_empty() {
+            // More for another loop.
+            self.work.notify_one();
+        }
+        rows
+    }
+
+    fn confirmed(&self, sent: Vec<Uuid>) {
+        if sent.is_empty() {
+            return;
+        }
+        let at = Utc::now();
+        self.confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(sent.into_iter().map(|id| (id, at)));
+        self.recorder.notify_one();
+    }
+
+    fn take_confirmed(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+        std::mem::take(
+            &mut *self
+                .confirmed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Puts back rows whose record failed, to be recorded with the next ones.
+    fn put_back(&self, rows: Vec<(Uuid, DateTime<Utc>)>) {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(rows);
     }
 }
 
@@ -212,7 +399,7 @@ impl Emitter {
     /// Runs `f` once the transaction these events are written in has committed: for what
     /// must count once, and only if it happened (a batch that fails is rolled back and
     /// handled again message by message).
-    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + Sync + 'static) {
         self.after_commit.push(Box::new(f));
     }
 
@@ -237,24 +424,23 @@ impl Emitter {
         Ok(())
     }
 
-    /// Writes the emitted events, commits `tx`, wakes this process's relays, and runs what
-    /// was asked to run after the commit.
+    /// Writes the emitted events, commits `tx`, hands them to this process's relay through
+    /// `outbox`, and runs what was asked to run after the commit.
     pub async fn commit(
         self,
         tx: Transaction<'_, Postgres>,
         traceparent: Option<&str>,
+        outbox: &Outbox,
     ) -> sqlx::Result<()> {
         let mut rows = OutboxRows::default();
         self.add_to(&mut rows, traceparent)?;
-        rows.commit(tx).await
+        rows.commit(tx, outbox).await
     }
 }
 
+/// A row as the relay publishes it.
 #[derive(Debug, sqlx::FromRow)]
-struct PendingRow {
-    /// Where the row is: it is locked until the transaction ends, so it stays there, and
-    /// marking it by this address costs no index lookup and no plan.
-    at: String,
+struct RowToPublish {
     message_id: Uuid,
     event_type: String,
     routing_key: String,
@@ -265,7 +451,17 @@ struct PendingRow {
     traceparent: Option<String>,
 }
 
-impl PendingRow {
+/// A row a relay claimed.
+#[derive(Debug, sqlx::FromRow)]
+struct PendingRow {
+    /// Where the row is: it is locked until the transaction ends, so it stays there, and
+    /// marking it by this address costs no index lookup and no plan.
+    at: String,
+    #[sqlx(flatten)]
+    row: RowToPublish,
+}
+
+impl RowToPublish {
     /// The publish of this row as a span: a child of the span that wrote the row, so the
     /// trace runs on from the request or the handler that emitted the event.
     fn publish_span(&self) -> tracing::Span {
@@ -305,9 +501,10 @@ impl PendingRow {
 
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    /// Rows claimed and published per transaction (confirms are pipelined per batch).
+    /// Rows claimed and published per transaction (confirms are pipelined per batch), and
+    /// rows published per round from the in-memory queue.
     pub batch_size: i64,
-    /// Longest time between two polls when no notification arrives.
+    /// Longest time between two polls for rows to claim (whose lease ran out, say).
     pub poll_interval: Duration,
     pub confirm_timeout: Duration,
     /// Relay loops per process. Several let one loop's database work (claim, mark sent)
@@ -315,6 +512,11 @@ pub struct RelaySettings {
     /// Each commit in the process wakes one idle loop, so a commit made while one loop
     /// waits for its confirms is published by another at once.
     pub workers: usize,
+    /// How long a row handed over in memory is this relay's alone: no relay claims it
+    /// before. Longer than a confirm takes, short against the saga's deadline (it is how
+    /// long the rows of a writer that died wait). Zero hands nothing over: every row is
+    /// claimed.
+    pub lease: Duration,
 }
 
 impl Default for RelaySettings {
@@ -324,9 +526,14 @@ impl Default for RelaySettings {
             batch_size: 512,
             poll_interval: Duration::from_secs(1),
             confirm_timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(5),
         }
     }
 }
+
+/// How long confirmed rows wait to be recorded sent together, in one statement. Off the
+/// saga's path: the row's lease keeps it from being claimed meanwhile.
+const RECORD_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -340,6 +547,92 @@ pub enum RelayError {
     },
 }
 
+/// What became of a batch of rows published together, each row named by `K` (where it
+/// is, or its message id).
+struct Published<K> {
+    sent: Vec<K>,
+    /// Refused by the broker, or the one message it closed the channel over: these back
+    /// off alone.
+    refused: Vec<K>,
+    failed: usize,
+    first_error: Option<PublishError>,
+}
+
+impl<K> Published<K> {
+    /// Publishes `rows` (named by `keys`) with their spans and sorts out the confirms.
+    async fn publish(
+        publisher: &ConfirmedPublisher,
+        rows: impl Iterator<Item = (K, &RowToPublish)>,
+    ) -> Published<K> {
+        let (keys, spans_and_messages): (Vec<K>, Vec<_>) = rows
+            .map(|(key, row)| {
+                let span = row.publish_span();
+                let message = row.to_message(&span);
+                (key, (span, message))
+            })
+            .unzip();
+        let (spans, messages): (Vec<_>, Vec<_>) = spans_and_messages.into_iter().unzip();
+        let results = publisher.publish_all(&messages).await;
+        let mut published = Published {
+            sent: Vec::with_capacity(keys.len()),
+            refused: Vec::new(),
+            failed: 0,
+            first_error: None,
+        };
+        for ((key, result), span) in keys.into_iter().zip(results).zip(&spans) {
+            match result {
+                Ok(()) => published.sent.push(key),
+                Err(e) => {
+                    span.record("error", tracing::field::display(&e));
+                    published.failed += 1;
+                    // A refusal is about this message; a broken channel is about none of
+                    // them, except when the broker closed it over this very message: the
+                    // first one to fail, with a channel-level error (ACCESS_REFUSED, say).
+                    // Confirms come in publish order, so that one is the culprit, and it
+                    // backs off alone instead of heading every batch.
+                    if !e.breaks_channel()
+                        || (published.failed == 1 && e.closed_channel_over_message())
+                    {
+                        published.refused.push(key);
+                    }
+                    published.first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !published.refused.is_empty() {
+            metrics::counter!("saga_outbox_refused_total")
+                .increment(published.refused.len() as u64);
+        }
+        published
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.first_error.as_ref().map(|e| e.to_string())
+    }
+
+    /// How many were published, or the first failure.
+    fn outcome(self, sent: usize, claimed: usize) -> Result<usize, RelayError> {
+        metrics::counter!("saga_relay_published_total").increment(sent as u64);
+        match self.first_error {
+            None => Ok(sent),
+            Some(first) => Err(RelayError::Publish {
+                claimed,
+                failed: self.failed,
+                first,
+            }),
+        }
+    }
+}
+
+/// The backoff of a refused row (`$2` the reason): it waits before its next try, so it
+/// never blocks the rows behind it.
+macro_rules! back_off {
+    () => {
+        "attempts = attempts + 1, last_error = $2,
+         next_attempt_at = now() + make_interval(secs => LEAST(power(2, attempts), 60))"
+    };
+}
+
 /// Publishes the outbox of one service database.
 #[derive(Clone)]
 pub struct OutboxRelay {
@@ -348,10 +641,16 @@ pub struct OutboxRelay {
     name: String,
     settings: RelaySettings,
     link: LinkState,
-    /// Work for one loop: rung once per commit of outbox rows in this process (by the
-    /// doorbell task of [`OutboxRelay::run`]) and by a loop that met a full batch. One
-    /// stored permit serves every commit made while all loops were busy.
-    work: std::sync::Arc<tokio::sync::Notify>,
+    /// Work for one loop: rung when rows are handed over, once per commit of rows to claim
+    /// in this process (by the doorbell task of [`OutboxRelay::run`]), and by a loop that
+    /// met a full batch. One stored permit serves every commit made while all loops were
+    /// busy.
+    work: Arc<Notify>,
+    /// Whether a loop should claim (rows were committed that are not handed over, a poll
+    /// came, or a claim met a full batch), rather than only publish what is handed over.
+    claim_due: Arc<AtomicBool>,
+    /// `None` when the lease is zero.
+    handover: Option<Arc<Handover>>,
 }
 
 impl OutboxRelay {
@@ -362,18 +661,42 @@ impl OutboxRelay {
         name: impl Into<String>,
         settings: RelaySettings,
     ) -> Self {
+        let link = LinkState::default();
+        let work = Arc::new(Notify::new());
+        let handover = (!settings.lease.is_zero()).then(|| {
+            Arc::new(Handover {
+                lease: settings.lease,
+                capacity: usize::try_from(settings.batch_size.max(1))
+                    .unwrap_or(usize::MAX / 4)
+                    .saturating_mul(4),
+                link: link.clone(),
+                queue: Mutex::default(),
+                work: work.clone(),
+                confirmed: Mutex::default(),
+                recorder: Notify::new(),
+            })
+        });
         OutboxRelay {
             pool,
             amqp_url: amqp_url.into(),
             name: name.into(),
             settings,
-            link: LinkState::default(),
-            work: Default::default(),
+            link,
+            work,
+            claim_due: Arc::new(AtomicBool::new(true)),
+            handover,
         }
     }
 
     pub fn link(&self) -> LinkState {
         self.link.clone()
+    }
+
+    /// Where this process's writers commit, so that their rows are handed to this relay.
+    pub fn outbox(&self) -> Outbox {
+        Outbox {
+            handover: self.handover.clone(),
+        }
     }
 
     /// Claims one batch of unsent rows, publishes them, and marks the confirmed ones sent,
@@ -393,93 +716,113 @@ impl OutboxRelay {
             tx.commit().await?;
             return Ok(0);
         }
-        let spans: Vec<_> = rows.iter().map(PendingRow::publish_span).collect();
-        let messages: Vec<_> = rows
-            .iter()
-            .zip(&spans)
-            .map(|(row, span)| row.to_message(span))
-            .collect();
-        let results = publisher.publish_all(&messages).await;
-        let mut sent = Vec::with_capacity(rows.len());
-        let mut refused = Vec::new();
-        let mut first_error = None;
-        let mut failed = 0;
-        for ((row, result), span) in rows.iter().zip(results).zip(&spans) {
-            match result {
-                Ok(()) => sent.push(row.at.as_str()),
-                Err(e) => {
-                    span.record("error", tracing::field::display(&e));
-                    failed += 1;
-                    // A refusal is about this message; a broken channel is about none of
-                    // them, except when the broker closed it over this very message: the
-                    // first one to fail, with a channel-level error (ACCESS_REFUSED, say).
-                    // Confirms come in publish order, so that one is the culprit, and it
-                    // backs off alone instead of heading every batch.
-                    if !e.breaks_channel() || (failed == 1 && e.closed_channel_over_message()) {
-                        refused.push(row.at.as_str());
-                    }
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if !refused.is_empty() {
-            metrics::counter!("saga_outbox_refused_total").increment(refused.len() as u64);
-            let reason = first_error.as_ref().map(|e| e.to_string());
-            sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
-                     next_attempt_at = now() + make_interval(secs => LEAST(power(2, attempts), 60))
-                 WHERE ctid = ANY($1::text[]::tid[])",
-            )
-            .bind(&refused)
-            .bind(reason)
+        let published =
+            Published::publish(publisher, rows.iter().map(|r| (r.at.as_str(), &r.row))).await;
+        if !published.refused.is_empty() {
+            sqlx::query(concat!(
+                "UPDATE outbox SET ",
+                back_off!(),
+                " WHERE ctid = ANY($1::text[]::tid[])"
+            ))
+            .bind(&published.refused)
+            .bind(published.reason())
             .execute(&mut *tx)
             .await?;
         }
-        if !sent.is_empty() {
+        if !published.sent.is_empty() {
             sqlx::query("UPDATE outbox SET sent_at = now() WHERE ctid = ANY($1::text[]::tid[])")
-                .bind(&sent)
+                .bind(&published.sent)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        metrics::counter!("saga_relay_published_total").increment(sent.len() as u64);
-        match first_error {
-            None => Ok(sent.len()),
-            Some(first) => Err(RelayError::Publish {
-                claimed: rows.len(),
-                failed,
-                first,
-            }),
+        let sent = published.sent.len();
+        published.outcome(sent, rows.len())
+    }
+
+    /// [`OutboxRelay::relay_once`], asking for another claim when the batch was full (a
+    /// backlog: another loop joins) or failed (after the pause).
+    async fn claim(&self, publisher: &ConfirmedPublisher) -> Result<usize, RelayError> {
+        let result = self.relay_once(publisher).await;
+        let full = matches!(result, Ok(n) if n as i64 >= self.settings.batch_size);
+        if full || result.is_err() {
+            self.claim_due.store(true, Ordering::Release);
         }
+        if full {
+            self.work.notify_one();
+        }
+        result
+    }
+
+    /// Publishes rows handed over in memory, with no transaction: the confirmed ones go to
+    /// be recorded sent, the refused ones back off in the database, and the rest (the
+    /// channel broke) are left to their lease, to be claimed when it runs out.
+    async fn publish_handed(
+        &self,
+        handover: &Handover,
+        publisher: &ConfirmedPublisher,
+        rows: Vec<RowToPublish>,
+    ) -> Result<usize, RelayError> {
+        let mut published =
+            Published::publish(publisher, rows.iter().map(|r| (r.message_id, r))).await;
+        let sent = published.sent.len();
+        // The confirmed rows first: a failure below must not keep them from being recorded.
+        handover.confirmed(std::mem::take(&mut published.sent));
+        if !published.refused.is_empty() {
+            sqlx::query(concat!(
+                "UPDATE outbox SET ",
+                back_off!(),
+                " WHERE message_id = ANY($1) AND sent_at IS NULL"
+            ))
+            .bind(&published.refused)
+            .bind(published.reason())
+            .execute(&self.pool)
+            .await?;
+        }
+        published.outcome(sent, rows.len())
     }
 
     /// Relays with `workers` loops until `shutdown`, reconnecting to the broker and the
-    /// database as needed. The batches in flight when shutdown comes are finished first.
+    /// database as needed. The batches in flight when shutdown comes are finished first,
+    /// and what they published is recorded sent.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut loops = tokio::task::JoinSet::new();
-        let (work, stop) = (self.work.clone(), shutdown.clone());
-        // The doorbell: every commit of outbox rows in this process wakes one loop.
+        let (work, stop, claim_due) = (self.work.clone(), shutdown.clone(), self.claim_due.clone());
+        // The doorbell: every commit of rows to claim in this process wakes one loop.
         loops.spawn(async move {
             let mut commits = COMMITTED.subscribe();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     // The sender is a static, never dropped: this returns on a commit.
-                    _ = commits.changed() => work.notify_one(),
+                    _ = commits.changed() => {
+                        claim_due.store(true, Ordering::Release);
+                        work.notify_one();
+                    }
                 }
             }
         });
         for worker in 0..self.settings.workers.max(1) {
             loops.spawn(self.clone().run_worker(worker, shutdown.clone()));
         }
+        if let Some(handover) = self.handover.clone() {
+            loops.spawn(self.clone().run_recorder(handover, shutdown.clone()));
+        }
         while loops.join_next().await.is_some() {}
+        if let Some(handover) = &self.handover
+            && let Err(e) = self.record_sent(handover).await
+        {
+            tracing::warn!(relay = %self.name, error = %e, "published rows not recorded sent at shutdown; they will be published again");
+        }
     }
 
     async fn run_worker(self, worker: usize, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut link: Option<(Connection, ConfirmedPublisher)> = None;
-        // Only the first loop polls: one look a poll interval finds rows whose writer died.
+        // Only the first loop polls: one look a poll interval finds rows whose lease ran
+        // out or whose writer died.
         let polls = worker == 0;
+        let batch = usize::try_from(self.settings.batch_size).unwrap_or(1);
         while !shutdown.is_cancelled() {
             if link.as_ref().is_none_or(|(_, p)| !p.is_usable()) {
                 self.link.set(false);
@@ -501,16 +844,24 @@ impl OutboxRelay {
             let Some((_, publisher)) = link.as_ref() else {
                 continue;
             };
-            match self.relay_once(publisher).await {
-                Ok(n) if n as i64 >= self.settings.batch_size => {
-                    // A backlog: go on, and bring in another loop.
-                    backoff.reset();
-                    self.work.notify_one();
+            // Claims come first when due, so rows handed over cannot starve them.
+            let claiming = self.claim_due.swap(false, Ordering::AcqRel);
+            let handed = match &self.handover {
+                Some(h) if !claiming => Some((h, h.take(batch))).filter(|(_, r)| !r.is_empty()),
+                _ => None,
+            };
+            let result = if let Some((handover, rows)) = handed {
+                self.publish_handed(handover, publisher, rows).await
+            } else if claiming {
+                self.claim(publisher).await
+            } else {
+                if self.wait_for_work(polls, &shutdown).await {
+                    self.claim_due.store(true, Ordering::Release);
                 }
-                Ok(_) => {
-                    backoff.reset();
-                    self.wait_for_work(polls, &shutdown).await;
-                }
+                continue;
+            };
+            match result {
+                Ok(_) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(relay = %self.name, error = %e, "outbox relay failed; will retry");
                     if let RelayError::Publish { first, .. } = &e
@@ -530,6 +881,54 @@ impl OutboxRelay {
         }
     }
 
+    /// Records sent what was published from memory, every [`RECORD_EVERY`] while there is
+    /// some, until `shutdown` (then [`OutboxRelay::run`] records the rest).
+    async fn run_recorder(self, handover: Arc<Handover>, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = handover.recorder.notified() => {}
+            }
+            if !amqp::pause(RECORD_EVERY, &shutdown).await {
+                return;
+            }
+            match self.record_sent(&handover).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    tracing::warn!(relay = %self.name, error = %e, "published rows not recorded sent; will retry");
+                    handover.recorder.notify_one();
+                    if !amqp::pause(backoff.next_delay(), &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records every confirmed row sent, in one statement, with the time of its confirm.
+    /// On failure they are kept for the next try.
+    async fn record_sent(&self, handover: &Handover) -> sqlx::Result<()> {
+        let confirmed = handover.take_confirmed();
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        let (ids, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = confirmed.iter().copied().unzip();
+        let recorded = sqlx::query(
+            "UPDATE outbox o SET sent_at = s.at
+             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS s(message_id, at)
+             WHERE o.message_id = s.message_id AND o.sent_at IS NULL",
+        )
+        .bind(&ids)
+        .bind(&at)
+        .execute(&self.pool)
+        .await;
+        if recorded.is_err() {
+            handover.put_back(confirmed);
+        }
+        recorded.map(drop)
+    }
+
     async fn open_publisher(
         &self,
         worker: usize,
@@ -539,9 +938,9 @@ impl OutboxRelay {
         Ok((conn, publisher))
     }
 
-    /// Returns when this loop has work (a commit in this process), after the poll interval
-    /// if it `polls`, or at shutdown.
-    async fn wait_for_work(&self, polls: bool, shutdown: &CancellationToken) {
+    /// Returns when this loop has work (rows handed over or committed in this process),
+    /// after the poll interval if it `polls` (then true: time to claim), or at shutdown.
+    async fn wait_for_work(&self, polls: bool, shutdown: &CancellationToken) -> bool {
         let poll = async {
             if polls {
                 tokio::time::sleep(self.settings.poll_interval).await;
@@ -550,9 +949,9 @@ impl OutboxRelay {
             }
         };
         tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = poll => {}
-            _ = self.work.notified() => {}
+            _ = shutdown.cancelled() => false,
+            _ = poll => true,
+            _ = self.work.notified() => false,
         }
     }
 }

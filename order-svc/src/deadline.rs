@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use messaging::outbox::Emitter;
+use messaging::outbox::{Emitter, Outbox};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,7 @@ use crate::{SERVICE, store};
 const SWEEP_BATCH: i64 = 200;
 
 /// Cancels one batch of overdue orders; returns how many were cancelled.
-pub(crate) async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
+pub(crate) async fn sweep_once(pool: &PgPool, outbox: &Outbox) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
     let overdue = store::lock_overdue(&mut tx, SWEEP_BATCH).await?;
     let mut out = Emitter::new(SERVICE, None);
@@ -41,20 +41,21 @@ pub(crate) async fn sweep_once(pool: &PgPool) -> sqlx::Result<usize> {
             messaging::trace::traceparent_of(&tracing::info_span!("deadline sweep", cancelled))
         })
         .flatten();
-    out.commit(tx, trace.as_deref()).await?;
+    out.commit(tx, trace.as_deref(), outbox).await?;
     Ok(cancelled)
 }
 
 /// Sweeps every `interval` until shutdown; never while order-svc cannot work (`clock`).
 pub(crate) async fn run(
     pool: PgPool,
+    outbox: Outbox,
     interval: Duration,
     mut clock: OutageClock,
     shutdown: CancellationToken,
 ) {
     loop {
         if clock.settle(&pool).await {
-            match sweep_once(&pool).await {
+            match sweep_once(&pool, &outbox).await {
                 Ok(n) if n as i64 >= SWEEP_BATCH => continue,
                 Ok(n) if n > 0 => {
                     tracing::info!(cancelled = n, "cancelled orders past their deadline")

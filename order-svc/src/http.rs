@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use events::catalog::OrderItem;
-use messaging::outbox::Emitter;
+use messaging::outbox::{Emitter, Outbox};
 use platform::auth::Caller;
 use platform::{ApiError, ApiJson};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,8 @@ pub(crate) const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 #[derive(Clone)]
 pub(crate) struct OrderApi {
     pub pool: PgPool,
+    /// Where commits hand their events to the relay.
+    pub outbox: Outbox,
     pub deadline: std::time::Duration,
     /// Commits placements in groups ([`crate::placing`]).
     pub placer: Placer,
@@ -318,8 +320,12 @@ async fn cancel_order(
     let plan = saga::decide(order.as_ref(), &OrderInput::Cancel(order_id))?;
     let mut out = Emitter::new(SERVICE, None);
     apply(&mut tx, &mut out, plan, None).await?;
-    out.commit(tx, messaging::trace::current_traceparent().as_deref())
-        .await?;
+    out.commit(
+        tx,
+        messaging::trace::current_traceparent().as_deref(),
+        &api.outbox,
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"order_id": order_id, "status": OrderStatus::Cancelled})),

@@ -87,17 +87,18 @@ pub async fn build(
 ) -> anyhow::Result<Application> {
     let deadline = config.deadline;
     let (sampler, admission) = shedding::sampler(config.backlog);
-    let api = |pool: sqlx::PgPool| {
-        let placer = placing::Placer::start(pool.clone());
+    let api = |pool: sqlx::PgPool, outbox: messaging::outbox::Outbox| {
+        let placer = placing::Placer::start(pool.clone(), outbox.clone());
         http::router(http::OrderApi {
             pool,
+            outbox,
             deadline,
             placer,
             admission,
         })
         .merge(platform::openapi::routes(openapi::document()))
     };
-    let (app, pool) = platform::app::launch(
+    let (app, pool, outbox) = platform::app::launch(
         &config.service,
         &MIGRATIONS,
         topology(),
@@ -109,6 +110,6 @@ pub async fn build(
     let sweep_every = (deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let clock = outage::OutageClock::new(app.broker_links());
     app.spawn(sampler.run(pool.clone(), shutdown.clone()));
-    app.spawn(deadline::run(pool, sweep_every, clock, shutdown));
+    app.spawn(deadline::run(pool, outbox, sweep_every, clock, shutdown));
     Ok(app)
 }

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use messaging::outbox::{Emitter, OutboxRows};
+use messaging::outbox::{Emitter, Outbox, OutboxRows};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -68,11 +68,11 @@ pub(crate) struct Placer {
 }
 
 impl Placer {
-    pub(crate) fn start(pool: PgPool) -> Placer {
+    pub(crate) fn start(pool: PgPool, outbox: Outbox) -> Placer {
         let (queue, waiting) = mpsc::channel(1024);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..WORKERS {
-            tokio::spawn(place_groups(pool.clone(), waiting.clone()));
+            tokio::spawn(place_groups(pool.clone(), outbox.clone(), waiting.clone()));
         }
         Placer { queue }
     }
@@ -88,7 +88,11 @@ impl Placer {
 }
 
 /// One worker: takes what is waiting, commits it as a group, answers, and again.
-async fn place_groups(pool: PgPool, waiting: Arc<Mutex<mpsc::Receiver<(Placement, Reply)>>>) {
+async fn place_groups(
+    pool: PgPool,
+    outbox: Outbox,
+    waiting: Arc<Mutex<mpsc::Receiver<(Placement, Reply)>>>,
+) {
     loop {
         let mut group = Vec::new();
         {
@@ -98,7 +102,7 @@ async fn place_groups(pool: PgPool, waiting: Arc<Mutex<mpsc::Receiver<(Placement
             }
         }
         metrics::histogram!("saga_placement_group_size").record(group.len() as f64);
-        match place_together(&pool, &group).await {
+        match place_together(&pool, &outbox, &group).await {
             Ok(Some(answers)) => {
                 for ((_, reply), placed) in group.into_iter().zip(answers) {
                     // A request that gave up (its client went away) no longer listens.
@@ -110,7 +114,7 @@ async fn place_groups(pool: PgPool, waiting: Arc<Mutex<mpsc::Receiver<(Placement
                     metrics::counter!("saga_placement_group_fallbacks_total").increment(1);
                 }
                 for (placement, reply) in group {
-                    drop(reply.send(place_alone(&pool, &placement).await));
+                    drop(reply.send(place_alone(&pool, &outbox, &placement).await));
                 }
             }
         }
@@ -146,6 +150,7 @@ async fn place_in(
 /// placement must run alone to read the order that key made).
 async fn place_together(
     pool: &PgPool,
+    outbox: &Outbox,
     group: &[(Placement, Reply)],
 ) -> sqlx::Result<Option<Vec<Placed>>> {
     let mut tx = pool.begin().await?;
@@ -160,17 +165,21 @@ async fn place_together(
         }
         out.add_to(&mut rows, placement.trace.as_deref())?;
     }
-    rows.commit(tx).await?;
+    rows.commit(tx, outbox).await?;
     Ok(Some(answers))
 }
 
 /// One placement in its own transaction, as without grouping.
-async fn place_alone(pool: &PgPool, placement: &Placement) -> Result<Placed, PlaceError> {
+async fn place_alone(
+    pool: &PgPool,
+    outbox: &Outbox,
+    placement: &Placement,
+) -> Result<Placed, PlaceError> {
     let mut tx = pool.begin().await?;
     let mut out = Emitter::new(SERVICE, None);
     match place_in(&mut tx, placement, &mut out).await? {
         Step::Written => {
-            out.commit(tx, placement.trace.as_deref()).await?;
+            out.commit(tx, placement.trace.as_deref(), outbox).await?;
             Ok(Placed::New)
         }
         Step::Existing(existing) => Ok(Placed::Existing(existing)),

@@ -39,12 +39,12 @@ pub fn topology() -> ServiceTopology<EventType> {
 
 /// Builds the running service: database, consumer, relay, housekeeping and HTTP.
 pub async fn build(c: ServiceConfig, shutdown: CancellationToken) -> anyhow::Result<Application> {
-    let (app, _) = platform::app::launch(
+    let (app, ..) = platform::app::launch(
         &c,
         &MIGRATIONS,
         topology(),
         platform::staged::StagedHandler(handlers::PaymentHandler),
-        |pool| http::router(pool).merge(platform::openapi::routes(openapi::document())),
+        |pool, _| http::router(pool).merge(platform::openapi::routes(openapi::document())),
         shutdown,
     )
     .await?;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use messaging::outbox::Outbox;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -117,31 +118,34 @@ impl Application {
 }
 
 /// Starts what every service runs the same way: its database (created and migrated), its
-/// consumer, its outbox relay and housekeeping, and its HTTP API (`api` gets the pool).
-/// Returns the application and the pool, for service-specific background tasks.
+/// consumer, its outbox relay and housekeeping, and its HTTP API (`api` gets the pool and
+/// the outbox its writers commit through, which hands their rows to the relay). Returns
+/// the application, the pool and the outbox, for service-specific background tasks.
 pub async fn launch<H: messaging::consumer::Handler>(
     config: &crate::ServiceConfig,
     migrations: &sqlx::migrate::Migrator,
     topology: messaging::topology::ServiceTopology<<H::Event as messaging::Event>::Kind>,
     handler: H,
-    api: impl FnOnce(sqlx::PgPool) -> Router,
+    api: impl FnOnce(sqlx::PgPool, Outbox) -> Router,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Application, sqlx::PgPool)> {
+) -> anyhow::Result<(Application, sqlx::PgPool, Outbox)> {
     let migrator = messaging::migrator_with(migrations);
     let pool = crate::db::connect_and_migrate(&config.database_url, config.db_pool_size, &migrator)
         .await?;
-    let consumer = messaging::consumer::EventConsumer::new(
-        topology,
-        pool.clone(),
-        &config.amqp_url,
-        handler,
-        config.consumer.clone(),
-    );
     let relay = messaging::outbox::OutboxRelay::new(
         pool.clone(),
         &config.amqp_url,
         config.name,
         config.relay.clone(),
+    );
+    let outbox = relay.outbox();
+    let consumer = messaging::consumer::EventConsumer::new(
+        topology,
+        pool.clone(),
+        outbox.clone(),
+        &config.amqp_url,
+        handler,
+        config.consumer.clone(),
     );
     let health = Health {
         pool: pool.clone(),
@@ -149,7 +153,7 @@ pub async fn launch<H: messaging::consumer::Handler>(
     };
     let app = Application::bind(
         config.http_addr,
-        api(pool.clone()),
+        api(pool.clone(), outbox.clone()),
         health,
         shutdown.clone(),
     )
@@ -161,5 +165,5 @@ pub async fn launch<H: messaging::consumer::Handler>(
         config.retention.clone(),
         shutdown,
     ));
-    Ok((app, pool))
+    Ok((app, pool, outbox))
 }

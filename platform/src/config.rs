@@ -1,7 +1,8 @@
 //! Configuration from environment variables, with local-development defaults.
 //!
 //! Shared by all services: `SAGA_AMQP_URL`, `SAGA_DB_POOL_SIZE`, `SAGA_PREFETCH`,
-//! `SAGA_CONCURRENCY`, `SAGA_RELAY_BATCH`, `SAGA_RELAY_POLL_MS`, `SAGA_CONFIRM_TIMEOUT_MS`,
+//! `SAGA_CONCURRENCY`, `SAGA_RELAY_BATCH`, `SAGA_RELAY_POLL_MS`, `SAGA_RELAY_LEASE_MS`,
+//! `SAGA_CONFIRM_TIMEOUT_MS`,
 //! `SAGA_OUTBOX_RETENTION_SECS`, `SAGA_INBOX_RETENTION_SECS`, `SAGA_PURGE_INTERVAL_SECS`.
 //! Per service (`<S>` = `ORDER`, `INVENTORY` or `PAYMENT`): `SAGA_<S>_DATABASE_URL`,
 //! `SAGA_<S>_DATABASE_PASSWORD`, `SAGA_<S>_AMQP_URL` (overrides `SAGA_AMQP_URL`, for a
@@ -159,6 +160,10 @@ impl ServiceConfig {
                 poll_interval: Duration::from_millis(env_parse("SAGA_RELAY_POLL_MS", 1000u64)?),
                 workers: relay_workers,
                 confirm_timeout,
+                lease: Duration::from_millis(env_parse(
+                    "SAGA_RELAY_LEASE_MS",
+                    RelaySettings::default().lease.as_millis() as u64,
+                )?),
             },
             retention: Retention {
                 outbox: Duration::from_secs(env_parse(

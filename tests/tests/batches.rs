@@ -124,6 +124,7 @@ impl Bench {
         let consumer = EventConsumer::new(
             self.topology.clone(),
             self.pool.clone(),
+            messaging::outbox::Outbox::default(),
             self.sandbox.amqp_url(),
             RecordsEffects,
             settings,

@@ -118,6 +118,7 @@ async fn a_handler_that_fails_before_commit_leaves_no_trace_and_the_message_come
     let consumer = EventConsumer::new(
         topology.clone(),
         pool.clone(),
+        messaging::outbox::Outbox::default(),
         sandbox.amqp_url(),
         FailsOnce {
             attempts: attempts.clone(),

@@ -1,5 +1,6 @@
 //! The transactional outbox: a committed change is published even when the broker was away
-//! at the time, and relays running side by side never publish a row twice.
+//! at the time, relays running side by side never publish a row twice, and rows handed to
+//! the relay in memory are published by it alone and recorded sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -10,11 +11,12 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use messaging::Envelope;
-use messaging::outbox::{self, OutboxRelay, RelaySettings};
+use messaging::outbox::{self, Outbox, OutboxRelay, OutboxRows, RelaySettings};
 use messaging::publisher::ConfirmedPublisher;
 use messaging::topology::{self, EVENTS_EXCHANGE};
 use saga_tests::{Sandbox, Service, Stack, StackOptions, StatusCode, eventually, order_request};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[tokio::test]
@@ -103,32 +105,7 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
     let pool = sandbox.migrated_pool("outbox", &messaging::MIGRATOR).await;
     let amqp_url = sandbox.amqp_url();
 
-    // A queue that sees everything published on saga.events.
-    let reader = messaging::amqp::connect(&amqp_url, "outbox test reader")
-        .await
-        .expect("connecting to the broker");
-    let channel = reader.create_channel().await.expect("opening a channel");
-    topology::declare_exchanges(&channel)
-        .await
-        .expect("declaring the exchanges");
-    channel
-        .queue_declare(
-            QUEUE.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declaring the test queue");
-    channel
-        .queue_bind(
-            QUEUE.into(),
-            EVENTS_EXCHANGE.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("binding the test queue");
+    let (_reader, channel) = tap(&amqp_url, QUEUE).await;
 
     let mut expected = BTreeSet::new();
     let mut tx = pool.begin().await.expect("beginning a transaction");
@@ -200,16 +177,49 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
         published.iter().all(|n| *n > 0),
         "both relays should have taken part: {published:?}"
     );
-    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-        .fetch_one(&pool)
-        .await
-        .expect("counting unsent rows");
-    assert_eq!(unsent, 0);
+    assert_eq!(unsent(&pool).await, 0);
 
     // Every publish was confirmed, so the queue now holds all there will ever be.
-    let queue = channel
+    assert_published_once(&channel, QUEUE, &expected).await;
+}
+
+/// A queue `queue` that sees everything published on saga.events, and the channel that
+/// declared it (the connection must live as long as it is read).
+async fn tap(amqp_url: &str, queue: &str) -> (lapin::Connection, lapin::Channel) {
+    let reader = messaging::amqp::connect(amqp_url, "outbox test reader")
+        .await
+        .expect("connecting to the broker");
+    let channel = reader.create_channel().await.expect("opening a channel");
+    topology::declare_exchanges(&channel)
+        .await
+        .expect("declaring the exchanges");
+    channel
         .queue_declare(
-            QUEUE.into(),
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declaring the test queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            EVENTS_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("binding the test queue");
+    (reader, channel)
+}
+
+/// Asserts that `queue` holds exactly the messages `expected`, each once (every publish
+/// was confirmed, so it holds all there will ever be), and that each carries its id.
+async fn assert_published_once(channel: &lapin::Channel, queue: &str, expected: &BTreeSet<Uuid>) {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -219,14 +229,13 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
         .await
         .expect("inspecting the test queue");
     assert_eq!(
-        queue.message_count() as usize,
-        ROWS,
+        declared.message_count() as usize,
+        expected.len(),
         "messages in the queue"
     );
-
     let mut deliveries = channel
         .basic_consume(
-            QUEUE.into(),
+            queue.into(),
             "outbox-test-reader".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -237,7 +246,7 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
         .await
         .expect("consuming the test queue");
     let mut arrived: BTreeMap<Uuid, usize> = BTreeMap::new();
-    for _ in 0..ROWS {
+    for _ in 0..expected.len() {
         let delivery = tokio::time::timeout(Duration::from_secs(30), deliveries.next())
             .await
             .expect("a queued message was not delivered within 30 s")
@@ -261,9 +270,128 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
     assert!(twice.is_empty(), "published more than once: {twice:?}");
     let arrived: BTreeSet<Uuid> = arrived.into_keys().collect();
     assert_eq!(
-        arrived, expected,
+        &arrived, expected,
         "the messages are exactly the outbox rows"
     );
+}
+
+/// Commits `transactions` transactions of `per_transaction` rows each through `outbox`;
+/// returns their message ids.
+async fn commit_through(
+    pool: &PgPool,
+    outbox: &Outbox,
+    transactions: usize,
+    per_transaction: usize,
+) -> BTreeSet<Uuid> {
+    let mut ids = BTreeSet::new();
+    for t in 0..transactions {
+        let tx = pool.begin().await.expect("beginning a transaction");
+        let mut rows = OutboxRows::default();
+        for i in 0..per_transaction {
+            let event = Event::StockAdjusted(StockAdjusted {
+                sku: format!("SKU-{t}-{i}"),
+                delta: 1,
+            });
+            let envelope = Envelope::wrap(&event, "sagactl", None);
+            rows.push(&envelope, EventType::StockAdjusted.routing_key(), None)
+                .expect("an outbox row");
+            ids.insert(envelope.message_id);
+        }
+        rows.commit(tx, outbox)
+            .await
+            .expect("committing outbox rows");
+    }
+    ids
+}
+
+async fn unsent(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .expect("counting unsent rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_handed_over_in_memory_are_published_by_their_relay_alone_and_recorded_sent() {
+    const QUEUE: &str = "handover-test";
+    let sandbox = Sandbox::create(&["outbox"]).await;
+    let pool = sandbox.migrated_pool("outbox", &messaging::MIGRATOR).await;
+    let amqp_url = sandbox.amqp_url();
+    let (_reader, channel) = tap(&amqp_url, QUEUE).await;
+
+    // A lease far longer than the test: no relay may claim a handed-over row, so each one
+    // published was published from memory.
+    let settings = RelaySettings {
+        lease: Duration::from_secs(3600),
+        ..RelaySettings::default()
+    };
+    let relay = OutboxRelay::new(pool.clone(), &amqp_url, "handover", settings.clone());
+    let (outbox, link) = (relay.outbox(), relay.link());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    eventually(Duration::from_secs(30), || async {
+        link.is_up()
+            .then_some(())
+            .ok_or("the relay is not connected".to_owned())
+    })
+    .await;
+
+    let handed = commit_through(&pool, &outbox, 40, 5).await;
+    let leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE next_attempt_at > created_at + interval '1 minute'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counting leased rows");
+    assert_eq!(
+        leased as usize,
+        handed.len(),
+        "every handed-over row is leased"
+    );
+    eventually(Duration::from_secs(30), || async {
+        match unsent(&pool).await {
+            0 => Ok(()),
+            n => Err(format!("{n} rows not recorded sent")),
+        }
+    })
+    .await;
+    // A row is recorded sent with the time its confirm came, after it was written.
+    let misdated: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at < created_at")
+            .fetch_one(&pool)
+            .await
+            .expect("reading the sent times");
+    assert_eq!(misdated, 0, "rows recorded sent before they were written");
+
+    // Once the relay has stopped, nothing is handed over: rows committed then carry no
+    // lease, and any relay claims them.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the relay did not stop within 30 s")
+        .expect("the relay panicked");
+    let claimed = commit_through(&pool, &outbox, 3, 5).await;
+    let connection = messaging::amqp::connect(&amqp_url, "claiming relay")
+        .await
+        .expect("connecting a relay");
+    let publisher = ConfirmedPublisher::open(&connection, Duration::from_secs(10))
+        .await
+        .expect("opening a confirm-mode channel");
+    let other = OutboxRelay::new(pool.clone(), &amqp_url, "claiming", settings);
+    let published = tokio::time::timeout(
+        Duration::from_secs(60),
+        drain(other, publisher, pool.clone(), "claiming"),
+    )
+    .await
+    .expect("the claiming relay did not empty the outbox within 60 s");
+    assert_eq!(
+        published,
+        claimed.len(),
+        "rows claimed after the relay stopped"
+    );
+
+    let every: BTreeSet<Uuid> = handed.union(&claimed).copied().collect();
+    assert_published_once(&channel, QUEUE, &every).await;
 }
 
 #[tokio::test]

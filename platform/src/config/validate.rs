@@ -11,9 +11,9 @@ pub(crate) const HTTP_CONNECTIONS: u32 = 4;
 
 /// The connections that may be in use at once: one per batch of deliveries being handled,
 /// one per relay loop, housekeeping, the order deadline sweep, the consumer's pause probe,
-/// and [`HTTP_CONNECTIONS`] for HTTP.
+/// the relay's record of rows sent, and [`HTTP_CONNECTIONS`] for HTTP.
 pub(crate) fn pool_needed(concurrency: usize, relay_workers: usize) -> u32 {
-    let background = concurrency.saturating_add(relay_workers).saturating_add(3);
+    let background = concurrency.saturating_add(relay_workers).saturating_add(4);
     u32::try_from(background)
         .unwrap_or(u32::MAX)
         .saturating_add(HTTP_CONNECTIONS)
@@ -49,6 +49,7 @@ pub fn check(config: &ServiceConfig) -> anyhow::Result<()> {
         r.poll_interval.as_millis(),
         10..=600_000,
     )?;
+    in_range("SAGA_RELAY_LEASE_MS", r.lease.as_millis(), 0..=600_000)?;
     in_range(
         "SAGA_CONFIRM_TIMEOUT_MS",
         c.confirm_timeout.as_millis(),
@@ -58,7 +59,7 @@ pub fn check(config: &ServiceConfig) -> anyhow::Result<()> {
     in_range("SAGA_DB_POOL_SIZE", config.db_pool_size, needed..=10_000).map_err(|e| {
         e.context(format!(
             "the pool must hold what runs at once: SAGA_CONCURRENCY handlers, \
-             SAGA_RELAY_WORKERS relay loops, 3 background tasks and {HTTP_CONNECTIONS} for HTTP"
+             SAGA_RELAY_WORKERS relay loops, 4 background tasks and {HTTP_CONNECTIONS} for HTTP"
         ))
     })?;
     let retention = &config.retention;
