@@ -18,6 +18,11 @@
 //! classified and retried alone, exactly as if it had come alone. At low load a batch is
 //! one delivery: batching adds no wait.
 //!
+//! Replicas of a service take turns: a batch's transaction first takes its worker slot's
+//! advisory lock, which the same slot of every replica takes, and only then does the
+//! batch take what has arrived. While one replica commits, the others gather their next
+//! batch, so a batch is as full with two replicas as with one.
+//!
 //! A handler failure rolls the transaction back (no trace of the attempt) and then, by its
 //! class, either publishes the message to a delayed retry queue or to the dead-letter
 //! queue; the original is acked only once that copy is confirmed by the broker. A retry
@@ -39,8 +44,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection};
-use sqlx::{PgConnection, PgPool};
-use tokio::sync::Semaphore;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -178,6 +182,22 @@ impl Default for ConsumerSettings {
     }
 }
 
+/// The transaction a batch runs in, begun holding its worker slot's turn.
+type Turn = Transaction<'static, Postgres>;
+
+/// A worker slot, given back when its batch is done (or its task ends any other way).
+struct Slot {
+    slot: i32,
+    back: tokio::sync::mpsc::UnboundedSender<i32>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The loop that takes slots may be gone (shutdown): nothing to give back to.
+        let _ = self.back.send(self.slot);
+    }
+}
+
 /// A decoded delivery on its way into a batch, with the span its handling runs in.
 struct Decoded<'d, E> {
     delivery: &'d Delivery,
@@ -250,7 +270,12 @@ impl<H: Handler> EventConsumer<H> {
 
     /// Decodes a message and, when it is valid, runs the handler in one transaction with the
     /// inbox claim and the outbox rows. Touches no broker: the caller settles the delivery.
-    pub(crate) async fn process(&self, body: &[u8], properties: &BasicProperties) -> Disposition {
+    pub(crate) async fn process(
+        &self,
+        body: &[u8],
+        properties: &BasicProperties,
+        turn: Option<Turn>,
+    ) -> Disposition {
         let incoming = match self.decode(body, properties) {
             Ok(incoming) => incoming,
             Err(disposition) => return disposition,
@@ -258,7 +283,7 @@ impl<H: Handler> EventConsumer<H> {
         let started = Instant::now();
         let span = tracing::Span::current();
         let result = self
-            .apply_batch(&[(&incoming, &span)])
+            .apply_batch(&[(&incoming, &span)], turn)
             .await
             .map(|claims| claims[0]);
         record_duration::<H::Event>(&incoming, started);
@@ -358,13 +383,18 @@ impl<H: Handler> EventConsumer<H> {
     /// Handles `batch` in ONE transaction: claims every message in the inbox, runs the
     /// handler of each claimed one in order (each in its own span), writes every emitted
     /// event to the outbox, commits, and hands the events to the relay. Any failure rolls it all back.
+    /// `turn`, when given, is the transaction to run in (it holds the batch's turn).
     async fn apply_batch(
         &self,
         batch: &[(&IncomingEvent<H::Event>, &tracing::Span)],
+        turn: Option<Turn>,
     ) -> Result<Vec<InboxClaim>, HandlerError> {
         let inner = &self.inner;
         let started = Instant::now();
-        let mut tx = inner.pool.begin().await?;
+        let mut tx = match turn {
+            Some(tx) => tx,
+            None => inner.pool.begin().await?,
+        };
         let envelopes: Vec<&Envelope> = batch.iter().map(|(i, _)| &i.envelope).collect();
         let claims = inbox::claim_all(&mut tx, self.consumer_name(), &envelopes).await?;
         let claimed = started.elapsed();
@@ -416,18 +446,17 @@ impl<H: Handler> EventConsumer<H> {
     async fn handle_batch(
         &self,
         deliveries: Vec<Delivery>,
+        turn: Option<Turn>,
         publisher: &ParkingPublisher,
         shutdown: &CancellationToken,
         acks: &AckLedger,
     ) {
         metrics::histogram!("saga_consumer_batch_size").record(deliveries.len() as f64);
-        if deliveries.len() == 1 {
-            for delivery in deliveries {
-                let span = delivery_span(&delivery);
-                self.handle_delivery(&delivery, publisher, shutdown, acks)
-                    .instrument(span)
-                    .await;
-            }
+        if let [delivery] = deliveries.as_slice() {
+            let span = delivery_span(delivery);
+            self.handle_delivery(delivery, turn, publisher, shutdown, acks)
+                .instrument(span)
+                .await;
             return;
         }
         let mut valid = Vec::with_capacity(deliveries.len());
@@ -450,7 +479,7 @@ impl<H: Handler> EventConsumer<H> {
         let applied = if batch.is_empty() {
             Ok(Vec::new())
         } else {
-            self.apply_batch(&batch).await
+            self.apply_batch(&batch, turn).await
         };
         match applied {
             Ok(claims) => {
@@ -477,7 +506,7 @@ impl<H: Handler> EventConsumer<H> {
             }
         }
         for (delivery, span) in alone {
-            self.handle_delivery(delivery, publisher, shutdown, acks)
+            self.handle_delivery(delivery, None, publisher, shutdown, acks)
                 .instrument(span)
                 .await;
         }
@@ -492,6 +521,7 @@ impl<H: Handler> EventConsumer<H> {
     pub(crate) async fn handle_delivery(
         &self,
         delivery: &Delivery,
+        mut turn: Option<Turn>,
         publisher: &ParkingPublisher,
         shutdown: &CancellationToken,
         acks: &AckLedger,
@@ -502,7 +532,9 @@ impl<H: Handler> EventConsumer<H> {
             metrics::counter!("saga_messages_redelivered_total").increment(1);
         }
         let disposition = loop {
-            let disposition = self.process(&delivery.data, &delivery.properties).await;
+            let disposition = self
+                .process(&delivery.data, &delivery.properties, turn.take())
+                .await;
             if let Disposition::Paused { error } = &disposition {
                 tracing::warn!(%error, "database unreachable; holding the message");
                 if self.inner.gate.ride_out(&self.inner.pool, shutdown).await {
@@ -634,6 +666,33 @@ impl<H: Handler> EventConsumer<H> {
         tracker.wait().await;
     }
 
+    /// Begins the transaction a batch in worker `slot` will run in, and waits in it for
+    /// the slot's turn: the same slot of every replica of this service (every consumer of
+    /// its queue on its database) takes one transaction-scoped advisory lock. So replicas
+    /// take turns, as many batches run at once as one process would run, and while one
+    /// replica commits, the deliveries of the others wait for their next batch: a batch is
+    /// as full, and a delivery costs as few transactions, with two replicas as with one.
+    /// `None` when the database does not answer: the batch then begins its own
+    /// transaction, and its failure is handled there as any other.
+    async fn take_turn(&self, slot: i32) -> Option<Turn> {
+        let taken = async {
+            let mut tx: Turn = self.inner.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), $2)")
+                .bind(self.inner.topology.input_queue())
+                .bind(slot)
+                .execute(&mut *tx)
+                .await?;
+            Ok::<_, sqlx::Error>(tx)
+        };
+        match taken.await {
+            Ok(tx) => Some(tx),
+            Err(e) => {
+                tracing::debug!(error = %e, "no turn for the batch; it begins its own transaction");
+                None
+            }
+        }
+    }
+
     async fn consume_session(
         &self,
         shutdown: &CancellationToken,
@@ -668,7 +727,11 @@ impl<H: Handler> EventConsumer<H> {
         inner.link.set(true);
         backoff.reset();
         tracing::info!(queue = inner.topology.input_queue(), "consuming");
-        let workers = Arc::new(Semaphore::new(inner.settings.concurrency.max(1)));
+        // Worker slots: a batch runs in one, and takes that slot's turn (see `take_turn`).
+        let (slot_back, mut free_slots) = tokio::sync::mpsc::unbounded_channel();
+        for slot in 0..inner.settings.concurrency.max(1) {
+            let _ = slot_back.send(slot as i32);
+        }
         let (acks, ack_sender) = AckLedger::new();
         let acks = Arc::new(acks);
         let ack_sender = tokio::spawn(ack_sender.run());
@@ -693,8 +756,24 @@ impl<H: Handler> EventConsumer<H> {
                 Some(Err(e)) => break Err(e.into()),
                 Some(Ok(delivery)) => delivery,
             };
-            let permit = workers.clone().acquire_owned().await?;
-            // Whatever arrived while this waited for a worker joins its batch.
+            let Some(slot) = free_slots.recv().await else {
+                break Ok(());
+            };
+            let slot = Slot {
+                slot,
+                back: slot_back.clone(),
+            };
+            let turn = if inner.settings.batch_size > 1 {
+                tokio::select! {
+                    biased;
+                    // The delivery goes back to the queue with the channel.
+                    _ = shutdown.cancelled() => break Ok(()),
+                    turn = self.take_turn(slot.slot) => turn,
+                }
+            } else {
+                None
+            };
+            // Whatever arrived while this waited for a worker and its turn joins its batch.
             let mut batch = vec![first];
             while batch.len() < inner.settings.batch_size.max(1) {
                 match deliveries.next().now_or_never() {
@@ -714,8 +793,9 @@ impl<H: Handler> EventConsumer<H> {
                 acks.clone(),
             );
             tracker.spawn(async move {
-                this.handle_batch(batch, &publisher, &shutdown, &acks).await;
-                drop(permit);
+                this.handle_batch(batch, turn, &publisher, &shutdown, &acks)
+                    .await;
+                drop(slot);
             });
         };
         if shutdown.is_cancelled() {

@@ -9,8 +9,9 @@
 //!   `message_id`, so consumers drop the copy).
 //! - Rows are handed over in memory: a writer commits through its process's [`Outbox`],
 //!   and once the transaction has committed, the rows go to the process's relay as they
-//!   are, which publishes them at once and records them sent a moment later, many rows in
-//!   one statement. So a row costs the relay no claim and no transaction on the saga's
+//!   are, which publishes them at once; the next transaction the process commits through
+//!   its [`Outbox`] records them sent (or, when none comes soon, the relay does, many rows
+//!   in one statement). So a row costs the relay no claim and no transaction on the saga's
 //!   path. A handed-over row carries a lease (`next_attempt_at`, `SAGA_RELAY_LEASE_MS`):
 //!   until it runs out, no relay claims the row; after it, any relay of the database does.
 //!   That is how the rows of a writer that died before its relay published them get out
@@ -150,7 +151,18 @@ impl OutboxRows {
         let handover = outbox.taker(self.len());
         self.insert_leased(&mut tx, handover.map(|h| h.lease))
             .await?;
-        tx.commit().await?;
+        // The rows this process's relay published since the last commit are recorded sent
+        // in this transaction, which costs one statement and no commit of its own.
+        let recorded = match &outbox.handover {
+            Some(h) => h.record_in(&mut tx).await?,
+            None => Vec::new(),
+        };
+        if let Err(e) = tx.commit().await {
+            if let Some(h) = &outbox.handover {
+                h.put_back(recorded);
+            }
+            return Err(e);
+        }
         match handover {
             Some(handover) => handover.hand(self.into_rows()),
             None if !self.is_empty() => rows_committed(),
@@ -268,6 +280,14 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
+    /// Rows this process's relay published and the broker confirmed that are not yet
+    /// recorded sent.
+    pub fn unrecorded(&self) -> usize {
+        self.handover
+            .as_deref()
+            .map_or(0, |h| h.lock_confirmed().rows.len())
+    }
+
     /// The relay that takes `rows` more rows now, if there is one: running, connected to
     /// the broker, and with room in its queue.
     fn taker(&self, rows: usize) -> Option<&Handover> {
@@ -288,8 +308,8 @@ struct Handover {
     queue: Mutex<VecDeque<(Instant, RowToPublish)>>,
     /// The relay's loops wait on it.
     work: Arc<Notify>,
-    /// Published and confirmed, with when: recorded sent by [`OutboxRelay::record_sent`].
-    confirmed: Mutex<Vec<(Uuid, DateTime<Utc>)>>,
+    /// Published and confirmed, waiting to be recorded sent.
+    confirmed: Mutex<Confirmed>,
     recorder: Notify,
 }
 
@@ -332,34 +352,88 @@ impl Handover {
         rows
     }
 
-    fn confirmed(&self, sent: Vec<Uuid>) {
-        if sent.is_empty() {
-            return;
-        }
-        let at = Utc::now();
+    fn lock_confirmed(&self) -> std::sync::MutexGuard<'_, Confirmed> {
         self.confirmed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .extend(sent.into_iter().map(|id| (id, at)));
-        self.recorder.notify_one();
+    }
+
+    fn confirmed(&self, sent: Vec<Uuid>) {
+        let at = Utc::now();
+        self.put_back(sent.into_iter().map(|id| (id, at)).collect());
     }
 
     fn take_confirmed(&self) -> Vec<(Uuid, DateTime<Utc>)> {
-        std::mem::take(
-            &mut *self
-                .confirmed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        let mut confirmed = self.lock_confirmed();
+        confirmed.since = None;
+        std::mem::take(&mut confirmed.rows)
     }
 
-    /// Puts back rows whose record failed, to be recorded with the next ones.
+    /// Adds confirmed rows (or puts back those whose record failed), to be recorded with
+    /// the next ones.
     fn put_back(&self, rows: Vec<(Uuid, DateTime<Utc>)>) {
-        self.confirmed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(rows);
+        if rows.is_empty() {
+            return;
+        }
+        let mut confirmed = self.lock_confirmed();
+        confirmed.since.get_or_insert_with(Instant::now);
+        confirmed.rows.extend(rows);
+        drop(confirmed);
+        self.recorder.notify_one();
     }
+
+    /// How long the oldest confirmed row has waited to be recorded, if any waits.
+    fn waited(&self) -> Option<Duration> {
+        self.lock_confirmed().since.map(|since| since.elapsed())
+    }
+
+    /// Records the confirmed rows sent inside a writer's transaction `conn`, and returns
+    /// them, to be put back if that transaction does not commit.
+    async fn record_in(&self, conn: &mut PgConnection) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>)>> {
+        let confirmed = self.take_confirmed();
+        match record(conn, &confirmed, "commit").await {
+            Ok(()) => Ok(confirmed),
+            Err(e) => {
+                self.put_back(confirmed);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Marks `confirmed` rows sent, each with the time its confirm came, in one statement
+/// (`by`: the writer's commit or the relay's recorder). A row another relay has locked (it
+/// claimed the row once its lease ran out) is skipped rather than waited for: that relay
+/// marks it sent itself.
+async fn record<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    confirmed: &[(Uuid, DateTime<Utc>)],
+    by: &'static str,
+) -> sqlx::Result<()> {
+    if confirmed.is_empty() {
+        return Ok(());
+    }
+    let (ids, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = confirmed.iter().copied().unzip();
+    sqlx::query(
+        "WITH s AS (SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) AS s(message_id, at)),
+              free AS (SELECT o.id, s.at FROM outbox o JOIN s USING (message_id)
+                       WHERE o.sent_at IS NULL FOR UPDATE OF o SKIP LOCKED)
+         UPDATE outbox o SET sent_at = free.at FROM free WHERE o.id = free.id",
+    )
+    .bind(&ids)
+    .bind(&at)
+    .execute(executor)
+    .await?;
+    metrics::counter!("saga_outbox_recorded_total", "by" => by).increment(ids.len() as u64);
+    Ok(())
+}
+
+/// Rows published and confirmed, each with the time its confirm came, and since when the
+/// oldest of them waits.
+#[derive(Default)]
+struct Confirmed {
+    rows: Vec<(Uuid, DateTime<Utc>)>,
+    since: Option<Instant>,
 }
 
 /// The events one transaction emits, each wrapped in its envelope as soon as it is emitted
@@ -517,6 +591,11 @@ pub struct RelaySettings {
     /// long the rows of a writer that died wait). Zero hands nothing over: every row is
     /// claimed.
     pub lease: Duration,
+    /// How long confirmed rows may wait to be recorded sent together when no commit of
+    /// the process records them first (each commit through its [`Outbox`] records what
+    /// was confirmed before it). Off the saga's path: the lease keeps such a row from
+    /// being claimed meanwhile.
+    pub record_every: Duration,
 }
 
 impl Default for RelaySettings {
@@ -527,13 +606,10 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_secs(1),
             confirm_timeout: Duration::from_secs(10),
             lease: Duration::from_secs(5),
+            record_every: Duration::from_millis(100),
         }
     }
 }
-
-/// How long confirmed rows wait to be recorded sent together, in one statement. Off the
-/// saga's path: the row's lease keeps it from being claimed meanwhile.
-const RECORD_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -881,25 +957,32 @@ impl OutboxRelay {
         }
     }
 
-    /// Records sent what was published from memory, every [`RECORD_EVERY`] while there is
-    /// some, until `shutdown` (then [`OutboxRelay::run`] records the rest).
+    /// Records sent what was published from memory and no commit of the process recorded
+    /// within [`RelaySettings::record_every`], until `shutdown` (then [`OutboxRelay::run`] records the rest).
     async fn run_recorder(self, handover: Arc<Handover>, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
+        let every = self.settings.record_every;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = handover.recorder.notified() => {}
             }
-            if !amqp::pause(RECORD_EVERY, &shutdown).await {
-                return;
-            }
-            match self.record_sent(&handover).await {
-                Ok(()) => backoff.reset(),
-                Err(e) => {
-                    tracing::warn!(relay = %self.name, error = %e, "published rows not recorded sent; will retry");
-                    handover.recorder.notify_one();
-                    if !amqp::pause(backoff.next_delay(), &shutdown).await {
+            // Under load the process's commits take every confirmed row long before it is
+            // `every` old, and this records nothing: it costs no transaction then.
+            while let Some(waited) = handover.waited() {
+                if waited < every {
+                    if !amqp::pause(every - waited, &shutdown).await {
                         return;
+                    }
+                    continue;
+                }
+                match self.record_sent(&handover).await {
+                    Ok(()) => backoff.reset(),
+                    Err(e) => {
+                        tracing::warn!(relay = %self.name, error = %e, "published rows not recorded sent; will retry");
+                        if !amqp::pause(backoff.next_delay(), &shutdown).await {
+                            return;
+                        }
                     }
                 }
             }
@@ -910,23 +993,11 @@ impl OutboxRelay {
     /// On failure they are kept for the next try.
     async fn record_sent(&self, handover: &Handover) -> sqlx::Result<()> {
         let confirmed = handover.take_confirmed();
-        if confirmed.is_empty() {
-            return Ok(());
-        }
-        let (ids, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = confirmed.iter().copied().unzip();
-        let recorded = sqlx::query(
-            "UPDATE outbox o SET sent_at = s.at
-             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS s(message_id, at)
-             WHERE o.message_id = s.message_id AND o.sent_at IS NULL",
-        )
-        .bind(&ids)
-        .bind(&at)
-        .execute(&self.pool)
-        .await;
+        let recorded = record(&self.pool, &confirmed, "recorder").await;
         if recorded.is_err() {
             handover.put_back(confirmed);
         }
-        recorded.map(drop)
+        recorded
     }
 
     async fn open_publisher(

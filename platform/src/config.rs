@@ -164,6 +164,7 @@ impl ServiceConfig {
                     "SAGA_RELAY_LEASE_MS",
                     RelaySettings::default().lease.as_millis() as u64,
                 )?),
+                ..RelaySettings::default()
             },
             retention: Retention {
                 outbox: Duration::from_secs(env_parse(

@@ -244,3 +244,122 @@ async fn a_message_that_fails_in_a_batch_fails_alone() {
         "only the refused message is dead-lettered"
     );
 }
+
+/// Counts the handlers running at once, across consumers, and records which consumer
+/// applied each message.
+struct CountsOverlap {
+    consumer: i32,
+    running: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Handler for CountsOverlap {
+    type Event = Event;
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        incoming: &IncomingEvent<Event>,
+        _out: &mut Emitter,
+    ) -> Result<(), HandlerError> {
+        use std::sync::atomic::Ordering;
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        // Long enough that two batches running at once would overlap here.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let applied = sqlx::query(
+            "INSERT INTO effects (message_id, txid, consumer) VALUES ($1, txid_current(), $2)",
+        )
+        .bind(incoming.envelope.message_id)
+        .bind(self.consumer)
+        .execute(&mut *tx)
+        .await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        applied?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_service_take_turns_and_share_the_deliveries() {
+    const TURN_MESSAGES: usize = 300;
+    let bench = Bench::new("batch-turns-test").await;
+    sqlx::query("ALTER TABLE effects ADD COLUMN consumer INT")
+        .execute(&bench.pool)
+        .await
+        .expect("adding the consumer column");
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let mut consumers = Vec::new();
+    let mut links = Vec::new();
+    for consumer in 0..2 {
+        let replica = EventConsumer::new(
+            bench.topology.clone(),
+            bench.pool.clone(),
+            messaging::outbox::Outbox::default(),
+            bench.sandbox.amqp_url(),
+            CountsOverlap {
+                consumer,
+                running: running.clone(),
+                most: most.clone(),
+            },
+            ConsumerSettings::default(),
+        );
+        links.push(replica.link());
+        consumers.push(tokio::spawn(replica.run(shutdown.clone())));
+    }
+    eventually(Duration::from_secs(30), || async {
+        match links.iter().filter(|l| l.is_up()).count() {
+            2 => Ok(()),
+            n => Err(format!("{n} of 2 consumers consuming")),
+        }
+    })
+    .await;
+    // Published while both consume: the broker deals the deliveries out between them.
+    let ids = bench.publish(&[1; TURN_MESSAGES]).await;
+    eventually(Duration::from_secs(120), || async {
+        let n = bench.count("SELECT count(*) FROM inbox").await;
+        if n as usize == TURN_MESSAGES {
+            Ok(())
+        } else {
+            Err(format!("{n} of {TURN_MESSAGES} messages in the inbox"))
+        }
+    })
+    .await;
+    shutdown.cancel();
+    for running in consumers {
+        tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .expect("a consumer did not stop within 30 s")
+            .expect("a consumer task panicked");
+    }
+
+    let effects = bench.effects().await;
+    for id in &ids {
+        assert_eq!(effects.get(id), Some(&1), "applications of message {id}");
+    }
+    assert_eq!(
+        most.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "two replicas' batches ran at once: they did not take turns"
+    );
+    let by_consumer: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM effects GROUP BY consumer ORDER BY consumer")
+            .fetch_all(&bench.pool)
+            .await
+            .expect("counting the messages per consumer");
+    assert_eq!(
+        by_consumer.len(),
+        2,
+        "one replica handled every message: {by_consumer:?}"
+    );
+    let transactions = bench
+        .count("SELECT count(DISTINCT txid) FROM effects")
+        .await;
+    assert!(
+        (transactions as usize) < TURN_MESSAGES,
+        "{TURN_MESSAGES} messages took {transactions} transactions: none was batched"
+    );
+    assert_eq!(bench.ready(bench.topology.input_queue()).await, 0);
+}

@@ -320,9 +320,11 @@ async fn rows_handed_over_in_memory_are_published_by_their_relay_alone_and_recor
     let (_reader, channel) = tap(&amqp_url, QUEUE).await;
 
     // A lease far longer than the test: no relay may claim a handed-over row, so each one
-    // published was published from memory.
+    // published was published from memory. And no recorder round either: every row is
+    // recorded sent by a later commit through the outbox, or at the relay's shutdown.
     let settings = RelaySettings {
         lease: Duration::from_secs(3600),
+        record_every: Duration::from_secs(3600),
         ..RelaySettings::default()
     };
     let relay = OutboxRelay::new(pool.clone(), &amqp_url, "handover", settings.clone());
@@ -348,13 +350,30 @@ async fn rows_handed_over_in_memory_are_published_by_their_relay_alone_and_recor
         handed.len(),
         "every handed-over row is leased"
     );
+    // Every row is published and confirmed; those confirmed after the last commit wait
+    // for the next one to record them.
     eventually(Duration::from_secs(30), || async {
-        match unsent(&pool).await {
-            0 => Ok(()),
-            n => Err(format!("{n} rows not recorded sent")),
+        match (unsent(&pool).await, outbox.unrecorded()) {
+            (unsent, confirmed) if unsent == confirmed as i64 && unsent > 0 => Ok(()),
+            (unsent, confirmed) => Err(format!(
+                "{unsent} rows unsent, {confirmed} confirmed and waiting to be recorded"
+            )),
         }
     })
     .await;
+    let next = commit_through(&pool, &outbox, 1, 1).await;
+    assert_eq!(
+        unsent(&pool).await,
+        1,
+        "the next commit through the outbox records the confirmed rows sent: only its own row is unsent"
+    );
+    // The relay's shutdown records the last ones.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the relay did not stop within 30 s")
+        .expect("the relay panicked");
+    assert_eq!(unsent(&pool).await, 0, "rows not recorded sent at shutdown");
     // A row is recorded sent with the time its confirm came, after it was written.
     let misdated: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at < created_at")
@@ -365,11 +384,6 @@ async fn rows_handed_over_in_memory_are_published_by_their_relay_alone_and_recor
 
     // Once the relay has stopped, nothing is handed over: rows committed then carry no
     // lease, and any relay claims them.
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the relay did not stop within 30 s")
-        .expect("the relay panicked");
     let claimed = commit_through(&pool, &outbox, 3, 5).await;
     let connection = messaging::amqp::connect(&amqp_url, "claiming relay")
         .await
@@ -390,7 +404,12 @@ async fn rows_handed_over_in_memory_are_published_by_their_relay_alone_and_recor
         "rows claimed after the relay stopped"
     );
 
-    let every: BTreeSet<Uuid> = handed.union(&claimed).copied().collect();
+    let every: BTreeSet<Uuid> = handed
+        .iter()
+        .chain(&next)
+        .chain(&claimed)
+        .copied()
+        .collect();
     assert_published_once(&channel, QUEUE, &every).await;
 }
 
