@@ -126,6 +126,7 @@ print(f"    ratio (d)/(c)           {b['ratio_to_ceiling']:.2f}")
 print(f"latency floor               {b['latency_floor_ms']:.1f} ms = 4 x delivery {b['delivery_floor_ms']:.2f} ms + 4 x transaction {b['transaction_floor_ms']:.2f} ms, one at a time")
 d = b["diagnostics"]
 print(f"diagnostics per saga        {d['deliveries_per_saga']:.2f} deliveries, {d['transactions_per_saga']:.2f} transactions, {d['cpu_seconds_per_saga'] * 1000:.2f} ms CPU")
+print(f"background transactions     {d['background_transactions_per_second']:.1f}/s with no load (not in the transactions per saga; {d['transactions_per_saga_with_background']:.2f} per saga with them)")
 print(f"    project inbox+outbox    {d['project_db_transactions_per_second']:.0f} tx/s")
 print(f"    relay backlog           {d['relay_rows_per_second']:.0f} rows/s = {d['relay_ratio_to_broker']:.2f} x broker")
 print(f"at half throughput          {h['sagas_per_second']:.1f} sagas/s  ({lat(h)})")

@@ -105,7 +105,7 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
         "/transaction_floor_ms",
         "/load/latency_ms/p99",
         "/diagnostics/deliveries_per_saga",
-        "/diagnostics/transactions_per_saga",
+        "/diagnostics/transactions_per_saga_with_background",
         "/diagnostics/cpu_seconds_per_saga",
         "/diagnostics/project_db_transactions_per_second",
         "/diagnostics/relay_rows_per_second",
@@ -113,6 +113,25 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
     ] {
         positive(&report, figure);
     }
+    // The background is counted apart, never inside a saga's transactions.
+    let background = report
+        .pointer("/diagnostics/background_transactions_per_second")
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no background rate: {report:#}"));
+    assert!(background >= 0.0, "{report:#}");
+    let per_saga = report
+        .pointer("/diagnostics/transactions_per_saga")
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no transactions per saga: {report:#}"));
+    assert!(
+        per_saga >= 0.0
+            && per_saga
+                <= positive(
+                    &report,
+                    "/diagnostics/transactions_per_saga_with_background"
+                ),
+        "{report:#}"
+    );
     assert!(
         report["orders_stored_before"].as_i64().unwrap_or(0) >= 100,
         "{report:#}"

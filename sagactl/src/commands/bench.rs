@@ -113,6 +113,8 @@ pub(super) async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     // The management API's counters lag by about five seconds: wait until they settle.
     let mut after = settled_counters(ctx, &args, &before).await?;
     after.cpu_seconds = cpu_after_load;
+    progress("background: what the services commit with no load (polls, samplers, sweeps)");
+    let background = background_commit_rate(ctx, &args, &after).await?;
     let report = report(
         &args,
         &ceilings,
@@ -120,7 +122,7 @@ pub(super) async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         &costs,
         existing,
         load,
-        (&before, &after),
+        (&before, &after, background),
     );
     output::show(ctx, &report, render);
     Ok(())
@@ -183,12 +185,18 @@ fn report(
     costs: &ProjectCosts,
     existing: i64,
     load: Value,
-    (before, after): (&Counters, &Counters),
+    // The counters before and after the load, and the commits per second with no load.
+    (before, after, background): (&Counters, &Counters, f64),
 ) -> Value {
     let completed = load["completed"].as_f64().filter(|n| *n > 0.0);
     let per_saga = |delta: f64| completed.map(|n| delta / n);
     let ceiling = ceilings.sagas_per_second();
     let throughput = load["sagas_per_second"].as_f64();
+    // What the services commit whatever the load (each replica's polls and samplers),
+    // over the window the load was counted in, is not the sagas' cost.
+    let window = after.at.duration_since(before.at).as_secs_f64();
+    let commits = (after.commits - before.commits) as f64;
+    let saga_commits = (commits - background * window).max(0.0);
     json!({
         "machine": machine(),
         "broker_msgs_per_second": ceilings.broker,
@@ -205,7 +213,9 @@ fn report(
         "orders_stored_before": existing,
         "diagnostics": {
             "deliveries_per_saga": per_saga((after.deliveries - before.deliveries) as f64),
-            "transactions_per_saga": per_saga((after.commits - before.commits) as f64),
+            "transactions_per_saga": per_saga(saga_commits),
+            "transactions_per_saga_with_background": per_saga(commits),
+            "background_transactions_per_second": background,
             "cpu_seconds_per_saga": per_saga(after.cpu_seconds - before.cpu_seconds),
             "project_db_transactions_per_second": costs.db_rate,
             "relay_rows_per_second": costs.relay_rate,
@@ -233,6 +243,7 @@ fn render(r: &Value) -> String {
          \x20   latency floor         {:>10.1} ms      (4 x delivery {:.2} ms + 4 x transaction {:.2} ms, one at a time)\n\
          diagnostics (not in the ceiling):\n\
          \x20   per saga              {:>10.2} deliveries, {:.2} committed transactions, {:.2} ms CPU\n\
+         \x20   background            {:>10.1} tx/s    (committed with no load, not in the transactions per saga)\n\
          \x20   project inbox+outbox  {:>10.0} tx/s\n\
          \x20   relay backlog         {:>10.0} rows/s  ({:.2} x broker)",
         r["orders_stored_before"],
@@ -252,6 +263,7 @@ fn render(r: &Value) -> String {
         f("/diagnostics/deliveries_per_saga"),
         f("/diagnostics/transactions_per_saga"),
         f("/diagnostics/cpu_seconds_per_saga") * 1000.0,
+        f("/diagnostics/background_transactions_per_second"),
         f("/diagnostics/project_db_transactions_per_second"),
         f("/diagnostics/relay_rows_per_second"),
         f("/diagnostics/relay_ratio_to_broker"),
@@ -632,6 +644,7 @@ struct Counters {
     commits: i64,
     /// Busy CPU seconds of the whole machine.
     cpu_seconds: f64,
+    at: Instant,
 }
 
 async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<Counters> {
@@ -658,7 +671,25 @@ async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<Counters> {
         deliveries,
         commits,
         cpu_seconds: busy_cpu_seconds()?,
+        at: Instant::now(),
     })
+}
+
+/// How long the services are watched with no load for their background commits.
+const BACKGROUND_WINDOW: Duration = Duration::from_secs(10);
+
+/// Commits per second in the service databases with no load, from `since` (the system
+/// settled after the load): the polls, samplers and sweeps every replica runs whatever
+/// the load, which [`report`] takes out of the sagas' transactions.
+async fn background_commit_rate(
+    ctx: &Context,
+    args: &BenchArgs,
+    since: &Counters,
+) -> anyhow::Result<f64> {
+    tokio::time::sleep(BACKGROUND_WINDOW).await;
+    let now = counters(ctx, args).await?;
+    let seconds = now.at.duration_since(since.at).as_secs_f64();
+    Ok(((now.commits - since.commits) as f64 / seconds).max(0.0))
 }
 
 /// Busy time of all CPUs since boot (`/proc/stat`: user, nice, system, irq, softirq,
