@@ -8,7 +8,9 @@
 #                          OpenAPI documents)
 #   4. PostgreSQL+RabbitMQ started, chromium for the explorer test (installed as
 #      root if missing)
-#   5. binaries            cargo build --workspace --bins (the end-to-end tests run them)
+#   5. build               cargo build --workspace --all-targets: the binaries the
+#                          end-to-end tests run and the tests themselves, in one build,
+#                          so the dependencies are built once with one set of features
 #   6. tests               cargo test --workspace --no-fail-fast [ARGS...]
 #
 # Extra arguments go to `cargo test`, e.g. a test-name filter and test-binary flags:
@@ -39,8 +41,8 @@ ensure_postgres
 ensure_rabbitmq
 ensure_chromium
 
-phase 5/6 "binaries: cargo build --workspace --bins"
-cargo build --workspace --bins
+phase 5/6 "binaries and tests: cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
 
 phase 6/6 "tests: cargo test --workspace --no-fail-fast $*"
 if cargo test --workspace --no-fail-fast "$@"; then
