@@ -2,7 +2,8 @@
 #
 # The benchmark, in one run on this machine (see docs/performance.md):
 #
-#     ./scripts/bench.sh [--orders N] [--concurrency C] [--replicas R] [--preload N]...
+#     ./scripts/bench.sh [--orders N] [--concurrency C] [--replicas R] [--preload N]
+#                        [--rate R] [--keep-data]...
 #
 # Builds the release binaries, starts the three services (R instances of each, default
 # 1) against a vhost and databases of their own (saga-bench; orders_bench, inventory_bench,
@@ -121,7 +122,8 @@ print(f"orders stored before        {b['orders_stored_before']}")
 print(f"(a) broker ceiling          {b['broker_msgs_per_second']:.0f} msg/s")
 print(f"    database ceiling        {b['db_transactions_per_second']:.0f} tx/s (plain SQL, no trigger, pool {b['db_pool']})")
 print(f"(c) saga ceiling            {b['saga_ceiling_per_second']:.1f} sagas/s = 1 / (5 / broker + 6 / database)")
-print(f"(d) saga throughput         {b['sagas_per_second']:.1f} sagas/s  ({lat(b['load'])})")
+offered = f", offered at {b['offered_rate']} orders/s" if b.get("offered_rate") else ""
+print(f"(d) saga throughput         {b['sagas_per_second']:.1f} sagas/s  ({lat(b['load'])}{offered})")
 print(f"    ratio (d)/(c)           {b['ratio_to_ceiling']:.2f}")
 print(f"latency floor               {b['latency_floor_ms']:.1f} ms = 4 x delivery {b['delivery_floor_ms']:.2f} ms + 4 x transaction {b['transaction_floor_ms']:.2f} ms, one at a time")
 d = b["diagnostics"]

@@ -153,9 +153,9 @@ impl OutboxRows {
             .await?;
         // The rows this process's relay published since the last commit are recorded sent
         // in this transaction, which costs one statement and no commit of its own.
-        let recorded = match &outbox.handover {
-            Some(h) => h.record_in(&mut tx).await?,
-            None => Vec::new(),
+        let (recorded, marked) = match &outbox.handover {
+            Some(h) => h.record(&mut *tx).await?,
+            None => (Vec::new(), 0),
         };
         if let Err(e) = tx.commit().await {
             if let Some(h) = &outbox.handover {
@@ -163,6 +163,7 @@ impl OutboxRows {
             }
             return Err(e);
         }
+        count_recorded("commit", marked);
         match handover {
             Some(handover) => handover.hand(self.into_rows()),
             None if !self.is_empty() => rows_committed(),
@@ -387,12 +388,17 @@ impl Handover {
         self.lock_confirmed().since.map(|since| since.elapsed())
     }
 
-    /// Records the confirmed rows sent inside a writer's transaction `conn`, and returns
-    /// them, to be put back if that transaction does not commit.
-    async fn record_in(&self, conn: &mut PgConnection) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>)>> {
+    /// Takes the confirmed rows and records them sent through `executor` (a writer's
+    /// transaction, or the pool for the recorder), putting them back if the statement
+    /// fails. Answers the rows taken, to be put back if a transaction they were recorded
+    /// in does not commit, and how many rows the statement marked.
+    async fn record<'c>(
+        &self,
+        executor: impl sqlx::PgExecutor<'c>,
+    ) -> sqlx::Result<(Vec<(Uuid, DateTime<Utc>)>, u64)> {
         let confirmed = self.take_confirmed();
-        match record(conn, &confirmed, "commit").await {
-            Ok(()) => Ok(confirmed),
+        match mark_sent(executor, &confirmed).await {
+            Ok(marked) => Ok((confirmed, marked)),
             Err(e) => {
                 self.put_back(confirmed);
                 Err(e)
@@ -401,20 +407,18 @@ impl Handover {
     }
 }
 
-/// Marks `confirmed` rows sent, each with the time its confirm came, in one statement
-/// (`by`: the writer's commit or the relay's recorder). A row another relay has locked (it
-/// claimed the row once its lease ran out) is skipped rather than waited for: that relay
-/// marks it sent itself.
-async fn record<'c>(
+/// Marks `confirmed` rows sent, each with the time its confirm came, in one statement, and
+/// answers how many it marked. A row another relay has locked (it claimed the row once its
+/// lease ran out) is skipped rather than waited for: that relay marks it sent itself.
+async fn mark_sent<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     confirmed: &[(Uuid, DateTime<Utc>)],
-    by: &'static str,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<u64> {
     if confirmed.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let (ids, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = confirmed.iter().copied().unzip();
-    sqlx::query(
+    let done = sqlx::query(
         "WITH s AS (SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) AS s(message_id, at)),
               free AS (SELECT o.id, s.at FROM outbox o JOIN s USING (message_id)
                        WHERE o.sent_at IS NULL FOR UPDATE OF o SKIP LOCKED)
@@ -424,8 +428,13 @@ async fn record<'c>(
     .bind(&at)
     .execute(executor)
     .await?;
-    metrics::counter!("saga_outbox_recorded_total", "by" => by).increment(ids.len() as u64);
-    Ok(())
+    Ok(done.rows_affected())
+}
+
+/// Counts rows recorded sent once the statement that marked them is committed (`by`: the
+/// writer's commit or the relay's recorder).
+fn count_recorded(by: &'static str, marked: u64) {
+    metrics::counter!("saga_outbox_recorded_total", "by" => by).increment(marked);
 }
 
 /// Rows published and confirmed, each with the time its confirm came, and since when the
@@ -992,12 +1001,9 @@ impl OutboxRelay {
     /// Records every confirmed row sent, in one statement, with the time of its confirm.
     /// On failure they are kept for the next try.
     async fn record_sent(&self, handover: &Handover) -> sqlx::Result<()> {
-        let confirmed = handover.take_confirmed();
-        let recorded = record(&self.pool, &confirmed, "recorder").await;
-        if recorded.is_err() {
-            handover.put_back(confirmed);
-        }
-        recorded
+        let (_, marked) = handover.record(&self.pool).await?;
+        count_recorded("recorder", marked);
+        Ok(())
     }
 
     async fn open_publisher(

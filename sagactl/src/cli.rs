@@ -195,6 +195,16 @@ pub(crate) enum Command {
 }
 
 /// `NAME=TOTAL` for `verify --expect-*`.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.01 => Ok(r),
+        Ok(_) => Err(format!(
+            "{s} is not a rate: give orders per second of at least 0.01, e.g. --rate 200"
+        )),
+        Err(e) => Err(format!("{s:?} is not a number of orders per second: {e}")),
+    }
+}
+
 fn parse_total(s: &str) -> Result<(String, i64), String> {
     let (name, total) = s
         .rsplit_once('=')
@@ -285,7 +295,7 @@ pub(crate) struct LoadArgs {
     #[arg(long, default_value_t = 16)]
     pub concurrency: u32,
     /// Most orders placed per second (default: as fast as the concurrency allows).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Share of each outcome, as weights.
     #[arg(long, default_value = "happy=100", value_parser = crate::mix::Mix::parse)]
@@ -303,6 +313,12 @@ pub(crate) struct BenchArgs {
     /// HTTP concurrency of the load.
     #[arg(long, default_value_t = 32)]
     pub concurrency: u32,
+    /// Offer the counted load at this many orders per second instead of as fast as it
+    /// goes: the costs per saga of two setups (one replica of each service against two)
+    /// then compare at the same load. The ratio (d)/(c) is then the offered rate's, not
+    /// the stack's.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
     /// Messages for the broker ceiling.
     #[arg(long, default_value_t = 20_000)]
     pub broker_messages: usize,

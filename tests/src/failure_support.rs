@@ -285,9 +285,8 @@ impl Stack {
             .sagactl_command(args, env)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start sagactl: {e}"));
-        let output = tokio::time::timeout(SAGACTL_DEADLINE, child.wait_with_output())
+        let output = output_within(child, SAGACTL_DEADLINE)
             .await
-            .unwrap_or_else(|_| panic!("sagactl {args:?} ran over {SAGACTL_DEADLINE:?}"))
             .unwrap_or_else(|e| panic!("sagactl {args:?}: {e}"));
         SagactlRun {
             code: output.status.code(),
@@ -666,9 +665,8 @@ pub async fn run_command(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {what}: {e}"))?;
-    let output = tokio::time::timeout(deadline, child.wait_with_output())
+    let output = output_within(child, deadline)
         .await
-        .map_err(|_| format!("{what} ran over {deadline:?}"))?
         .map_err(|e| format!("{what}: {e}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -679,6 +677,61 @@ pub async fn run_command(
             String::from_utf8_lossy(&output.stdout).trim(),
             String::from_utf8_lossy(&output.stderr).trim()
         ))
+    }
+}
+
+/// Waits for `child` (its standard output and error piped) and what it printed. A child
+/// still running at `deadline` is killed, and the error holds what it had printed by then,
+/// so a hang shows where it hung.
+pub async fn output_within(
+    mut child: tokio::process::Child,
+    deadline: Duration,
+) -> Result<std::process::Output, String> {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+    type Printed = Arc<Mutex<Vec<u8>>>;
+    fn drain<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+        pipe: Option<R>,
+    ) -> (Printed, tokio::task::JoinHandle<()>) {
+        let printed = Printed::default();
+        let into = printed.clone();
+        let reader = tokio::spawn(async move {
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+                into.lock()
+                    .expect("not poisoned")
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        (printed, reader)
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = tokio::time::timeout(deadline, child.wait()).await;
+    if status.is_err() {
+        // Killed, its pipes close and both readers end with what it printed.
+        let _ = child.kill().await;
+    }
+    // A process it started may still hold the pipes: what was read by then is enough.
+    let read = |(printed, reader): (Printed, tokio::task::JoinHandle<()>)| async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        std::mem::take(&mut *printed.lock().expect("not poisoned"))
+    };
+    let (stdout, stderr) = (read(stdout).await, read(stderr).await);
+    let printed = |read: Vec<u8>| String::from_utf8_lossy(&read).trim().to_owned();
+    match status {
+        Ok(Ok(status)) => Ok(std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "ran over {deadline:?} and was killed; it had printed\n--- stdout\n{}\n--- stderr\n{}",
+            printed(stdout),
+            printed(stderr)
+        )),
     }
 }
 
@@ -869,5 +922,46 @@ impl Drop for ServersGuard {
                 problems.join("\n  ")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(script: &str) -> tokio::process::Child {
+        tokio::process::Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh starts")
+    }
+
+    #[tokio::test]
+    async fn a_command_that_hangs_is_killed_and_shows_what_it_printed() {
+        // The child hangs on purpose, past the deadline; nothing waits on a result here.
+        let child = shell("echo working; echo 'waiting for the broker' >&2; exec sleep 600");
+        let hung = output_within(child, Duration::from_millis(500))
+            .await
+            .expect_err("the child ran over its deadline");
+        assert!(hung.contains("ran over"), "{hung}");
+        assert!(hung.contains("working"), "{hung}");
+        assert!(hung.contains("waiting for the broker"), "{hung}");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_ends_gives_its_status_and_output() {
+        let output = output_within(
+            shell("echo out; echo err >&2; exit 3"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the child ended");
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
     }
 }

@@ -83,6 +83,9 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
         "30",
         "--concurrency",
         "4",
+        // The counted load offered at a set rate, as when two setups are compared.
+        "--rate",
+        "200",
         "--broker-messages",
         "500",
         "--db-seconds",
@@ -113,6 +116,7 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
     ] {
         positive(&report, figure);
     }
+    assert_eq!(report["offered_rate"].as_f64(), Some(200.0), "{report:#}");
     // The background is counted apart, never inside a saga's transactions.
     let background = report
         .pointer("/diagnostics/background_transactions_per_second")

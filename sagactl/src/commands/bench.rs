@@ -132,7 +132,7 @@ fn happy_load(args: &BenchArgs) -> anyhow::Result<LoadArgs> {
     Ok(LoadArgs {
         orders: args.orders,
         concurrency: args.concurrency,
-        rate: None,
+        rate: args.rate,
         mix: crate::mix::Mix::parse("happy=100").map_err(CliError::Refused)?,
         wait_secs: 120,
     })
@@ -211,6 +211,7 @@ fn report(
         "delivery_floor_ms": floor.delivery_ms,
         "transaction_floor_ms": floor.transaction_ms,
         "orders_stored_before": existing,
+        "offered_rate": args.rate,
         "diagnostics": {
             "deliveries_per_saga": per_saga((after.deliveries - before.deliveries) as f64),
             "transactions_per_saga": per_saga(saga_commits),
@@ -232,12 +233,16 @@ fn machine() -> Value {
 
 fn render(r: &Value) -> String {
     let f = |k: &str| r.pointer(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let offered = r["offered_rate"]
+        .as_f64()
+        .map(|rate| format!(" (offered at {rate} orders/s)"))
+        .unwrap_or_default();
     format!(
         "    orders stored         {:>10}          (before the load)\n\
          (a) broker ceiling        {:>10.0} msg/s   (confirmed publish + acked consume, 400 B, quorum)\n\
          \x20   database ceiling      {:>10.0} tx/s    (inbox + update + outbox in plain SQL, pool {})\n\
          (c) saga ceiling          {:>10.1} sagas/s (1 / (5 / broker + 6 / database))\n\
-         (d) saga throughput       {:>10.1} sagas/s\n\
+         (d) saga throughput       {:>10.1} sagas/s{}\n\
          \x20   ratio (d)/(c)         {:>10.2}\n\
          \x20   latency               p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n\
          \x20   latency floor         {:>10.1} ms      (4 x delivery {:.2} ms + 4 x transaction {:.2} ms, one at a time)\n\
@@ -252,6 +257,7 @@ fn render(r: &Value) -> String {
         r["db_pool"],
         f("/saga_ceiling_per_second"),
         f("/sagas_per_second"),
+        offered,
         f("/ratio_to_ceiling"),
         f("/load/latency_ms/p50"),
         f("/load/latency_ms/p90"),
