@@ -194,7 +194,7 @@ pub(crate) enum Command {
     DevKeys(crate::identity::DevKeysArgs),
 }
 
-/// `NAME=TOTAL` for `verify --expect-*`.
+/// Orders per second for `--rate`: a finite number of at least 0.01 (0 would never place one).
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r >= 0.01 => Ok(r),
@@ -205,6 +205,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `NAME=TOTAL` for `verify --expect-*`.
 fn parse_total(s: &str) -> Result<(String, i64), String> {
     let (name, total) = s
         .rsplit_once('=')
