@@ -88,6 +88,13 @@ done
 log "${REPLICAS} instance(s) of each service up"
 
 export SAGA_ORDER_URL=http://127.0.0.1:18080
+# Orders are placed round robin over every order-svc instance, as a load balancer would.
+SPREAD=()
+if ((REPLICAS > 1)); then
+    also=""
+    for ((i = 1; i < REPLICAS; i++)); do also+="${also:+,}http://127.0.0.1:$((BASE[order-svc] + 100 * i))"; done
+    SPREAD=(--also-order-url "$also")
+fi
 export SAGA_INVENTORY_URL=http://127.0.0.1:18081
 export SAGA_PAYMENT_URL=http://127.0.0.1:18082
 export SAGA_BENCH_DATABASE_SERVER
@@ -96,13 +103,13 @@ stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 
 DBLIST="$(IFS=,; echo "${DBS[*]}")"
 log "sagactl bench ${BENCH_ARGS[*]:-}"
-target/release/sagactl --json bench --databases "$DBLIST" "${BENCH_ARGS[@]}" >"$OUT/bench-${stamp}.json"
+target/release/sagactl --json bench --databases "$DBLIST" "${SPREAD[@]}" "${BENCH_ARGS[@]}" >"$OUT/bench-${stamp}.json"
 
 # Latency at half the throughput just measured.
 half="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["sagas_per_second"] / 2, 1))' "$OUT/bench-${stamp}.json")"
 log "latency at half that throughput: ${half} orders/s"
 target/release/sagactl --json load --orders "$(python3 -c "print(max(200, int(${half} * 20)))")" \
-    --concurrency 64 --rate "$half" >"$OUT/half-${stamp}.json"
+    --concurrency 64 --rate "$half" "${SPREAD[@]}" >"$OUT/half-${stamp}.json"
 
 # Peak resident memory of each service process.
 rss="{"

@@ -301,6 +301,10 @@ pub(crate) struct LoadArgs {
     /// Share of each outcome, as weights.
     #[arg(long, default_value = "happy=100", value_parser = crate::mix::Mix::parse)]
     pub mix: crate::mix::Mix,
+    /// Further order-svc instances (base URLs, comma-separated or repeated): orders are
+    /// placed round robin over --order-url and these, as a load balancer would.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub also_order_url: Vec<String>,
     /// How long to wait for the last sagas after the last order was placed.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
@@ -320,6 +324,10 @@ pub(crate) struct BenchArgs {
     /// the stack's.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Further order-svc instances (base URLs, comma-separated or repeated): the load's
+    /// orders are placed round robin over --order-url and these.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub also_order_url: Vec<String>,
     /// Messages for the broker ceiling.
     #[arg(long, default_value_t = 20_000)]
     pub broker_messages: usize,

@@ -43,6 +43,9 @@ fn positive(report: &Value, pointer: &str) -> f64 {
 #[tokio::test]
 async fn load_follows_every_saga_to_its_end_and_reports_outcomes_and_latency() {
     let stack = Stack::start(StackOptions::default()).await;
+    // The one order-svc named a second time, as a further instance would be: the orders
+    // are placed round robin, half through each name.
+    let also = format!("{}/", stack.base_url(Service::Order));
     let report = json_of(sagactl(&stack).args([
         "--json",
         "load",
@@ -52,8 +55,15 @@ async fn load_follows_every_saga_to_its_end_and_reports_outcomes_and_latency() {
         "8",
         "--mix",
         "happy=2,no-stock=1,no-funds=1",
+        "--also-order-url",
+        &also,
     ]));
     assert_eq!(report["placed"], 60, "{report:#}");
+    let by_url: Vec<u64> = report["placed_by_url"]
+        .as_array()
+        .map(|urls| urls.iter().filter_map(|u| u["placed"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(by_url, [30, 30], "{report:#}");
     assert_eq!(report["completed"], 60, "{report:#}");
     assert_eq!(report["lost"], 0);
     let outcomes = &report["outcomes"];

@@ -134,6 +134,7 @@ fn happy_load(args: &BenchArgs) -> anyhow::Result<LoadArgs> {
         concurrency: args.concurrency,
         rate: args.rate,
         mix: crate::mix::Mix::parse("happy=100").map_err(CliError::Refused)?,
+        also_order_url: args.also_order_url.clone(),
         wait_secs: 120,
     })
 }

@@ -79,7 +79,8 @@ pub(super) async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<V
     let follower = tokio::spawn(follow_finals(finals, tracker.clone(), args.orders as usize));
     let bar = progress_bar(ctx, args.orders);
     let started = Instant::now();
-    place_all(ctx, args, &plan, &tracker, &bar).await?;
+    let urls = order_urls(ctx, args);
+    place_all(&ctx.http, args, &urls, &plan, &tracker, &bar).await?;
     let placing = started.elapsed();
     bar.set_message("waiting for the last sagas");
     tracker
@@ -88,7 +89,31 @@ pub(super) async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<V
     bar.finish_and_clear();
     follower.abort();
     crate::context::close(conn).await;
-    tracker.report(args, started, placing)
+    let mut report = tracker.report(args, started, placing)?;
+    report["placed_by_url"] = urls
+        .iter()
+        .map(|u| json!({"url": u.url, "placed": u.placed.load(Ordering::Relaxed)}))
+        .collect();
+    Ok(report)
+}
+
+/// An order-svc instance the load places orders with, and how many it took.
+struct OrderUrl {
+    url: String,
+    placed: AtomicU64,
+}
+
+/// `--order-url` then each `--also-order-url`, as the URLs of their `POST /orders`.
+fn order_urls(ctx: &Context, args: &LoadArgs) -> Vec<Arc<OrderUrl>> {
+    std::iter::once(&ctx.conn.order_url)
+        .chain(&args.also_order_url)
+        .map(|base| {
+            Arc::new(OrderUrl {
+                url: format!("{}/orders", base.trim_end_matches('/')),
+                placed: AtomicU64::new(0),
+            })
+        })
+        .collect()
 }
 
 /// The names one run seeds and orders with, suffixed with a run id.
@@ -286,10 +311,12 @@ fn progress_bar(ctx: &Context, orders: u32) -> ProgressBar {
     bar
 }
 
-/// Places every order, at most `--concurrency` at once and at most `--rate` per second.
+/// Places every order, at most `--concurrency` at once and at most `--rate` per second,
+/// round robin over `urls`.
 async fn place_all(
-    ctx: &Context,
+    http: &reqwest::Client,
     args: &LoadArgs,
+    urls: &[Arc<OrderUrl>],
     plan: &Plan,
     tracker: &Tracker,
     bar: &ProgressBar,
@@ -298,7 +325,6 @@ async fn place_all(
     let mut interval = args
         .rate
         .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001))));
-    let url = format!("{}/orders", ctx.conn.order_url.trim_end_matches('/'));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.orders as usize {
         if let Some(iv) = interval.as_mut() {
@@ -306,11 +332,18 @@ async fn place_all(
         }
         let permit = slots.clone().acquire_owned().await?;
         let body = plan.order(i, args.mix.pick(rand::rng().random()));
-        let (http, url, tracker, bar) =
-            (ctx.http.clone(), url.clone(), tracker.clone(), bar.clone());
+        let (http, url, tracker, bar) = (
+            http.clone(),
+            urls[i % urls.len()].clone(),
+            tracker.clone(),
+            bar.clone(),
+        );
         tasks.spawn(async move {
-            match place_one(&http, &url, &body, &tracker).await {
-                Ok((order_id, t0)) => tracker.placed(order_id, t0),
+            match place_one(&http, &url.url, &body, &tracker).await {
+                Ok((order_id, t0)) => {
+                    url.placed.fetch_add(1, Ordering::Relaxed);
+                    tracker.placed(order_id, t0)
+                }
                 Err(e) => tracker.failed(e),
             }
             bar.inc(1);
