@@ -803,6 +803,9 @@ impl OutboxRelay {
         }
         let published =
             Published::publish(publisher, rows.iter().map(|r| (r.at.as_str(), &r.row))).await;
+        // By the claimed rows' addresses, planned at each call and never cached: a plan
+        // made while the outbox was nearly empty would read the whole table to find them
+        // at every call after (docs/architecture.md, "Statements and their plans").
         if !published.refused.is_empty() {
             sqlx::query(concat!(
                 "UPDATE outbox SET ",
@@ -811,12 +814,14 @@ impl OutboxRelay {
             ))
             .bind(&published.refused)
             .bind(published.reason())
+            .persistent(false)
             .execute(&mut *tx)
             .await?;
         }
         if !published.sent.is_empty() {
             sqlx::query("UPDATE outbox SET sent_at = now() WHERE ctid = ANY($1::text[]::tid[])")
                 .bind(&published.sent)
+                .persistent(false)
                 .execute(&mut *tx)
                 .await?;
         }

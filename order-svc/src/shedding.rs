@@ -313,9 +313,12 @@ impl BacklogSampler {
         // twice, never missed).
         let settled = self.admissions.settled.load(Ordering::SeqCst);
         let limit = |bound: u64| i64::try_from(bound).unwrap_or(i64::MAX);
+        // Planned at each sample, never cached: a plan made while the orders were few
+        // counts the open ones by reading the whole table, however large it grows.
         let (unpublished, open): (i64, i64) = sqlx::query_as(COUNT_BACKLOG)
             .bind(limit(self.bounds.max_unpublished))
             .bind(limit(self.bounds.max_open))
+            .persistent(false)
             .fetch_one(conn)
             .await?;
         let backlog = Backlog {

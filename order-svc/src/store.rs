@@ -164,8 +164,11 @@ pub(crate) async fn store_batch(
                 })
             })
             .collect::<sqlx::Result<Vec<&str>>>()?;
-        // By the rows' addresses (locked since `lock_orders`, so they have not moved): a scan
-        // by address needs neither an index lookup nor a plan that knows the table's size.
+        // By the rows' addresses (locked since `lock_orders`, so they have not moved): a
+        // scan by address needs no index lookup. Planned at each call, never cached: a
+        // plan made while the table was nearly empty reads the whole table to find the
+        // addresses, at every call after, however large the table has grown
+        // (docs/architecture.md, "Statements and their plans").
         sqlx::query(
             "UPDATE orders o SET status = u.s, reason = u.r, updated_at = now()
              FROM UNNEST($1::text[]::tid[], $2::text[], $3::text[]) AS u(at, s, r)
@@ -182,6 +185,7 @@ pub(crate) async fn store_batch(
                 .map(|(_, o)| o.reason.as_deref())
                 .collect::<Vec<_>>(),
         )
+        .persistent(false)
         .execute(&mut *conn)
         .await?;
     }
