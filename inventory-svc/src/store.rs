@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
 use messaging::consumer::lock_sagas;
+use messaging::writes::Writes;
 use platform::staged::changed;
 
 use crate::memory::InventoryTables;
@@ -110,28 +111,31 @@ pub(crate) async fn load(
 }
 
 /// Stores every row of `now` that differs from `loaded` (the rows were locked, or
-/// created, by [`load`]): one statement per table and [`STATEMENT_BYTES`].
-pub(crate) async fn store(
-    conn: &mut PgConnection,
+/// created, by [`load`]): one write per table and [`STATEMENT_BYTES`], added to `writes`.
+pub(crate) fn store(
+    writes: &mut Writes,
     loaded: &InventoryTables,
     now: &InventoryTables,
 ) -> sqlx::Result<()> {
     let stock: Vec<(&String, &StockLevels)> = changed(&loaded.stock, &now.stock);
-    for part in by_size(stock.iter().map(|(sku, _)| sku.len() + 40), STATEMENT_BYTES) {
+    let sizes: Vec<usize> = stock.iter().map(|(sku, _)| sku.len() + 40).collect();
+    for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
+        let bytes = sizes[part.clone()].iter().sum();
         let rows = &stock[part];
-        sqlx::query(
+        writes.add(
             "INSERT INTO stock (sku, available, reserved, sold, adjusted)
              SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])
              ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, reserved = EXCLUDED.reserved,
                  sold = EXCLUDED.sold, adjusted = EXCLUDED.adjusted, updated_at = now()",
-        )
-        .bind(rows.iter().map(|(sku, _)| sku.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.available).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.reserved).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.sold).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.adjusted).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+            bytes,
+            |b| {
+                b.add(rows.iter().map(|(sku, _)| sku.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, s)| s.available).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, s)| s.reserved).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, s)| s.sold).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, s)| s.adjusted).collect::<Vec<_>>())
+            },
+        )?;
     }
     let reservations: Vec<(&Uuid, &Reservation)> = changed(&loaded.reservations, &now.reservations);
     let items = reservations
@@ -139,17 +143,21 @@ pub(crate) async fn store(
         .map(|(_, r)| serde_json::to_string(&r.items))
         .collect::<Result<Vec<String>, _>>()
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    for part in by_size(items.iter().map(|i| i.len() + 40), STATEMENT_BYTES) {
-        sqlx::query(
+    let sizes: Vec<usize> = items.iter().map(|i| i.len() + 40).collect();
+    for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
+        let bytes = sizes[part.clone()].iter().sum();
+        let rows = &reservations[part.clone()];
+        writes.add(
             "INSERT INTO reservations (order_id, status, items)
              SELECT o, s, i::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(o, s, i)
              ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, items = EXCLUDED.items, updated_at = now()",
-        )
-        .bind(reservations[part.clone()].iter().map(|(id, _)| **id).collect::<Vec<_>>())
-        .bind(reservations[part.clone()].iter().map(|(_, r)| r.state.as_str()).collect::<Vec<_>>())
-        .bind(&items[part])
-        .execute(&mut *conn)
-        .await?;
+            bytes,
+            |b| {
+                b.add(rows.iter().map(|(id, _)| **id).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, r)| r.state.as_str()).collect::<Vec<_>>())?;
+                b.add(&items[part])
+            },
+        )?;
     }
     Ok(())
 }

@@ -61,6 +61,7 @@ use crate::pause::PauseGate;
 use crate::publisher::OutgoingMessage;
 use crate::retry::{ATTEMPT_HEADER, HandlerError, next_delay};
 use crate::topology::{DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE, ServiceTopology};
+use crate::writes::Writes;
 
 /// Headers on a dead-lettered message.
 pub const ERROR_HEADER: &str = "x-saga-error";
@@ -105,12 +106,16 @@ pub trait Handler: Send + Sync + 'static {
     /// message in turn, which is what this default does. A handler that can load the
     /// rows of a whole batch with one statement per table, decide every message in memory
     /// in order, and store each table with one statement overrides it; it must end in
-    /// exactly the state and the events the messages handled one by one would have.
+    /// exactly the state and the events the messages handled one by one would have. What
+    /// it adds to `writes` runs after it returns, together with the batch's outbox rows,
+    /// in the same transaction.
     fn handle_all(
         &self,
         tx: &mut PgConnection,
         batch: &mut [Handling<'_, Self::Event>],
+        writes: &mut Writes,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = writes;
         async move {
             for h in batch.iter_mut() {
                 self.handle(tx, h.incoming, h.out)
@@ -219,6 +224,9 @@ struct Inner<H: Handler> {
     users: ProducerUsers,
     /// The broker user this consumer connects as.
     own_user: String,
+    /// The first key of the turns' advisory locks: the same in every replica (see
+    /// [`EventConsumer::take_turn`]).
+    turn_key: i32,
 }
 
 /// Consumes a service's input queue with a [`Handler`].
@@ -244,12 +252,14 @@ impl<H: Handler> EventConsumer<H> {
         settings: ConsumerSettings,
     ) -> Self {
         let amqp_url = amqp_url.into();
+        let turn_key = turn_key(topology.input_queue());
         EventConsumer {
             inner: Arc::new(Inner {
                 topology,
                 pool,
                 outbox,
                 own_user: crate::authenticity::user_of_url(&amqp_url),
+                turn_key,
                 users: ProducerUsers::from_env::<<H::Event as Event>::Kind>(),
                 amqp_url,
                 handler,
@@ -404,6 +414,7 @@ impl<H: Handler> EventConsumer<H> {
             .filter(|(_, claim)| **claim == InboxClaim::Claimed)
             .map(|(message, _)| message)
             .collect();
+        let mut writes = Writes::default();
         let mut emitters: Vec<Emitter> = claimed_batch
             .iter()
             .map(|(incoming, _)| {
@@ -420,7 +431,10 @@ impl<H: Handler> EventConsumer<H> {
                     out,
                 })
                 .collect();
-            inner.handler.handle_all(&mut tx, &mut handlings).await?;
+            inner
+                .handler
+                .handle_all(&mut tx, &mut handlings, &mut writes)
+                .await?;
         }
         let mut rows = OutboxRows::default();
         for ((_, span), out) in claimed_batch.iter().zip(emitters) {
@@ -429,7 +443,7 @@ impl<H: Handler> EventConsumer<H> {
             out.add_to(&mut rows, trace.as_deref())?;
         }
         let handled = started.elapsed();
-        rows.commit(tx, &inner.outbox).await?;
+        rows.commit_with(tx, writes, &inner.outbox).await?;
         tracing::debug!(
             size = batch.len(),
             claim_ms = claimed.as_secs_f64() * 1e3,
@@ -675,16 +689,13 @@ impl<H: Handler> EventConsumer<H> {
     /// `None` when the database does not answer: the batch then begins its own
     /// transaction, and its failure is handled there as any other.
     async fn take_turn(&self, slot: i32) -> Option<Turn> {
-        let taken = async {
-            let mut tx: Turn = self.inner.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), $2)")
-                .bind(self.inner.topology.input_queue())
-                .bind(slot)
-                .execute(&mut *tx)
-                .await?;
-            Ok::<_, sqlx::Error>(tx)
-        };
-        match taken.await {
+        // BEGIN and the lock in one round trip: a simple query of two statements, with
+        // nothing in it but numbers this process computed.
+        let begin = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({}, {slot})",
+            self.inner.turn_key
+        );
+        match self.inner.pool.begin_with(sqlx::AssertSqlSafe(begin)).await {
             Ok(tx) => Some(tx),
             Err(e) => {
                 tracing::debug!(error = %e, "no turn for the batch; it begins its own transaction");
@@ -819,6 +830,15 @@ impl<H: Handler> EventConsumer<H> {
         inner.link.set(false);
         result
     }
+}
+
+/// The advisory-lock key of a queue's turns: FNV-1a of its name, the same in every
+/// process that consumes it.
+fn turn_key(queue: &str) -> i32 {
+    let hash = queue.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    i32::from_ne_bytes(hash.to_ne_bytes())
 }
 
 fn delivery_span(delivery: &Delivery) -> tracing::Span {

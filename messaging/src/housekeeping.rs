@@ -49,7 +49,10 @@ fn interval_secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Deletes sent outbox rows and inbox rows past their retention, batch by batch.
+/// Deletes sent outbox rows and inbox rows past their retention, batch by batch. Each
+/// statement is planned at its call, never cached: a plan cached while the table was
+/// nearly empty would read all of it, once a minute, however large it grew
+/// (docs/architecture.md, "Statements and their plans").
 pub async fn purge_once(pool: &PgPool, retention: &Retention) -> sqlx::Result<Purged> {
     let mut purged = Purged::default();
     loop {
@@ -60,6 +63,7 @@ pub async fn purge_once(pool: &PgPool, retention: &Retention) -> sqlx::Result<Pu
         )
         .bind(interval_secs(retention.outbox))
         .bind(PURGE_BATCH)
+        .persistent(false)
         .execute(pool)
         .await?
         .rows_affected();
@@ -76,6 +80,7 @@ pub async fn purge_once(pool: &PgPool, retention: &Retention) -> sqlx::Result<Pu
         )
         .bind(interval_secs(retention.inbox))
         .bind(PURGE_BATCH)
+        .persistent(false)
         .execute(pool)
         .await?
         .rows_affected();

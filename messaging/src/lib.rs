@@ -19,6 +19,7 @@
 //!   header that keeps the original publisher of a relayed copy.
 //! - [`consumer`]: the consume loop that wraps a handler in one transaction (inbox claim,
 //!   effects, outbox rows), acks only after commit, and routes failures to retry or dead letter.
+//! - [`writes`]: the writes that end a transaction, sent together in one statement.
 //! - [`housekeeping`]: retention of the outbox and inbox, and their gauges.
 //! - [`retry`]: the error classes of a handler and the delayed-retry schedule.
 //! - [`trace`]: the trace context of a saga across HTTP, outbox rows and messages.
@@ -48,6 +49,7 @@ pub mod publisher;
 pub mod retry;
 pub mod topology;
 pub mod trace;
+pub mod writes;
 
 #[cfg(test)]
 mod test_catalog;

@@ -47,6 +47,7 @@ use crate::envelope::{Envelope, properties_for};
 use crate::event::{Event, EventKind};
 use crate::publisher::{ConfirmedPublisher, OutgoingMessage, PublishError};
 use crate::topology::EVENTS_EXCHANGE;
+use crate::writes::{Counted, Writes};
 
 /// How many transactions with outbox rows this process has committed. Every relay loop
 /// that waits for work watches it, so one commit wakes each of them once, and commits made
@@ -142,28 +143,53 @@ impl OutboxRows {
     /// Inserts every row, commits `tx`, hands the rows to this process's relay through
     /// `outbox` (or, when it cannot take them, wakes the relays to claim them), and runs
     /// what the emitters asked to run after the commit.
-    pub async fn commit(
+    pub async fn commit(self, tx: Transaction<'_, Postgres>, outbox: &Outbox) -> sqlx::Result<()> {
+        self.commit_with(tx, Writes::default(), outbox).await
+    }
+
+    /// [`OutboxRows::commit`] for a transaction that ends with other `writes` (the rows a
+    /// batch's decisions changed): the outbox rows, the record of the rows this process's
+    /// relay sent since the last commit, and `writes` go to the database together, in one
+    /// statement as far as their size allows, then `tx` commits.
+    pub async fn commit_with(
         mut self,
         mut tx: Transaction<'_, Postgres>,
+        mut writes: Writes,
         outbox: &Outbox,
     ) -> sqlx::Result<()> {
         let after_commit = std::mem::take(&mut self.after_commit);
         let handover = outbox.taker(self.len());
-        self.insert_leased(&mut tx, handover.map(|h| h.lease))
-            .await?;
+        self.add_leased(&mut writes, handover.map(|h| h.lease))?;
         // The rows this process's relay published since the last commit are recorded sent
-        // in this transaction, which costs one statement and no commit of its own.
-        let (recorded, marked) = match &outbox.handover {
-            Some(h) => h.record(&mut *tx).await?,
-            None => (Vec::new(), 0),
+        // in this transaction, which costs no statement and no commit of their own.
+        let recorded = match &outbox.handover {
+            Some(h) => h.take_confirmed(),
+            None => Vec::new(),
         };
-        if let Err(e) = tx.commit().await {
+        let put_back = |recorded| {
             if let Some(h) = &outbox.handover {
                 h.put_back(recorded);
             }
+        };
+        let marked = match mark_sent(&mut writes, &recorded) {
+            Ok(marked) => marked,
+            Err(e) => {
+                put_back(recorded);
+                return Err(e);
+            }
+        };
+        let counts = match writes.execute(&mut tx).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                put_back(recorded);
+                return Err(e);
+            }
+        };
+        if let Err(e) = tx.commit().await {
+            put_back(recorded);
             return Err(e);
         }
-        count_recorded("commit", marked);
+        count_recorded("commit", marked.map_or(0, |m| counts.get(m)));
         match handover {
             Some(handover) => handover.hand(self.into_rows()),
             None if !self.is_empty() => rows_committed(),
@@ -178,49 +204,52 @@ impl OutboxRows {
     /// Inserts every row, in the order they were pushed (their ids, and so the relay's
     /// publish order, follow it), for any relay to claim.
     pub async fn insert(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        self.insert_leased(conn, None).await
+        let mut writes = Writes::default();
+        self.add_leased(&mut writes, None)?;
+        writes.execute(conn).await.map(|_| ())
     }
 
-    /// Inserts every row, leased for `lease` to the relay they are handed to (no relay
-    /// claims them before the lease runs out): one statement per
+    /// Adds the insert of every row to `writes`, leased for `lease` to the relay they are
+    /// handed to (no relay claims them before the lease runs out): one part per
     /// [`crate::chunks::STATEMENT_BYTES`].
-    async fn insert_leased(
-        &self,
-        conn: &mut PgConnection,
-        lease: Option<Duration>,
-    ) -> sqlx::Result<()> {
+    fn add_leased(&self, writes: &mut Writes, lease: Option<Duration>) -> sqlx::Result<()> {
         let lease = lease.map(|l| l.as_secs_f64());
-        let sizes = (0..self.message_id.len()).map(|i| {
-            // What the row adds to the statement, near enough: its texts and fixed columns.
-            self.body[i].len()
-                + self.event_type[i].len()
-                + self.routing_key[i].len()
-                + self.correlation_id[i].len()
-                + self.producer[i].len()
-                + self.traceparent[i].as_ref().map_or(0, String::len)
-                + 64
-        });
-        for r in crate::chunks::by_size(sizes, crate::chunks::STATEMENT_BYTES) {
-            sqlx::query(
+        let sizes: Vec<usize> = (0..self.message_id.len())
+            .map(|i| {
+                // What the row adds to the statement, near enough: its texts and fixed
+                // columns.
+                self.body[i].len()
+                    + self.event_type[i].len()
+                    + self.routing_key[i].len()
+                    + self.correlation_id[i].len()
+                    + self.producer[i].len()
+                    + self.traceparent[i].as_ref().map_or(0, String::len)
+                    + 64
+            })
+            .collect();
+        for r in crate::chunks::by_size(sizes.iter().copied(), crate::chunks::STATEMENT_BYTES) {
+            let bytes = sizes[r.clone()].iter().sum();
+            writes.add(
                 "INSERT INTO outbox (message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent, next_attempt_at)
                  SELECT message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent,
                         now() + make_interval(secs => $10::float8)
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])
                  WITH ORDINALITY AS r(message_id, event_type, routing_key, correlation_id, causation_id, producer, occurred_at, body, traceparent, n)
                  ORDER BY n",
-            )
-            .bind(&self.message_id[r.clone()])
-            .bind(&self.event_type[r.clone()])
-            .bind(&self.routing_key[r.clone()])
-            .bind(&self.correlation_id[r.clone()])
-            .bind(&self.causation_id[r.clone()])
-            .bind(&self.producer[r.clone()])
-            .bind(&self.occurred_at[r.clone()])
-            .bind(&self.body[r.clone()])
-            .bind(&self.traceparent[r])
-            .bind(lease)
-            .execute(&mut *conn)
-            .await?;
+                bytes,
+                |b| {
+                    b.add(&self.message_id[r.clone()])?;
+                    b.add(&self.event_type[r.clone()])?;
+                    b.add(&self.routing_key[r.clone()])?;
+                    b.add(&self.correlation_id[r.clone()])?;
+                    b.add(&self.causation_id[r.clone()])?;
+                    b.add(&self.producer[r.clone()])?;
+                    b.add(&self.occurred_at[r.clone()])?;
+                    b.add(&self.body[r.clone()])?;
+                    b.add(&self.traceparent[r.clone()])?;
+                    b.add(lease)
+                },
+            )?;
         }
         Ok(())
     }
@@ -387,48 +416,33 @@ impl Handover {
     fn waited(&self) -> Option<Duration> {
         self.lock_confirmed().since.map(|since| since.elapsed())
     }
-
-    /// Takes the confirmed rows and records them sent through `executor` (a writer's
-    /// transaction, or the pool for the recorder), putting them back if the statement
-    /// fails. Answers the rows taken, to be put back if a transaction they were recorded
-    /// in does not commit, and how many rows the statement marked.
-    async fn record<'c>(
-        &self,
-        executor: impl sqlx::PgExecutor<'c>,
-    ) -> sqlx::Result<(Vec<(Uuid, DateTime<Utc>)>, u64)> {
-        let confirmed = self.take_confirmed();
-        match mark_sent(executor, &confirmed).await {
-            Ok(marked) => Ok((confirmed, marked)),
-            Err(e) => {
-                self.put_back(confirmed);
-                Err(e)
-            }
-        }
-    }
 }
 
-/// Marks `confirmed` rows sent, each with the time its confirm came, in one statement, and
-/// answers how many it marked. A row another relay has locked (it claimed the row once its
-/// lease ran out) is skipped rather than waited for: that relay marks it sent itself.
-async fn mark_sent<'c>(
-    executor: impl sqlx::PgExecutor<'c>,
+/// Adds the record of `confirmed` rows as sent, each with the time its confirm came, to
+/// `writes`, counted: how many it marked. A row another relay has locked (it claimed the
+/// row once its lease ran out) is skipped rather than waited for: that relay marks it sent
+/// itself.
+fn mark_sent(
+    writes: &mut Writes,
     confirmed: &[(Uuid, DateTime<Utc>)],
-) -> sqlx::Result<u64> {
+) -> sqlx::Result<Option<Counted>> {
     if confirmed.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let (ids, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = confirmed.iter().copied().unzip();
-    let done = sqlx::query(
-        "WITH s AS (SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) AS s(message_id, at)),
-              free AS (SELECT o.id, s.at FROM outbox o JOIN s USING (message_id)
-                       WHERE o.sent_at IS NULL FOR UPDATE OF o SKIP LOCKED)
-         UPDATE outbox o SET sent_at = free.at FROM free WHERE o.id = free.id",
-    )
-    .bind(&ids)
-    .bind(&at)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected())
+    writes
+        .add_counted(
+            "WITH s AS (SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) AS s(message_id, at)),
+                  free AS (SELECT o.id, s.at FROM outbox o JOIN s USING (message_id)
+                           WHERE o.sent_at IS NULL FOR UPDATE OF o SKIP LOCKED)
+             UPDATE outbox o SET sent_at = free.at FROM free WHERE o.id = free.id RETURNING 1",
+            confirmed.len() * 24,
+            |b| {
+                b.add(&ids)?;
+                b.add(&at)
+            },
+        )
+        .map(Some)
 }
 
 /// Counts rows recorded sent once the statement that marked them is committed (`by`: the
@@ -1006,9 +1020,24 @@ impl OutboxRelay {
     /// Records every confirmed row sent, in one statement, with the time of its confirm.
     /// On failure they are kept for the next try.
     async fn record_sent(&self, handover: &Handover) -> sqlx::Result<()> {
-        let (_, marked) = handover.record(&self.pool).await?;
-        count_recorded("recorder", marked);
-        Ok(())
+        let confirmed = handover.take_confirmed();
+        let recorded = async {
+            let mut writes = Writes::default();
+            let marked = mark_sent(&mut writes, &confirmed)?;
+            let mut conn = self.pool.acquire().await?;
+            let counts = writes.execute(&mut conn).await?;
+            Ok::<_, sqlx::Error>(marked.map_or(0, |m| counts.get(m)))
+        };
+        match recorded.await {
+            Ok(marked) => {
+                count_recorded("recorder", marked);
+                Ok(())
+            }
+            Err(e) => {
+                handover.put_back(confirmed);
+                Err(e)
+            }
+        }
     }
 
     async fn open_publisher(

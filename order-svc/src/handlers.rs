@@ -1,11 +1,12 @@
 //! order-svc's consumer: a batch of events (one, at low load) locks and loads its orders
 //! with one statement, is decided in order on them in memory ([`OrderTables`], the same the
 //! property tests run), and stores the orders that moved and every history row with one
-//! statement each, in the consumer's transaction.
+//! write each, sent with the batch's outbox rows in the consumer's transaction.
 
 use events::Event;
 use messaging::consumer::Handling;
 use messaging::retry::HandlerError;
+use messaging::writes::Writes;
 use platform::inputs::{Refusal, unexpected_event};
 use platform::staged::Staged;
 use sqlx::PgConnection;
@@ -69,10 +70,10 @@ impl Staged for OrderHandler {
 
     fn store(
         &self,
-        tx: &mut PgConnection,
+        writes: &mut Writes,
         loaded: &OrderBatch,
         now: &OrderBatch,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        store::store_batch(tx, loaded, now)
+    ) -> sqlx::Result<()> {
+        store::store_batch(writes, loaded, now)
     }
 }

@@ -68,7 +68,8 @@ impl OutageClock {
 }
 
 /// Adds to the deadline of every open order the part of the last `outage` during which it
-/// was open. Returns how many orders were extended.
+/// was open. Returns how many orders were extended. Planned at its call (it runs once per
+/// outage), so it finds the open orders through their partial index at any table size.
 pub(crate) async fn extend_open_deadlines(pool: &PgPool, outage: Duration) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "UPDATE orders
@@ -77,6 +78,7 @@ pub(crate) async fn extend_open_deadlines(pool: &PgPool, outage: Duration) -> sq
     )
     .bind(outage.as_secs_f64())
     .bind(&OrderStatus::OPEN[..])
+    .persistent(false)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

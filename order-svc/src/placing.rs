@@ -3,10 +3,11 @@
 //!
 //! A placement is decided in the request (the pure [`crate::saga::decide`]), then handed to
 //! one of a few placing workers. A worker takes every placement waiting for it (up to
-//! [`GROUP_MAX`]), writes them all in one transaction with one outbox statement, commits
-//! once, and answers each request. A commit is most of what a placement costs the
-//! database, so under load a group of N costs about one placement's commit instead of N.
-//! At low load a group is one placement: grouping adds no wait.
+//! [`GROUP_MAX`]), looks up their idempotency keys with one statement, writes every new
+//! order, its history and its events with one more (messaging::writes), commits once, and
+//! answers each request. Statements and commits are most of what a placement costs the
+//! database, so under load a group of N costs about what one placement costs instead of
+//! N times that. At low load a group is one placement: grouping adds no wait.
 //!
 //! If anything in a group fails, or a placement's idempotency key turns out to be taken by
 //! a transaction outside the group, the group rolls back and each placement runs again on
@@ -16,12 +17,13 @@
 use std::sync::Arc;
 
 use messaging::outbox::{Emitter, Outbox, OutboxRows};
+use messaging::writes::Writes;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::apply::{Applied, apply};
-use crate::saga::{OrderStatus, Plan};
+use crate::saga::{OrderStatus, OrderWrite, Plan};
 use crate::{SERVICE, store};
 
 /// Most placements committed in one transaction.
@@ -103,13 +105,13 @@ async fn place_groups(
         }
         metrics::histogram!("saga_placement_group_size").record(group.len() as f64);
         match place_together(&pool, &outbox, &group).await {
-            Ok(Some(answers)) => {
+            Ok(answers) => {
                 for ((_, reply), placed) in group.into_iter().zip(answers) {
                     // A request that gave up (its client went away) no longer listens.
                     drop(reply.send(Ok(placed)));
                 }
             }
-            Ok(None) | Err(_) => {
+            Err(_) => {
                 if group.len() > 1 {
                     metrics::counter!("saga_placement_group_fallbacks_total").increment(1);
                 }
@@ -146,27 +148,57 @@ async fn place_in(
     })
 }
 
-/// The whole group in one transaction; `None` when a key was taken outside it (then each
-/// placement must run alone to read the order that key made).
+/// The whole group in one transaction, set by set: the keys of the group looked up with one
+/// statement, then every new order, its history and its events written together with the
+/// outbox's (messaging::writes). A key another transaction took since the lookup makes the
+/// insert fail, and the group runs again placement by placement.
 async fn place_together(
     pool: &PgPool,
     outbox: &Outbox,
     group: &[(Placement, Reply)],
-) -> sqlx::Result<Option<Vec<Placed>>> {
+) -> sqlx::Result<Vec<Placed>> {
     let mut tx = pool.begin().await?;
+    let keys: Vec<&str> = group.iter().filter_map(|(p, _)| p.key.as_deref()).collect();
+    let existing = store::find_by_idempotency_keys(&mut tx, &keys).await?;
+    let mut writes = Writes::default();
     let mut rows = OutboxRows::default();
+    let mut orders = Vec::with_capacity(group.len());
+    let mut history = Vec::with_capacity(group.len());
     let mut answers = Vec::with_capacity(group.len());
     for (placement, _) in group {
+        if let Some(found) = placement.key.as_ref().and_then(|k| existing.get(k)) {
+            answers.push(Placed::Existing(found.clone()));
+            continue;
+        }
+        let plan = placement.plan.clone();
+        let Some(OrderWrite::Insert {
+            order,
+            deadline,
+            idempotency,
+        }) = plan.write
+        else {
+            return Err(sqlx::Error::Protocol(format!(
+                "placement of order {} writes no new order",
+                plan.order_id
+            )));
+        };
         let mut out = Emitter::new(SERVICE, None);
-        match place_in(&mut tx, placement, &mut out).await? {
-            Step::Written => answers.push(Placed::New),
-            Step::Existing(existing) => answers.push(Placed::Existing(existing)),
-            Step::KeyTaken => return Ok(None),
+        for event in plan.emit {
+            let envelope = out.emit(event);
+            history.push((
+                order.order_id,
+                envelope.event_type.clone(),
+                envelope.message_id,
+            ));
         }
         out.add_to(&mut rows, placement.trace.as_deref())?;
+        orders.push((order, deadline, idempotency));
+        answers.push(Placed::New);
     }
-    rows.commit(tx, outbox).await?;
-    Ok(Some(answers))
+    store::add_new_orders(&mut writes, &orders)?;
+    store::add_history_rows(&mut writes, &history)?;
+    rows.commit_with(tx, writes, outbox).await?;
+    Ok(answers)
 }
 
 /// One placement in its own transaction, as without grouping.

@@ -1,7 +1,7 @@
 //! The order tables: named queries used by the HTTP routes, the handlers and the deadline
 //! sweep. Every write happens inside a transaction the caller owns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use events::catalog::OrderItem;
@@ -9,6 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
+use messaging::writes::Writes;
 use platform::staged::changed;
 
 use crate::memory::OrderTables;
@@ -90,6 +91,74 @@ pub(crate) async fn find_by_idempotency_key(
         .await
 }
 
+/// The orders the idempotency `keys` made, by key: one statement for them all, each key
+/// looked up in the key's unique index.
+pub(crate) async fn find_by_idempotency_keys(
+    conn: &mut PgConnection,
+    keys: &[&str],
+) -> sqlx::Result<HashMap<String, (Uuid, OrderStatus, Option<String>)>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // LIMIT 1 keeps the lookup a subquery of its own, run once per key through the index,
+    // rather than a join whose plan a nearly empty table could make a scan.
+    let rows: Vec<(String, Uuid, OrderStatus, Option<String>)> = sqlx::query_as(
+        "SELECT k.key, o.* FROM UNNEST($1::text[]) AS k(key) CROSS JOIN LATERAL (
+             SELECT order_id, status, request_hash FROM orders WHERE idempotency_key = k.key LIMIT 1) o",
+    )
+    .bind(keys)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, id, status, hash)| (key, (id, status, hash)))
+        .collect())
+}
+
+/// Adds the inserts of new orders (each with its deadline and idempotency key) to
+/// `writes`. An idempotency key another order holds makes the statement fail.
+pub(crate) fn add_new_orders(
+    writes: &mut Writes,
+    orders: &[(Order, DateTime<Utc>, Option<IdempotencyKey>)],
+) -> sqlx::Result<()> {
+    let items = orders
+        .iter()
+        .map(|(o, _, _)| serde_json::to_string(&o.items))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let sizes: Vec<usize> = orders
+        .iter()
+        .zip(&items)
+        .map(|((o, _, k), items)| {
+            o.customer_id.len()
+                + items.len()
+                + k.as_ref().map_or(0, |k| k.key.len() + k.request_hash.len())
+                + 80
+        })
+        .collect();
+    for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
+        let bytes = sizes[part.clone()].iter().sum();
+        let rows = &orders[part.clone()];
+        writes.add(
+            "INSERT INTO orders (order_id, customer_id, status, items, total, currency, deadline, idempotency_key, request_hash)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::int8[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])",
+            bytes,
+            |b| {
+                b.add(rows.iter().map(|(o, _, _)| o.order_id).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(o, _, _)| o.customer_id.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(o, _, _)| o.status.as_str()).collect::<Vec<_>>())?;
+                b.add(&items[part])?;
+                b.add(rows.iter().map(|(o, _, _)| o.total).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(o, _, _)| o.currency.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, d, _)| *d).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, _, k)| k.as_ref().map(|k| k.key.as_str())).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, _, k)| k.as_ref().map(|k| k.request_hash.as_str())).collect::<Vec<_>>())
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Locks the order row for the rest of the transaction and returns it. Events about one
 /// order therefore apply one after the other.
 pub(crate) async fn lock_order(
@@ -104,8 +173,8 @@ pub(crate) async fn lock_order(
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OrderBatch {
     pub tables: OrderTables,
-    /// Where each loaded order's row is (its `ctid`, as text), to store it by.
-    pub located: BTreeMap<Uuid, String>,
+    /// Each loaded order's deadline, which [`store_batch`] writes back as it was.
+    pub deadlines: BTreeMap<Uuid, DateTime<Utc>>,
     /// (order, event type, message id): each message handled, then each event it emitted.
     pub history: Vec<(Uuid, String, Uuid)>,
 }
@@ -120,76 +189,75 @@ pub(crate) async fn lock_orders(
     order_ids.dedup();
     let mut batch = OrderBatch::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
-        let rows: Vec<LockedOrder> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT o.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
-                 SELECT ctid::text AS at, {ORDER_COLUMNS} FROM orders WHERE order_id = k.id FOR UPDATE) o"
+                 SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = k.id FOR UPDATE) o"
         )))
         .bind(ids)
         .fetch_all(&mut *conn)
         .await?;
-        for LockedOrder { at, row } in rows {
-            batch.located.insert(row.order_id, at);
+        for row in rows {
+            batch.deadlines.insert(row.order_id, row.deadline);
             batch.tables.orders.insert(row.order_id, Order::from(row));
         }
     }
     Ok(batch)
 }
 
-/// An order row locked by [`lock_orders`], and where it is.
-#[derive(sqlx::FromRow)]
-struct LockedOrder {
-    at: String,
-    #[sqlx(flatten)]
-    row: OrderRow,
-}
-
-/// Stores a batch: the orders whose status or reason changed, then its history rows in
-/// order (each message once per order, as [`record_history`] does).
-pub(crate) async fn store_batch(
-    conn: &mut PgConnection,
+/// Adds the writes that store a batch to `writes`: the orders whose status or reason
+/// changed, then its history rows in order (each message once per order, as
+/// [`record_history`] does).
+pub(crate) fn store_batch(
+    writes: &mut Writes,
     loaded: &OrderBatch,
     now: &OrderBatch,
 ) -> sqlx::Result<()> {
     let moved = changed(&loaded.tables.orders, &now.tables.orders);
-    let sizes = moved
+    let items = moved
         .iter()
-        .map(|(_, o)| o.reason.as_ref().map_or(0, String::len) + 40);
-    for part in by_size(sizes, STATEMENT_BYTES) {
-        let rows = &moved[part];
-        let at = rows
+        .map(|(_, o)| serde_json::to_string(&o.items))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let sizes: Vec<usize> = moved
+        .iter()
+        .zip(&items)
+        .map(|((_, o), items)| {
+            o.customer_id.len() + o.reason.as_ref().map_or(0, String::len) + items.len() + 80
+        })
+        .collect();
+    for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
+        let bytes = sizes[part.clone()].iter().sum();
+        let rows = &moved[part.clone()];
+        let deadlines = rows
             .iter()
             .map(|(id, _)| {
-                loaded.located.get(*id).map(String::as_str).ok_or_else(|| {
+                loaded.deadlines.get(*id).copied().ok_or_else(|| {
                     sqlx::Error::Protocol(format!("order {id} was stored without being locked"))
                 })
             })
-            .collect::<sqlx::Result<Vec<&str>>>()?;
-        // By the rows' addresses (locked since `lock_orders`, so they have not moved): a
-        // scan by address needs no index lookup. Planned at each call, never cached: a
-        // plan made while the table was nearly empty reads the whole table to find the
-        // addresses, at every call after, however large the table has grown
-        // (docs/architecture.md, "Statements and their plans").
-        sqlx::query(
-            "UPDATE orders o SET status = u.s, reason = u.r, updated_at = now()
-             FROM UNNEST($1::text[]::tid[], $2::text[], $3::text[]) AS u(at, s, r)
-             WHERE o.ctid = ANY($1::text[]::tid[]) AND o.ctid = u.at",
-        )
-        .bind(at)
-        .bind(
-            rows.iter()
-                .map(|(_, o)| o.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, o)| o.reason.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .persistent(false)
-        .execute(&mut *conn)
-        .await?;
+            .collect::<sqlx::Result<Vec<DateTime<Utc>>>>()?;
+        // An upsert on the primary key: the rows exist (locked since `lock_orders`), so
+        // each finds its row by the key's index and only status, reason and updated_at
+        // change. Unlike an UPDATE joined to the batch's keys, it needs no plan that knows
+        // the table's size: a plan cached while the table was nearly empty scans nothing.
+        writes.add(
+            "INSERT INTO orders AS o (order_id, customer_id, status, reason, items, total, currency, deadline)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]::jsonb[], $6::int8[], $7::text[], $8::timestamptz[])
+             ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = now()",
+            bytes,
+            |b| {
+                b.add(rows.iter().map(|(id, _)| **id).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, o)| o.customer_id.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, o)| o.status.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, o)| o.reason.as_deref()).collect::<Vec<_>>())?;
+                b.add(&items[part])?;
+                b.add(rows.iter().map(|(_, o)| o.total).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, o)| o.currency.as_str()).collect::<Vec<_>>())?;
+                b.add(deadlines)
+            },
+        )?;
     }
-    record_history_rows(conn, &now.history[loaded.history.len()..]).await
+    add_history_rows(writes, &now.history[loaded.history.len()..])
 }
 
 pub(crate) async fn set_status(
@@ -223,19 +291,32 @@ pub(crate) async fn record_history_rows(
     conn: &mut PgConnection,
     rows: &[(Uuid, String, Uuid)],
 ) -> sqlx::Result<()> {
-    for part in by_size(rows.iter().map(|(_, t, _)| t.len() + 40), STATEMENT_BYTES) {
+    let mut writes = Writes::default();
+    add_history_rows(&mut writes, rows)?;
+    writes.execute(conn).await.map(|_| ())
+}
+
+/// [`record_history_rows`] as writes added to `writes`.
+pub(crate) fn add_history_rows(
+    writes: &mut Writes,
+    rows: &[(Uuid, String, Uuid)],
+) -> sqlx::Result<()> {
+    let sizes: Vec<usize> = rows.iter().map(|(_, t, _)| t.len() + 40).collect();
+    for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
+        let bytes = sizes[part.clone()].iter().sum();
         let rows = &rows[part];
-        sqlx::query(
+        writes.add(
             "INSERT INTO order_history (order_id, event_type, message_id)
              SELECT o, t, m FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS u(o, t, m, n)
              ORDER BY n
              ON CONFLICT (order_id, message_id) DO NOTHING",
-        )
-        .bind(rows.iter().map(|(o, _, _)| *o).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| *m).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+            bytes,
+            |b| {
+                b.add(rows.iter().map(|(o, _, _)| *o).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, _, m)| *m).collect::<Vec<_>>())
+            },
+        )?;
     }
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! payment-svc's consumer: a batch of events (one, at low load) is loaded with one
 //! statement per table, decided in order on the tables in memory ([`PaymentTables`], the
-//! same the property tests run), and what changed is stored with one statement per table,
-//! in the consumer's transaction.
+//! same the property tests run), and what changed is stored with one write per table,
+//! sent with the batch's outbox rows in the consumer's transaction.
 
 use events::Event;
 use messaging::consumer::Handling;
 use messaging::retry::HandlerError;
+use messaging::writes::Writes;
 use platform::inputs::unexpected_event;
 use platform::staged::Staged;
 use sqlx::PgConnection;
@@ -52,10 +53,10 @@ impl Staged for PaymentHandler {
 
     fn store(
         &self,
-        tx: &mut PgConnection,
+        writes: &mut Writes,
         loaded: &PaymentTables,
         now: &PaymentTables,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        store::store(tx, loaded, now)
+    ) -> sqlx::Result<()> {
+        store::store(writes, loaded, now)
     }
 }

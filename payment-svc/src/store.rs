@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
 use messaging::consumer::lock_sagas;
+use messaging::writes::Writes;
 use platform::staged::changed;
 
 use crate::memory::PaymentTables;
@@ -133,54 +134,64 @@ struct KeyedWallet {
 }
 
 /// Stores every row of `now` that differs from `loaded` (the rows were locked, or opened,
-/// by [`load`]): one statement per table and [`STATEMENT_BYTES`].
-pub(crate) async fn store(
-    conn: &mut PgConnection,
+/// by [`load`]): one write per table and [`STATEMENT_BYTES`], added to `writes`.
+pub(crate) fn store(
+    writes: &mut Writes,
     loaded: &PaymentTables,
     now: &PaymentTables,
 ) -> sqlx::Result<()> {
     let wallets: Vec<(&String, &Wallet)> = changed(&loaded.wallets, &now.wallets);
-    let sizes = wallets.iter().map(|(c, w)| c.len() + w.currency.len() + 40);
-    for part in by_size(sizes, STATEMENT_BYTES) {
+    let sizes: Vec<usize> = wallets
+        .iter()
+        .map(|(c, w)| c.len() + w.currency.len() + 40)
+        .collect();
+    for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
+        let bytes = sizes[part.clone()].iter().sum();
         let rows = &wallets[part];
-        sqlx::query(
+        writes.add(
             "INSERT INTO wallets (customer_id, currency, balance, deposited, captured, refunded)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
              ON CONFLICT (customer_id) DO UPDATE SET currency = EXCLUDED.currency, balance = EXCLUDED.balance,
                  deposited = EXCLUDED.deposited, captured = EXCLUDED.captured,
                  refunded = EXCLUDED.refunded, updated_at = now()",
-        )
-        .bind(rows.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, w)| w.currency.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, w)| w.balance).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, w)| w.deposited).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, w)| w.captured).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, w)| w.refunded).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+            bytes,
+            |b| {
+                b.add(rows.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, w)| w.currency.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, w)| w.balance).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, w)| w.deposited).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, w)| w.captured).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, w)| w.refunded).collect::<Vec<_>>())
+            },
+        )?;
     }
     let payments: Vec<(&Uuid, &Payment)> = changed(&loaded.payments, &now.payments);
-    let sizes = payments.iter().map(|(_, p)| {
-        p.customer_id.len() + p.currency.len() + p.reason.as_ref().map_or(0, String::len) + 80
-    });
-    for part in by_size(sizes, STATEMENT_BYTES) {
+    let sizes: Vec<usize> = payments
+        .iter()
+        .map(|(_, p)| {
+            p.customer_id.len() + p.currency.len() + p.reason.as_ref().map_or(0, String::len) + 80
+        })
+        .collect();
+    for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
+        let bytes = sizes[part.clone()].iter().sum();
         let rows = &payments[part];
-        sqlx::query(
+        writes.add(
             "INSERT INTO payments (order_id, payment_id, customer_id, amount, currency, status, reason)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[])
              ON CONFLICT (order_id) DO UPDATE SET payment_id = EXCLUDED.payment_id,
                  customer_id = EXCLUDED.customer_id, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
                  status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = now()",
-        )
-        .bind(rows.iter().map(|(id, _)| **id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, p)| p.payment_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, p)| p.customer_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, p)| p.amount).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, p)| p.currency.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, p)| p.state.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, p)| p.reason.as_deref()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+            bytes,
+            |b| {
+                b.add(rows.iter().map(|(id, _)| **id).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, p)| p.payment_id).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, p)| p.customer_id.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, p)| p.amount).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, p)| p.currency.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, p)| p.state.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, p)| p.reason.as_deref()).collect::<Vec<_>>())
+            },
+        )?;
     }
     Ok(())
 }

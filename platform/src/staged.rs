@@ -5,7 +5,8 @@
 //! consumer's [`Handler`]: for a batch (one message at low load, and every message handled
 //! alone) it converts every event to the service's input, loads and locks the rows they
 //! read, decides each in order on the tables the ones before it left, and stores the rows
-//! [`changed`]. The outcome is the one the messages would have had one by one: a decision
+//! [`changed`] (adds their writes to the batch's, which go to the database with its outbox
+//! rows). The outcome is the one the messages would have had one by one: a decision
 //! reads exactly what it would read alone, because the tables hold every row any input of
 //! the batch reads.
 
@@ -15,6 +16,7 @@ use std::future::Future;
 use messaging::consumer::{Handler, Handling, IncomingEvent};
 use messaging::outbox::Emitter;
 use messaging::retry::HandlerError;
+use messaging::writes::Writes;
 use sqlx::PgConnection;
 
 /// A service's tables, staged for a batch.
@@ -45,13 +47,14 @@ pub trait Staged: Send + Sync + 'static {
         h: &mut Handling<'_, Self::Event>,
     ) -> Result<(), HandlerError>;
 
-    /// Stores what changed from `loaded` to `now`.
+    /// Adds the writes that store what changed from `loaded` to `now` to `writes`, which
+    /// run with the batch's outbox rows (messaging::writes).
     fn store(
         &self,
-        tx: &mut PgConnection,
+        writes: &mut Writes,
         loaded: &Self::Tables,
         now: &Self::Tables,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    ) -> sqlx::Result<()>;
 }
 
 /// The consumer's handler for a service whose tables are [`Staged`].
@@ -72,13 +75,17 @@ impl<S: Staged> Handler for StagedHandler<S> {
             span: &span,
             out,
         }];
-        self.handle_all(tx, &mut one).await
+        let mut writes = Writes::default();
+        self.handle_all(tx, &mut one, &mut writes).await?;
+        writes.execute(tx).await?;
+        Ok(())
     }
 
     async fn handle_all(
         &self,
         tx: &mut PgConnection,
         batch: &mut [Handling<'_, S::Event>],
+        writes: &mut Writes,
     ) -> Result<(), HandlerError> {
         let staged = &self.0;
         let inputs = batch
@@ -91,7 +98,7 @@ impl<S: Staged> Handler for StagedHandler<S> {
             let span = h.span.clone();
             span.in_scope(|| staged.decide(&mut tables, input, h))?;
         }
-        staged.store(tx, &loaded, &tables).await?;
+        staged.store(writes, &loaded, &tables)?;
         Ok(())
     }
 }
