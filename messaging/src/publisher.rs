@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use lapin::Confirmation;
+use lapin::PublisherConfirm;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 
@@ -119,15 +122,22 @@ impl ConfirmedPublisher {
 
     /// Publishes every message, then waits for all their confirms. The result at index `i`
     /// is the fate of `messages[i]`.
+    ///
+    /// The messages are handed to the connection's writer all at once: a publish resolves
+    /// only once the connection's I/O thread has written it, so publishing them one after
+    /// the other would cost a wake-up of that thread, and of this task, per message. Handed
+    /// over together, they leave in one write. They are handed over in order (each
+    /// publish queues its frames and takes its confirm number when first polled, and
+    /// `FuturesOrdered` polls them first in the order they were pushed), so the broker
+    /// receives them in order.
     pub(crate) async fn publish_all(
         &self,
         messages: &[OutgoingMessage],
     ) -> Vec<Result<(), PublishError>> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
-            let sent = self
-                .channel
-                .basic_publish(
+        let pending: Vec<lapin::Result<PublisherConfirm>> = messages
+            .iter()
+            .map(|m| {
+                self.channel.basic_publish(
                     m.exchange.as_str().into(),
                     m.routing_key.as_str().into(),
                     BasicPublishOptions {
@@ -137,9 +147,10 @@ impl ConfirmedPublisher {
                     &m.body,
                     m.properties.clone().with_user_id(self.user_id.clone()),
                 )
-                .await;
-            pending.push(sent);
-        }
+            })
+            .collect::<FuturesOrdered<_>>()
+            .collect()
+            .await;
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let mut results = Vec::with_capacity(messages.len());
         for (m, sent) in messages.iter().zip(pending) {
