@@ -9,12 +9,19 @@
 //! most once per [`REFRESH_MIN_INTERVAL`]), so a rotated key is picked up without a restart
 //! and a flood of made-up `kid`s cannot turn into a flood of JWKS fetches.
 //!
+//! A token that passed is remembered, by its SHA-256, until it expires (at most
+//! [`VERIFIED_FOR`]): a client sends the same token with every request, and checking an
+//! ES256 signature costs more CPU than everything else a `POST /orders` does in the
+//! service. Only the very same token is let through on the memory of it; a new read of the
+//! key set forgets every token.
+//!
 //! `SAGA_AUTH=off` turns checking off (every caller is then an operator) for throwaway
 //! local runs; the service warns at start and its health body says so.
 //!
 //! [`dev`] holds what local development needs: the development key pair and a token
 //! signer, shared by `sagactl` and the test harness.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +51,10 @@ pub const DEFAULT_ISSUER: &str = "order-saga-dev";
 pub const DEFAULT_AUDIENCE: &str = "order-saga";
 /// The only signature algorithms accepted.
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::ES256, Algorithm::RS256];
+/// Longest time a verified token is let through without checking its signature again.
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Most tokens remembered; past it, the memory starts afresh.
+const VERIFIED_MAX: usize = 10_000;
 
 /// Whether this process runs with `SAGA_AUTH=off` (for the health body).
 static AUTH_OFF: AtomicBool = AtomicBool::new(false);
@@ -115,6 +126,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Seconds since the epoch (required and checked by `Validation`).
+    exp: u64,
     #[serde(default)]
     roles: Vec<String>,
 }
@@ -160,6 +173,65 @@ struct Verifier {
     keys: RwLock<JwkSet>,
     /// When the set was last read because of an unknown `kid`.
     last_refresh: Mutex<Option<Instant>>,
+    verified: VerifiedTokens,
+}
+
+/// Tokens that passed every check, by the SHA-256 of their text, each with the caller it
+/// proved and until when it may be let through on this memory alone.
+#[derive(Default)]
+struct VerifiedTokens(std::sync::Mutex<HashMap<[u8; 32], (Caller, Instant)>>);
+
+impl VerifiedTokens {
+    fn digest(token: &str) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut out = [0; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Caller, Instant)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The caller `token` proved, if it passed before and is still within its time.
+    fn get(&self, digest: &[u8; 32]) -> Option<Caller> {
+        let mut tokens = self.lock();
+        match tokens.get(digest) {
+            Some((caller, until)) if Instant::now() < *until => Some(caller.clone()),
+            Some(_) => {
+                tokens.remove(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers a token that passed, until `expires_at` (seconds since the epoch, its
+    /// `exp` with the leeway) or [`VERIFIED_FOR`] from now, whichever comes first.
+    fn insert(&self, digest: [u8; 32], caller: &Caller, expires_at: u64) {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let left = Duration::from_secs(expires_at.saturating_sub(now_unix)).min(VERIFIED_FOR);
+        if left.is_zero() {
+            return;
+        }
+        let mut tokens = self.lock();
+        if tokens.len() >= VERIFIED_MAX {
+            let now = Instant::now();
+            tokens.retain(|_, (_, until)| now < *until);
+            if tokens.len() >= VERIFIED_MAX {
+                tokens.clear();
+            }
+        }
+        tokens.insert(digest, (caller.clone(), Instant::now() + left));
+    }
+
+    fn forget_all(&self) {
+        self.lock().clear();
+    }
 }
 
 /// Why a token was refused (the message a client gets with its 401).
@@ -231,6 +303,7 @@ impl Authenticator {
                 http,
                 keys: RwLock::new(keys),
                 last_refresh: Mutex::new(None),
+                verified: VerifiedTokens::default(),
             })),
         })
     }
@@ -255,6 +328,10 @@ impl Authenticator {
 
 impl Verifier {
     async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        let digest = VerifiedTokens::digest(token);
+        if let Some(caller) = self.verified.get(&digest) {
+            return Ok(caller);
+        }
         let invalid = |e: jsonwebtoken::errors::Error| TokenError::Invalid(e.to_string());
         let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
         if !ALGORITHMS.contains(&header.alg) {
@@ -280,11 +357,14 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(invalid)?
             .claims;
-        Ok(Caller {
+        let caller = Caller {
             customer: claims.roles.iter().any(|r| r == "customer"),
             operator: claims.roles.iter().any(|r| r == "operator"),
             sub: claims.sub,
-        })
+        };
+        self.verified
+            .insert(digest, &caller, claims.exp.saturating_add(LEEWAY_SECS));
+        Ok(caller)
     }
 
     /// The key `kid` names; without a `kid`, the only key of a one-key set.
@@ -309,6 +389,8 @@ impl Verifier {
         match self.source.load(&self.http).await {
             Ok(keys) => {
                 *self.keys.write().await = keys;
+                // A key may have gone from the set: every token is checked again.
+                self.verified.forget_all();
                 true
             }
             Err(e) => {
@@ -528,6 +610,37 @@ mod tests {
             }
         );
         assert!(caller.may_act_for("alice") && !caller.may_act_for("bob"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_let_through_again_until_it_expires_and_no_other_is() {
+        let dir = std::env::temp_dir().join(format!("saga-auth-{}", uuid::Uuid::new_v4()));
+        let (auth, pem) = authenticator(&dir).await;
+        let verifier = auth.inner.clone().unwrap();
+        let claims = TokenClaims::new("alice", &["customer"], Duration::from_secs(60));
+        let token = sign(&pem, DEV_KID, &claims).unwrap();
+        let first = auth.verify(&token).await.unwrap();
+        let digest = VerifiedTokens::digest(&token);
+        assert_eq!(verifier.verified.get(&digest), Some(first.clone()));
+        assert_eq!(auth.verify(&token).await.unwrap(), first);
+        // The same claims under another signature are checked, and refused.
+        let (head, _) = token.rsplit_once('.').unwrap();
+        let forged = format!("{head}.{}", "A".repeat(86));
+        assert!(matches!(
+            auth.verify(&forged).await,
+            Err(TokenError::Invalid(_))
+        ));
+        // A token remembered past its time is checked again (and so refused once expired).
+        verifier.verified.lock().get_mut(&digest).unwrap().1 = Instant::now();
+        assert_eq!(verifier.verified.get(&digest), None);
+        // One whose `exp` has passed is not remembered at all.
+        verifier.verified.insert(digest, &first, 0);
+        assert_eq!(verifier.verified.get(&digest), None);
+        // A new read of the key set forgets every token.
+        auth.verify(&token).await.unwrap();
+        verifier.verified.forget_all();
+        assert_eq!(verifier.verified.get(&digest), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 
