@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
-use messaging::consumer::lock_sagas;
+use messaging::consumer::saga_lock_keys;
 use messaging::writes::Writes;
 use platform::staged::changed;
 
@@ -42,16 +42,19 @@ pub(crate) async fn load(
     inputs: &[InventoryInput],
 ) -> sqlx::Result<InventoryTables> {
     let order_ids: BTreeSet<Uuid> = inputs.iter().filter_map(InventoryInput::order_id).collect();
-    lock_sagas(conn, order_ids.iter().copied()).await?;
+    // The saga locks come with the first statement, before it reads a row.
+    let mut locks = saga_lock_keys(order_ids.iter().copied());
     let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
     let mut tables = InventoryTables::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
         let rows: Vec<(Uuid, ReservationState, sqlx::types::Json<Vec<StockItem>>)> =
             sqlx::query_as(
                 "SELECT r.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
-                     SELECT order_id, status, items FROM reservations WHERE order_id = k.id FOR UPDATE) r",
+                     SELECT order_id, status, items FROM reservations WHERE order_id = k.id FOR UPDATE) r
+                 WHERE (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($2::int8[]) AS l) >= 0",
             )
             .bind(ids)
+            .bind(std::mem::take(&mut locks))
             .fetch_all(&mut *conn)
             .await?;
         tables

@@ -3,20 +3,23 @@
 //! For every delivery, in this order:
 //! 1. decode (size, JSON, envelope, type, version, payload); a message that fails can
 //!    never succeed and goes to the dead-letter queue with the reason;
-//! 2. in ONE database transaction: claim the message in the inbox (a duplicate stops
-//!    here), run the handler, write the events it returns to the outbox; commit;
+//! 2. in ONE database transaction: run the handler, write the events it returns to the
+//!    outbox and claim the message in the inbox; commit. The claim goes with the writes
+//!    (one statement, [`crate::writes`]); a message handled before fails it, and is then
+//!    handled again claiming first, which finds it a duplicate ([`crate::inbox`]);
 //! 3. only then ack. A crash before the ack redelivers the message, and the inbox turns
 //!    the second delivery into a no-op.
 //!
 //! Under load, the deliveries that are waiting when a worker becomes free are handled as a
-//! batch: up to `batch_size` of them in one transaction (one inbox statement for all, the
-//! handler's [`Handler::handle_all`] on the claimed ones in delivery order, one outbox
-//! statement for all, one commit), then settled with one multiple ack ([`crate::acks`]).
-//! A batch costs one commit instead of one per message, which is most of what a delivery
-//! costs the database. If anything in the batch fails, the whole transaction rolls back
-//! and every message of it is handled again on its own, so a failing message is isolated,
-//! classified and retried alone, exactly as if it had come alone. At low load a batch is
-//! one delivery: batching adds no wait.
+//! batch: up to `batch_size` of them in one transaction (the handler's
+//! [`Handler::handle_all`] on them in delivery order, then one statement for the handler's
+//! writes, the outbox rows and the inbox claims of all, one commit), then settled with one
+//! multiple ack ([`crate::acks`]). A batch costs one commit and a few round trips instead
+//! of that per message, which is most of what a delivery costs the database. If anything
+//! in the batch fails, the whole transaction rolls back and every message of it is handled
+//! again on its own, claimed first, so a failing message is isolated, classified and
+//! retried alone, exactly as if it had come alone. At low load a batch is one delivery:
+//! batching adds no wait.
 //!
 //! Replicas of a service take turns: a batch's transaction first takes its worker slot's
 //! advisory lock, which the same slot of every replica takes, and only then does the
@@ -190,6 +193,17 @@ impl Default for ConsumerSettings {
 /// The transaction a batch runs in, begun holding its worker slot's turn.
 type Turn = Transaction<'static, Postgres>;
 
+/// How a batch claims its messages in the inbox (messaging::inbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Among the batch's writes, with no round trip of its own: a message handled before
+    /// fails the batch.
+    WithWrites,
+    /// With a statement of its own, before anything is decided: a message handled before
+    /// is a duplicate.
+    First,
+}
+
 /// A worker slot, given back when its batch is done (or its task ends any other way).
 struct Slot {
     slot: i32,
@@ -293,7 +307,7 @@ impl<H: Handler> EventConsumer<H> {
         let started = Instant::now();
         let span = tracing::Span::current();
         let result = self
-            .apply_batch(&[(&incoming, &span)], turn)
+            .apply_batch(&[(&incoming, &span)], turn, Claim::First)
             .await
             .map(|claims| claims[0]);
         record_duration::<H::Event>(&incoming, started);
@@ -398,6 +412,7 @@ impl<H: Handler> EventConsumer<H> {
         &self,
         batch: &[(&IncomingEvent<H::Event>, &tracing::Span)],
         turn: Option<Turn>,
+        claim: Claim,
     ) -> Result<Vec<InboxClaim>, HandlerError> {
         let inner = &self.inner;
         let started = Instant::now();
@@ -406,7 +421,10 @@ impl<H: Handler> EventConsumer<H> {
             None => inner.pool.begin().await?,
         };
         let envelopes: Vec<&Envelope> = batch.iter().map(|(i, _)| &i.envelope).collect();
-        let claims = inbox::claim_all(&mut tx, self.consumer_name(), &envelopes).await?;
+        let claims = match claim {
+            Claim::First => inbox::claim_all(&mut tx, self.consumer_name(), &envelopes).await?,
+            Claim::WithWrites => inbox::first_occurrences(&envelopes),
+        };
         let claimed = started.elapsed();
         let claimed_batch: Vec<_> = batch
             .iter()
@@ -415,6 +433,11 @@ impl<H: Handler> EventConsumer<H> {
             .map(|(message, _)| message)
             .collect();
         let mut writes = Writes::default();
+        if claim == Claim::WithWrites {
+            let claimed_envelopes: Vec<&Envelope> =
+                claimed_batch.iter().map(|(i, _)| &i.envelope).collect();
+            inbox::claim_with_writes(&mut writes, self.consumer_name(), &claimed_envelopes)?;
+        }
         let mut emitters: Vec<Emitter> = claimed_batch
             .iter()
             .map(|(incoming, _)| {
@@ -454,9 +477,13 @@ impl<H: Handler> EventConsumer<H> {
         Ok(claims)
     }
 
-    /// Handles deliveries that arrived together: every valid one in one transaction, then
-    /// one ack for them all. A batch that fails (any message, any reason) is handled again
-    /// one message at a time, so the failure lands on the message that caused it alone.
+    /// Handles deliveries that arrived together (one, at low load): every valid one in one
+    /// transaction that claims them with its writes (messaging::inbox), then one ack for
+    /// them all. A batch that fails (any message, any reason, a message handled before
+    /// among them) is handled again one message at a time, each claimed first, so the
+    /// failure lands on the message that caused it alone and a duplicate is known as one
+    /// before it is decided. A batch with a redelivered message in it (one that may have
+    /// been handled before its ack was lost) claims first from the start.
     async fn handle_batch(
         &self,
         deliveries: Vec<Delivery>,
@@ -466,13 +493,11 @@ impl<H: Handler> EventConsumer<H> {
         acks: &AckLedger,
     ) {
         metrics::histogram!("saga_consumer_batch_size").record(deliveries.len() as f64);
-        if let [delivery] = deliveries.as_slice() {
-            let span = delivery_span(delivery);
-            self.handle_delivery(delivery, turn, publisher, shutdown, acks)
-                .instrument(span)
-                .await;
-            return;
-        }
+        let claim = if deliveries.iter().any(|d| d.redelivered) {
+            Claim::First
+        } else {
+            Claim::WithWrites
+        };
         let mut valid = Vec::with_capacity(deliveries.len());
         let mut alone = Vec::new();
         for delivery in &deliveries {
@@ -493,7 +518,7 @@ impl<H: Handler> EventConsumer<H> {
         let applied = if batch.is_empty() {
             Ok(Vec::new())
         } else {
-            self.apply_batch(&batch, turn).await
+            self.apply_batch(&batch, turn, claim).await
         };
         match applied {
             Ok(claims) => {
@@ -897,16 +922,19 @@ fn dead_letter(e: &DecodeError, attempt: u32) -> Disposition {
     }
 }
 
-/// Serialises the handlers of one saga for the rest of the transaction, for every order
-/// of a batch with one statement. Two events about one order may arrive together before
-/// any row exists to lock (OrderCreated racing OrderCancelled, say); this
-/// transaction-scoped advisory lock on the order id makes the second wait for the first to
-/// commit. The locks are taken in the order of their keys, so two batches that share
-/// orders queue on the first they share instead of waiting on each other in a cycle.
-pub async fn lock_sagas(
-    conn: &mut PgConnection,
-    order_ids: impl IntoIterator<Item = uuid::Uuid>,
-) -> sqlx::Result<()> {
+/// The keys of the transaction-scoped advisory locks that serialise the handlers of each
+/// saga in `order_ids`, in the order to take them. Two events about one order may arrive
+/// together before any row exists to lock (OrderCreated racing OrderCancelled, say); the
+/// lock on the order id makes the second wait for the first to commit. The locks are taken
+/// in the order of their keys, so two batches that share orders queue on the first they
+/// share instead of waiting on each other in a cycle.
+///
+/// A handler takes them in its first load, before it reads a row, with the clause
+/// `WHERE (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($n::int8[]) AS l) >= 0`:
+/// an uncorrelated subquery, which PostgreSQL runs once, as the init plan of a one-time
+/// filter, before the plan under the filter fetches anything. The function scan yields
+/// the keys in order, and each row takes its lock as it passes.
+pub fn saga_lock_keys(order_ids: impl IntoIterator<Item = uuid::Uuid>) -> Vec<i64> {
     let mut keys: Vec<i64> = order_ids
         .into_iter()
         .map(|id| {
@@ -918,13 +946,5 @@ pub async fn lock_sagas(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    if keys.is_empty() {
-        return Ok(());
-    }
-    // A function scan yields the array in order, and each row takes its lock as it passes.
-    sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::int8[]) AS k")
-        .bind(&keys)
-        .execute(conn)
-        .await?;
-    Ok(())
+    keys
 }

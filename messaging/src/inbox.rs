@@ -2,10 +2,19 @@
 //! as the handler's effects. A second delivery of the same message finds the row and
 //! changes nothing; a handler that failed before commit left no row, so the message is
 //! handled again from scratch.
+//!
+//! A batch claims its messages in one of two ways. First, with its writes
+//! ([`claim_with_writes`]): the messages are decided as if none was handled before, and
+//! their inbox rows are inserted among the batch's writes, without `ON CONFLICT`, so that
+//! a message handled before makes the statement fail on the primary key and the batch
+//! roll back; that costs no round trip of its own. A batch that fails so, or in any other
+//! way, is handled again claiming first ([`claim_all`]): a statement of its own, whose
+//! answer says which messages are duplicates, before anything is decided.
 
 use sqlx::PgConnection;
 
 use crate::envelope::Envelope;
+use crate::writes::Writes;
 
 /// What claiming a message in the inbox found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +82,59 @@ pub async fn for_correlation(
     .await
 }
 
+/// Which of `envelopes` to decide when claiming with the batch's writes: the first
+/// occurrence of each message id (a later one is a duplicate delivery in the same batch).
+pub(crate) fn first_occurrences(envelopes: &[&Envelope]) -> Vec<InboxClaim> {
+    let mut seen = std::collections::HashSet::with_capacity(envelopes.len());
+    envelopes
+        .iter()
+        .map(|e| {
+            if seen.insert(e.message_id) {
+                InboxClaim::Claimed
+            } else {
+                InboxClaim::Duplicate
+            }
+        })
+        .collect()
+}
+
+/// Adds the claims of `envelopes` (each message id once) to `writes`: plain inserts, so
+/// that a message this consumer handled before fails the statement, and with it the
+/// transaction, on the inbox's primary key.
+pub(crate) fn claim_with_writes(
+    writes: &mut Writes,
+    consumer: &str,
+    envelopes: &[&Envelope],
+) -> sqlx::Result<()> {
+    let sizes: Vec<usize> = envelopes.iter().map(|e| claim_size(e)).collect();
+    for r in crate::chunks::by_size(sizes.iter().copied(), crate::chunks::STATEMENT_BYTES) {
+        let part = &envelopes[r.clone()];
+        let column = |f: fn(&Envelope) -> String| part.iter().map(|e| f(e)).collect::<Vec<_>>();
+        writes.add(
+            "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+             SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
+                  AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)",
+            sizes[r].iter().sum(),
+            |b| {
+                b.add(consumer)?;
+                b.add(part.iter().map(|e| e.message_id).collect::<Vec<_>>())?;
+                b.add(column(|e| e.event_type.clone()))?;
+                b.add(column(|e| e.correlation_id.clone()))?;
+                b.add(part.iter().map(|e| e.causation_id).collect::<Vec<_>>())?;
+                b.add(column(|e| e.producer.clone()))?;
+                b.add(part.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// What a claim adds to a statement, near enough.
+fn claim_size(e: &Envelope) -> usize {
+    e.event_type.len() + e.correlation_id.len() + e.producer.len() + 64
+}
+
 /// Claims every envelope for `consumer` in one statement inside the caller's transaction,
 /// and returns which were claimed: the first occurrence of each message id this consumer
 /// has not handled before. A message id that stands twice in `envelopes` (a duplicate
@@ -82,14 +144,8 @@ pub(crate) async fn claim_all(
     consumer: &str,
     envelopes: &[&Envelope],
 ) -> sqlx::Result<Vec<InboxClaim>> {
-    let mut seen = std::collections::HashSet::with_capacity(envelopes.len());
-    let first: Vec<bool> = envelopes
-        .iter()
-        .map(|e| seen.insert(e.message_id))
-        .collect();
-    let sizes = envelopes
-        .iter()
-        .map(|e| e.event_type.len() + e.correlation_id.len() + e.producer.len() + 64);
+    let first = first_occurrences(envelopes);
+    let sizes = envelopes.iter().map(|e| claim_size(e));
     let mut claimed = Vec::with_capacity(envelopes.len());
     for r in crate::chunks::by_size(sizes, crate::chunks::STATEMENT_BYTES) {
         let part = &envelopes[r];
@@ -118,7 +174,7 @@ pub(crate) async fn claim_all(
         .iter()
         .zip(first)
         .map(|(e, first)| {
-            if first && claimed.contains(&e.message_id) {
+            if first == InboxClaim::Claimed && claimed.contains(&e.message_id) {
                 InboxClaim::Claimed
             } else {
                 InboxClaim::Duplicate

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
-use messaging::consumer::lock_sagas;
+use messaging::consumer::saga_lock_keys;
 use messaging::writes::Writes;
 use platform::staged::changed;
 
@@ -57,16 +57,19 @@ pub(crate) async fn load(
     inputs: &[PaymentInput],
 ) -> sqlx::Result<PaymentTables> {
     let order_ids: BTreeSet<Uuid> = inputs.iter().filter_map(PaymentInput::order_id).collect();
-    lock_sagas(conn, order_ids.iter().copied()).await?;
+    // The saga locks come with the first statement, before it reads a row.
+    let mut locks = saga_lock_keys(order_ids.iter().copied());
     let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
     let mut tables = PaymentTables::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
         let rows: Vec<KeyedPayment> = sqlx::query_as(
             "SELECT p.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
                  SELECT order_id, payment_id, customer_id, amount, currency, status, reason
-                 FROM payments WHERE order_id = k.id FOR UPDATE) p",
+                 FROM payments WHERE order_id = k.id FOR UPDATE) p
+             WHERE (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($2::int8[]) AS l) >= 0",
         )
         .bind(ids)
+        .bind(std::mem::take(&mut locks))
         .fetch_all(&mut *conn)
         .await?;
         tables

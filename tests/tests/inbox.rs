@@ -67,13 +67,15 @@ async fn the_same_message_published_twice_changes_stock_once() {
     assert_eq!(claims, 1);
 }
 
-/// Writes a row for every attempt in the handler's transaction, and fails the first attempt
-/// after that write, as a handler whose database call failed half-way would.
-struct FailsOnce {
+/// Writes a row for every attempt in the handler's transaction, and fails every attempt of
+/// the message's first delivery after that write, as a handler whose database call failed
+/// half-way would. (A delivery is applied twice before its failure counts: once claiming
+/// with the batch's writes, once claiming first; see messaging::inbox.)
+struct FailsFirstDelivery {
     attempts: Arc<AtomicU32>,
 }
 
-impl Handler for FailsOnce {
+impl Handler for FailsFirstDelivery {
     type Event = Event;
 
     async fn handle(
@@ -91,7 +93,7 @@ impl Handler for FailsOnce {
         .bind(incoming.attempt as i32)
         .execute(&mut *tx)
         .await?;
-        if attempt == 1 {
+        if incoming.attempt == 1 {
             return Err(HandlerError::Transient(anyhow::anyhow!(
                 "simulated failure after the handler's write"
             )));
@@ -120,7 +122,7 @@ async fn a_handler_that_fails_before_commit_leaves_no_trace_and_the_message_come
         pool.clone(),
         messaging::outbox::Outbox::default(),
         sandbox.amqp_url(),
-        FailsOnce {
+        FailsFirstDelivery {
             attempts: attempts.clone(),
         },
         ConsumerSettings::default(),
@@ -189,7 +191,7 @@ async fn a_handler_that_fails_before_commit_leaves_no_trace_and_the_message_come
     })
     .await;
 
-    assert_eq!(attempts.load(Ordering::SeqCst), 2, "handler attempts");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3, "handler attempts");
     let effects: Vec<(i32, i32)> =
         sqlx::query_as("SELECT attempt, delivery_attempt FROM effects ORDER BY id")
             .fetch_all(&pool)
@@ -197,8 +199,8 @@ async fn a_handler_that_fails_before_commit_leaves_no_trace_and_the_message_come
             .expect("reading the effects");
     assert_eq!(
         effects,
-        vec![(2, 2)],
-        "only the second attempt's write survives, and it came with attempt header 2"
+        vec![(3, 2)],
+        "only the last attempt's write survives, and it came with attempt header 2"
     );
     assert_eq!(claims().await, 1, "one inbox row");
 
