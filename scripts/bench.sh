@@ -10,8 +10,9 @@
 # payments_bench, made fresh unless --keep-data), runs `sagactl bench` with the remaining
 # arguments (which measures the broker's and the database's ceilings, the cost of one
 # saga, the saga ceiling, the saga throughput and their ratio), then a load at half that
-# throughput for latency, reports each service's peak resident memory, and stops the
-# services. Results go to stdout and, as JSON, to target/bench/.
+# throughput for latency and the machine's own saga path at that rate (`sagactl
+# bench-path`: the latency the machine itself gives that load, no project code in the
+# way), reports each service's peak resident memory, and stops the services. Results go to stdout and, as JSON, to target/bench/.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -110,6 +111,11 @@ half="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["s
 log "latency at half that throughput: ${half} orders/s"
 target/release/sagactl --json load --orders "$(python3 -c "print(max(200, int(${half} * 20)))")" \
     --concurrency 64 --rate "$half" "${SPREAD[@]}" >"$OUT/half-${stamp}.json"
+# The machine's own saga path at the same rate, no project code in the way: the latency
+# the machine itself gives that load.
+log "the machine's own saga path at ${half} sagas/s"
+target/release/sagactl --json bench-path --rate "$half" \
+    --sagas "$(python3 -c "print(max(200, int(${half} * 20)))")" >"$OUT/path-${stamp}.json"
 
 # Peak resident memory of each service process.
 rss="{"
@@ -120,9 +126,10 @@ done
 rss="${rss%,}}"
 echo "$rss" >"$OUT/rss-${stamp}.json"
 
-python3 - "$OUT/bench-${stamp}.json" "$OUT/half-${stamp}.json" "$OUT/rss-${stamp}.json" "$REPLICAS" <<'PY'
+python3 - "$OUT/bench-${stamp}.json" "$OUT/half-${stamp}.json" "$OUT/rss-${stamp}.json" "$REPLICAS" "$OUT/path-${stamp}.json" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1])); h = json.load(open(sys.argv[2])); rss = json.load(open(sys.argv[3]))
+p = json.load(open(sys.argv[5]))
 lat = lambda r: "p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {max:.1f} ms".format(**r["latency_ms"])
 print(f"replicas per service        {sys.argv[4]}")
 print(f"orders stored before        {b['orders_stored_before']}")
@@ -139,6 +146,7 @@ print(f"background transactions     {d['background_transactions_per_second']:.1f
 print(f"    project inbox+outbox    {d['project_db_transactions_per_second']:.0f} tx/s")
 print(f"    relay backlog           {d['relay_rows_per_second']:.0f} rows/s = {d['relay_ratio_to_broker']:.2f} x broker")
 print(f"at half throughput          {h['sagas_per_second']:.1f} sagas/s  ({lat(h)})")
+print(f"    the machine's own path  {p['sagas_per_second']:.1f} sagas/s  ({lat(p)}; {p['cpu_seconds_per_saga'] * 1000:.2f} ms CPU per saga, no project code)")
 print("peak RSS (MiB)              " + ", ".join(f"{k} {v/1024:.1f}" for k, v in rss.items()))
 PY
 log "JSON results in ${OUT}/"

@@ -158,6 +158,10 @@ pub(crate) enum Command {
     Load(LoadArgs),
     /// Measure the parts' ceilings, the cost of one saga and the saga throughput, in one run.
     Bench(BenchArgs),
+    /// The latency the machine itself gives a saga's path at a load: the saga's six
+    /// transactions and five deliveries in plain SQL and AMQP, no project code, offered
+    /// at --rate.
+    BenchPath(BenchPathArgs),
     /// Declarative saga tests against the running stack.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
@@ -346,13 +350,9 @@ pub(crate) struct BenchArgs {
     /// Outbox rows for the relay backlog.
     #[arg(long, default_value_t = 50_000)]
     pub relay_rows: u32,
-    /// PostgreSQL server (no database): a scratch database saga_bench is made there.
-    #[arg(
-        long,
-        env = "SAGA_BENCH_DATABASE_SERVER",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
-    pub database_server: String,
+    /// PostgreSQL server: a scratch database saga_bench is made there.
+    #[command(flatten)]
+    pub server: BenchServer,
     /// Before measuring, add this many finished sagas to the service databases (to see
     /// whether cost stays flat as they grow).
     #[arg(long, default_value_t = 0)]
@@ -364,6 +364,37 @@ pub(crate) struct BenchArgs {
         default_value = "orders,inventory,payments"
     )]
     pub databases: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchPathArgs {
+    /// Sagas offered per second, open loop: each starts at its time, whatever the others do.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: f64,
+    /// Sagas to run.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sagas: u32,
+    /// Connections to PostgreSQL, shared by the path's steps.
+    #[arg(long, default_value_t = 12)]
+    pub pool: u32,
+    /// Seconds to wait after the last placement for the sagas still on their way.
+    #[arg(long, default_value_t = 60)]
+    pub wait_secs: u64,
+    /// PostgreSQL server: a scratch database saga_bench_path is made there.
+    #[command(flatten)]
+    pub server: BenchServer,
+}
+
+/// The PostgreSQL server a benchmark makes its scratch database on.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BenchServer {
+    /// PostgreSQL server (no database): the benchmark's scratch database is made there.
+    #[arg(
+        long,
+        env = "SAGA_BENCH_DATABASE_SERVER",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub database_server: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -264,3 +264,45 @@ async fn the_saga_finds_its_rows_by_index_while_its_fresh_tables_grow() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
+    let sandbox = saga_tests::sandbox::Sandbox::create(&[]).await;
+    let report = json_of(
+        Command::new(binary_path("sagactl"))
+            .env("SAGA_AMQP_URL", sandbox.amqp_url())
+            .env("SAGA_BENCH_DATABASE_SERVER", postgres_server_url())
+            .args(["--json", "bench-path", "--rate", "100", "--sagas", "150"]),
+    );
+    // Every saga went the whole way: six transactions and five deliveries, the last seen
+    // by the observer.
+    assert_eq!(report["completed"], 150, "{report:#}");
+    assert_eq!(report["lost"], 0, "{report:#}");
+    assert_eq!(report["offered_rate"].as_f64(), Some(100.0), "{report:#}");
+    let p50 = positive(&report, "/latency_ms/p50");
+    assert!(positive(&report, "/latency_ms/p99") >= p50, "{report:#}");
+    positive(&report, "/sagas_per_second");
+    positive(&report, "/cpu_seconds_per_saga");
+    // Its queues and exchange are gone with it.
+    let api = saga_tests::sandbox::management_client();
+    let (api, vhost) = (&api, sandbox.vhost());
+    eventually(Duration::from_secs(30), || async move {
+        let queues = api.list_queues_in(vhost).await.map_err(|e| e.to_string())?;
+        let exchanges = api
+            .list_exchanges_in(vhost)
+            .await
+            .map_err(|e| e.to_string())?;
+        let left: Vec<&str> = queues
+            .iter()
+            .map(|q| q.name.as_str())
+            .chain(exchanges.iter().map(|e| e.name.as_str()))
+            .filter(|name| name.starts_with("sagactl.path."))
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left behind: {left:?}"))
+        }
+    })
+    .await;
+}

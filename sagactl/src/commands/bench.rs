@@ -38,8 +38,8 @@ use crate::cli::{BenchArgs, LoadArgs};
 use crate::context::{CliError, Context};
 use crate::output;
 
-const BODY_BYTES: usize = 400;
-const WINDOW: usize = 256;
+pub(super) const BODY_BYTES: usize = 400;
+pub(super) const WINDOW: usize = 256;
 /// Deliveries one happy saga needs: OrderCreated, StockReserved (to order-svc and
 /// payment-svc), PaymentDone, OrderConfirmed.
 const SAGA_DELIVERIES: f64 = 5.0;
@@ -93,7 +93,7 @@ pub(super) async fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     progress("broker ceiling: confirmed publish + acked consume through one quorum queue");
     let broker = broker_ceiling(ctx, args.broker_messages).await?;
     progress("database ceiling: minimal handler-shaped transactions, plain SQL, no trigger");
-    let pool = scratch_database(&args.database_server, args.pool).await?;
+    let pool = scratch_database(&args.server.database_server, "saga_bench", args.pool).await?;
     let seconds = Duration::from_secs(args.db_seconds);
     let database = minimal_transactions(&pool, args.pool, seconds).await?;
     let ceilings = Ceilings { broker, database };
@@ -424,16 +424,20 @@ fn median_ms(mut times: Vec<Duration>) -> f64 {
 
 /// The benchmark's channels and connections close after their work is measured: a failed
 /// close changes no figure, so it is only logged.
-fn close_quietly(closed: lapin::Result<()>) {
+pub(super) fn close_quietly(closed: lapin::Result<()>) {
     if let Err(e) = closed {
         tracing::debug!(error = %e, "closing a benchmark channel failed");
     }
 }
 
-/// A scratch database with the benchmark's own minimal tables (no trigger) and, for the
-/// diagnostics, the project's messaging tables.
-async fn scratch_database(server: &str, pool_size: u32) -> anyhow::Result<PgPool> {
-    let url = database_url(server, "saga_bench")?;
+/// A scratch database `name` with the benchmark's own minimal tables (no trigger) and, for
+/// the diagnostics, the project's messaging tables, all empty.
+pub(super) async fn scratch_database(
+    server: &str,
+    name: &str,
+    pool_size: u32,
+) -> anyhow::Result<PgPool> {
+    let url = database_url(server, name)?;
     let pool = platform::db::connect_and_migrate(&url, pool_size + 2, &messaging::MIGRATOR).await?;
     for statement in [
         "CREATE TABLE IF NOT EXISTS bench_counter (id INT PRIMARY KEY, n BIGINT NOT NULL)",
@@ -496,7 +500,7 @@ async fn minimal_transactions(
 
 /// A handler's minimal transaction: insert an inbox row, update one row, insert an outbox
 /// row, commit.
-async fn minimal_transaction(pool: &PgPool, row: i32, body: &[u8]) -> sqlx::Result<()> {
+pub(super) async fn minimal_transaction(pool: &PgPool, row: i32, body: &[u8]) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO bench_inbox (consumer, message_id) VALUES ('bench', $1)")
         .bind(Uuid::new_v4())
@@ -621,7 +625,7 @@ async fn service_databases(args: &BenchArgs) -> anyhow::Result<super::preload::D
                 "--databases names three databases: orders, inventory, payments".into(),
             )
         })?;
-        database_url(&args.database_server, name)
+        database_url(&args.server.database_server, name)
     };
     Ok(super::preload::Databases {
         orders: PgPool::connect(&url(0)?).await?,
@@ -665,7 +669,7 @@ async fn counters(ctx: &Context, args: &BenchArgs) -> anyhow::Result<Counters> {
         .map(|q| q.message_stats.deliver_get)
         .sum();
     let deliveries = i64::try_from(deliveries)?;
-    let url = database_url(&args.database_server, "postgres")?;
+    let url = database_url(&args.server.database_server, "postgres")?;
     let pool = PgPool::connect(&url).await?;
     let commits: i64 = sqlx::query_scalar(
         "SELECT COALESCE(sum(xact_commit), 0)::bigint FROM pg_stat_database WHERE datname = ANY($1)",
@@ -701,7 +705,7 @@ async fn background_commit_rate(
 
 /// Busy time of all CPUs since boot (`/proc/stat`: user, nice, system, irq, softirq,
 /// steal), in seconds.
-fn busy_cpu_seconds() -> anyhow::Result<f64> {
+pub(super) fn busy_cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat
         .lines()

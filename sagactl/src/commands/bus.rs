@@ -27,9 +27,30 @@ pub(super) async fn watch(
     messaging::topology::declare_exchanges(&channel).await?;
     messaging::topology::declare_all(&conn, &sagactl::subscriptions::saga_services()).await;
     let queue = format!("sagactl.{purpose}.{}", std::process::id());
+    let tag = format!("sagactl-{purpose}");
+    let consumer = watcher_queue(
+        &channel,
+        &queue,
+        messaging::topology::EVENTS_EXCHANGE,
+        keys,
+        &tag,
+    )
+    .await?;
+    Ok((conn, consumer))
+}
+
+/// Declares `queue` exclusive and auto-deleted (it goes with `channel`'s connection),
+/// binds it to `exchange` with each of `keys`, and consumes it with no acks.
+pub(super) async fn watcher_queue(
+    channel: &lapin::Channel,
+    queue: &str,
+    exchange: &str,
+    keys: &[&str],
+    tag: &str,
+) -> lapin::Result<Consumer> {
     channel
         .queue_declare(
-            queue.as_str().into(),
+            queue.into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -41,26 +62,25 @@ pub(super) async fn watch(
     for key in keys {
         channel
             .queue_bind(
-                queue.as_str().into(),
-                messaging::topology::EVENTS_EXCHANGE.into(),
+                queue.into(),
+                exchange.into(),
                 (*key).into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
     }
-    let consumer = channel
+    channel
         .basic_consume(
-            queue.as_str().into(),
-            format!("sagactl-{purpose}").as_str().into(),
+            queue.into(),
+            tag.into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
             },
             FieldTable::default(),
         )
-        .await?;
-    Ok((conn, consumer))
+        .await
 }
 
 /// Collects every envelope seen into a shared list until the consumer ends.

@@ -1,6 +1,7 @@
 //! One module per command family, behind one dispatch.
 
 mod bench;
+mod bench_path;
 mod bus;
 mod death;
 mod dlq;
@@ -36,6 +37,7 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,
         Command::Load(args) => load::run(ctx, args).await,
         Command::Bench(args) => bench::run(ctx, args).await,
+        Command::BenchPath(args) => bench_path::run(ctx, args).await,
         Command::Verify {
             settle,
             expect_stock,
