@@ -6,7 +6,6 @@
 //! is on the standby too and survives the promotion. Dropping the [`PgStandbyPair`], on
 //! success or while the test panics, stops both servers and removes their data.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,11 +24,12 @@ impl PgStandbyPair {
     pub fn start() -> PgStandbyPair {
         let id = std::process::id();
         let nonce: u32 = rand::random();
+        let [primary, standby] = crate::stack::free_ports();
         let pair = PgStandbyPair {
             dir: std::env::temp_dir().join(format!("saga-pg-ha-{id}-{nonce}")),
             bin: PathBuf::from(format!("/usr/lib/postgresql/{}/bin", postgres_version())),
-            primary_port: free_port(),
-            standby_port: free_port(),
+            primary_port: primary.port(),
+            standby_port: standby.port(),
         };
         // From here a panic drops `pair`, which stops whatever started.
         std::fs::create_dir_all(&pair.dir)
@@ -229,11 +229,4 @@ fn chown_to_postgres(dir: &Path) {
             dir.display()
         );
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }

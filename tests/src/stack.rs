@@ -191,11 +191,21 @@ pub fn binary_path(name: &str) -> PathBuf {
     path
 }
 
-/// A port nobody listens on right now. The service binds it a moment later; another
-/// process could take it in between, which the kernel's port allocation makes unlikely.
+/// `N` ports on 127.0.0.1 that nobody listens on right now, all different: each is held
+/// until every one is found, since a port let go at once may be the next one the kernel
+/// hands out (two services of one stack were once given the same port). Whoever uses a
+/// port binds it a moment later; another process could take it in between, which the
+/// kernel's port allocation makes unlikely.
+pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let held: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"));
+    held.map(|listener| listener.local_addr().expect("a bound listener's address"))
+}
+
+/// One port nobody listens on right now (see [`free_ports`]).
 pub fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-    listener.local_addr().expect("a bound listener's address")
+    let [addr] = free_ports();
+    addr
 }
 
 /// A link to the broker for publishing, opened on first use.
@@ -261,7 +271,10 @@ impl Stack {
                 .timeout(Duration::from_secs(15))
                 .build()
                 .expect("building an HTTP client"),
-            addrs: Service::ALL.iter().map(|s| (*s, free_port())).collect(),
+            addrs: Service::ALL
+                .into_iter()
+                .zip(free_ports::<{ Service::ALL.len() }>())
+                .collect(),
             amqp_url_for_services,
             log_dir,
             children: Mutex::new(HashMap::new()),
@@ -986,5 +999,12 @@ mod tests {
     #[should_panic(expected = "run `cargo build --workspace --bins` first")]
     fn a_missing_binary_says_how_to_build_it() {
         super::binary_path("no-such-service");
+    }
+
+    #[test]
+    fn ports_found_together_are_all_different() {
+        let ports = super::free_ports::<32>();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
     }
 }

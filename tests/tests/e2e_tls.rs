@@ -3,7 +3,6 @@
 //! PRIVATE PostgreSQL instance that accepts TLS connections only, with certificates this
 //! test generates. The shared server is never touched.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -35,10 +34,7 @@ fn as_postgres(program: &str, args: &[&str]) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    saga_tests::stack::free_port().port()
 }
 
 /// A CA and a server certificate for `localhost` / 127.0.0.1 signed by it, in `dir`.
@@ -319,9 +315,10 @@ impl PrivateRabbit {
         for f in ["ca.pem", "server.pem", "server.key"] {
             std::fs::copy(certs.join(f), dir.join(f)).unwrap();
         }
+        let [tls_port, node_port, dist_port] = saga_tests::stack::free_ports().map(|a| a.port());
         let rabbit = PrivateRabbit {
             node: format!("saga-tls-{}@localhost", &id[..12]),
-            tls_port: free_port(),
+            tls_port,
             dir,
         };
         let d = |f: &str| rabbit.dir.join(f).display().to_string();
@@ -351,8 +348,8 @@ impl PrivateRabbit {
         let out = Command::new("rabbitmq-server")
             .arg("-detached")
             .env("RABBITMQ_NODENAME", &rabbit.node)
-            .env("RABBITMQ_NODE_PORT", free_port().to_string())
-            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_NODE_PORT", node_port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", d("mnesia"))
             .env("RABBITMQ_LOG_BASE", d("log"))
             .env("RABBITMQ_CONFIG_FILE", d("rabbitmq.conf"))
