@@ -12,7 +12,8 @@
 # saga, the saga ceiling, the saga throughput and their ratio), then a load at half that
 # throughput for latency and the machine's own saga path at that rate (`sagactl
 # bench-path`: the latency the machine itself gives that load, no project code in the
-# way), reports each service's peak resident memory, and stops the services. Results go to stdout and, as JSON, to target/bench/.
+# way), reports each service's peak resident memory, and stops the services. Results go
+# to stdout and, as JSON, to target/bench/.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -108,14 +109,16 @@ target/release/sagactl --json bench --databases "$DBLIST" "${SPREAD[@]}" "${BENC
 
 # Latency at half the throughput just measured.
 half="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["sagas_per_second"] / 2, 1))' "$OUT/bench-${stamp}.json")"
+# About 20 seconds of it, at least 200 orders.
+half_orders="$(python3 -c "print(max(200, int(${half} * 20)))")"
 log "latency at half that throughput: ${half} orders/s"
-target/release/sagactl --json load --orders "$(python3 -c "print(max(200, int(${half} * 20)))")" \
+target/release/sagactl --json load --orders "$half_orders" \
     --concurrency 64 --rate "$half" "${SPREAD[@]}" >"$OUT/half-${stamp}.json"
 # The machine's own saga path at the same rate, no project code in the way: the latency
 # the machine itself gives that load.
 log "the machine's own saga path at ${half} sagas/s"
 target/release/sagactl --json bench-path --rate "$half" \
-    --sagas "$(python3 -c "print(max(200, int(${half} * 20)))")" >"$OUT/path-${stamp}.json"
+    --sagas "$half_orders" >"$OUT/path-${stamp}.json"
 
 # Peak resident memory of each service process.
 rss="{"

@@ -48,11 +48,12 @@ pub(crate) async fn load(
     let mut tables = InventoryTables::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
         let rows: Vec<(Uuid, ReservationState, sqlx::types::Json<Vec<StockItem>>)> =
-            sqlx::query_as(
+            sqlx::query_as(concat!(
                 "SELECT r.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
                      SELECT order_id, status, items FROM reservations WHERE order_id = k.id FOR UPDATE) r
-                 WHERE (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($2::int8[]) AS l) >= 0",
-            )
+                 WHERE ",
+                messaging::saga_locks_taken!(2)
+            ))
             .bind(ids)
             .bind(std::mem::take(&mut locks))
             .fetch_all(&mut *conn)

@@ -922,6 +922,22 @@ fn dead_letter(e: &DecodeError, attempt: u32) -> Disposition {
     }
 }
 
+/// The condition, for the `WHERE` clause of a handler's first load, that takes the saga
+/// locks whose keys ([`consumer::saga_lock_keys`](crate::consumer::saga_lock_keys)) are
+/// bound to placeholder `$n`: an uncorrelated subquery, which PostgreSQL runs once, as the
+/// init plan of a one-time filter, before the plan under the filter fetches anything. The
+/// function scan yields the keys in order, and each row takes its lock as it passes.
+#[macro_export]
+macro_rules! saga_locks_taken {
+    ($n:literal) => {
+        concat!(
+            "(SELECT count(pg_advisory_xact_lock(l)) FROM unnest($",
+            $n,
+            "::int8[]) AS l) >= 0"
+        )
+    };
+}
+
 /// The keys of the transaction-scoped advisory locks that serialise the handlers of each
 /// saga in `order_ids`, in the order to take them. Two events about one order may arrive
 /// together before any row exists to lock (OrderCreated racing OrderCancelled, say); the
@@ -929,11 +945,8 @@ fn dead_letter(e: &DecodeError, attempt: u32) -> Disposition {
 /// in the order of their keys, so two batches that share orders queue on the first they
 /// share instead of waiting on each other in a cycle.
 ///
-/// A handler takes them in its first load, before it reads a row, with the clause
-/// `WHERE (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($n::int8[]) AS l) >= 0`:
-/// an uncorrelated subquery, which PostgreSQL runs once, as the init plan of a one-time
-/// filter, before the plan under the filter fetches anything. The function scan yields
-/// the keys in order, and each row takes its lock as it passes.
+/// A handler takes them in its first load, before it reads a row, with the condition
+/// [`crate::saga_locks_taken!`] bound to these keys.
 pub fn saga_lock_keys(order_ids: impl IntoIterator<Item = uuid::Uuid>) -> Vec<i64> {
     let mut keys: Vec<i64> = order_ids
         .into_iter()

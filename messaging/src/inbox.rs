@@ -12,9 +12,11 @@
 //! answer says which messages are duplicates, before anything is decided.
 
 use sqlx::PgConnection;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
 
 use crate::envelope::Envelope;
-use crate::writes::Writes;
+use crate::writes::{Binds, Writes};
 
 /// What claiming a message in the inbox found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,33 @@ pub(crate) fn first_occurrences(envelopes: &[&Envelope]) -> Vec<InboxClaim> {
         .collect()
 }
 
+/// The claims of some envelopes as inbox rows: `$1` the consumer, `$2`… one array per
+/// column, bound by [`bind_claims`]. Claiming first adds `ON CONFLICT … RETURNING`.
+macro_rules! insert_claims {
+    () => {
+        "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+         SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
+              AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)"
+    };
+}
+
+/// Binds the values of [`insert_claims`] for `envelopes`.
+fn bind_claims(
+    b: &mut Binds<'_>,
+    consumer: &str,
+    envelopes: &[&Envelope],
+) -> Result<(), BoxDynError> {
+    let column = |f: fn(&Envelope) -> String| envelopes.iter().map(|e| f(e)).collect::<Vec<_>>();
+    b.add(consumer)?;
+    b.add(envelopes.iter().map(|e| e.message_id).collect::<Vec<_>>())?;
+    b.add(column(|e| e.event_type.clone()))?;
+    b.add(column(|e| e.correlation_id.clone()))?;
+    b.add(envelopes.iter().map(|e| e.causation_id).collect::<Vec<_>>())?;
+    b.add(column(|e| e.producer.clone()))?;
+    b.add(envelopes.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+}
+
 /// Adds the claims of `envelopes` (each message id once) to `writes`: plain inserts, so
 /// that a message this consumer handled before fails the statement, and with it the
 /// transaction, on the inbox's primary key.
@@ -109,23 +138,9 @@ pub(crate) fn claim_with_writes(
     let sizes: Vec<usize> = envelopes.iter().map(|e| claim_size(e)).collect();
     for r in crate::chunks::by_size(sizes.iter().copied(), crate::chunks::STATEMENT_BYTES) {
         let part = &envelopes[r.clone()];
-        let column = |f: fn(&Envelope) -> String| part.iter().map(|e| f(e)).collect::<Vec<_>>();
-        writes.add(
-            "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-             SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
-             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
-                  AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)",
-            sizes[r].iter().sum(),
-            |b| {
-                b.add(consumer)?;
-                b.add(part.iter().map(|e| e.message_id).collect::<Vec<_>>())?;
-                b.add(column(|e| e.event_type.clone()))?;
-                b.add(column(|e| e.correlation_id.clone()))?;
-                b.add(part.iter().map(|e| e.causation_id).collect::<Vec<_>>())?;
-                b.add(column(|e| e.producer.clone()))?;
-                b.add(part.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-            },
-        )?;
+        writes.add(insert_claims!(), sizes[r].iter().sum(), |b| {
+            bind_claims(b, consumer, part)
+        })?;
     }
     Ok(())
 }
@@ -148,23 +163,16 @@ pub(crate) async fn claim_all(
     let sizes = envelopes.iter().map(|e| claim_size(e));
     let mut claimed = Vec::with_capacity(envelopes.len());
     for r in crate::chunks::by_size(sizes, crate::chunks::STATEMENT_BYTES) {
-        let part = &envelopes[r];
-        let column = |f: fn(&Envelope) -> String| part.iter().map(|e| f(e)).collect::<Vec<_>>();
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-             SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
-             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
-                  AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-             ON CONFLICT (consumer, message_id) DO NOTHING
-             RETURNING message_id",
+        let mut args = PgArguments::default();
+        bind_claims(&mut Binds::over(&mut args), consumer, &envelopes[r])
+            .map_err(sqlx::Error::Encode)?;
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar_with(
+            concat!(
+                insert_claims!(),
+                " ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id"
+            ),
+            args,
         )
-        .bind(consumer)
-        .bind(part.iter().map(|e| e.message_id).collect::<Vec<_>>())
-        .bind(column(|e| e.event_type.clone()))
-        .bind(column(|e| e.correlation_id.clone()))
-        .bind(part.iter().map(|e| e.causation_id).collect::<Vec<_>>())
-        .bind(column(|e| e.producer.clone()))
-        .bind(part.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
         claimed.extend(ids);

@@ -57,7 +57,13 @@ pub struct Binds<'a> {
     added: usize,
 }
 
-impl Binds<'_> {
+impl<'a> Binds<'a> {
+    /// Binds into `args`, for a statement sent on its own (`sqlx::query_with`) that binds
+    /// the same values as a part.
+    pub(crate) fn over(args: &'a mut PgArguments) -> Binds<'a> {
+        Binds { args, added: 0 }
+    }
+
     /// Binds the next placeholder of the part.
     pub fn add<'q, T>(&mut self, value: T) -> Result<(), BoxDynError>
     where

@@ -62,12 +62,13 @@ pub(crate) async fn load(
     let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
     let mut tables = PaymentTables::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
-        let rows: Vec<KeyedPayment> = sqlx::query_as(
+        let rows: Vec<KeyedPayment> = sqlx::query_as(concat!(
             "SELECT p.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
                  SELECT order_id, payment_id, customer_id, amount, currency, status, reason
                  FROM payments WHERE order_id = k.id FOR UPDATE) p
-             WHERE (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($2::int8[]) AS l) >= 0",
-        )
+             WHERE ",
+            messaging::saga_locks_taken!(2)
+        ))
         .bind(ids)
         .bind(std::mem::take(&mut locks))
         .fetch_all(&mut *conn)

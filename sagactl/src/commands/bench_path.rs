@@ -198,9 +198,8 @@ impl Path {
                 publish(&publisher, &exchange, "created", &body).await
             });
             reap(&mut placements)?;
-            if let Some(failed) = steps.try_join_next() {
-                failed??;
-                anyhow::bail!("a step of the path ended early");
+            if let Some(ended) = steps.try_join_next() {
+                return Err(step_ended(ended));
             }
         }
         while let Some(placed) = placements.join_next().await {
@@ -208,10 +207,7 @@ impl Path {
         }
         let seen = tokio::select! {
             seen = observer.wait(Duration::from_secs(args.wait_secs)) => seen,
-            Some(failed) = steps.join_next() => {
-                failed??;
-                anyhow::bail!("a step of the path ended early");
-            }
+            Some(ended) = steps.join_next() => return Err(step_ended(ended)),
         };
         let cpu = busy_cpu_seconds()? - cpu_before;
         steps.abort_all();
@@ -329,6 +325,15 @@ async fn run_step(
         reap(&mut handling)?;
     }
     anyhow::bail!("the broker ended a step's consumer")
+}
+
+/// Why a step that should run until the end stopped.
+fn step_ended(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match joined {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => anyhow::anyhow!("a step of the path ended early"),
+        Err(e) => e.into(),
+    }
 }
 
 /// Collects the tasks that have finished, failing on the first that failed.
