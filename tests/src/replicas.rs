@@ -2,14 +2,14 @@
 //! port of their own. Replicas compete for their service's queue and share its outbox, as
 //! they would behind a load balancer in production.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::poll::{Poll, until};
 use crate::prometheus;
-use crate::stack::{Service, Stack, binary_path};
+use crate::stack::{Service, Stack, binary_path, free_port};
 
 /// One extra running instance; killed when dropped.
 pub struct Replica {
@@ -47,9 +47,7 @@ impl Drop for Replica {
 impl Stack {
     /// Starts one more instance of `service` and waits until its `/healthz` is 200.
     pub async fn start_replica(&self, service: Service) -> Replica {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        let addr = free_port();
         let log = self
             .log_path(service)
             .with_extension(format!("replica-{}.log", addr.port()));

@@ -191,15 +191,44 @@ pub fn binary_path(name: &str) -> PathBuf {
     path
 }
 
-/// `N` ports on 127.0.0.1 that nobody listens on right now, all different: each is held
-/// until every one is found, since a port let go at once may be the next one the kernel
-/// hands out (two services of one stack were once given the same port). Whoever uses a
-/// port binds it a moment later; another process could take it in between, which the
-/// kernel's port allocation makes unlikely.
+/// Where the tests' own listeners get their ports: below the kernel's ephemeral range
+/// (32768-60999 by default), where neither a `bind` to port 0 nor a client's outgoing
+/// connection ever lands, below the ports of a test RabbitMQ cluster (20000 and up, see
+/// `cluster`) and below RabbitMQ's management port 15672.
+const TEST_PORTS: std::ops::Range<u16> = 10_000..15_600;
+
+/// The next port of [`TEST_PORTS`] this process hands out. It starts at a place drawn
+/// from the process id, so that one test binary after another do not begin on the same
+/// ports.
+fn port_cursor() -> &'static std::sync::atomic::AtomicU32 {
+    static CURSOR: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    CURSOR.get_or_init(|| {
+        let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+        std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(7919) % span)
+    })
+}
+
+/// `N` ports on 127.0.0.1 that nobody listens on right now, all different, and different
+/// from every other port this process has handed out. They come one after another from
+/// [`TEST_PORTS`], each checked free by binding it: a port drawn from the kernel with a
+/// `bind` to port 0 and let go could be handed again to another test running at the same
+/// time, or taken as the local port of an outgoing connection before its service listens
+/// on it, and both happened (a service of a test stack could not listen).
 pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
-    let held: [TcpListener; N] =
-        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"));
-    held.map(|listener| listener.local_addr().expect("a bound listener's address"))
+    std::array::from_fn(|_| next_free_port())
+}
+
+fn next_free_port() -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    for _ in 0..span {
+        let step = port_cursor().fetch_add(1, Ordering::Relaxed) % span;
+        let port = TEST_PORTS.start + u16::try_from(step).expect("a step is below the span");
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("a bound listener's address");
+        }
+    }
+    panic!("no free port left in {TEST_PORTS:?} on 127.0.0.1");
 }
 
 /// One port nobody listens on right now (see [`free_ports`]).
@@ -1002,9 +1031,14 @@ mod tests {
     }
 
     #[test]
-    fn ports_found_together_are_all_different() {
-        let ports = super::free_ports::<32>();
+    fn ports_handed_out_are_all_different_and_below_the_ephemeral_range() {
+        let mut ports: Vec<_> = super::free_ports::<32>().to_vec();
+        ports.extend(super::free_ports::<32>());
         let distinct: std::collections::HashSet<_> = ports.iter().collect();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        assert!(
+            ports.iter().all(|a| super::TEST_PORTS.contains(&a.port())),
+            "{ports:?}"
+        );
     }
 }

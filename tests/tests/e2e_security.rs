@@ -257,11 +257,7 @@ async fn broker_passwords_never_reach_the_logs_and_may_come_from_a_file() {
     std::fs::write(&password_file, format!("{secret}\n")).unwrap();
     let log_path = dir.join("order-svc.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = saga_tests::stack::free_port().port();
     let mut child = Command::new(binary_path("order-svc"))
         .env(
             "SAGA_AMQP_URL",
