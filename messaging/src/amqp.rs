@@ -15,10 +15,19 @@ pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
     crate::amqp_nodes::connect_any(urls, name).await
 }
 
-/// Closes a connection at shutdown; a connection already gone is logged, not an error.
+/// Closes a connection at shutdown; a connection already gone is logged, not an error, and
+/// a close the broker leaves unanswered for 5 s is given up: the socket closes with the
+/// process, and shutdown must not wait on it (a close was once seen never to complete).
 pub(crate) async fn close_quietly(conn: &Connection) {
-    if let Err(e) = conn.close(200, "shutting down".into()).await {
-        tracing::debug!(error = %e, "the broker connection was already closed");
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        conn.close(200, "shutting down".into()),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "the broker connection was already closed"),
+        Err(_) => tracing::warn!("the broker did not answer the close of a connection in 5 s"),
     }
 }
 

@@ -85,11 +85,20 @@ const STEPS: [Step; 5] = [
 /// The event that ends a saga, as the observer sees it.
 const FINAL: &str = "confirmed";
 
+/// How long deleting the path's queues and exchange may take before the command ends
+/// without it.
+const TEARDOWN_WITHIN: Duration = Duration::from_secs(30);
+
 pub(super) async fn run(ctx: &Context, args: BenchPathArgs) -> anyhow::Result<()> {
     let pool = scratch_database(&args.server.database_server, DATABASE, args.pool).await?;
     let path = Path::open(ctx).await?;
     let result = path.run(ctx, &pool, &args).await;
-    path.close().await;
+    if tokio::time::timeout(TEARDOWN_WITHIN, path.close())
+        .await
+        .is_err()
+    {
+        tracing::debug!("deleting the path's queues and exchange ran out of time");
+    }
     pool.close().await;
     let report = result?;
     output::show(ctx, &report, render);
@@ -210,10 +219,12 @@ impl Path {
             Some(ended) = steps.join_next() => return Err(step_ended(ended)),
         };
         let cpu = busy_cpu_seconds()? - cpu_before;
-        steps.abort_all();
+        // The connections first: each step's consumer ends with its connection, and no
+        // channel is closed by a task's end while its connection closes.
         for conn in connections {
             crate::context::close(conn).await;
         }
+        steps.abort_all();
         let ended: Vec<(Instant, Instant)> = seen
             .into_iter()
             .filter(|(i, _)| *i < total)
@@ -287,16 +298,19 @@ impl Observer {
             task,
             mut seen,
         } = self;
-        let ended = match tokio::time::timeout(limit, &mut seen).await {
-            Ok(Ok(ended)) => ended,
-            // Out of time (or the consumer ended): the sagas seen so far.
-            _ => {
-                task.abort();
-                let _ = task.await;
-                seen.try_recv().unwrap_or_default()
-            }
-        };
+        let all = tokio::time::timeout(limit, &mut seen).await;
+        // Closing the connection ends the consumer, and with it the task, which hands over
+        // the sagas it saw so far if it had not seen them all.
         crate::context::close(conn).await;
+        let ended = match all {
+            Ok(Ok(ended)) => ended,
+            _ => tokio::time::timeout(Duration::from_secs(5), seen)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+        };
+        task.abort();
         ended
     }
 }

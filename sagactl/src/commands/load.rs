@@ -87,8 +87,10 @@ pub(super) async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<V
         .wait_for_finals(Duration::from_secs(args.wait_secs))
         .await;
     bar.finish_and_clear();
-    follower.abort();
+    // The connection first, which ends the follower's consumer: a channel closed by the
+    // task's end while its connection closes can leave the close unanswered.
     crate::context::close(conn).await;
+    follower.abort();
     let mut report = tracker.report(args, started, placing)?;
     report["placed_by_url"] = urls
         .iter()
