@@ -735,6 +735,67 @@ pub async fn output_within(
     }
 }
 
+/// Blocking twin of [`output_within`]: `cmd` run to its end with stdin closed and its
+/// output captured, as [`std::process::Command::output`] does, but killed, with an error
+/// saying so, once it runs over `deadline`: a command that hangs fails its test instead of
+/// holding up the whole run.
+pub fn output_within_blocking(
+    cmd: &mut std::process::Command,
+    deadline: Duration,
+) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+        let (printed, read) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut all);
+            }
+            let _ = printed.send(all);
+        });
+        read
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait().map_err(|e| format!("{what}: {e}"))? {
+            Some(status) => break Some(status),
+            None if started.elapsed() >= deadline => {
+                // Killed, its pipes close and both readers end with what it printed.
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    // A process it started may still hold the pipes: what was read by then is enough.
+    let read = |pipe: std::sync::mpsc::Receiver<Vec<u8>>| {
+        pipe.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default()
+    };
+    let (stdout, stderr) = (read(stdout), read(stderr));
+    let Some(status) = status else {
+        return Err(format!(
+            "{what} ran over {deadline:?} and was killed; it had printed\n--- stdout\n{}\n--- stderr\n{}",
+            String::from_utf8_lossy(&stdout).trim(),
+            String::from_utf8_lossy(&stderr).trim()
+        ));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 /// Blocking twin of [`run_command`], for `Drop`: the command is killed at the deadline.
 fn run_command_blocking(program: &str, args: &[&str], deadline: Duration) -> Result<(), String> {
     let what = format!("{program} {}", args.join(" "));
@@ -960,6 +1021,34 @@ mod tests {
         )
         .await
         .expect("the child ended");
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
+    }
+
+    fn blocking_shell(script: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", script]);
+        command
+    }
+
+    #[test]
+    fn a_blocking_command_that_hangs_is_killed_and_shows_what_it_printed() {
+        // The child hangs on purpose, past the deadline; nothing waits on a result here.
+        let script = "echo working; echo 'waiting for the broker' >&2; exec sleep 600";
+        let hung = output_within_blocking(&mut blocking_shell(script), Duration::from_millis(500))
+            .expect_err("the child ran over its deadline");
+        assert!(hung.contains("ran over"), "{hung}");
+        assert!(hung.contains("working"), "{hung}");
+        assert!(hung.contains("waiting for the broker"), "{hung}");
+    }
+
+    #[test]
+    fn a_blocking_command_that_ends_gives_its_status_and_output_with_stdin_closed() {
+        // `cat` ends at once only if stdin is closed.
+        let script = "cat; echo out; echo err >&2; exit 3";
+        let output = output_within_blocking(&mut blocking_shell(script), Duration::from_secs(30))
+            .expect("the child ended");
         assert_eq!(output.status.code(), Some(3));
         assert_eq!(output.stdout, b"out\n");
         assert_eq!(output.stderr, b"err\n");

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use saga_tests::failure_support::output_within_blocking;
 use saga_tests::sandbox::management_api;
 use saga_tests::stack::binary_path;
 use saga_tests::{Service, Stack, StackOptions, eventually, order_request};
@@ -35,8 +36,10 @@ fn configure(cmd: &mut Command, stack: &Stack) {
         .env_remove("SAGA_MANAGEMENT_PASSWORD");
 }
 
+/// `cmd` run to its end, stdin closed; the test fails if it runs over five minutes, far
+/// over what any of these takes.
 fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("sagactl runs")
+    output_within_blocking(cmd, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn text(bytes: &[u8]) -> String {
