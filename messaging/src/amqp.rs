@@ -15,16 +15,16 @@ pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
     crate::amqp_nodes::connect_any(urls, name).await
 }
 
-/// Closes a connection at shutdown; a connection already gone is logged, not an error, and
-/// a close the broker leaves unanswered for 5 s is given up: the socket closes with the
-/// process, and shutdown must not wait on it (a close was once seen never to complete).
-pub(crate) async fn close_quietly(conn: &Connection) {
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        conn.close(200, "shutting down".into()),
-    )
-    .await
-    {
+/// How long a close of a connection waits for the broker's answer.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Closes a connection when its owner is done with it (`reason` goes to the broker's
+/// log): a connection already gone is logged, not an error, and a close the broker leaves
+/// unanswered for [`CLOSE_WITHIN`] is given up, since the socket closes with the process
+/// and neither a shutdown nor a command's end may wait on it (a close was once seen never
+/// to complete).
+pub async fn close_quietly(conn: &Connection, reason: &str) {
+    match tokio::time::timeout(CLOSE_WITHIN, conn.close(200, reason.into())).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "the broker connection was already closed"),
         Err(_) => tracing::warn!("the broker did not answer the close of a connection in 5 s"),

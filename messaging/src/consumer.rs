@@ -850,7 +850,7 @@ impl<H: Handler> EventConsumer<H> {
             if let Err(e) = ack_sender.await {
                 tracing::warn!(error = %e, "the ack sender failed; unacked messages come again");
             }
-            amqp::close_quietly(&conn).await;
+            amqp::close_quietly(&conn, "shutting down").await;
         }
         inner.link.set(false);
         result

@@ -981,7 +981,7 @@ impl OutboxRelay {
         }
         self.link.set(false);
         if let Some((conn, _)) = link {
-            crate::amqp::close_quietly(&conn).await;
+            crate::amqp::close_quietly(&conn, "shutting down").await;
         }
     }
 

@@ -284,19 +284,11 @@ impl Context {
     }
 }
 
-/// How long a command waits for the broker to answer its close of a connection.
-const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Closes a broker connection at the end of a command. What the command did is settled by
 /// then (confirms received, acks sent), so a failure to close is only logged, and a close
-/// left unanswered is given up after [`CLOSE_WITHIN`]: the command ends all the same, and
-/// its socket closes with the process (a close was once seen never to complete).
+/// the broker leaves unanswered is given up after a few seconds.
 pub(crate) async fn close(conn: lapin::Connection) {
-    match tokio::time::timeout(CLOSE_WITHIN, conn.close(200, "done".into())).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "closing the broker connection failed"),
-        Err(_) => tracing::debug!("the broker did not answer the close of a connection"),
-    }
+    messaging::amqp::close_quietly(&conn, "done").await;
 }
 
 /// A URL path from raw segments, each percent-encoded: a SKU, customer or vhost name may

@@ -763,19 +763,7 @@ pub fn output_within_blocking(
         read
     }
     let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
-    let started = std::time::Instant::now();
-    let status = loop {
-        match child.try_wait().map_err(|e| format!("{what}: {e}"))? {
-            Some(status) => break Some(status),
-            None if started.elapsed() >= deadline => {
-                // Killed, its pipes close and both readers end with what it printed.
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
+    let status = wait_within(&mut child, deadline).map_err(|e| format!("{what}: {e}"))?;
     // A process it started may still hold the pipes: what was read by then is enough.
     let read = |pipe: std::sync::mpsc::Receiver<Vec<u8>>| {
         pipe.recv_timeout(Duration::from_secs(5))
@@ -796,6 +784,26 @@ pub fn output_within_blocking(
     })
 }
 
+/// Waits for `child` to end, polling; kills it once it runs over `deadline` (`None`).
+fn wait_within(
+    child: &mut std::process::Child,
+    deadline: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait()? {
+            Some(status) => return Ok(Some(status)),
+            None if started.elapsed() >= deadline => {
+                // Killed, its pipes close and their readers end with what it printed.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(None);
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// Blocking twin of [`run_command`], for `Drop`: the command is killed at the deadline.
 fn run_command_blocking(program: &str, args: &[&str], deadline: Duration) -> Result<(), String> {
     let what = format!("{program} {}", args.join(" "));
@@ -806,19 +814,11 @@ fn run_command_blocking(program: &str, args: &[&str], deadline: Duration) -> Res
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {what}: {e}"))?;
-    let started = std::time::Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{what} exited with {status}")),
-            Ok(None) if started.elapsed() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what} ran over {deadline:?}"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
+    match wait_within(&mut child, deadline) {
+        Ok(Some(status)) if status.success() => Ok(()),
+        Ok(Some(status)) => Err(format!("{what} exited with {status}")),
+        Ok(None) => Err(format!("{what} ran over {deadline:?}")),
+        Err(e) => Err(format!("{what}: {e}")),
     }
 }
 

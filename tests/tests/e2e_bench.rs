@@ -1,10 +1,10 @@
 //! The load generator and the benchmark run end to end on a tiny load and report every
 //! figure. (No test asserts a speed: the figures only have to be there and make sense.)
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use saga_tests::failure_support::output_within;
+use saga_tests::failure_support::output_within_blocking;
 use saga_tests::sandbox::{management_api, postgres_server_url};
 use saga_tests::stack::binary_path;
 use saga_tests::{Service, Stack, StackOptions, eventually};
@@ -23,35 +23,24 @@ fn sagactl(stack: &Stack) -> Command {
 
 /// What a benchmark command printed as JSON, once it has ended well; killed, and the test
 /// failed, if it runs over [`BENCH_DEADLINE`].
-async fn json_of(cmd: &mut Command) -> Value {
-    let what = format!("{cmd:?}");
-    let (out, report) = run_for_json(cmd).await;
+fn json_of(cmd: &mut Command) -> Value {
+    let (out, report) = run_for_json(cmd);
     assert!(
         out.status.success(),
-        "{what} failed: {}\nreport: {report:#}\nstderr: {}",
+        "{cmd:?} failed: {}\nreport: {report:#}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     report
 }
 
-/// How a benchmark command ended, and the JSON it printed, ended well or not. The command
-/// is taken out of `cmd`, which is left empty.
-async fn run_for_json(cmd: &mut Command) -> (std::process::Output, Value) {
-    let what = format!("{cmd:?}");
-    let child = tokio::process::Command::from(std::mem::replace(cmd, Command::new("")))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
-    let out = output_within(child, BENCH_DEADLINE)
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+/// How a benchmark command ended, and the JSON it printed, ended well or not.
+fn run_for_json(cmd: &mut Command) -> (std::process::Output, Value) {
+    let out = output_within_blocking(cmd, BENCH_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
-            "{what} printed no JSON ({e}, {}): {stdout}\nstderr: {}",
+            "{cmd:?} printed no JSON ({e}, {}): {stdout}\nstderr: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         )
@@ -88,8 +77,7 @@ async fn load_follows_every_saga_to_its_end_and_reports_outcomes_and_latency() {
         "happy=2,no-stock=1,no-funds=1",
         "--also-order-url",
         &also,
-    ]))
-    .await;
+    ]));
     assert_eq!(report["placed"], 60, "{report:#}");
     let by_url: Vec<u64> = report["placed_by_url"]
         .as_array()
@@ -138,8 +126,7 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
         "100",
         "--databases",
         &databases,
-    ]))
-    .await;
+    ]));
     for figure in [
         "/broker_msgs_per_second",
         "/db_transactions_per_second",
@@ -247,8 +234,7 @@ async fn the_saga_finds_its_rows_by_index_while_its_fresh_tables_grow() {
         &ORDERS.to_string(),
         "--concurrency",
         "16",
-    ]))
-    .await;
+    ]));
     assert_eq!(report["completed"], ORDERS, "{report:#}");
     // A backend reports what it read when it ends: stop the services, so that every one of
     // their connections ends, and wait until their databases have no other session.
@@ -306,8 +292,7 @@ async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
             .env("SAGA_AMQP_URL", sandbox.amqp_url())
             .env("SAGA_BENCH_DATABASE_SERVER", postgres_server_url())
             .args(["--json", "bench-path", "--rate", "100", "--sagas", "150"]),
-    )
-    .await;
+    );
     // Every saga went the whole way: six transactions and five deliveries, the last seen
     // by the observer.
     assert_eq!(report["completed"], 150, "{report:#}");
@@ -325,8 +310,7 @@ async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
             .env("SAGA_BENCH_DATABASE_SERVER", postgres_server_url())
             .args(["--json", "bench-path", "--rate", "100", "--sagas", "150"])
             .args(["--wait-secs", "0"]),
-    )
-    .await;
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{report:#}");
     assert!(
