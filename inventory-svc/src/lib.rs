@@ -37,6 +37,13 @@ pub fn topology() -> ServiceTopology<EventType> {
     ServiceTopology::new(SERVICE, saga::InventoryInput::CONSUMES)
 }
 
+/// The process: telemetry, configuration, build, run until SIGTERM or Ctrl-C. A plain
+/// function, so that the service is compiled here once and not again in its binary
+/// ([`platform::runtime`] says why).
+pub fn main() -> anyhow::Result<()> {
+    platform::runtime::run_service(SERVICE, config_from_env, build)
+}
+
 /// Builds the running service: database, consumer, relay, housekeeping and HTTP.
 pub async fn build(c: ServiceConfig, shutdown: CancellationToken) -> anyhow::Result<Application> {
     let (app, ..) = platform::app::launch(

@@ -79,6 +79,13 @@ pub fn topology() -> ServiceTopology<EventType> {
     ServiceTopology::new(SERVICE, saga::OrderInput::CONSUMES)
 }
 
+/// The process: telemetry, configuration, build, run until SIGTERM or Ctrl-C. A plain
+/// function, so that the service is compiled here once and not again in its binary
+/// ([`platform::runtime`] says why).
+pub fn main() -> anyhow::Result<()> {
+    platform::runtime::run_service(SERVICE, OrderConfig::from_env, build)
+}
+
 /// Builds the running service: database, consumer, relay, housekeeping, deadline sweep,
 /// backlog sampler and HTTP.
 pub async fn build(

@@ -1,14 +1,5 @@
-//! order-svc: telemetry, configuration, build, run.
+//! order-svc: telemetry, configuration, build, run (all in [`order_svc::main`]).
 
-use anyhow::Context;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let _telemetry = platform::telemetry::init(order_svc::SERVICE);
-    let config = order_svc::OrderConfig::from_env()?;
-    let shutdown = platform::shutdown::on_signal();
-    let app = order_svc::build(config, shutdown)
-        .await
-        .context("order-svc could not start")?;
-    app.run_until_stopped().await
+fn main() -> anyhow::Result<()> {
+    order_svc::main()
 }

@@ -183,10 +183,7 @@ struct VerifiedTokens(std::sync::Mutex<HashMap<[u8; 32], (Caller, Instant)>>);
 
 impl VerifiedTokens {
     fn digest(token: &str) -> [u8; 32] {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-        let mut out = [0; 32];
-        out.copy_from_slice(digest.as_ref());
-        out
+        crate::crypto::sha256(token.as_bytes())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Caller, Instant)>> {
@@ -290,7 +287,7 @@ impl Authenticator {
         issuer: String,
         audience: String,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = crate::crypto::http_client()
             .timeout(Duration::from_secs(5))
             .build()
             .context("building the JWKS client")?;
@@ -460,8 +457,6 @@ pub mod dev {
     use std::path::{Path, PathBuf};
 
     use anyhow::Context;
-    use aws_lc_rs::rand::SystemRandom;
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
     use jsonwebtoken::jwk::{Jwk, JwkSet};
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use serde::Serialize;
@@ -474,14 +469,14 @@ pub mod dev {
 
     /// A new EC P-256 private key as PKCS#8 PEM.
     pub fn generate_key_pem() -> anyhow::Result<String> {
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .map_err(|_| anyhow::anyhow!("cannot generate an EC P-256 key"))?;
-        Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref())))
+        let pkcs8 = crate::crypto::generate_p256_pkcs8()
+            .map_err(|_| anyhow::anyhow!("cannot generate an EC P-256 key"))?;
+        Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8)))
     }
 
     /// The public JWKS (one ES256 key with `kid`) of a private key in PEM.
     pub(crate) fn jwks_for(private_pem: &str, kid: &str) -> anyhow::Result<JwkSet> {
+        crate::crypto::install();
         let key = EncodingKey::from_ec_pem(private_pem.as_bytes())
             .context("the signing key is not an EC private key in PKCS#8 PEM")?;
         let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
@@ -569,6 +564,7 @@ pub mod dev {
 
     /// `claims` signed ES256 with the PKCS#8 PEM `private_pem`, its header naming `kid`.
     pub fn sign(private_pem: &str, kid: &str, claims: &impl Serialize) -> anyhow::Result<String> {
+        crate::crypto::install();
         let key = EncodingKey::from_ec_pem(private_pem.as_bytes())
             .context("the signing key is not an EC private key in PKCS#8 PEM")?;
         let mut header = Header::new(Algorithm::ES256);

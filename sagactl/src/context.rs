@@ -118,7 +118,7 @@ impl Context {
             format,
             json: format != OutputFormat::Table,
             color: cli.output.color,
-            http: reqwest::Client::builder()
+            http: platform::crypto::http_client()
                 .timeout(Duration::from_secs(15))
                 .default_headers(authorization_headers(&cli.identity))
                 .build()
@@ -207,7 +207,7 @@ impl Context {
     pub(crate) fn management(&self) -> Management {
         let endpoint = format!("{}/api", self.conn.management_url.trim_end_matches('/'));
         // A client of its own: `self.http` carries the services' bearer token.
-        let http = reqwest::Client::builder()
+        let http = platform::crypto::http_client()
             .timeout(Duration::from_secs(15))
             .build()
             .expect("the HTTP client's TLS backend initialises");
@@ -252,7 +252,12 @@ impl Context {
             cause: root_cause(&e),
             hint: MANAGEMENT_HINT,
         };
-        let resp = reqwest::Client::new()
+        // A client of its own, as for `management()`: `self.http` carries the services'
+        // bearer token.
+        let http = platform::crypto::http_client()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build an HTTP client: {e}"))?;
+        let resp = http
             .get(url)
             .basic_auth(
                 &self.conn.management_user,

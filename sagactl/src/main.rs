@@ -15,6 +15,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
+    platform::crypto::install();
     let args = cli::Cli::parse();
     let ctx = context::Context::from_cli(&args);
     let code = match commands::run(&ctx, args.command).await {

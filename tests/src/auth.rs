@@ -50,7 +50,7 @@ pub fn operator_client() -> reqwest::Client {
     let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", operator_token()))
         .expect("a token is a valid header value");
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
+    platform::crypto::http_client()
         .no_proxy()
         .timeout(Duration::from_secs(15))
         .default_headers(headers)

@@ -101,7 +101,7 @@ pub fn amqp_url(addr: SocketAddr, vhost: &str) -> String {
 pub fn management_client() -> rabbitmq_http_client::api::Client<String, &'static str, &'static str>
 {
     // `no_proxy`: a developer's HTTP_PROXY must not route requests for 127.0.0.1.
-    let http = reqwest::Client::builder()
+    let http = platform::crypto::http_client()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()

@@ -295,7 +295,7 @@ impl Stack {
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
         let stack = Stack {
             http: crate::auth::operator_client(),
-            anonymous_http: reqwest::Client::builder()
+            anonymous_http: platform::crypto::http_client()
                 .no_proxy()
                 .timeout(Duration::from_secs(15))
                 .build()

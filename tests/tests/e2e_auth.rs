@@ -68,6 +68,7 @@ async fn a_missing_or_invalid_token_is_answered_401_with_a_bearer_challenge() {
     );
     // HS256 keyed with the public key: the classic algorithm confusion.
     let jwks = std::fs::read(saga_tests::auth::jwks_path()).unwrap();
+    platform::crypto::install();
     let mut hs_header = Header::new(Algorithm::HS256);
     hs_header.kid = Some(dev::DEV_KID.into());
     let hs256_with_public_key =
@@ -87,6 +88,7 @@ async fn a_missing_or_invalid_token_is_answered_401_with_a_bearer_challenge() {
         ("key not in the JWKS", bearer(&key_not_in_jwks)),
         ("unknown kid", bearer(&unknown_kid)),
     ];
+    let anonymous = platform::crypto::http_client().build().unwrap();
     for (what, authorization) in &cases {
         for (service, path) in [
             (
@@ -96,8 +98,7 @@ async fn a_missing_or_invalid_token_is_answered_401_with_a_bearer_challenge() {
             (Service::Inventory, "/stock/BOOK"),
             (Service::Payment, "/wallets/alice"),
         ] {
-            let mut request =
-                reqwest::Client::new().get(format!("{}{path}", stack.base_url(service)));
+            let mut request = anonymous.get(format!("{}{path}", stack.base_url(service)));
             if !authorization.is_empty() {
                 request = request.header("authorization", authorization.as_str());
             }
