@@ -275,7 +275,7 @@ ensure_rabbitmq() {
 
 # ------------------------------------------------------------------ headless browser
 
-# The saga explorer's end-to-end test (tests/tests/e2e_explorer.rs) drives Debian's
+# The saga explorer's end-to-end test (tests/tests/e2e/explorer.rs) drives Debian's
 # chromium through chromedriver. Installed as root when missing; otherwise a hint.
 ensure_chromium() {
     if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then

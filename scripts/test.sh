@@ -3,52 +3,93 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #
 #   1. formatting          cargo fmt --all --check
-#   2. lints               cargo clippy --workspace --all-targets -- -D warnings
-#   3. compose file        scripts/validate-compose.sh (and the deploy manifests, the
-#                          OpenAPI documents)
-#   4. PostgreSQL+RabbitMQ started, chromium for the explorer test (installed as
-#      root if missing)
-#   5. build               cargo build --workspace --all-targets: the binaries the
-#                          end-to-end tests run and the tests themselves, in one build,
-#                          so the dependencies are built once with one set of features
-#   6. tests               cargo test --workspace --no-fail-fast [ARGS...]
+#   2. deployment files    scripts/validate-compose.sh, validate-deploy.sh (compose, the
+#                          Kubernetes manifests), validate-openapi.sh, validate-alerts.sh
+#                          (promtool's rule tests)
+#   3. servers             PostgreSQL and RabbitMQ started, chromium for the explorer
+#                          test (each installed as root if missing)
+#   4. build and lints     cargo build --workspace --all-targets with clippy's driver
+#                          compiling the workspace's own crates: the lints of
+#                          `cargo clippy --all-targets -- -D warnings` come out of the one
+#                          build, so the dependencies are compiled once, not once for
+#                          clippy's check and again for the binaries
+#   5. tests               cargo test --workspace --no-fail-fast [ARGS...]: the unit tests
+#                          of each crate, then three binaries of tests/: `checks` (no
+#                          servers: property tests, generated documents), `e2e` (the real
+#                          binaries against the real servers, tests side by side) and
+#                          `chaos` (stops and starts the shared servers, so it runs alone)
 #
 # Extra arguments go to `cargo test`, e.g. a test-name filter and test-binary flags:
-#     ./scripts/test.sh cancel -- --nocapture
+#     ./scripts/test.sh outages -- --nocapture
+#     ./scripts/test.sh --test e2e compensations
 # The static checks come first because they are cheap and fail fast; the exit
-# status is that of the first failing phase, or of cargo test.
+# status is that of the first failing phase, or of cargo test. Each phase's time is
+# printed at the end, whatever happened.
+#
+# Variables:
+#   RUST_TEST_THREADS   tests of one binary run at once (default here 4: the end-to-end
+#                       tests spend most of their time waiting, not on the CPU)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-phase() { printf '\n==> [%s] %s\n' "$1" "$2" >&2; }
+PHASES=()
+phase_started=$SECONDS
+phase_name=""
+# Closes the running phase and opens the next one (without an argument: just closes).
+phase() {
+    if [[ -n "$phase_name" ]]; then
+        PHASES+=("$(printf '%-22s %4d s' "$phase_name" $((SECONDS - phase_started)))")
+    fi
+    phase_name="${2:-}"
+    phase_started=$SECONDS
+    [[ -z "$phase_name" ]] || printf '\n==> [%s] %s\n' "$1" "$3" >&2
+}
+print_times() {
+    phase
+    {
+        printf '\n==> time per phase\n'
+        printf '    %s\n' "${PHASES[@]}"
+        printf '    %-22s %4d s\n' total "$SECONDS"
+    } >&2
+}
+trap print_times EXIT
 
-phase 1/6 "formatting: cargo fmt --all --check"
+# clippy's driver compiles the workspace's crates (cargo runs it only for members) and
+# lints them on the way; CLIPPY_ARGS is how `cargo clippy -- -D warnings` hands it its
+# flags. The same two variables for the build and for cargo test, so the test run finds
+# everything built and compiles nothing again.
+clippy_driver="$(rustc --print sysroot)/bin/clippy-driver"
+[[ -x "$clippy_driver" ]] || die "clippy is not installed for this toolchain: rustup component add clippy"
+export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+
+phase 1/5 fmt "formatting: cargo fmt --all --check"
 cargo fmt --all --check
 
-phase 2/6 "lints: cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
-
-phase 3/6 "compose file: scripts/validate-compose.sh"
+phase 2/5 deploy "deployment files: compose, Kubernetes, OpenAPI, alert rules"
 ./scripts/validate-compose.sh
 ./scripts/validate-deploy.sh
 ./scripts/validate-openapi.sh
+./scripts/validate-alerts.sh
 
-phase 4/6 "PostgreSQL, RabbitMQ and a headless browser"
+phase 3/5 servers "PostgreSQL, RabbitMQ and a headless browser"
 ensure_postgres
 ensure_rabbitmq
 ensure_chromium
 
-phase 5/6 "binaries and tests: cargo build --workspace --all-targets"
+phase 4/5 build "build and lints: cargo build --workspace --all-targets (clippy -D warnings)"
 cargo build --workspace --all-targets
 
-phase 6/6 "tests: cargo test --workspace --no-fail-fast $*"
-if cargo test --workspace --no-fail-fast "$@"; then
+phase 5/5 tests "tests: cargo test --workspace --no-fail-fast $*"
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+if ((status == 0)); then
     log "all tests passed"
 else
-    status=$?
     log "tests FAILED (cargo test exited with ${status})"
-    exit "$status"
 fi
+exit "$status"

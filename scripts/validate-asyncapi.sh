@@ -10,8 +10,8 @@
 #   - every docs/asyncapi/schemas/*.json is checked against its JSON Schema meta-schema with
 #     check-jsonschema, if it is on PATH (`pipx install check-jsonschema`).
 #
-# That the files match the code is checked by `cargo test -p events --test contract_docs`;
-# regenerate them with `UPDATE_DOCS=1 cargo test -p events --test contract_docs`.
+# That the files match the code is checked by `cargo test -p saga-tests --test checks contract_docs`;
+# regenerate them with `UPDATE_DOCS=1 cargo test -p saga-tests --test checks contract_docs`.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 
 doc=docs/asyncapi/asyncapi.json
-[[ -f "$doc" ]] || die "${doc} not found; generate it with UPDATE_DOCS=1 cargo test -p events --test contract_docs"
+[[ -f "$doc" ]] || die "${doc} not found; generate it with UPDATE_DOCS=1 cargo test -p saga-tests --test checks contract_docs"
 
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     dir="${ASYNCAPI_PARSER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/saga-asyncapi-parser}"

@@ -5,8 +5,8 @@
 # outside the repository ($SAGA_OPENAPI_VENV, default ~/.cache/order-saga/openapi-venv).
 # Without python3 the check is skipped with a message.
 #
-# That the files match the code is checked by `cargo test -p saga-tests --test openapi_docs`;
-# regenerate them with `UPDATE_DOCS=1 cargo test -p saga-tests --test openapi_docs`.
+# That the files match the code is checked by `cargo test -p saga-tests --test checks openapi_docs`;
+# regenerate them with `UPDATE_DOCS=1 cargo test -p saga-tests --test checks openapi_docs`.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,7 +19,7 @@ VENV="${SAGA_OPENAPI_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/order-saga/openapi-ve
 shopt -s nullglob
 docs=(docs/openapi/*.json)
 ((${#docs[@]} > 0)) ||
-    die "no docs/openapi/*.json; generate them with UPDATE_DOCS=1 cargo test -p saga-tests --test openapi_docs"
+    die "no docs/openapi/*.json; generate them with UPDATE_DOCS=1 cargo test -p saga-tests --test checks openapi_docs"
 
 if ! command -v python3 >/dev/null 2>&1; then
     warn "python3 not installed; docs/openapi/ was not validated"

@@ -5,7 +5,7 @@
 //! keys and producers come from the catalog's declaration ([`EventType`]), consumers from
 //! the services' topologies, which the caller passes in (each service builds its own from
 //! the event types its handler consumes). The rendered files live in `docs/asyncapi/`, and
-//! a test (`tests/tests/contract_docs.rs`) fails when they differ from what this module
+//! a test (`tests/tests/checks/contract_docs.rs`) fails when they differ from what this module
 //! generates, so the published contract cannot drift from the code.
 //!
 //! Both functions are pure and deterministic: objects come out with their keys sorted.

@@ -1,5 +1,5 @@
 //! Text derived from the catalog's declaration: the tables of docs/events.md (between
-//! marker comments, checked by `tests/tests/catalog_artefacts.rs`) and the event list of
+//! marker comments, checked by `tests/tests/checks/catalog_artefacts.rs`) and the event list of
 //! `sagactl publish --help`.
 
 use messaging::topology::ServiceTopology;

@@ -414,6 +414,6 @@ fn state_machine_docs_match_the_code() {
     assert!(
         doc == want,
         "docs/state-machines.md is out of date with the state machines; run \
-         `UPDATE_DOCS=1 cargo test -p saga-tests --test state_machine_docs` and commit the result"
+         `UPDATE_DOCS=1 cargo test -p saga-tests --test checks state_machine_docs` and commit the result"
     );
 }

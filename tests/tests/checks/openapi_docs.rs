@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test openapi_docs";
+const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test checks openapi_docs";
 
 fn docs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi")

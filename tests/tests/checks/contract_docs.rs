@@ -11,7 +11,7 @@ use events::EventType;
 use events::contract::{asyncapi, event_schema};
 use sagactl::subscriptions::saga_services;
 
-const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test contract_docs";
+const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test checks contract_docs";
 
 fn docs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/asyncapi")

@@ -13,7 +13,7 @@ use events::tables::{catalog_table, publish_listing, with_catalog_table};
 use saga_tests::stack::binary_path;
 use sagactl::subscriptions::saga_services;
 
-const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test catalog_artefacts";
+const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test checks catalog_artefacts";
 
 fn events_md() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md")

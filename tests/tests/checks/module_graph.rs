@@ -531,13 +531,27 @@ fn crate_roots(package: &str) -> Vec<(String, PathBuf)> {
         let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
             continue;
         };
+        // A target is a file of its own or, as cargo finds them, a folder with a main.rs.
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .filter_map(|p| {
+                if p.extension().is_some_and(|e| e == "rs") {
+                    Some(p)
+                } else {
+                    Some(p.join("main.rs")).filter(|main| main.is_file())
+                }
+            })
             .collect();
         files.sort();
         for path in files {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let target = if path.ends_with("main.rs") {
+                path.parent()
+            } else {
+                Some(path.as_path())
+            };
+            let stem = target
+                .and_then(Path::file_stem)
+                .map(|s| s.to_string_lossy().into_owned());
             roots.push((
                 format!("{package} {sub}/{}", stem.unwrap_or_default()),
                 path,
