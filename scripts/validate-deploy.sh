@@ -5,16 +5,20 @@
 #   1. compose.yaml           scripts/validate-compose.sh (Docker Compose, else YAML),
 #                             then the Compose specification's JSON schema
 #   2. deploy/k8s             every Kubernetes object (the broker cluster in rabbitmq/
+#                             and the database's namespace and Secrets in postgres/
 #                             too) against the Kubernetes schemas
-#                             (kubernetes-validate --strict), the KEDA objects against
-#                             deploy/k8s/schemas/*.json, and `kubectl kustomize` when
-#                             kubectl is installed
+#                             (kubernetes-validate --strict), the KEDA objects and the
+#                             CloudNativePG Cluster (postgres/cluster*.yaml) against
+#                             deploy/k8s/schemas/*.json, and `kubectl kustomize` of the
+#                             three kustomizations when kubectl is installed
 #   3. JSON files             every deploy/**/*.json parses (dashboards, definitions,
 #                             schemas)
 #   4. GitHub workflows       .github/workflows/*.yml against the workflow schema
 #   5. consistency            deploy/tools/check_deploy.py: users, passwords, ports,
 #                             metric names, permissions and topology agree across the
-#                             files and with events/src
+#                             files and with events/src; the production layout keeps
+#                             its promises (replicas, disruption budgets, spreading over
+#                             nodes, pause_minority, a synchronous database standby)
 #
 # The Python tools (pinned below) are installed once into a virtual environment,
 # $SAGA_VALIDATE_VENV (default ~/.cache/order-saga/validate-venv), from PyPI; later
@@ -89,7 +93,7 @@ if [[ "$MODE" == required ]]; then
     TOOLS=1
     PY="${VENV}/bin/python"
 else
-    warn "SAGA_VALIDATE_DEPLOY_SCHEMAS=skip: the Compose, Kubernetes, KEDA and workflow schemas are NOT checked"
+    warn "SAGA_VALIDATE_DEPLOY_SCHEMAS=skip: the Compose, Kubernetes, KEDA, CloudNativePG and workflow schemas are NOT checked"
     PY=python3
 fi
 
@@ -112,20 +116,25 @@ fi
 
 if ((TOOLS)); then
     step "Kubernetes manifests (${K8S_DIR}, Kubernetes ${K8S_VERSION}, strict)"
-    mapfile -t core < <(find "$K8S_DIR" "${K8S_DIR}/rabbitmq" -maxdepth 1 -name '*.yaml' ! -name kustomization.yaml | sort)
+    # postgres/cluster*.yaml hold the CloudNativePG Cluster (a custom resource, checked
+    # against its own schema below); everything else there is a Kubernetes kind.
+    mapfile -t core < <(find "$K8S_DIR" "${K8S_DIR}/rabbitmq" "${K8S_DIR}/postgres" -maxdepth 1 -name '*.yaml' \
+        ! -name kustomization.yaml ! -path "${K8S_DIR}/postgres/cluster*.yaml" | sort)
     mapfile -t scaled < <(find "${K8S_DIR}/keda" -name 'scaledobject-*.yaml' | sort)
     mapfile -t auths < <(find "${K8S_DIR}/keda" -name 'triggerauthentication*.yaml' | sort)
-    ((${#core[@]} > 0 && ${#scaled[@]} > 0 && ${#auths[@]} > 0)) || die "missing manifests under ${K8S_DIR}"
+    mapfile -t clusters < <(find "${K8S_DIR}/postgres" -maxdepth 1 -name 'cluster*.yaml' | sort)
+    ((${#core[@]} > 0 && ${#scaled[@]} > 0 && ${#auths[@]} > 0 && ${#clusters[@]} > 0)) ||
+        die "missing manifests under ${K8S_DIR}"
 
     out="$("${VENV}/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "${core[@]}" 2>&1)" || {
         printf '%s\n' "$out" >&2
         die "Kubernetes schema validation failed"
     }
     # A kind it has no schema for is only a warning there; here every object outside
-    # keda/ must be a Kubernetes kind.
+    # keda/ and postgres/cluster*.yaml must be a Kubernetes kind.
     if [[ -n "$out" ]]; then
         printf '%s\n' "$out" >&2
-        die "kubernetes-validate warned (an unknown kind outside ${K8S_DIR}/keda?)"
+        die "kubernetes-validate warned (an unknown kind outside ${K8S_DIR}/keda and ${K8S_DIR}/postgres/cluster*.yaml?)"
     fi
     log "${#core[@]} files valid against the Kubernetes ${K8S_VERSION} schemas"
 
@@ -136,12 +145,20 @@ if ((TOOLS)); then
     "${VENV}/bin/check-jsonschema" -q --schemafile "${K8S_DIR}/schemas/keda-triggerauthentication.json" "${auths[@]}" ||
         die "a KEDA TriggerAuthentication is invalid"
     log "$((${#scaled[@]} + ${#auths[@]})) KEDA objects valid against ${K8S_DIR}/schemas"
-    checked+=("${#core[@]} Kubernetes files (schemas ${K8S_VERSION})" "$((${#scaled[@]} + ${#auths[@]})) KEDA files (${K8S_DIR}/schemas)")
+    # The Cluster is parsed and its shape checked (fields, types, synchronous replication);
+    # what it must hold for the saga is check_deploy.py's part.
+    "${VENV}/bin/check-jsonschema" -q --schemafile "${K8S_DIR}/schemas/cnpg-cluster.json" "${clusters[@]}" ||
+        die "a CloudNativePG Cluster is invalid"
+    log "${#clusters[@]} CloudNativePG Cluster(s) valid against ${K8S_DIR}/schemas/cnpg-cluster.json"
+    checked+=("${#core[@]} Kubernetes files (schemas ${K8S_VERSION})"
+        "$((${#scaled[@]} + ${#auths[@]})) KEDA files (${K8S_DIR}/schemas)"
+        "${#clusters[@]} CloudNativePG Cluster file(s) (${K8S_DIR}/schemas)")
 
     if command -v kubectl >/dev/null 2>&1; then
-        kubectl kustomize "$K8S_DIR" >/dev/null || die "kubectl kustomize ${K8S_DIR} failed"
-        kubectl kustomize "${K8S_DIR}/rabbitmq" >/dev/null || die "kubectl kustomize ${K8S_DIR}/rabbitmq failed"
-        log "kubectl kustomize ${K8S_DIR} builds"
+        for dir in "$K8S_DIR" "${K8S_DIR}/rabbitmq" "${K8S_DIR}/postgres"; do
+            kubectl kustomize "$dir" >/dev/null || die "kubectl kustomize ${dir} failed"
+        done
+        log "kubectl kustomize builds ${K8S_DIR}, ${K8S_DIR}/rabbitmq and ${K8S_DIR}/postgres"
         checked+=("kustomize build")
     else
         log "kubectl not installed: kustomize build skipped (the file list is still checked below)"

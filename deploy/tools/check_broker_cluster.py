@@ -76,6 +76,20 @@ def check_broker_cluster(section, check, load_yaml_all, defs) -> None:
           "every quorum queue is grown to a member on each node")
     check(conf.get("cluster_partition_handling") == "pause_minority",
           "a node cut off from the majority pauses")
+    try:
+        with open(os.path.join(ROOT, "deploy", "rabbitmq", "rabbitmq.conf"), encoding="utf-8") as f:
+            compose_conf = _conf(f.read())
+    except OSError:
+        compose_conf = {}
+    check(compose_conf.get("cluster_partition_handling") == "pause_minority",
+          "deploy/rabbitmq/rabbitmq.conf handles partitions the same way (pause_minority)")
+    labels = spec["template"].get("metadata", {}).get("labels", {})
+    required = (pod.get("affinity") or {}).get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution") or []
+    check(any(t.get("topologyKey") == "kubernetes.io/hostname"
+              and (t.get("labelSelector") or {}).get("matchLabels")
+              and all(labels.get(k) == v for k, v in t["labelSelector"]["matchLabels"].items())
+              for t in required),
+          "one broker node per Kubernetes node (required podAntiAffinity by kubernetes.io/hostname)")
     roles = by_kind.get("Role", {})
     check(any("endpoints" in r.get("resources", []) and "get" in r.get("verbs", [])
               for role in roles.values() for r in role.get("rules", []))

@@ -411,11 +411,12 @@ def check_k8s():
     if not kust:
         return
     resources = kust[0].get("resources", [])
-    # rabbitmq/ is a kustomization of its own (the broker, in its own namespace).
+    # rabbitmq/ and postgres/ are kustomizations of their own (the broker and the database,
+    # each in its own namespace).
     on_disk = sorted(os.path.relpath(os.path.join(d, f), base)
                      for d, _, fs in os.walk(base) for f in fs
                      if f.endswith((".yaml", ".yml")) and f != "kustomization.yaml"
-                     and not os.path.relpath(d, base).startswith("rabbitmq"))
+                     and os.path.relpath(d, base).split(os.sep)[0] not in ("rabbitmq", "postgres"))
     check(sorted(resources) == on_disk, "kustomization.yaml lists every manifest, and only existing ones",
           f"listed {sorted(resources)}, on disk {on_disk}")
     objects = []
@@ -488,10 +489,92 @@ def check_k8s():
                     check(ref["key"] in secrets.get(ref["name"], set()),
                           f"{auth}: Secret {ref['name']} has key {ref['key']}")
     check_network_policies(by_kind.get("NetworkPolicy", {}))
+    check_service_availability(deployments, by_kind.get("ScaledObject", {}),
+                               by_kind.get("PodDisruptionBudget", {}))
     for name, o in by_kind.get("Secret", {}).items():
         values = list((o.get("stringData") or {}).values())
         check(all("CHANGE-ME" in v for v in values if "://" in v),
               f"Secret {name}: holds placeholders only (no real credentials in the repository)")
+
+
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def selects(selector: dict | None, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects pods with these
+    labels. An empty or missing selector counts as selecting nothing here: every selector
+    of the layout names its pods."""
+    if not selector or not (selector.get("matchLabels") or selector.get("matchExpressions")):
+        return False
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if not ((op == "In" and labels.get(key) in values)
+                or (op == "NotIn" and labels.get(key) not in values)
+                or (op == "Exists" and key in labels)
+                or (op == "DoesNotExist" and key not in labels)):
+            return False
+    return True
+
+
+def spread_over_nodes(pod: dict, labels: dict) -> bool:
+    """Whether a pod template spreads its replicas over Kubernetes nodes: a topology spread
+    constraint or a pod anti-affinity term (required or preferred) by hostname that
+    selects the pods themselves."""
+    for t in pod.get("topologySpreadConstraints") or []:
+        if t.get("topologyKey") == HOSTNAME and selects(t.get("labelSelector"), labels):
+            return True
+    anti = (pod.get("affinity") or {}).get("podAntiAffinity") or {}
+    terms = list(anti.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+    terms += [w.get("podAffinityTerm") or {} for w in anti.get("preferredDuringSchedulingIgnoredDuringExecution") or []]
+    return any(t.get("topologyKey") == HOSTNAME and selects(t.get("labelSelector"), labels) for t in terms)
+
+
+def replica_floor(deployment: dict, scaled_object: dict | None) -> int:
+    """The fewest pods a Deployment runs: when KEDA owns the count, its ScaledObject's
+    minReplicaCount (KEDA's default 0), or its idleReplicaCount when that is lower
+    (scaled there while the queue is empty); else the Deployment's replicas (default 1)."""
+    if scaled_object is None:
+        return deployment["spec"].get("replicas", 1)
+    so = scaled_object.get("spec", {})
+    floor = so.get("minReplicaCount", 0)
+    if "idleReplicaCount" in so:
+        floor = min(floor, so["idleReplicaCount"])
+    return floor
+
+
+def check_service_availability(deployments: dict, scaled_objects: dict, pdbs: dict):
+    """The production layout's promises for the services: at least two replicas of each,
+    spread over the nodes, and a disruption budget that keeps at least one through
+    voluntary disruptions without blocking them."""
+    for svc in SERVICES:
+        d = deployments.get(svc)
+        if d is None:
+            continue
+        template = d["spec"]["template"]
+        labels = template.get("metadata", {}).get("labels", {})
+        floor = replica_floor(d, scaled_objects.get(svc))
+        check(floor >= 2, f"{svc}: at least two replicas (the ScaledObject's minReplicaCount, or replicas)",
+              f"at least {floor}")
+        check(spread_over_nodes(template["spec"], labels),
+              f"{svc}: replicas spread over nodes (topologySpreadConstraints or podAntiAffinity by {HOSTNAME})")
+        mine = {n: p.get("spec", {}) for n, p in pdbs.items() if selects(p.get("spec", {}).get("selector"), labels)}
+        budgets = []
+        for spec in mine.values():
+            # Integers only: a percentage's meaning changes with the count KEDA sets.
+            if isinstance(spec.get("minAvailable"), int):
+                # minAvailable >= the floor would forbid every eviction at the floor.
+                budgets.append(1 <= spec["minAvailable"] < max(floor, 2))
+            elif isinstance(spec.get("maxUnavailable"), int):
+                # 0 would forbid every eviction: drains would hang on the service.
+                budgets.append(spec["maxUnavailable"] == 1)
+            else:
+                budgets.append(False)
+        check(len(mine) == 1 and all(budgets),
+              f"{svc}: one PodDisruptionBudget selects its pods, keeping one up without blocking drains "
+              "(minAvailable >= 1 below the replica floor, or maxUnavailable: 1)",
+              str({n: {k: v for k, v in s.items() if k != "selector"} for n, s in mine.items()}))
 
 
 def check_network_policies(policies: dict):
@@ -535,6 +618,8 @@ def main(argv: list[str]) -> int:
         check_k8s()
         from check_broker_cluster import check_broker_cluster
         check_broker_cluster(section, check, load_yaml_all, defs)
+        from check_database_cluster import check_database_cluster
+        check_database_cluster(section, check, load_yaml_all, SERVICES)
     section(None)
     if failures:
         print(f"{len(failures)} consistency check(s) FAILED: {', '.join(failures)}")

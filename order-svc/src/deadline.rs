@@ -55,7 +55,17 @@ pub(crate) async fn run(
 ) {
     loop {
         if clock.settle(&pool).await {
-            match sweep_once(&pool, &outbox).await {
+            let swept = sweep_once(&pool, &outbox).await;
+            // Measured only here, once the outage clock has settled (the outage already
+            // added to the deadlines), so an outage of order-svc never shows as overdue.
+            // What a working sweep leaves is under one interval; more means orders stay
+            // open that nobody cancels (alert SagaPastDeadline).
+            if let Ok(mut conn) = pool.acquire().await
+                && let Ok(seconds) = store::most_overdue_seconds(&mut conn).await
+            {
+                metrics::gauge!("saga_order_overdue_seconds").set(seconds.max(0.0));
+            }
+            match swept {
                 Ok(n) if n as i64 >= SWEEP_BATCH => continue,
                 Ok(n) if n > 0 => {
                     tracing::info!(cancelled = n, "cancelled orders past their deadline")

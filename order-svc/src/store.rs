@@ -384,6 +384,18 @@ pub(crate) async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> sqlx::R
     Ok(rows.into_iter().map(Order::from).collect())
 }
 
+/// How many seconds the most overdue open order is past its deadline (0 when none is),
+/// from the first entry of the partial index `orders_open_by_deadline`. The statuses are
+/// written out so the planner can match the index's predicate (`OrderStatus::OPEN`).
+pub(crate) async fn most_overdue_seconds(conn: &mut PgConnection) -> sqlx::Result<f64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(deadline)), 0)::float8 FROM orders
+         WHERE status IN ('pending', 'reserved') AND deadline <= now()",
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// Orders in order-id order after `after` (keyset paging, for walking every order).
 pub(crate) async fn page_orders(
     conn: &mut PgConnection,
