@@ -178,10 +178,20 @@ pub(crate) async fn get_stock(
     .await
 }
 
-pub(crate) async fn list_stock(conn: &mut PgConnection) -> sqlx::Result<Vec<StockRow>> {
-    sqlx::query_as("SELECT sku, available, reserved, sold, adjusted, updated_at FROM stock ORDER BY sku LIMIT 10000")
-        .fetch_all(conn)
-        .await
+/// SKUs after `after` in SKU order, at most `limit` (keyset paging on the primary key).
+pub(crate) async fn list_stock(
+    conn: &mut PgConnection,
+    after: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<StockRow>> {
+    sqlx::query_as(
+        "SELECT sku, available, reserved, sold, adjusted, updated_at FROM stock \
+         WHERE sku > $1 ORDER BY sku LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }
 
 pub(crate) async fn get_reservation(

@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use platform::ApiError;
 use platform::auth::Caller;
-use platform::http::Page;
+use platform::http::{KeyPage, Page};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -46,18 +46,22 @@ async fn show_wallet(
 }
 
 #[utoipa::path(get, path = "/wallets", tag = "payments",
+    params(platform::http::KeyPage),
     responses(
-        (status = 200, description = "Every wallet", body = crate::schema::WalletList),
+        (status = 200, description = "Wallets in customer order, a page at a time (the next page starts after the last customer)", body = crate::schema::WalletList),
+        (status = 400, description = "after or limit out of range", body = platform::openapi::ErrorBody),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = platform::openapi::ErrorBody),
     ))]
 async fn list_wallets(
     State(pool): State<PgPool>,
     caller: Caller,
+    Query(page): Query<KeyPage>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_operator()?;
+    let (after, limit) = (page.after()?, page.limit()?);
     let mut conn = pool.acquire().await?;
-    let rows = store::list_wallets(&mut conn).await?;
+    let rows = store::list_wallets(&mut conn, after, limit).await?;
     Ok(Json(json!({ "wallets": rows })))
 }
 

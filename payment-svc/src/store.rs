@@ -210,10 +210,21 @@ pub(crate) async fn get_wallet(
         .await
 }
 
-pub(crate) async fn list_wallets(conn: &mut PgConnection) -> sqlx::Result<Vec<WalletRow>> {
-    sqlx::query_as("SELECT customer_id, currency, balance, deposited, captured, refunded, updated_at FROM wallets ORDER BY customer_id LIMIT 10000")
-        .fetch_all(conn)
-        .await
+/// Wallets after customer `after` in customer order, at most `limit` (keyset paging on
+/// the primary key).
+pub(crate) async fn list_wallets(
+    conn: &mut PgConnection,
+    after: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<WalletRow>> {
+    sqlx::query_as(
+        "SELECT customer_id, currency, balance, deposited, captured, refunded, updated_at \
+         FROM wallets WHERE customer_id > $1 ORDER BY customer_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }
 
 pub(crate) async fn get_payment(

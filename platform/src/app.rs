@@ -39,8 +39,7 @@ impl Application {
         health: Health,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = crate::listener::bind(addr)
             .with_context(|| format!("cannot listen on {addr}; is another process using it?"))?;
         let concurrency: usize = crate::config::env_parse("SAGA_HTTP_CONCURRENCY", 256)?;
         if concurrency == 0 {

@@ -34,6 +34,39 @@ impl Page {
     }
 }
 
+/// `?after=<key>&limit=N`: one page of a list in the order of a text key (a SKU, a
+/// customer id), keyset paging as [`Page`].
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct KeyPage {
+    /// Only entries whose key sorts after this one (at most 128 characters).
+    #[param(max_length = 128)]
+    pub after: Option<String>,
+    /// Page size, 1 to 1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+impl KeyPage {
+    /// The key to start after ("" for the first page): 400 when it is longer than any key
+    /// or holds a NUL, which the database cannot compare.
+    pub fn after(&self) -> Result<&str, ApiError> {
+        let after = self.after.as_deref().unwrap_or("");
+        if after.chars().count() > 128 || after.contains('\0') {
+            return Err(ApiError::bad_request(
+                "invalid_after",
+                "after must be a key of at most 128 characters, without NUL",
+            ));
+        }
+        Ok(after)
+    }
+
+    /// The page size, as [`Page::limit`].
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        check_limit(self.limit.unwrap_or(MAX_PAGE))
+    }
+}
+
 /// The largest page a list endpoint answers.
 pub(crate) const MAX_PAGE: i64 = 1000;
 

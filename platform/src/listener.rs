@@ -41,6 +41,35 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
+/// The queue of connections the kernel completes before the service accepts them:
+/// `SAGA_HTTP_LISTEN_BACKLOG`, by default the system's limit (`net.core.somaxconn`, 4096
+/// on current Linux). The 128 of a plain `bind` dropped SYNs under a burst of clients, and
+/// a dropped SYN is retried only after 1, 3 and 7 s: a client waited seconds before the
+/// service even saw it, instead of being answered at once (with 503 or 429 when shedding).
+pub fn listen_backlog() -> anyhow::Result<u32> {
+    let system = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(4096);
+    let backlog: u32 = env_parse("SAGA_HTTP_LISTEN_BACKLOG", system)?;
+    anyhow::ensure!(backlog > 0, "SAGA_HTTP_LISTEN_BACKLOG must be at least 1");
+    Ok(backlog)
+}
+
+/// A listener on `addr` with [`listen_backlog`] and address reuse, as `TcpListener::bind`
+/// would give it otherwise.
+pub fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let backlog = listen_backlog()?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(backlog)?)
+}
+
 impl ConnectionLimits {
     pub fn from_env() -> anyhow::Result<Self> {
         let limits = ConnectionLimits {

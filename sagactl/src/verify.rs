@@ -92,11 +92,11 @@ pub struct Endpoints {
 const PAGE: usize = 1000;
 
 impl Snapshot {
-    /// Reads every list endpoint page by page.
+    /// Reads every list endpoint page by page, however many rows there are.
     pub async fn fetch(http: &reqwest::Client, at: &Endpoints) -> anyhow::Result<Snapshot> {
         let taken_at = Utc::now();
         let orders = fetch_pages(http, &at.order, "/orders", "orders", |o: &OrderView| {
-            o.order_id
+            o.order_id.to_string()
         })
         .await?;
         let reservations = fetch_pages(
@@ -104,7 +104,7 @@ impl Snapshot {
             &at.inventory,
             "/reservations",
             "reservations",
-            |r: &ReservationView| r.order_id,
+            |r: &ReservationView| r.order_id.to_string(),
         )
         .await?;
         let payments = fetch_pages(
@@ -112,11 +112,21 @@ impl Snapshot {
             &at.payment,
             "/payments",
             "payments",
-            |p: &PaymentView| p.order_id,
+            |p: &PaymentView| p.order_id.to_string(),
         )
         .await?;
-        let stock = fetch_list(http, &format!("{}/stock", at.inventory), "stock").await?;
-        let wallets = fetch_list(http, &format!("{}/wallets", at.payment), "wallets").await?;
+        let stock = fetch_pages(http, &at.inventory, "/stock", "stock", |s: &StockView| {
+            s.sku.clone()
+        })
+        .await?;
+        let wallets = fetch_pages(
+            http,
+            &at.payment,
+            "/wallets",
+            "wallets",
+            |w: &WalletView| w.customer_id.clone(),
+        )
+        .await?;
         Ok(Snapshot {
             taken_at,
             orders,
@@ -138,24 +148,29 @@ async fn fetch_list<T: serde::de::DeserializeOwned>(
     Ok(serde_json::from_value(body[key].take())?)
 }
 
+/// Every row of the list at `base` + `path`, a page at a time: each page asks for the
+/// rows after the last key (`id`) of the one before, until a page comes back short.
 async fn fetch_pages<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     base: &str,
     path: &str,
     key: &str,
-    id: impl Fn(&T) -> Uuid,
+    id: impl Fn(&T) -> String,
 ) -> anyhow::Result<Vec<T>> {
     let mut all = Vec::new();
-    let mut after = Uuid::nil();
+    let mut after: Option<String> = None;
+    let list = format!("{}{path}", base.trim_end_matches('/'));
     loop {
-        let url = format!(
-            "{}{path}?after={after}&limit={PAGE}",
-            base.trim_end_matches('/')
-        );
-        let page: Vec<T> = fetch_list(http, &url, key).await?;
+        let limit = PAGE.to_string();
+        let mut query = vec![("limit", limit.as_str())];
+        if let Some(after) = &after {
+            query.push(("after", after.as_str()));
+        }
+        let url = url::Url::parse_with_params(&list, &query)?;
+        let page: Vec<T> = fetch_list(http, url.as_str(), key).await?;
         let n = page.len();
         if let Some(last) = page.last() {
-            after = id(last);
+            after = Some(id(last));
         }
         all.extend(page);
         if n < PAGE {

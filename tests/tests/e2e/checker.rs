@@ -77,3 +77,50 @@ async fn a_stock_adjustment_and_a_deposit_applied_twice_are_caught() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("NAME=TOTAL"), "{run:?}");
 }
+
+/// More SKUs and wallets than a page of the list endpoints (1000 rows) are all read: a
+/// breach in the last row of each list, three pages in, is found, and every row counted.
+#[tokio::test]
+async fn the_checker_reads_every_page_of_stock_and_wallets() {
+    const ROWS: i64 = 2_500;
+    let stack = Stack::start(StackOptions::default()).await;
+    let inventory = stack.db(Service::Inventory).await;
+    // Each SKU consistent (adjusted = available + reserved + sold) but the last one.
+    sqlx::query(
+        "INSERT INTO stock (sku, available, adjusted) \
+         SELECT 'SKU-' || lpad(n::text, 5, '0'), 3, CASE WHEN n = $1 THEN 4 ELSE 3 END \
+         FROM generate_series(1, $1) AS n",
+    )
+    .bind(ROWS)
+    .execute(&inventory)
+    .await
+    .expect("stocking the SKUs");
+    let payments = stack.db(Service::Payment).await;
+    // Each wallet consistent (deposited = balance + captured - refunded) but the last one.
+    sqlx::query(
+        "INSERT INTO wallets (customer_id, currency, balance, deposited) \
+         SELECT 'customer-' || lpad(n::text, 5, '0'), 'EUR', 7, CASE WHEN n = $1 THEN 8 ELSE 7 END \
+         FROM generate_series(1, $1) AS n",
+    )
+    .bind(ROWS)
+    .execute(&payments)
+    .await
+    .expect("opening the wallets");
+
+    let snapshot = stack.snapshot().await.expect("reading the stack");
+    assert_eq!(snapshot.stock.len(), ROWS as usize, "SKUs read");
+    assert_eq!(snapshot.wallets.len(), ROWS as usize, "wallets read");
+    let breaches = stack.invariant_breaches().await;
+    let subjects: Vec<&str> = breaches
+        .iter()
+        .filter_map(|b| b.split(": ").nth(1))
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            format!("sku SKU-{ROWS:05}"),
+            format!("customer customer-{ROWS:05}")
+        ],
+        "{breaches:#?}"
+    );
+}

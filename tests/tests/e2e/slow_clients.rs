@@ -107,3 +107,61 @@ async fn slow_and_idle_connections_are_closed_while_normal_requests_are_served()
     let (status, _) = stack.get(Service::Inventory, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// The kernel's count of connections dropped because a listen queue was full
+/// (`TcpExt: ListenOverflows` in /proc/net/netstat), for the whole machine.
+fn listen_overflows() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next(), tcp_ext.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        panic!("no TcpExt lines in /proc/net/netstat");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, value)| value.parse().ok())
+        .expect("a ListenOverflows counter")
+}
+
+/// Opens `n` connections to `addr` at once; returns how many connected and how much the
+/// kernel's ListenOverflows counter grew meanwhile.
+async fn burst(addr: std::net::SocketAddr, n: usize) -> (usize, u64) {
+    let before = listen_overflows();
+    let connects =
+        (0..n).map(|_| tokio::time::timeout(Duration::from_secs(30), TcpStream::connect(addr)));
+    let streams = futures_util::future::join_all(connects).await;
+    let grown = listen_overflows().saturating_sub(before);
+    (
+        streams.iter().filter(|s| matches!(s, Ok(Ok(_)))).count(),
+        grown,
+    )
+}
+
+/// A burst of clients far over the 128 connections a plain `bind` queues: with the
+/// system's backlog none of their SYNs is dropped (a dropped SYN is retried after 1, 3
+/// and 7 s, so its client waits seconds before the service even sees it). The same burst
+/// against a backlog of 16 overflows, so the counter is the right witness.
+#[tokio::test]
+async fn a_burst_of_two_thousand_connections_overflows_no_listen_queue() {
+    const CLIENTS: usize = 2000;
+    let small = Stack::start(StackOptions::default().env("SAGA_HTTP_LISTEN_BACKLOG", "16")).await;
+    let (_, overflowed) = burst(small.addr(Service::Inventory), CLIENTS).await;
+    assert!(
+        overflowed > 0,
+        "{CLIENTS} connections at once overflowed no listen queue of 16: the counter cannot tell"
+    );
+    drop(small);
+
+    let stack = Stack::start(StackOptions::default()).await;
+    let (connected, overflowed) = burst(stack.addr(Service::Inventory), CLIENTS).await;
+    assert_eq!(
+        overflowed, 0,
+        "the kernel dropped {overflowed} connections of a burst of {CLIENTS}: the listen queue is too short"
+    );
+    assert_eq!(
+        connected, CLIENTS,
+        "only {connected} of {CLIENTS} connected"
+    );
+}
