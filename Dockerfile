@@ -14,7 +14,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked -p order-svc -p inventory-svc -p payment-svc -p sagactl \
  && mkdir -p /out \
  && cp target/release/order-svc target/release/inventory-svc \
        target/release/payment-svc target/release/sagactl /out/

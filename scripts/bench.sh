@@ -38,8 +38,7 @@ mkdir -p "$OUT/logs"
 
 ensure_postgres
 ensure_rabbitmq
-log "building release binaries"
-cargo build --release --bins
+build_release
 
 if ((KEEP_DATA == 0)); then
     log "fresh vhost ${VHOST} and databases ${DBS[*]}"

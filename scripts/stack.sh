@@ -206,8 +206,7 @@ cmd_up() {
     ensure_databases
     export_service_env
 
-    log "building the release binaries (cargo build --release --bins)"
-    cargo build --release --bins
+    build_release
     log "development signing key: ${STATE_DIR}/dev-signing-key.pem (JWKS ${STATE_DIR}/dev-jwks.json)"
     target/release/sagactl dev-keys --dir "$STATE_DIR" >/dev/null
 
