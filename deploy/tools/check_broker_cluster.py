@@ -11,6 +11,8 @@ import os
 import re
 from urllib.parse import urlsplit
 
+from kustomization import objects_by_kind
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BASE = os.path.join("deploy", "k8s", "rabbitmq")
 
@@ -28,19 +30,10 @@ def _conf(text: str) -> dict:
 
 def check_broker_cluster(section, check, load_yaml_all, defs) -> None:
     section("Kubernetes: the broker cluster (deploy/k8s/rabbitmq) forms, replicates and serves the saga")
-    kust = load_yaml_all(f"{BASE}/kustomization.yaml")
-    if not kust:
+    found = objects_by_kind(ROOT, BASE, check, load_yaml_all)
+    if found is None:
         return
-    namespace = kust[0].get("namespace")
-    resources = kust[0].get("resources", [])
-    on_disk = sorted(f for f in os.listdir(os.path.join(ROOT, BASE))
-                     if f.endswith(".yaml") and f != "kustomization.yaml")
-    check(sorted(resources) == on_disk, "rabbitmq/kustomization.yaml lists every manifest there",
-          f"listed {sorted(resources)}, on disk {on_disk}")
-    by_kind: dict = {}
-    for rel in resources:
-        for doc in load_yaml_all(f"{BASE}/{rel}"):
-            by_kind.setdefault(doc.get("kind"), {})[doc.get("metadata", {}).get("name")] = doc
+    namespace, by_kind = found
 
     sts = by_kind.get("StatefulSet", {}).get("rabbitmq")
     if not check(sts is not None, "StatefulSet rabbitmq exists"):

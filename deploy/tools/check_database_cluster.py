@@ -13,6 +13,8 @@ import os
 import re
 from urllib.parse import urlsplit
 
+from kustomization import objects_by_kind
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BASE = os.path.join("deploy", "k8s", "postgres")
 CNPG_API = "postgresql.cnpg.io/v1"
@@ -68,20 +70,10 @@ def _synchronous(spec: dict) -> tuple[bool, str]:
 
 def check_database_cluster(section, check, load_yaml_all, services: dict) -> None:
     section("Kubernetes: the database cluster (deploy/k8s/postgres, CloudNativePG) keeps a synchronous standby and serves the saga")
-    kust = load_yaml_all(f"{BASE}/kustomization.yaml")
-    if not kust:
-        check(False, f"{BASE}/kustomization.yaml exists")
+    found = objects_by_kind(ROOT, BASE, check, load_yaml_all)
+    if found is None:
         return
-    namespace = kust[0].get("namespace")
-    resources = kust[0].get("resources", [])
-    on_disk = sorted(f for f in os.listdir(os.path.join(ROOT, BASE))
-                     if f.endswith(".yaml") and f != "kustomization.yaml")
-    check(sorted(resources) == on_disk, "postgres/kustomization.yaml lists every manifest there",
-          f"listed {sorted(resources)}, on disk {on_disk}")
-    by_kind: dict = {}
-    for rel in resources:
-        for doc in load_yaml_all(f"{BASE}/{rel}"):
-            by_kind.setdefault(doc.get("kind"), {})[doc.get("metadata", {}).get("name")] = doc
+    namespace, by_kind = found
     secrets = by_kind.get("Secret", {})
     clusters = {n: c for n, c in by_kind.get("Cluster", {}).items() if c.get("apiVersion") == CNPG_API}
     if not check(bool(clusters), f"a CloudNativePG Cluster ({CNPG_API}) exists"):
