@@ -20,7 +20,8 @@
 #                             its promises (replicas, disruption budgets, spreading over
 #                             nodes, pause_minority, a synchronous database standby)
 #
-# The Python tools (pinned below) are installed once into a virtual environment,
+# The Python tools (pinned below; schemathesis among them, for the end-to-end test that
+# runs it against each service's OpenAPI document) are installed once into a virtual environment,
 # $SAGA_VALIDATE_VENV (default ~/.cache/order-saga/validate-venv), from PyPI; later
 # runs reuse it and need no network. Nothing else is downloaded: every schema ships
 # inside those packages or in this repository.
@@ -41,7 +42,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 
 # Bump together; the stamp file makes a change reinstall the environment.
-REQUIREMENTS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 PyYAML==6.0.3)
+REQUIREMENTS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 PyYAML==6.0.3 schemathesis==4.32.5)
 K8S_VERSION="${SAGA_K8S_VERSION:-1.30.0}"
 VENV="${SAGA_VALIDATE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/order-saga/validate-venv}"
 MODE="${SAGA_VALIDATE_DEPLOY_SCHEMAS:-required}"

@@ -28,10 +28,49 @@ pub struct OrderItem {
     #[schemars(regex(pattern = SKU_PATTERN))]
     pub sku: String,
     #[schemars(range(min = 1, max = MAX_QUANTITY))]
+    #[serde(deserialize_with = "integral")]
     pub quantity: i64,
-    /// Price of one unit, in minor units of the order's currency.
-    #[schemars(range(min = 0))]
+    /// Price of one unit, in minor units of the order's currency; at most what keeps any
+    /// order's total within 64 bits.
+    #[schemars(range(min = 0, max = MAX_UNIT_PRICE))]
+    #[serde(deserialize_with = "integral")]
     pub unit_price: i64,
+}
+
+/// An integer that may be written as a JSON number with a zero fraction (`2.0`): JSON
+/// Schema's `integer` counts it as one, so every client generated from the documents may
+/// send it. A fraction, or a number past 2^53 where floats stop being exact, is refused.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::de::{Error, Unexpected, Visitor};
+
+    struct Integral;
+
+    impl Visitor<'_> for Integral {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
+            const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+            if v.fract() == 0.0 && v.abs() < EXACT {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_any(Integral)
 }
 
 /// A quantity of one SKU held for an order. inventory-svc merges an order's lines per SKU,
@@ -83,7 +122,7 @@ impl Payload for OrderCreated {
         for item in &self.items {
             check_sku(&item.sku)?;
             check_quantity(item.quantity)?;
-            check_non_negative("unit_price", item.unit_price)?;
+            check_unit_price(item.unit_price)?;
         }
         Ok(())
     }
@@ -626,14 +665,17 @@ impl messaging::Event for Event {
 
 /// Most items an order may hold.
 pub const MAX_ITEMS: usize = 100;
+/// Largest price of one unit: no order of [`MAX_ITEMS`] lines of [`MAX_QUANTITY`] each
+/// can then overflow its total.
+pub const MAX_UNIT_PRICE: i64 = i64::MAX / (MAX_ITEMS as i64 * MAX_QUANTITY);
 /// Largest quantity of one item.
 pub(crate) const MAX_QUANTITY: i64 = 10_000;
 /// Longest customer id.
-pub(crate) const MAX_CUSTOMER_ID_CHARS: usize = 64;
+pub const MAX_CUSTOMER_ID_CHARS: usize = 64;
 /// What [`check_sku`] accepts, as a regular expression (for the published JSON Schemas).
 pub(crate) const SKU_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
 /// What [`check_currency`] accepts, as a regular expression (for the published JSON Schemas).
-pub(crate) const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
+pub const CURRENCY_PATTERN: &str = "^[A-Z]{3}$";
 
 pub fn check_sku(sku: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&sku.len())
@@ -663,6 +705,16 @@ pub fn check_currency(currency: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "currency {currency:?} must be 3 upper-case letters (ISO 4217)"
+        ))
+    }
+}
+
+pub fn check_unit_price(unit_price: i64) -> Result<(), String> {
+    if (0..=MAX_UNIT_PRICE).contains(&unit_price) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unit_price {unit_price} must be 0 to {MAX_UNIT_PRICE}"
         ))
     }
 }
@@ -717,6 +769,31 @@ mod tests {
     use super::*;
     use messaging::envelope::{Envelope, MAX_MESSAGE_BYTES, decode_body};
     use serde_json::json;
+
+    /// What JSON Schema calls an integer, a generated client may write with a zero
+    /// fraction; anything else that is not a whole number stays refused.
+    #[test]
+    fn an_item_reads_integral_numbers_written_as_floats_and_only_those() {
+        let item = |quantity: &str, unit_price: &str| {
+            serde_json::from_str::<OrderItem>(&format!(
+                r#"{{"sku": "BOOK", "quantity": {quantity}, "unit_price": {unit_price}}}"#
+            ))
+        };
+        let read = item("2.0", "1500.0").unwrap();
+        assert_eq!((read.quantity, read.unit_price), (2, 1500));
+        assert_eq!(item("2", "1500").unwrap(), read);
+        for (quantity, unit_price) in [
+            ("2.5", "1500"),
+            ("2", "0.1"),
+            ("1e300", "1"),
+            ("\"2\"", "1"),
+        ] {
+            assert!(
+                item(quantity, unit_price).is_err(),
+                "{quantity} {unit_price}"
+            );
+        }
+    }
 
     fn decode(body: &[u8]) -> Result<(Envelope, Event), messaging::DecodeError> {
         decode_body::<Event>(body).map_err(|(_, e)| e)

@@ -22,7 +22,7 @@ pub(crate) fn router(pool: PgPool) -> Router {
 }
 
 #[utoipa::path(get, path = "/stock/{sku}", tag = "stock",
-    params(("sku" = String, Path, description = "The SKU")),
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The SKU")),
     responses(
         (status = 200, description = "The SKU's stock", body = crate::schema::Stock),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
@@ -35,10 +35,14 @@ async fn show_stock(
     Path(sku): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_any_role()?;
+    let never = || ApiError::not_found(format!("SKU {sku:?} was never adjusted"));
+    // A name no SKU can have was never adjusted either; the database is not asked (it
+    // could not even compare a NUL).
+    if events::catalog::check_sku(&sku).is_err() {
+        return Err(never());
+    }
     let mut conn = pool.acquire().await?;
-    let row = store::get_stock(&mut conn, &sku)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("SKU {sku:?} was never adjusted")))?;
+    let row = store::get_stock(&mut conn, &sku).await?.ok_or_else(never)?;
     Ok(Json(json!({
         "sku": row.sku, "available": row.available, "reserved": row.reserved, "sold": row.sold
     })))

@@ -49,9 +49,13 @@ pub(crate) fn router(api: OrderApi) -> Router {
 /// their own (`sub`); `currency` three upper-case letters (ISO 4217).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct PlaceOrder {
+    // The limits as the catalog checks them (check_customer, CURRENCY_PATTERN, MAX_ITEMS);
+    // utoipa takes literals only, so a test holds them to the constants.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\x00]*$")]
     pub customer_id: String,
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
-    #[schema(value_type = Vec<crate::schema::OrderItemSchema>)]
+    #[schema(value_type = Vec<crate::schema::OrderItemSchema>, min_items = 1, max_items = 100)]
     pub items: Vec<OrderItem>,
 }
 
@@ -95,11 +99,14 @@ fn request_hash(req: &PlaceOrder) -> Result<String, ApiError> {
 
 #[utoipa::path(post, path = "/orders", tag = "orders",
     request_body = PlaceOrder,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "1 to 255 characters; the same key with the same body answers the same order")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+        pattern = r"^[!-~]([\t -~]*[!-~])?$",
+        description = "1 to 255 visible ASCII characters (spaces and tabs inside); the same key with the same body answers the same order")),
     responses(
         (status = 202, description = "Placed: the order is pending, the saga runs", body = crate::schema::OrderAccepted),
         (status = 400, description = "Invalid body or Idempotency-Key", body = platform::openapi::ErrorBody),
+        (status = 413, description = "A body over 64 KiB", body = platform::openapi::ErrorBody),
+        (status = 415, description = "A body that is not `application/json`", body = platform::openapi::ErrorBody),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
         (status = 403, description = "A customer ordering for someone else", body = platform::openapi::ErrorBody),
         (status = 409, description = "The Idempotency-Key was used with another body", body = platform::openapi::ErrorBody),
@@ -251,8 +258,10 @@ async fn show_order(
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only orders in this status (pending, reserved, confirmed, rejected, cancelled).
+    #[param(pattern = "^(pending|reserved|confirmed|rejected|cancelled)?$")]
     status: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// With `after`, orders come in order-id order after that id (to walk them all);
     /// without it, newest first.

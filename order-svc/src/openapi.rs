@@ -26,3 +26,24 @@ pub fn document() -> utoipa::openapi::OpenApi {
         <OrderApiDoc as utoipa::OpenApi>::openapi(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use events::catalog::{CURRENCY_PATTERN, MAX_CUSTOMER_ID_CHARS, MAX_ITEMS};
+    use serde_json::Value;
+
+    /// utoipa takes literals only: the limits POST /orders states are held here to the
+    /// constants the catalog checks with.
+    #[test]
+    fn the_placement_states_the_limits_the_catalog_checks() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let field = |name: &str| -> &Value {
+            &doc["components"]["schemas"]["PlaceOrder"]["properties"][name]
+        };
+        assert_eq!(field("customer_id")["minLength"], 1);
+        assert_eq!(field("customer_id")["maxLength"], MAX_CUSTOMER_ID_CHARS);
+        assert_eq!(field("currency")["pattern"], CURRENCY_PATTERN);
+        assert_eq!(field("items")["minItems"], 1);
+        assert_eq!(field("items")["maxItems"], MAX_ITEMS);
+    }
+}

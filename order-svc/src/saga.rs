@@ -361,9 +361,7 @@ fn validate(new: &NewOrder) -> Result<i64, String> {
         let at = |m: String| format!("items[{i}]: {m}");
         catalog::check_sku(&item.sku).map_err(at)?;
         catalog::check_quantity(item.quantity).map_err(at)?;
-        if item.unit_price < 0 {
-            return Err(at("unit_price must not be negative".into()));
-        }
+        catalog::check_unit_price(item.unit_price).map_err(at)?;
         total = item
             .quantity
             .checked_mul(item.unit_price)

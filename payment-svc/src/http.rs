@@ -22,7 +22,7 @@ pub(crate) fn router(pool: PgPool) -> Router {
 }
 
 #[utoipa::path(get, path = "/wallets/{customer_id}", tag = "payments",
-    params(("customer_id" = String, Path, description = "The customer id")),
+    params(("customer_id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00]*$", description = "The customer id")),
     responses(
         (status = 200, description = "The customer's wallet", body = crate::schema::Wallet),
         (status = 401, description = "No valid bearer token", body = platform::openapi::ErrorBody),
@@ -33,6 +33,13 @@ async fn show_wallet(
     caller: Caller,
     Path(customer_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // An id no customer can have never deposited; the database is not asked (it could not
+    // even compare a NUL).
+    if events::catalog::check_customer(&customer_id).is_err() || customer_id.contains('\0') {
+        return Err(ApiError::not_found(format!(
+            "customer {customer_id:?} never deposited"
+        )));
+    }
     let mut conn = pool.acquire().await?;
     // Another customer's wallet is answered as if it did not exist.
     let w = store::get_wallet(&mut conn, &customer_id)

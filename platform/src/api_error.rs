@@ -119,6 +119,13 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
         _ => "invalid_json",
     };
+    // A body that parses but does not fit the request's shape is bad input like any
+    // other: the contract's 400, not axum's 422.
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
         format!(
             "request bodies are limited to {} KiB",

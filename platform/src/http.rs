@@ -24,6 +24,7 @@ pub struct Page {
     /// Only entries after this id, in id order.
     pub after: Option<uuid::Uuid>,
     /// Page size, 1 to 1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -40,7 +41,7 @@ impl Page {
 #[into_params(parameter_in = Query)]
 pub struct KeyPage {
     /// Only entries whose key sorts after this one (at most 128 characters).
-    #[param(max_length = 128)]
+    #[param(max_length = 128, pattern = "^[^\\x00]*$")]
     pub after: Option<String>,
     /// Page size, 1 to 1000 (default 1000).
     #[param(minimum = 1, maximum = 1000)]
@@ -196,6 +197,13 @@ async fn messages(
     axum::extract::Path(correlation_id): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_operator()?;
+    // No message can be about an id with a NUL (the database could not store one): the
+    // answer is known without asking it, which could not even compare one.
+    if correlation_id.contains('\0') {
+        return Ok(Json(
+            json!({"correlation_id": correlation_id, "consumed": [], "emitted": []}),
+        ));
+    }
     let consumed = messaging::inbox::for_correlation(&health.pool, &correlation_id).await?;
     let emitted = messaging::outbox::for_correlation(&health.pool, &correlation_id).await?;
     Ok(Json(

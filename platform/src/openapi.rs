@@ -41,6 +41,7 @@ fn metrics_doc() {}
     responses(
         (status = 200, description = "This service's OpenAPI 3.1 document", body = Object),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "The token grants no role", body = ErrorBody),
     ))]
 async fn openapi_json(
     axum::extract::State(doc): axum::extract::State<std::sync::Arc<OpenApi>>,
@@ -100,13 +101,46 @@ pub fn document(service: &str, description: &str, own: OpenApi) -> OpenApi {
         .license(Some(utoipa::openapi::License::new("MIT OR Apache-2.0")))
         .build();
     for (path, item) in doc.paths.paths.iter_mut() {
-        if crate::auth::is_open(path) {
-            for op in operations(item) {
+        let open = crate::auth::is_open(path);
+        for op in operations(item) {
+            if open {
                 op.security = Some(Vec::new());
             }
+            every_route_may_answer(path, op);
         }
     }
     doc
+}
+
+/// What the shared layers may answer on any route, added to each operation so that the
+/// document lists every status the service can return: 408 when a request takes over the
+/// request timeout, and 503 when the database is away, on every route that reads it.
+fn every_route_may_answer(path: &str, op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(
+                        <ErrorBody as utoipa::ToSchema>::name(),
+                    )))
+                    .build(),
+            )
+            .build()
+    };
+    let responses = &mut op.responses.responses;
+    responses
+        .entry("408".into())
+        .or_insert_with(|| error("The request took over the request timeout").into());
+    let reads_no_database = ["/metrics", "/healthz/live", "/openapi.json"].contains(&path);
+    if !reads_no_database {
+        responses.entry("503".into()).or_insert_with(|| {
+            error("`unavailable`: the service cannot answer now (its database away); retry later")
+                .into()
+        });
+    }
 }
 
 fn operations(

@@ -261,6 +261,28 @@ async fn invalid_requests_are_refused_with_a_json_4xx_and_never_a_5xx() {
     ] {
         judge(what, stack.place_order(&body).await, None);
     }
+    // A body that parses but does not fit the order's shape is the contract's 400 too,
+    // never a 422.
+    for (what, body) in [
+        ("quantity 1.5", with("/items/0/quantity", json!(1.5))),
+        (
+            "quantity as a string, exactly",
+            with("/items/0/quantity", json!("1")),
+        ),
+        (
+            "unit_price over the largest",
+            with(
+                "/items/0/unit_price",
+                json!(events::catalog::MAX_UNIT_PRICE + 1),
+            ),
+        ),
+    ] {
+        judge(
+            what,
+            stack.place_order(&body).await,
+            Some(StatusCode::BAD_REQUEST),
+        );
+    }
     let blank_key = stack.place_order_with_key(" ", &valid).await;
     judge(
         "blank idempotency key",
@@ -428,4 +450,11 @@ async fn invalid_requests_are_refused_with_a_json_4xx_and_never_a_5xx() {
     // Nothing refused left an order behind.
     let (_, list) = stack.get(Service::Order, "/orders").await;
     assert_eq!(list["orders"], json!([]), "{list}");
+
+    // A whole number written with a zero fraction is one (JSON Schema's `integer`, which
+    // generated clients follow).
+    let (status, answer) = stack
+        .place_order(&with("/items/0/quantity", json!(1.0)))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "quantity 1.0: {answer}");
 }

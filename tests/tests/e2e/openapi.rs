@@ -162,3 +162,76 @@ async fn answers_have_the_fields_their_schemas_name() {
     assert_eq!(status, StatusCode::OK, "{payment}");
     assert_eq!(keys(&payment), properties(&payments, "Payment"));
 }
+
+/// Where scripts/validate-deploy.sh installs schemathesis with the other validators.
+fn schemathesis() -> std::path::PathBuf {
+    let venv = std::env::var_os("SAGA_VALIDATE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            std::path::Path::new(&home).join(".cache/order-saga/validate-venv")
+        });
+    let bin = venv.join("bin/schemathesis");
+    assert!(
+        bin.is_file(),
+        "{} is missing: ./scripts/validate-deploy.sh installs it (scripts/test.sh runs that first)",
+        bin.display()
+    );
+    bin
+}
+
+/// Every operation of each service's document, tried by schemathesis with every check on
+/// (examples, coverage, fuzzing, the stateful phase) and an operator token: no status the
+/// document does not list, no request the document allows refused, no request it forbids
+/// accepted, no answer off its schema, no 5xx, no hang.
+#[tokio::test]
+async fn schemathesis_finds_nothing_the_documents_do_not_say() {
+    let stack = Stack::start(StackOptions::default()).await;
+    // Something to find, so the reads answer 200 as well as 404.
+    stack.seed_stock("BOOK", 10).await;
+    stack.deposit("alice", 5_000, "EUR").await;
+    let tool = schemathesis();
+    let dir = std::env::temp_dir().join(format!("schemathesis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = format!(
+        "Authorization: Bearer {}",
+        saga_tests::auth::operator_token()
+    );
+    let mut findings = Vec::new();
+    for service in Service::ALL {
+        let path = dir.join(format!("{service}.json"));
+        std::fs::write(&path, document(&stack, service).await.to_string()).unwrap();
+        let base = stack.base_url(service);
+        let args = [
+            "run",
+            path.to_str().unwrap(),
+            "--url",
+            base.as_str(),
+            "-H",
+            token.as_str(),
+            "--checks",
+            "all",
+            "--max-examples",
+            "40",
+            "--workers",
+            "2",
+            "--no-color",
+        ];
+        match saga_tests::failure_support::run_command(
+            tool.to_str().unwrap(),
+            &args,
+            std::time::Duration::from_secs(300),
+        )
+        .await
+        {
+            // A reference it cannot follow is a part of the document it did not test.
+            Ok(report) if report.contains("Unresolvable") => findings.push(format!(
+                "{service}: parts of the document were skipped:\n{report}"
+            )),
+            Ok(_) => {}
+            Err(e) => findings.push(format!("{service}:\n{e}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(findings.is_empty(), "{}", findings.join("\n\n"));
+}
