@@ -303,13 +303,14 @@ async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
     positive(&report, "/sagas_per_second");
     positive(&report, "/cpu_seconds_per_saga");
     // Given no time after the last placement, the sagas still on their way are counted lost,
-    // those seen by then completed, and the command says so and fails. Four seconds of
-    // placements, so that the first sagas are through however busy the machine is.
+    // those seen by then completed, and the command says so and fails. Three seconds of
+    // placements at a rate a busy machine keeps up with, so that the first sagas are
+    // through by the end (at 100/s for 1.5 s, none was on a loaded test machine).
     let (out, report) = run_for_json(
         Command::new(binary_path("sagactl"))
             .env("SAGA_AMQP_URL", sandbox.amqp_url())
             .env("SAGA_BENCH_DATABASE_SERVER", postgres_server_url())
-            .args(["--json", "bench-path", "--rate", "100", "--sagas", "400"])
+            .args(["--json", "bench-path", "--rate", "25", "--sagas", "75"])
             .args(["--wait-secs", "0"]),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -320,7 +321,7 @@ async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
     );
     let (completed, lost) = (report["completed"].as_u64(), report["lost"].as_u64());
     assert!(
-        matches!((completed, lost), (Some(c), Some(l)) if c > 0 && l > 0 && c + l == 400),
+        matches!((completed, lost), (Some(c), Some(l)) if c > 0 && l > 0 && c + l == 75),
         "{report:#}"
     );
     // Its queues and exchange are gone with it.
