@@ -95,15 +95,21 @@ impl Snapshot {
     /// Reads every list endpoint page by page, however many rows there are.
     pub async fn fetch(http: &reqwest::Client, at: &Endpoints) -> anyhow::Result<Snapshot> {
         let taken_at = Utc::now();
-        let orders = fetch_pages(http, &at.order, "/orders", "orders", |o: &OrderView| {
-            o.order_id.to_string()
-        })
+        let orders = fetch_pages(
+            http,
+            &at.order,
+            "/orders",
+            "orders",
+            BEFORE_ANY_ID,
+            |o: &OrderView| o.order_id.to_string(),
+        )
         .await?;
         let reservations = fetch_pages(
             http,
             &at.inventory,
             "/reservations",
             "reservations",
+            BEFORE_ANY_ID,
             |r: &ReservationView| r.order_id.to_string(),
         )
         .await?;
@@ -112,18 +118,25 @@ impl Snapshot {
             &at.payment,
             "/payments",
             "payments",
+            BEFORE_ANY_ID,
             |p: &PaymentView| p.order_id.to_string(),
         )
         .await?;
-        let stock = fetch_pages(http, &at.inventory, "/stock", "stock", |s: &StockView| {
-            s.sku.clone()
-        })
+        let stock = fetch_pages(
+            http,
+            &at.inventory,
+            "/stock",
+            "stock",
+            BEFORE_ANY_KEY,
+            |s: &StockView| s.sku.clone(),
+        )
         .await?;
         let wallets = fetch_pages(
             http,
             &at.payment,
             "/wallets",
             "wallets",
+            BEFORE_ANY_KEY,
             |w: &WalletView| w.customer_id.clone(),
         )
         .await?;
@@ -148,29 +161,34 @@ async fn fetch_list<T: serde::de::DeserializeOwned>(
     Ok(serde_json::from_value(body[key].take())?)
 }
 
+/// A key that sorts before every row of a list: the nil UUID for lists in id order, the
+/// empty string for lists in the order of a text key.
+const BEFORE_ANY_ID: &str = "00000000-0000-0000-0000-000000000000";
+const BEFORE_ANY_KEY: &str = "";
+
 /// Every row of the list at `base` + `path`, a page at a time: each page asks for the
-/// rows after the last key (`id`) of the one before, until a page comes back short.
+/// rows after the last key (`id`) of the one before, the first after `first`, until a
+/// page comes back short. Every page names `after`, so every page comes in key order
+/// (`GET /orders` without it answers the newest first).
 async fn fetch_pages<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     base: &str,
     path: &str,
     key: &str,
+    first: &str,
     id: impl Fn(&T) -> String,
 ) -> anyhow::Result<Vec<T>> {
     let mut all = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after = first.to_owned();
     let list = format!("{}{path}", base.trim_end_matches('/'));
+    let limit = PAGE.to_string();
     loop {
-        let limit = PAGE.to_string();
-        let mut query = vec![("limit", limit.as_str())];
-        if let Some(after) = &after {
-            query.push(("after", after.as_str()));
-        }
+        let query = [("limit", limit.as_str()), ("after", after.as_str())];
         let url = url::Url::parse_with_params(&list, &query)?;
         let page: Vec<T> = fetch_list(http, url.as_str(), key).await?;
         let n = page.len();
         if let Some(last) = page.last() {
-            after = Some(id(last));
+            after = id(last);
         }
         all.extend(page);
         if n < PAGE {

@@ -78,10 +78,10 @@ async fn a_stock_adjustment_and_a_deposit_applied_twice_are_caught() {
     assert!(run.stderr.contains("NAME=TOTAL"), "{run:?}");
 }
 
-/// More SKUs and wallets than a page of the list endpoints (1000 rows) are all read: a
-/// breach in the last row of each list, three pages in, is found, and every row counted.
+/// More orders, SKUs and wallets than a page of the list endpoints (1000 rows) are all
+/// read, each once: a breach in the last row of each list, three pages in, is found.
 #[tokio::test]
-async fn the_checker_reads_every_page_of_stock_and_wallets() {
+async fn the_checker_reads_every_page_of_orders_stock_and_wallets() {
     const ROWS: i64 = 2_500;
     let stack = Stack::start(StackOptions::default()).await;
     let inventory = stack.db(Service::Inventory).await;
@@ -107,7 +107,26 @@ async fn the_checker_reads_every_page_of_stock_and_wallets() {
     .await
     .expect("opening the wallets");
 
+    let orders = stack.db(Service::Order).await;
+    // Rejected orders hold nothing, so they break no rule; each must be read once.
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, status, reason, items, total, currency, deadline) \
+         SELECT gen_random_uuid(), 'customer-00001', 'rejected', 'insufficient_stock', \
+                '[{\"sku\": \"SKU-00001\", \"quantity\": 1, \"unit_price\": 1}]', 1, 'EUR', now() \
+         FROM generate_series(1, $1)",
+    )
+    .bind(ROWS)
+    .execute(&orders)
+    .await
+    .expect("placing the orders");
+
     let snapshot = stack.snapshot().await.expect("reading the stack");
+    let read: std::collections::HashSet<_> = snapshot.orders.iter().map(|o| o.order_id).collect();
+    assert_eq!(
+        (snapshot.orders.len(), read.len()),
+        (ROWS as usize, ROWS as usize),
+        "orders read, and distinct"
+    );
     assert_eq!(snapshot.stock.len(), ROWS as usize, "SKUs read");
     assert_eq!(snapshot.wallets.len(), ROWS as usize, "wallets read");
     let breaches = stack.invariant_breaches().await;
