@@ -75,9 +75,18 @@ impl RabbitCluster {
         self.script_ok(&["stop", &node.to_string()]);
     }
 
-    /// Starts a node again (it rejoins the cluster by itself) and waits until it runs.
+    /// Starts a node again (it rejoins the cluster by itself) and waits until it runs. A
+    /// start that fails is tried once more after killing what is left of the node: its
+    /// management and distribution ports (AMQP + 10000 and + 20000) lie in the kernel's
+    /// ephemeral range, where an outgoing connection of another test may hold one for a
+    /// while.
     pub fn start_node(&self, node: u8) {
-        self.script_ok(&["start", &node.to_string()]);
+        let n = node.to_string();
+        if let Err(first) = self.script(&["start", &n]) {
+            eprintln!("node {node} did not start, trying once more: {first}");
+            let _ = self.script(&["kill", &n]);
+            self.script_ok(&["start", &n]);
+        }
     }
 
     /// The node leading `queue`, asked of `via` (a node that is running).
