@@ -27,7 +27,7 @@
 # printed at the end, whatever happened.
 #
 # Variables:
-#   RUST_TEST_THREADS   tests of one binary run at once (default here 6: the end-to-end
+#   RUST_TEST_THREADS   tests of one binary run at once (default here 4: the end-to-end
 #                       tests spend most of their time waiting, not on the CPU)
 set -euo pipefail
 
@@ -84,7 +84,7 @@ phase 4/5 build "build and lints: cargo build --workspace --all-targets (clippy 
 cargo build --workspace --all-targets
 
 phase 5/5 tests "tests: cargo test --workspace --no-fail-fast $*"
-export RUST_TEST_THREADS="${RUST_TEST_THREADS:-6}"
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
 if ((status == 0)); then

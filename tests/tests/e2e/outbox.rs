@@ -367,6 +367,15 @@ async fn rows_handed_over_in_memory_are_published_by_their_relay_alone_and_recor
         1,
         "the next commit through the outbox records the confirmed rows sent: only its own row is unsent"
     );
+    // Its own row confirmed too (on a busy machine the shutdown could otherwise come
+    // before the relay even published it, and the row would rightly wait for a claim).
+    eventually(Duration::from_secs(30), || async {
+        match outbox.unrecorded() {
+            1 => Ok(()),
+            n => Err(format!("{n} rows confirmed and waiting to be recorded")),
+        }
+    })
+    .await;
     // The relay's shutdown records the last ones.
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), running)
