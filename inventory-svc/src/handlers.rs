@@ -1,5 +1,5 @@
 //! inventory-svc's consumer: a batch of events (one, at low load) is loaded with one
-//! statement per table, decided in order on the tables in memory ([`InventoryTables`], the
+//! statement per table, decided in order on the staging tables ([`InventoryTables`], the
 //! same the property tests run), and what changed is stored with one write per table,
 //! sent with the batch's outbox rows in the consumer's transaction.
 
@@ -11,8 +11,8 @@ use platform::inputs::unexpected_event;
 use platform::staged::Staged;
 use sqlx::PgConnection;
 
-use crate::memory::InventoryTables;
 use crate::saga::{self, InventoryInput};
+use crate::staging::InventoryTables;
 use crate::{SERVICE, store};
 
 pub(crate) struct InventoryHandler;

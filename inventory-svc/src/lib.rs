@@ -4,18 +4,18 @@
 //!   OrderCancelled, StockAdjusted) and the one pure `decide` from them to a plan.
 //! - [`handlers`]: the consumer: a batch's rows loaded, every event decided in order on
 //!   them in memory, what changed stored.
-//! - [`memory`]: the tables in memory, which the consumer decides on and the property
-//!   tests run.
+//! - [`staging`]: the staging tables a batch is decided on, which the property tests run
+//!   too.
 //! - [`http`]: `GET /stock/{sku}`, `GET /stock`, `GET /reservations/{order_id}`.
 //! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`store`]: the stock and reservation tables' queries.
 
 mod handlers;
 mod http;
-pub mod memory;
 pub mod openapi;
 pub mod saga;
 mod schema;
+pub mod staging;
 mod store;
 
 use events::EventType;

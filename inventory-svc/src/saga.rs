@@ -543,7 +543,7 @@ mod tests {
             order_id: Uuid::nil(),
             items: Vec::new(),
         });
-        let refusal = crate::memory::InventoryTables::default()
+        let refusal = crate::staging::InventoryTables::default()
             .handle(&released)
             .unwrap_err();
         assert_eq!(refusal.code, "unexpected_event");

@@ -14,8 +14,8 @@ use messaging::consumer::saga_lock_keys;
 use messaging::writes::Writes;
 use platform::staged::changed;
 
-use crate::memory::InventoryTables;
 use crate::saga::{InventoryInput, Reservation, ReservationState, StockLevels};
+use crate::staging::InventoryTables;
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub(crate) struct StockRow {

@@ -8,7 +8,6 @@ use messaging::outbox::{Emitter, Outbox};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::apply;
 use crate::outage::OutageClock;
 use crate::saga::{self, OrderInput};
 use crate::{SERVICE, store};
@@ -19,13 +18,14 @@ const SWEEP_BATCH: i64 = 200;
 /// Cancels one batch of overdue orders; returns how many were cancelled.
 pub(crate) async fn sweep_once(pool: &PgPool, outbox: &Outbox) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
-    let overdue = store::lock_overdue(&mut tx, SWEEP_BATCH).await?;
+    let loaded = store::lock_overdue(&mut tx, SWEEP_BATCH).await?;
+    let mut now = loaded.clone();
     let mut out = Emitter::new(SERVICE, None);
     let mut cancelled = 0;
-    for order in overdue {
-        match saga::decide(Some(&order), &OrderInput::Deadline(order.order_id)) {
+    for order in loaded.orders.values() {
+        match saga::decide(Some(order), &OrderInput::Deadline(order.order_id)) {
             Ok(plan) => {
-                apply(&mut tx, &mut out, plan, None).await?;
+                now.apply(plan, None, &mut out);
                 cancelled += 1;
             }
             // The sweep takes only open orders, which the deadline always closes.
@@ -41,7 +41,7 @@ pub(crate) async fn sweep_once(pool: &PgPool, outbox: &Outbox) -> sqlx::Result<u
             messaging::trace::traceparent_of(&tracing::info_span!("deadline sweep", cancelled))
         })
         .flatten();
-    out.commit(tx, trace.as_deref(), outbox).await?;
+    store::commit_staged(tx, &loaded, &now, vec![(out, trace.as_deref())], outbox).await?;
     Ok(cancelled)
 }
 

@@ -16,7 +16,6 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::apply::apply;
 use crate::placing::{PlaceError, Placed, Placement, Placer};
 use crate::saga::{self, IdempotencyKey, NewOrder, OrderInput, OrderRefusal, OrderStatus};
 use crate::shedding::Admission;
@@ -322,16 +321,22 @@ async fn cancel_order(
 ) -> Result<impl IntoResponse, ApiError> {
     let order_id = parse_id(&id)?;
     let mut tx = api.pool.begin().await?;
+    let loaded = store::lock_orders(&mut tx, vec![order_id]).await?;
     // Another customer's order is answered as if it did not exist.
-    let order = store::lock_order(&mut tx, order_id)
-        .await?
+    let order = loaded
+        .orders
+        .get(&order_id)
         .filter(|o| caller.may_act_for(&o.customer_id));
-    let plan = saga::decide(order.as_ref(), &OrderInput::Cancel(order_id))?;
+    let plan = saga::decide(order, &OrderInput::Cancel(order_id))?;
+    let mut now = loaded.clone();
     let mut out = Emitter::new(SERVICE, None);
-    apply(&mut tx, &mut out, plan, None).await?;
-    out.commit(
+    now.apply(plan, None, &mut out);
+    let trace = messaging::trace::current_traceparent();
+    store::commit_staged(
         tx,
-        messaging::trace::current_traceparent().as_deref(),
+        &loaded,
+        &now,
+        vec![(out, trace.as_deref())],
         &api.outbox,
     )
     .await?;

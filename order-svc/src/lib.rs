@@ -4,10 +4,9 @@
 //!   PaymentDone/Failed, StockReleased, PaymentRefunded; its commands: place, cancel,
 //!   deadline) and the one pure `decide` from them to a plan.
 //! - [`handlers`]: the consumer: a batch's orders loaded, every event decided in order on
-//!   them in memory, what changed stored.
-//! - [`apply`]: a plan written in the caller's transaction, for the routes and the sweep.
-//! - [`memory`]: the orders in memory, which the consumer decides on and the property
-//!   tests run.
+//!   them, what changed stored.
+//! - [`staging`]: the staging tables every decision is applied to (the consumer's
+//!   batches, placements, cancellations, the sweep), which the property tests run too.
 //! - [`http`]: `POST /orders`, `GET /orders/{id}`, `GET /orders`, `POST /orders/{id}/cancel`.
 //! - [`placing`]: the group commit of concurrent placements.
 //! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
@@ -17,17 +16,16 @@
 //!   orders (503 `overloaded`) once it reaches its bounds.
 //! - [`store`]: the order tables' queries.
 
-mod apply;
 mod deadline;
 mod handlers;
 mod http;
-pub mod memory;
 pub mod openapi;
 mod outage;
 mod placing;
 pub mod saga;
 mod schema;
 mod shedding;
+pub mod staging;
 mod store;
 
 pub use shedding::BacklogBounds;

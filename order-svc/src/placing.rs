@@ -3,9 +3,10 @@
 //!
 //! A placement is decided in the request (the pure [`crate::saga::decide`]), then handed to
 //! one of a few placing workers. A worker takes every placement waiting for it (up to
-//! [`GROUP_MAX`]), looks up their idempotency keys with one statement, writes every new
-//! order, its history and its events with one more (messaging::writes), commits once, and
-//! answers each request. Statements and commits are most of what a placement costs the
+//! [`GROUP_MAX`]), looks up their idempotency keys with one statement, applies every new
+//! order's plan to staging tables ([`OrderTables`], as every decision is), writes the
+//! orders, their history and their events with one more (messaging::writes), commits once,
+//! and answers each request. Statements and commits are most of what a placement costs the
 //! database, so under load a group of N costs about what one placement costs instead of
 //! N times that. At low load a group is one placement: grouping adds no wait.
 //!
@@ -16,14 +17,13 @@
 
 use std::sync::Arc;
 
-use messaging::outbox::{Emitter, Outbox, OutboxRows};
-use messaging::writes::Writes;
-use sqlx::{PgConnection, PgPool};
+use messaging::outbox::{Emitter, Outbox};
+use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::apply::{Applied, apply};
-use crate::saga::{OrderStatus, OrderWrite, Plan};
+use crate::saga::{OrderStatus, Plan};
+use crate::staging::OrderTables;
 use crate::{SERVICE, store};
 
 /// Most placements committed in one transaction.
@@ -104,7 +104,8 @@ async fn place_groups(
             }
         }
         metrics::histogram!("saga_placement_group_size").record(group.len() as f64);
-        match place_together(&pool, &outbox, &group).await {
+        let placements: Vec<&Placement> = group.iter().map(|(p, _)| p).collect();
+        match place_together(&pool, &outbox, &placements).await {
             Ok(answers) => {
                 for ((_, reply), placed) in group.into_iter().zip(answers) {
                     // A request that gave up (its client went away) no longer listens.
@@ -123,81 +124,33 @@ async fn place_groups(
     }
 }
 
-/// Where one placement stands inside a transaction.
-enum Step {
-    Written,
-    Existing((Uuid, OrderStatus, Option<String>)),
-    /// Another transaction holds the idempotency key: nothing was written.
-    KeyTaken,
-}
-
-/// Looks up the placement's key, and writes the order if the key made none yet.
-async fn place_in(
-    tx: &mut PgConnection,
-    placement: &Placement,
-    out: &mut Emitter,
-) -> sqlx::Result<Step> {
-    if let Some(key) = &placement.key
-        && let Some(existing) = store::find_by_idempotency_key(tx, key).await?
-    {
-        return Ok(Step::Existing(existing));
-    }
-    Ok(match apply(tx, out, placement.plan.clone(), None).await? {
-        Applied::Written => Step::Written,
-        Applied::KeyTaken => Step::KeyTaken,
-    })
-}
-
-/// The whole group in one transaction, set by set: the keys of the group looked up with one
-/// statement, then every new order, its history and its events written together with the
-/// outbox's (messaging::writes). A key another transaction took since the lookup makes the
-/// insert fail, and the group runs again placement by placement.
+/// The placements in one transaction: their keys looked up with one statement, every new
+/// order applied to staging tables like any other decision, then the orders, their
+/// history and their events written together with the outbox's (store::commit_staged).
+/// A key another transaction took since the lookup makes the insert fail.
 async fn place_together(
     pool: &PgPool,
     outbox: &Outbox,
-    group: &[(Placement, Reply)],
+    group: &[&Placement],
 ) -> sqlx::Result<Vec<Placed>> {
     let mut tx = pool.begin().await?;
-    let keys: Vec<&str> = group.iter().filter_map(|(p, _)| p.key.as_deref()).collect();
+    let keys: Vec<&str> = group.iter().filter_map(|p| p.key.as_deref()).collect();
     let existing = store::find_by_idempotency_keys(&mut tx, &keys).await?;
-    let mut writes = Writes::default();
-    let mut rows = OutboxRows::default();
-    let mut orders = Vec::with_capacity(group.len());
-    let mut history = Vec::with_capacity(group.len());
+    let loaded = OrderTables::default();
+    let mut now = OrderTables::default();
+    let mut emitted = Vec::with_capacity(group.len());
     let mut answers = Vec::with_capacity(group.len());
-    for (placement, _) in group {
+    for placement in group {
         if let Some(found) = placement.key.as_ref().and_then(|k| existing.get(k)) {
             answers.push(Placed::Existing(found.clone()));
             continue;
         }
-        let plan = placement.plan.clone();
-        let Some(OrderWrite::Insert {
-            order,
-            deadline,
-            idempotency,
-        }) = plan.write
-        else {
-            return Err(sqlx::Error::Protocol(format!(
-                "placement of order {} writes no new order",
-                plan.order_id
-            )));
-        };
         let mut out = Emitter::new(SERVICE, None);
-        for event in plan.emit {
-            let envelope = out.emit(event);
-            history.push((
-                order.order_id,
-                envelope.event_type.clone(),
-                envelope.message_id,
-            ));
-        }
-        out.add_to(&mut rows, placement.trace.as_deref())?;
-        orders.push((order, deadline, idempotency));
+        now.apply(placement.plan.clone(), None, &mut out);
+        emitted.push((out, placement.trace.as_deref()));
         answers.push(Placed::New);
     }
-    store::add_new_orders(&mut writes, &orders)?;
-    store::add_history_rows(&mut writes, &history)?;
-    rows.commit_with(tx, writes, outbox).await?;
+    store::commit_staged(tx, &loaded, &now, emitted, outbox).await?;
     Ok(answers)
 }
 
@@ -207,17 +160,10 @@ async fn place_alone(
     outbox: &Outbox,
     placement: &Placement,
 ) -> Result<Placed, PlaceError> {
-    let mut tx = pool.begin().await?;
-    let mut out = Emitter::new(SERVICE, None);
-    match place_in(&mut tx, placement, &mut out).await? {
-        Step::Written => {
-            out.commit(tx, placement.trace.as_deref(), outbox).await?;
-            Ok(Placed::New)
-        }
-        Step::Existing(existing) => Ok(Placed::Existing(existing)),
-        Step::KeyTaken => {
-            // A concurrent request with the same key won the insert; answer as it did.
-            tx.rollback().await?;
+    match place_together(pool, outbox, &[placement]).await {
+        Ok(mut placed) => placed.pop().ok_or(PlaceError::KeyVanished),
+        // A concurrent request with the same key won the insert; answer as it did.
+        Err(e) if store::idempotency_key_taken(&e) => {
             let mut conn = pool.acquire().await?;
             let key = placement.key.as_deref().unwrap_or_default();
             store::find_by_idempotency_key(&mut conn, key)
@@ -225,5 +171,6 @@ async fn place_alone(
                 .map(Placed::Existing)
                 .ok_or(PlaceError::KeyVanished)
         }
+        Err(e) => Err(e.into()),
     }
 }

@@ -2,7 +2,8 @@
 //! (none before it is placed) and an input with its payload (an event from another
 //! service, a customer's command, the deadline) and returns the [`Plan`]: the row to write,
 //! the events to emit and the saga's outcome, or an [`OrderRefusal`]. No I/O here; the
-//! handlers, the HTTP routes and the deadline sweep load, decide and [`apply`](crate::apply).
+//! handlers, the HTTP routes and the deadline sweep load, decide and apply the plan to the
+//! [`staging`](crate::staging) tables.
 //!
 //! The `match`es name every status × input pair without a wildcard, so adding a status or
 //! an input makes the compiler list the cases to decide.

@@ -1,19 +1,19 @@
 //! The order tables: named queries used by the HTTP routes, the handlers and the deadline
 //! sweep. Every write happens inside a transaction the caller owns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use events::catalog::OrderItem;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use messaging::chunks::{STATEMENT_BYTES, UUIDS_PER_STATEMENT, by_size};
+use messaging::outbox::{Emitter, Outbox, OutboxRows};
 use messaging::writes::Writes;
-use platform::staged::changed;
 
-use crate::memory::OrderTables;
 use crate::saga::{IdempotencyKey, Order, OrderStatus};
+use crate::staging::{HistoryRecord, OrderTables};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct OrderRow {
@@ -53,33 +53,6 @@ pub(crate) struct HistoryRow {
     pub at: DateTime<Utc>,
 }
 
-/// Inserts an order; with an idempotency key already used, inserts nothing and returns
-/// `None` (the caller then reads the order that key made).
-pub(crate) async fn insert_order(
-    conn: &mut PgConnection,
-    o: &Order,
-    deadline: DateTime<Utc>,
-    idempotency: Option<&IdempotencyKey>,
-) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar(
-        "INSERT INTO orders (order_id, customer_id, status, items, total, currency, deadline, idempotency_key, request_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (idempotency_key) DO NOTHING
-         RETURNING order_id",
-    )
-    .bind(o.order_id)
-    .bind(&o.customer_id)
-    .bind(o.status)
-    .bind(sqlx::types::Json(&o.items))
-    .bind(o.total)
-    .bind(&o.currency)
-    .bind(deadline)
-    .bind(idempotency.map(|k| &k.key))
-    .bind(idempotency.map(|k| &k.request_hash))
-    .fetch_optional(conn)
-    .await
-}
-
 /// The order an idempotency key made, with the hash of the body it came with.
 pub(crate) async fn find_by_idempotency_key(
     conn: &mut PgConnection,
@@ -117,9 +90,9 @@ pub(crate) async fn find_by_idempotency_keys(
 
 /// Adds the inserts of new orders (each with its deadline and idempotency key) to
 /// `writes`. An idempotency key another order holds makes the statement fail.
-pub(crate) fn add_new_orders(
+fn add_new_orders(
     writes: &mut Writes,
-    orders: &[(Order, DateTime<Utc>, Option<IdempotencyKey>)],
+    orders: &[(&Order, DateTime<Utc>, Option<&IdempotencyKey>)],
 ) -> sqlx::Result<()> {
     let items = orders
         .iter()
@@ -159,35 +132,15 @@ pub(crate) fn add_new_orders(
     Ok(())
 }
 
-/// Locks the order row for the rest of the transaction and returns it. Events about one
-/// order therefore apply one after the other.
-pub(crate) async fn lock_order(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> sqlx::Result<Option<Order>> {
-    let mut batch = lock_orders(conn, vec![order_id]).await?;
-    Ok(batch.tables.orders.remove(&order_id))
-}
-
-/// A batch's orders and the history rows its decisions add, in order.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct OrderBatch {
-    pub tables: OrderTables,
-    /// Each loaded order's deadline, which [`store_batch`] writes back as it was.
-    pub deadlines: BTreeMap<Uuid, DateTime<Utc>>,
-    /// (order, event type, message id): each message handled, then each event it emitted.
-    pub history: Vec<(Uuid, String, Uuid)>,
-}
-
 /// Locks the orders of a batch, in order-id order (so two batches never wait on each
-/// other in a cycle), and loads them.
+/// other in a cycle), and loads them into staging tables.
 pub(crate) async fn lock_orders(
     conn: &mut PgConnection,
     mut order_ids: Vec<Uuid>,
-) -> sqlx::Result<OrderBatch> {
+) -> sqlx::Result<OrderTables> {
     order_ids.sort_unstable();
     order_ids.dedup();
-    let mut batch = OrderBatch::default();
+    let mut tables = OrderTables::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
         let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT o.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
@@ -197,45 +150,67 @@ pub(crate) async fn lock_orders(
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
-            batch.deadlines.insert(row.order_id, row.deadline);
-            batch.tables.orders.insert(row.order_id, Order::from(row));
+            let deadline = row.deadline;
+            tables.load(Order::from(row), deadline);
         }
     }
-    Ok(batch)
+    Ok(tables)
 }
 
-/// Adds the writes that store a batch to `writes`: the orders whose status or reason
-/// changed, then its history rows in order (each message once per order, as
-/// [`record_history`] does).
-pub(crate) fn store_batch(
+/// Adds the writes that store what the decisions staged in `now` changed since `loaded`:
+/// the orders placed, the orders that moved, then the history rows in order (each
+/// message once per order, see [`add_history_rows`]).
+pub(crate) fn store_staged(
     writes: &mut Writes,
-    loaded: &OrderBatch,
-    now: &OrderBatch,
+    loaded: &OrderTables,
+    now: &OrderTables,
 ) -> sqlx::Result<()> {
-    let moved = changed(&loaded.tables.orders, &now.tables.orders);
+    add_new_orders(writes, &now.placed_since(loaded))?;
+    add_moved_orders(writes, &now.moved_since(loaded))?;
+    add_history_rows(writes, now.history_since(loaded))
+}
+
+/// Writes what `now` staged since `loaded` and the events each emitter emitted (with the
+/// trace context it runs in), and commits `tx`: for the decisions taken outside the
+/// consumer (placements, cancellations, the deadline sweep).
+pub(crate) async fn commit_staged(
+    tx: Transaction<'_, Postgres>,
+    loaded: &OrderTables,
+    now: &OrderTables,
+    emitted: Vec<(Emitter, Option<&str>)>,
+    outbox: &Outbox,
+) -> sqlx::Result<()> {
+    let mut writes = Writes::default();
+    store_staged(&mut writes, loaded, now)?;
+    let mut rows = OutboxRows::default();
+    for (out, traceparent) in emitted {
+        out.add_to(&mut rows, traceparent)?;
+    }
+    rows.commit_with(tx, writes, outbox).await
+}
+
+/// Whether `error` is the insert of an order whose idempotency key another order took.
+pub(crate) fn idempotency_key_taken(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.constraint() == Some("orders_idempotency_key_key"))
+}
+
+/// Adds the writes of orders whose status or reason changed.
+fn add_moved_orders(writes: &mut Writes, moved: &[(&Order, DateTime<Utc>)]) -> sqlx::Result<()> {
     let items = moved
         .iter()
-        .map(|(_, o)| serde_json::to_string(&o.items))
+        .map(|(o, _)| serde_json::to_string(&o.items))
         .collect::<Result<Vec<String>, _>>()
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let sizes: Vec<usize> = moved
         .iter()
         .zip(&items)
-        .map(|((_, o), items)| {
+        .map(|((o, _), items)| {
             o.customer_id.len() + o.reason.as_ref().map_or(0, String::len) + items.len() + 80
         })
         .collect();
     for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
         let bytes = sizes[part.clone()].iter().sum();
         let rows = &moved[part.clone()];
-        let deadlines = rows
-            .iter()
-            .map(|(id, _)| {
-                loaded.deadlines.get(*id).copied().ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("order {id} was stored without being locked"))
-                })
-            })
-            .collect::<sqlx::Result<Vec<DateTime<Utc>>>>()?;
         // An upsert on the primary key: the rows exist (locked since `lock_orders`), so
         // each finds its row by the key's index and only status, reason and updated_at
         // change. Unlike an UPDATE joined to the batch's keys, it needs no plan that knows
@@ -246,61 +221,24 @@ pub(crate) fn store_batch(
              ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = now()",
             bytes,
             |b| {
-                b.add(rows.iter().map(|(id, _)| **id).collect::<Vec<_>>())?;
-                b.add(rows.iter().map(|(_, o)| o.customer_id.as_str()).collect::<Vec<_>>())?;
-                b.add(rows.iter().map(|(_, o)| o.status.as_str()).collect::<Vec<_>>())?;
-                b.add(rows.iter().map(|(_, o)| o.reason.as_deref()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(o, _)| o.order_id).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(o, _)| o.customer_id.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(o, _)| o.status.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(o, _)| o.reason.as_deref()).collect::<Vec<_>>())?;
                 b.add(&items[part])?;
-                b.add(rows.iter().map(|(_, o)| o.total).collect::<Vec<_>>())?;
-                b.add(rows.iter().map(|(_, o)| o.currency.as_str()).collect::<Vec<_>>())?;
-                b.add(deadlines)
+                b.add(rows.iter().map(|(o, _)| o.total).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(o, _)| o.currency.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|(_, d)| *d).collect::<Vec<_>>())
             },
         )?;
     }
-    add_history_rows(writes, &now.history[loaded.history.len()..])
-}
-
-pub(crate) async fn set_status(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    status: OrderStatus,
-    reason: Option<&str>,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE orders SET status = $2, reason = COALESCE($3, reason), updated_at = now() WHERE order_id = $1")
-        .bind(order_id)
-        .bind(status)
-        .bind(reason)
-        .execute(conn)
-        .await?;
     Ok(())
-}
-
-pub(crate) async fn record_history(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    event_type: &str,
-    message_id: Uuid,
-) -> sqlx::Result<()> {
-    record_history_rows(conn, &[(order_id, event_type.to_owned(), message_id)]).await
 }
 
 /// Appends (order, event type, message id) rows to the orders' histories, in order. Once
 /// per message: a message redelivered after its inbox row was purged is not a new event,
 /// and the unique index on (order, message) drops it.
-pub(crate) async fn record_history_rows(
-    conn: &mut PgConnection,
-    rows: &[(Uuid, String, Uuid)],
-) -> sqlx::Result<()> {
-    let mut writes = Writes::default();
-    add_history_rows(&mut writes, rows)?;
-    writes.execute(conn).await.map(|_| ())
-}
-
-/// [`record_history_rows`] as writes added to `writes`.
-pub(crate) fn add_history_rows(
-    writes: &mut Writes,
-    rows: &[(Uuid, String, Uuid)],
-) -> sqlx::Result<()> {
+fn add_history_rows(writes: &mut Writes, rows: &[HistoryRecord]) -> sqlx::Result<()> {
     let sizes: Vec<usize> = rows.iter().map(|(_, t, _)| t.len() + 40).collect();
     for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
         let bytes = sizes[part.clone()].iter().sum();
@@ -371,7 +309,7 @@ pub(crate) async fn count_by_status(
 }
 
 /// Open orders whose deadline has passed, locked; rows another sweeper holds are skipped.
-pub(crate) async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Order>> {
+pub(crate) async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<OrderTables> {
     let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS} FROM orders
          WHERE status = ANY($1) AND deadline <= now()
@@ -381,7 +319,12 @@ pub(crate) async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> sqlx::R
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(Order::from).collect())
+    let mut tables = OrderTables::default();
+    for row in rows {
+        let deadline = row.deadline;
+        tables.load(Order::from(row), deadline);
+    }
+    Ok(tables)
 }
 
 /// How many seconds the most overdue open order is past its deadline (0 when none is),

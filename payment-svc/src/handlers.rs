@@ -1,5 +1,5 @@
 //! payment-svc's consumer: a batch of events (one, at low load) is loaded with one
-//! statement per table, decided in order on the tables in memory ([`PaymentTables`], the
+//! statement per table, decided in order on the staging tables ([`PaymentTables`], the
 //! same the property tests run), and what changed is stored with one write per table,
 //! sent with the batch's outbox rows in the consumer's transaction.
 
@@ -12,8 +12,8 @@ use platform::staged::Staged;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::memory::PaymentTables;
 use crate::saga::{self, PaymentContext, PaymentInput};
+use crate::staging::PaymentTables;
 use crate::{SERVICE, store};
 
 pub(crate) struct PaymentHandler;

@@ -13,8 +13,8 @@ use messaging::consumer::saga_lock_keys;
 use messaging::writes::Writes;
 use platform::staged::changed;
 
-use crate::memory::PaymentTables;
 use crate::saga::{Payment, PaymentInput, PaymentState, Wallet};
+use crate::staging::PaymentTables;
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub(crate) struct WalletRow {

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use events::Event;
 use events::catalog::{CancelReason, FundsDeposited, OrderConfirmed, StockAdjusted, StockRejected};
-use inventory_svc::memory::InventoryTables;
-use payment_svc::memory::PaymentTables;
+use inventory_svc::staging::InventoryTables;
+use payment_svc::staging::PaymentTables;
 use saga_tests::saga_support::{order_cancelled, stock_reserved_for, synthetic_order};
 use saga_tests::{Service, Stack, StackOptions, eventually, order_request};
 use sqlx::PgPool;

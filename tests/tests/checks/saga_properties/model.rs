@@ -2,8 +2,8 @@
 //!
 //! Every service is its own code: each delivery goes through the service's real input
 //! declaration (`TryFrom<&Event>`), its real `decide` and the in-memory application of the
-//! plan its crate exports (`order_svc::memory`, `inventory_svc::memory`,
-//! `payment_svc::memory`, loading and writing what `store` and `apply` do). Routing follows
+//! plan its crate exports (`order_svc::staging`, `inventory_svc::staging`,
+//! `payment_svc::staging`, the tables every plan is applied to). Routing follows
 //! the queue bindings of each service's own `topology()`, and every message goes through
 //! the real envelope encoding and `decode_body`, so a payload the consumers would refuse
 //! is dead-lettered here as it would be there. What this file adds is only the broker
@@ -22,13 +22,13 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use events::catalog::{FundsDeposited, OrderItem, StockAdjusted};
 use events::{Event, EventType};
-use inventory_svc::memory::InventoryTables;
 use inventory_svc::saga::{ReservationState, merge_items};
+use inventory_svc::staging::InventoryTables;
 use messaging::envelope::{Envelope, decode_body};
-use order_svc::memory::OrderTables;
 use order_svc::saga::{NewOrder, OrderInput, OrderRefusal, OrderStatus};
-use payment_svc::memory::PaymentTables;
+use order_svc::staging::OrderTables;
 use payment_svc::saga::PaymentState;
+use payment_svc::staging::PaymentTables;
 use uuid::Uuid;
 
 /// The producer name operators' events carry.

@@ -1,6 +1,7 @@
-//! payment-svc without I/O: its tables as maps, loaded and written exactly as
-//! [`store`](crate::store) and [`apply`](crate::apply) do, so the saga's property tests run
-//! the real [`decide`] on every event they deliver.
+//! The staging tables a batch is decided on: payment-svc's rows as maps, loaded by
+//! [`store`](crate::store) for a batch, changed by each plan the consumer applies, and
+//! written back by `store` where they changed. The property tests run the real
+//! [`decide`] on the same tables, with no database.
 
 use std::collections::BTreeMap;
 
