@@ -45,7 +45,8 @@ pub(crate) async fn sweep_once(pool: &PgPool, outbox: &Outbox) -> sqlx::Result<u
     Ok(cancelled)
 }
 
-/// Sweeps every `interval` until shutdown; never while order-svc cannot work (`clock`).
+/// Sweeps every `interval` until shutdown; never while order-svc cannot work (`clock`,
+/// which beats before each sweep).
 pub(crate) async fn run(
     pool: PgPool,
     outbox: Outbox,
@@ -71,13 +72,8 @@ pub(crate) async fn run(
                     tracing::info!(cancelled = n, "cancelled orders past their deadline")
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    // Whatever the error, a database that does not answer is an outage.
-                    if !messaging::pause::database_answers(&pool).await {
-                        clock.down();
-                    }
-                    tracing::warn!(error = %e, "deadline sweep failed; will retry")
-                }
+                // A database that stopped answering stops the next beat.
+                Err(e) => tracing::warn!(error = %e, "deadline sweep failed; will retry"),
             }
         }
         if !messaging::amqp::pause(interval, &shutdown).await {

@@ -11,7 +11,8 @@
 //! - [`placing`]: the group commit of concurrent placements.
 //! - [`openapi`]: the OpenAPI document of those routes (`GET /openapi.json`).
 //! - [`deadline`]: cancels orders still open when their deadline passes.
-//! - [`outage`]: stops the deadline while order-svc cannot reach its broker or database.
+//! - [`outage`]: stops the deadline while order-svc cannot work (no broker, no database,
+//!   not running), recorded in its database.
 //! - [`shedding`]: counts the backlog in the background; `POST /orders` refuses new
 //!   orders (503 `overloaded`) once it reaches its bounds.
 //! - [`store`]: the order tables' queries.
@@ -113,7 +114,7 @@ pub async fn build(
     )
     .await?;
     let sweep_every = (deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let clock = outage::OutageClock::new(app.broker_links());
+    let clock = outage::OutageClock::new(app.broker_links(), sweep_every);
     app.spawn(sampler.run(pool.clone(), shutdown.clone()));
     app.spawn(deadline::run(pool, outbox, sweep_every, clock, shutdown));
     Ok(app)

@@ -1,85 +1,148 @@
-//! The deadline does not run while order-svc cannot work (contract, step 7).
+//! The deadline does not run while order-svc cannot work (contract, step 7): not while it
+//! cannot reach its broker or its database, and not while it is not running at all (a
+//! crash, a restart, a deploy).
 //!
-//! The deadline sweep asks this clock before it cancels anything. While the broker links
-//! (consumer or relay) are down, or the database does not answer, the clock records an
-//! outage and the sweep cancels nothing. When both are back, every order still open gets
-//! the time it spent in the outage added to its deadline (an order placed during the outage
-//! gets only the part after it was placed), and only then does the sweep run again. An
-//! outage of inventory-svc or payment-svc is not counted: the order did wait on them.
+//! Every replica that can work moves one row, `working_clock.working_at`, to now once per
+//! sweep interval (a beat). A replica whose broker links are down does not beat, and nobody
+//! beats while the database is away or no replica runs. The replica that beats after a
+//! gap longer than [`missed_beats`] adds the whole gap to the deadline of every order open
+//! then (an order placed during the gap gets only the part after it was placed), in the
+//! transaction that moves the row, so each gap is added once whichever replica finds it.
+//! Only then does its sweep run again. An outage of inventory-svc or payment-svc is not
+//! counted: the order did wait on them.
 //!
-//! The clock lives in the process. A restart during an outage forgets the part before the
-//! restart, and two replicas that both saw one outage each extend for it: deadlines then
-//! run longer, never shorter, so no order is cancelled because of the outage.
+//! Because the record is in the database, a process that was killed during an outage and
+//! started again knows when order-svc last worked: the outage before the restart, the
+//! restart itself and the outage after it are one gap. A gap shorter than [`missed_beats`]
+//! (a slow beat) is not added: at most that much of a stop goes uncounted.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use messaging::amqp::LinkState;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::saga::OrderStatus;
 
-/// Tracks the current outage, if any.
+/// How long a gap between two beats must be to count as a stop: three intervals, and never
+/// under two seconds (a beat delayed by a busy database is not a stop).
+pub(crate) fn missed_beats(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(2))
+}
+
+/// Beats for this replica.
 #[derive(Debug)]
 pub(crate) struct OutageClock {
     links: Vec<LinkState>,
-    since: Option<Instant>,
+    /// A gap longer than this is a stop.
+    stop: Duration,
+    /// Whether the last beat failed or was skipped (logged once per stop).
+    stopped: bool,
 }
 
 impl OutageClock {
-    pub(crate) fn new(links: Vec<LinkState>) -> Self {
-        OutageClock { links, since: None }
-    }
-
-    /// Records that order-svc cannot work right now.
-    pub(crate) fn down(&mut self) {
-        if self.since.is_none() {
-            tracing::warn!("order-svc cannot reach its broker or database; deadlines stop");
+    pub(crate) fn new(links: Vec<LinkState>, interval: Duration) -> Self {
+        OutageClock {
+            links,
+            stop: missed_beats(interval),
+            stopped: false,
         }
-        self.since.get_or_insert_with(Instant::now);
     }
 
-    /// Whether the sweep may run: true when order-svc can work and every outage before now
-    /// has been added to the deadlines of the open orders.
+    /// Beats, when this replica can work; returns whether the sweep may run (every stop
+    /// before now has been added to the open orders' deadlines).
     pub(crate) async fn settle(&mut self, pool: &PgPool) -> bool {
         if !self.links.iter().all(LinkState::is_up) {
-            self.down();
+            self.not_working("order-svc cannot reach its broker; deadlines stop");
             return false;
         }
-        let Some(since) = self.since else {
-            return true;
-        };
-        match extend_open_deadlines(pool, since.elapsed()).await {
-            Ok(extended) => {
+        match beat(pool, self.stop).await {
+            Ok(Some((gap, extended))) => {
                 tracing::info!(
                     extended,
-                    outage_s = since.elapsed().as_secs_f64(),
-                    "outage over; open orders' deadlines extended by it"
+                    stopped_s = gap.as_secs_f64(),
+                    "order-svc worked again; open orders' deadlines extended by the stop"
                 );
-                self.since = None;
+                self.stopped = false;
                 true
             }
-            // Still unreachable: the outage goes on, and keeps counting.
+            Ok(None) => {
+                self.stopped = false;
+                true
+            }
+            // Still unreachable: nobody beats, and the gap keeps growing.
             Err(e) => {
-                tracing::warn!(error = %e, "cannot extend deadlines yet");
+                self.not_working(&format!(
+                    "order-svc cannot reach its database ({e}); deadlines stop"
+                ));
                 false
             }
         }
     }
+
+    fn not_working(&mut self, why: &str) {
+        if !self.stopped {
+            tracing::warn!("{why}");
+        }
+        self.stopped = true;
+    }
 }
 
-/// Adds to the deadline of every open order the part of the last `outage` during which it
+/// One beat: moves `working_clock` to now; when the last beat is more than `stop` ago,
+/// first adds the gap to every open order's deadline. Returns the gap and how many orders
+/// were extended, if it was a stop.
+async fn beat(pool: &PgPool, stop: Duration) -> sqlx::Result<Option<(Duration, u64)>> {
+    let mut tx = pool.begin().await?;
+    // The first beat of a new database starts the clock; there was no stop before it.
+    sqlx::query(
+        "INSERT INTO working_clock (working_at) VALUES (now()) ON CONFLICT (id) DO NOTHING",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let gap: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM now() - working_at)::float8 FROM working_clock FOR UPDATE",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let gap = Duration::from_secs_f64(gap.max(0.0));
+    let stopped = if gap > stop {
+        Some((gap, extend_open_deadlines(&mut tx, gap).await?))
+    } else {
+        None
+    };
+    sqlx::query("UPDATE working_clock SET working_at = now()")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(stopped)
+}
+
+/// Adds to the deadline of every open order the part of the last `gap` during which it
 /// was open. Returns how many orders were extended. Planned at its call (it runs once per
-/// outage), so it finds the open orders through their partial index at any table size.
-pub(crate) async fn extend_open_deadlines(pool: &PgPool, outage: Duration) -> sqlx::Result<u64> {
+/// stop), so it finds the open orders through their partial index at any table size.
+async fn extend_open_deadlines(conn: &mut PgConnection, gap: Duration) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "UPDATE orders
          SET deadline = deadline + (now() - GREATEST(now() - make_interval(secs => $1), created_at))
          WHERE status = ANY($2)",
     )
-    .bind(outage.as_secs_f64())
+    .bind(gap.as_secs_f64())
     .bind(&OrderStatus::OPEN[..])
     .persistent(false)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_is_three_beats_and_never_under_two_seconds() {
+        assert_eq!(missed_beats(Duration::from_secs(1)), Duration::from_secs(3));
+        assert_eq!(
+            missed_beats(Duration::from_millis(100)),
+            Duration::from_secs(2)
+        );
+    }
 }

@@ -471,8 +471,20 @@ impl Stack {
     /// Starts `service` again with the same environment (same port, database and vhost)
     /// and waits until it is healthy. Its log continues in the same file.
     pub async fn start_service(&self, service: Service) {
+        self.start_service_unwaited(service);
+        self.wait_healthy(&[service]).await;
+    }
+
+    /// [`Stack::start_service`] without waiting: for a start during an outage, which the
+    /// service is healthy only after ([`Stack::wait_service_healthy`]).
+    pub fn start_service_unwaited(&self, service: Service) {
         assert!(!self.is_running(service), "{service} is already running");
         self.spawn(service);
+    }
+
+    /// Waits until `service` answers `/healthz` with 200; panics if it exits or the startup
+    /// deadline passes.
+    pub async fn wait_service_healthy(&self, service: Service) {
         self.wait_healthy(&[service]).await;
     }
 

@@ -2,7 +2,9 @@
 //! two minutes, the broker away for a minute and a half, while customers keep ordering and
 //! operators keep publishing. Afterwards nothing is in a DLQ, every operator event was
 //! applied exactly once, every order is terminal, none was cancelled for `timeout` because
-//! of the outage, and `sagactl verify` is clean.
+//! of the outage, and `sagactl verify` is clean. Halfway through each outage order-svc is
+//! killed with SIGKILL and started again (contract, step 7: the time it was not running
+//! and the outage before its restart both stop the deadline).
 //!
 //! The shared servers are never stopped: each stack talks to them through a TCP proxy of
 //! its own ([`saga_tests::TcpProxy`]), and the outage is that proxy refusing connections.
@@ -50,12 +52,23 @@ async fn steady_load(stack: &Stack, stop: &CancellationToken) -> Vec<String> {
     accepted
 }
 
+/// When order-svc, killed halfway through the outage, is started again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// At once, during the outage (it starts without a broker and connects later).
+    DuringOutage,
+    /// When the outage is over (it cannot start without its database).
+    AfterOutage,
+}
+
 /// Publishes one StockAdjusted and one FundsDeposited every 5 s for `outage`, with the
-/// proxy cut; returns (stock added, money deposited).
+/// proxy cut, and kills order-svc halfway through it; returns (stock added, money
+/// deposited).
 async fn outage_with_operator_events(
     stack: &Stack,
     proxy: &TcpProxy,
     outage: Duration,
+    restart: Restart,
 ) -> (i64, i64) {
     // Let the load reach a steady state first.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -63,7 +76,15 @@ async fn outage_with_operator_events(
     let started = tokio::time::Instant::now();
     let (mut stock, mut money) = (0, 0);
     let mut i = 1;
+    let mut killed = false;
     while started.elapsed() < outage {
+        if !killed && started.elapsed() >= outage / 2 {
+            stack.kill(Service::Order);
+            killed = true;
+            if restart == Restart::DuringOutage {
+                stack.start_service_unwaited(Service::Order);
+            }
+        }
         stack
             .publish(&Event::StockAdjusted(StockAdjusted {
                 sku: OPS_SKU.into(),
@@ -85,6 +106,10 @@ async fn outage_with_operator_events(
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     proxy.restore();
+    if restart == Restart::AfterOutage {
+        stack.start_service_unwaited(Service::Order);
+    }
+    stack.wait_service_healthy(Service::Order).await;
     // Some load after the outage too.
     tokio::time::sleep(Duration::from_secs(10)).await;
     (stock, money)
@@ -128,7 +153,7 @@ async fn assert_rode_through(stack: &Stack, accepted: &[String], stock: i64, mon
 }
 
 #[tokio::test]
-async fn a_two_minute_database_outage_under_load_loses_nothing_and_dead_letters_nothing() {
+async fn a_two_minute_database_outage_and_a_restart_in_it_lose_nothing_and_dead_letter_nothing() {
     let stack = Stack::start(
         StackOptions::default()
             .with_db_proxy()
@@ -138,8 +163,13 @@ async fn a_two_minute_database_outage_under_load_loses_nothing_and_dead_letters_
     seed(&stack).await;
     let stop = CancellationToken::new();
     let outage = async {
-        let sums =
-            outage_with_operator_events(&stack, stack.db_proxy(), Duration::from_secs(120)).await;
+        let sums = outage_with_operator_events(
+            &stack,
+            stack.db_proxy(),
+            Duration::from_secs(120),
+            Restart::AfterOutage,
+        )
+        .await;
         stop.cancel();
         sums
     };
@@ -148,7 +178,7 @@ async fn a_two_minute_database_outage_under_load_loses_nothing_and_dead_letters_
 }
 
 #[tokio::test]
-async fn a_ninety_second_broker_outage_under_load_cancels_no_order_for_timeout() {
+async fn a_ninety_second_broker_outage_and_a_restart_in_it_cancel_no_order_for_timeout() {
     let stack = Stack::start(
         StackOptions::default()
             .with_proxy()
@@ -158,8 +188,13 @@ async fn a_ninety_second_broker_outage_under_load_cancels_no_order_for_timeout()
     seed(&stack).await;
     let stop = CancellationToken::new();
     let outage = async {
-        let sums =
-            outage_with_operator_events(&stack, stack.proxy(), Duration::from_secs(90)).await;
+        let sums = outage_with_operator_events(
+            &stack,
+            stack.proxy(),
+            Duration::from_secs(90),
+            Restart::DuringOutage,
+        )
+        .await;
         stop.cancel();
         sums
     };
