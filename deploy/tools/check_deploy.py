@@ -147,7 +147,7 @@ def rust_topology():
     it cannot be read."""
     try:
         topology = read("messaging", "src", "topology.rs")
-        catalog = read("events", "src", "catalog.rs")
+        catalog = read("events", "src", "catalog", "mod.rs")
         retry = read("messaging", "src", "retry.rs")
     except OSError:
         return None
@@ -272,7 +272,7 @@ def check_definitions() -> dict | None:
             check(code == sorted(publishes), f"{svc}: topic write permission covers the events it produces (catalog)",
                   f"code {code}, definitions {sorted(publishes)}")
     else:
-        note("event producers not readable in events/src/catalog.rs: topic permissions not compared")
+        note("event producers not readable in events/src/catalog/mod.rs: topic permissions not compared")
 
     # The definitions' own topology is complete and consistent.
     queues = {q["name"]: q for q in data["queues"]}

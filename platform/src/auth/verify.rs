@@ -1,25 +1,6 @@
-//! Identity at the HTTP edge: every request but `/healthz*` and `/metrics` carries a
-//! bearer JWT, verified here against a JWKS (a file or a URL), and handlers receive the
-//! verified [`Caller`].
-//!
-//! Only ES256 and RS256 are accepted: the algorithm a token names must be one of those and
-//! must match the key its `kid` names, so neither `alg: none` nor a symmetric algorithm
-//! keyed with a public key can pass. `iss`, `aud`, `exp` and `sub` are required; `exp` gets
-//! at most [`LEEWAY_SECS`] of clock skew. An unknown `kid` makes the set be read again (at
-//! most once per [`REFRESH_MIN_INTERVAL`]), so a rotated key is picked up without a restart
-//! and a flood of made-up `kid`s cannot turn into a flood of JWKS fetches.
-//!
-//! A token that passed is remembered, by its SHA-256, until it expires (at most
-//! [`VERIFIED_FOR`]): a client sends the same token with every request, and checking an
-//! ES256 signature costs more CPU than everything else a `POST /orders` does in the
-//! service. Only the very same token is let through on the memory of it; a new read of the
-//! key set forgets every token.
-//!
-//! `SAGA_AUTH=off` turns checking off (every caller is then an operator) for throwaway
-//! local runs; the service warns at start and its health body says so.
-//!
-//! [`dev`] holds what local development needs: the development key pair and a token
-//! signer, shared by `sagactl` and the test harness.
+//! Verifying bearer tokens: the JWKS they are checked against (a file or a URL, read again
+//! on an unknown `kid`), the algorithms and claims a token must have, the memory of tokens
+//! that passed, and `SAGA_AUTH=off`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,27 +9,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
-use crate::ApiError;
 use crate::config::{env_or, env_value};
+
+use super::caller::Caller;
+use super::{DEFAULT_AUDIENCE, DEFAULT_ISSUER};
 
 /// Clock skew allowed on `exp` (the contract's upper bound).
 pub(crate) const LEEWAY_SECS: u64 = 60;
 /// Least time between two reads of the JWKS caused by unknown `kid`s.
 pub(crate) const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
-/// `iss` unless `SAGA_AUTH_ISSUER` says otherwise.
-pub const DEFAULT_ISSUER: &str = "order-saga-dev";
-/// The audience unless `SAGA_AUTH_AUDIENCE` says otherwise.
-pub const DEFAULT_AUDIENCE: &str = "order-saga";
 /// The only signature algorithms accepted.
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::ES256, Algorithm::RS256];
 /// Longest time a verified token is let through without checking its signature again.
@@ -65,60 +39,6 @@ pub(crate) fn mode_label() -> &'static str {
         "off"
     } else {
         "jwt"
-    }
-}
-
-/// The verified identity of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The customer id, or the operator's name.
-    pub sub: String,
-    pub customer: bool,
-    pub operator: bool,
-}
-
-impl Caller {
-    /// Whether the caller may act on `customer_id`'s orders and wallet.
-    pub fn may_act_for(&self, customer_id: &str) -> bool {
-        self.operator || (self.customer && self.sub == customer_id)
-    }
-
-    /// 403 unless the caller is an operator (list endpoints, internals).
-    pub fn require_operator(&self) -> Result<(), ApiError> {
-        if self.operator {
-            Ok(())
-        } else {
-            Err(forbidden("this endpoint is for operators"))
-        }
-    }
-
-    /// 403 unless the caller holds at least one role of the contract.
-    pub fn require_any_role(&self) -> Result<(), ApiError> {
-        if self.operator || self.customer {
-            Ok(())
-        } else {
-            Err(forbidden(
-                "the token grants neither the customer nor the operator role",
-            ))
-        }
-    }
-}
-
-/// 403 with the contract's error body.
-pub fn forbidden(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        // Put there by `require_bearer`; a route outside it has no caller.
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| unauthorized("a bearer token is required"))
     }
 }
 
@@ -398,185 +318,10 @@ impl Verifier {
     }
 }
 
-/// 401 with `WWW-Authenticate: Bearer` and the contract's error body.
-fn unauthorized(message: impl Into<String>) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"order-saga\""),
-    );
-    response
-}
-
-/// Whether `path` is open without a token: the probes, the metrics scrape, and the API
-/// reference page with its assets (which hold no data; see [`crate::openapi`]).
-pub fn is_open(path: &str) -> bool {
-    path == "/healthz"
-        || path.starts_with("/healthz/")
-        || path == "/metrics"
-        || crate::api_schema::is_open_page(path)
-}
-
-/// Middleware: verifies the bearer token of every request but the open ones and hands the
-/// [`Caller`] to the handlers; anything wrong with the token is a 401.
-pub(crate) async fn require_bearer(
-    State(auth): State<Authenticator>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if is_open(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let verified = match token {
-        Some(token) => auth.verify(token).await,
-        None if auth.is_off() => auth.verify("").await,
-        None => Err(TokenError::Missing),
-    };
-    match verified {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(e) => unauthorized(e.to_string()),
-    }
-}
-
-pub mod dev {
-    //! The development key pair (`./scripts/stack.sh up`, the tests) and token signing for
-    //! clients that hold a private key (`sagactl`, the tests).
-
-    use std::path::{Path, PathBuf};
-
-    use anyhow::Context;
-    use jsonwebtoken::jwk::{Jwk, JwkSet};
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    use serde::Serialize;
-
-    /// The `kid` of the development key.
-    pub const DEV_KID: &str = "dev";
-    /// File names inside `.stack/`.
-    pub const SIGNING_KEY_FILE: &str = "dev-signing-key.pem";
-    pub(crate) const JWKS_FILE: &str = "dev-jwks.json";
-
-    /// A new EC P-256 private key as PKCS#8 PEM.
-    pub fn generate_key_pem() -> anyhow::Result<String> {
-        let pkcs8 = crate::crypto::generate_p256_pkcs8()
-            .map_err(|_| anyhow::anyhow!("cannot generate an EC P-256 key"))?;
-        Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8)))
-    }
-
-    /// The public JWKS (one ES256 key with `kid`) of a private key in PEM.
-    pub(crate) fn jwks_for(private_pem: &str, kid: &str) -> anyhow::Result<JwkSet> {
-        crate::crypto::install();
-        let key = EncodingKey::from_ec_pem(private_pem.as_bytes())
-            .context("the signing key is not an EC private key in PKCS#8 PEM")?;
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
-            .context("cannot derive the public key")?;
-        jwk.common.key_id = Some(kid.to_owned());
-        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
-        Ok(JwkSet { keys: vec![jwk] })
-    }
-
-    /// Creates `dir/dev-signing-key.pem` and `dir/dev-jwks.json` unless the key exists,
-    /// and (re)writes the JWKS from the key. Safe when several processes race: the key is
-    /// created with a hard link, which fails when another process got there first.
-    /// Returns the two paths.
-    pub fn ensure_key_pair(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let key_path = dir.join(SIGNING_KEY_FILE);
-        if !key_path.exists() {
-            let tmp = dir.join(format!(".{SIGNING_KEY_FILE}.{}", std::process::id()));
-            write_private(&tmp, &generate_key_pem()?)?;
-            let linked = std::fs::hard_link(&tmp, &key_path);
-            if let Err(e) = std::fs::remove_file(&tmp) {
-                tracing::warn!(path = %tmp.display(), error = %e, "could not remove a temporary key file");
-            }
-            if let Err(e) = linked
-                && e.kind() != std::io::ErrorKind::AlreadyExists
-            {
-                return Err(e).with_context(|| format!("cannot create {}", key_path.display()));
-            }
-        }
-        let pem = std::fs::read_to_string(&key_path)
-            .with_context(|| format!("cannot read {}", key_path.display()))?;
-        let jwks_path = dir.join(JWKS_FILE);
-        let jwks = serde_json::to_string_pretty(&jwks_for(&pem, DEV_KID)?)?;
-        if std::fs::read_to_string(&jwks_path).ok().as_deref() != Some(jwks.as_str()) {
-            let tmp = dir.join(format!(".{JWKS_FILE}.{}", std::process::id()));
-            std::fs::write(&tmp, &jwks)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            std::fs::rename(&tmp, &jwks_path)
-                .with_context(|| format!("cannot write {}", jwks_path.display()))?;
-        }
-        Ok((key_path, jwks_path))
-    }
-
-    fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-        use std::io::Write;
-        #[cfg(unix)]
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        options.mode(0o600);
-        let mut file = options
-            .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        file.write_all(text.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))
-    }
-
-    /// What a signed token says.
-    #[derive(Debug, Clone, Serialize)]
-    pub struct TokenClaims {
-        pub iss: String,
-        pub aud: String,
-        pub sub: String,
-        pub roles: Vec<String>,
-        pub iat: i64,
-        pub exp: i64,
-    }
-
-    impl TokenClaims {
-        /// Claims for `sub` with `roles`, valid from now for `ttl`, for the defaults'
-        /// issuer and audience.
-        pub fn new(sub: &str, roles: &[&str], ttl: std::time::Duration) -> Self {
-            let now = chrono::Utc::now().timestamp();
-            TokenClaims {
-                iss: super::DEFAULT_ISSUER.to_owned(),
-                aud: super::DEFAULT_AUDIENCE.to_owned(),
-                sub: sub.to_owned(),
-                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-                iat: now,
-                exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
-            }
-        }
-    }
-
-    /// `claims` signed ES256 with the PKCS#8 PEM `private_pem`, its header naming `kid`.
-    pub fn sign(private_pem: &str, kid: &str, claims: &impl Serialize) -> anyhow::Result<String> {
-        crate::crypto::install();
-        let key = EncodingKey::from_ec_pem(private_pem.as_bytes())
-            .context("the signing key is not an EC private key in PKCS#8 PEM")?;
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(kid.to_owned());
-        jsonwebtoken::encode(&header, claims, &key).context("cannot sign the token")
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::dev::*;
     use super::*;
+    use crate::auth::dev::*;
 
     async fn authenticator(dir: &std::path::Path) -> (Authenticator, String) {
         let (key, jwks) = ensure_key_pair(dir).unwrap();
@@ -637,16 +382,6 @@ mod tests {
         auth.verify(&token).await.unwrap();
         verifier.verified.forget_all();
         assert_eq!(verifier.verified.get(&digest), None);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[tokio::test]
-    async fn a_second_process_keeps_the_key_the_first_created() {
-        let dir = std::env::temp_dir().join(format!("saga-auth-{}", uuid::Uuid::new_v4()));
-        let (key, _) = ensure_key_pair(&dir).unwrap();
-        let first = std::fs::read_to_string(&key).unwrap();
-        ensure_key_pair(&dir).unwrap();
-        assert_eq!(std::fs::read_to_string(&key).unwrap(), first);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
