@@ -6,8 +6,8 @@ use lapin::BasicProperties;
 use lapin::message::Delivery;
 
 use crate::envelope::{TRACEPARENT_HEADER, decode_body, header_str, header_u32};
-use crate::event::{DecodeError, Event};
-use crate::retry::ATTEMPT_HEADER;
+use crate::event::{DecodeError, Event, EventKind};
+use crate::retry::{ATTEMPT_HEADER, next_delay};
 
 use super::{Disposition, EventConsumer, Handler, IncomingEvent};
 
@@ -23,7 +23,7 @@ impl<H: Handler> EventConsumer<H> {
         let attempt = header_u32(properties, ATTEMPT_HEADER).unwrap_or(0) + 1;
         let (envelope, event) = match decode_body::<H::Event>(body) {
             Ok(decoded) => decoded,
-            Err((_, e)) => return Err(dead_letter(&e, attempt)),
+            Err((_, e)) => return Err(refuse::<H::Event>(&e, attempt)),
         };
         if let Err(error) = crate::authenticity::check(
             &self.inner.users,
@@ -85,10 +85,71 @@ pub(super) fn delivery_span(delivery: &Delivery) -> tracing::Span {
     span
 }
 
+/// What becomes of a message that cannot be decoded. A version of its type newer than this
+/// code knows is not bad input: a newer replica may be running beside this one (contract,
+/// "Versions"), so it takes the retry ladder like a transient failure, and reaches the
+/// dead-letter queue as `unknown_version` only after the last retry, to be replayed once
+/// this service knows that version. Anything else is dead-lettered at once.
+fn refuse<E: Event>(e: &DecodeError, attempt: u32) -> Disposition {
+    if let DecodeError::UnknownVersion {
+        event_type,
+        version,
+    } = e
+        && E::Kind::from_name(event_type).is_some_and(|kind| *version > kind.version())
+        && let Some(delay) = next_delay(attempt)
+    {
+        return Disposition::Retry {
+            attempt,
+            delay,
+            error: e.to_string(),
+        };
+    }
+    dead_letter(e, attempt)
+}
+
 fn dead_letter(e: &DecodeError, attempt: u32) -> Disposition {
     Disposition::DeadLetter {
         code: e.code().to_owned(),
         error: e.to_string(),
         attempts: attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_catalog::TestEvent;
+
+    fn unknown(version: u32) -> DecodeError {
+        DecodeError::UnknownVersion {
+            event_type: "Ping".to_owned(),
+            version,
+        }
+    }
+
+    #[test]
+    fn a_newer_version_takes_the_retry_ladder_then_the_dead_letter_queue() {
+        for attempt in 1..=4 {
+            assert!(
+                matches!(refuse::<TestEvent>(&unknown(2), attempt), Disposition::Retry { attempt: a, .. } if a == attempt),
+                "attempt {attempt}"
+            );
+        }
+        match refuse::<TestEvent>(&unknown(2), 5) {
+            Disposition::DeadLetter { code, attempts, .. } => {
+                assert_eq!((code.as_str(), attempts), ("unknown_version", 5))
+            }
+            other => panic!("after the ladder: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_version_older_than_any_declared_and_other_decode_errors_dead_letter_at_once() {
+        for e in [unknown(0), DecodeError::UnknownType("Nope".to_owned())] {
+            assert!(
+                matches!(refuse::<TestEvent>(&e, 1), Disposition::DeadLetter { .. }),
+                "{e}"
+            );
+        }
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use events::Event;
 use events::catalog::{FundsDeposited, OrderCreated, PaymentDone, StockAdjusted, StockReserved};
+use events::{Event, EventType};
 use messaging::Envelope;
 use saga_tests::failure_support::SETTLED;
 use saga_tests::{Service, Stack, StackOptions, StatusCode, eventually, order_request};
@@ -92,6 +92,40 @@ struct Poison {
     code: &'static str,
 }
 
+/// A version newer than the consumer knows is not bad input (contract, "Versions"): a newer
+/// replica may be running beside it. The message takes the whole retry ladder, and reaches
+/// the DLQ with `unknown_version` only after the last attempt.
+#[tokio::test]
+async fn a_version_newer_than_the_consumer_knows_takes_the_retry_ladder_before_the_dlq() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (id, mut v) = envelope_json(&adjust("SKU-NEXT", 1));
+    let newer = EventType::StockAdjusted.version() + 1;
+    v["version"] = json!(newer);
+    stack
+        .publish_bytes("stock.adjusted", v.to_string().into_bytes(), &id)
+        .await;
+    // Retried, and not dead-lettered meanwhile.
+    wait_handled(&stack, Service::Inventory, "", "retried", 2.0).await;
+    let probe = stack.probe().await;
+    assert_eq!(
+        probe.depth("inventory-svc.dlq").await,
+        0,
+        "version {newer} was dead-lettered before the ladder ended"
+    );
+    // After the last of its 1 + 4 attempts (about 85 s of delays), the DLQ.
+    let ladder = messaging::retry::longest_retry_path() + stack.options().wait;
+    probe.wait_depth("inventory-svc.dlq", 1, ladder).await;
+    let parked = probe.peek("inventory-svc.dlq", 10).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let attempts = messaging::retry::RETRY_DELAYS.len() as i64 + 1;
+    let problems = parked[0].dead_letter_problems("unknown_version", "inventory-svc", attempts);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(parked[0].message_id.as_deref(), Some(id.as_str()));
+    probe.close().await;
+    // Nothing of it was applied.
+    assert_eq!(stack.stock("SKU-NEXT").await.0, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_with_their_reason_and_the_saga_goes_on() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -157,9 +191,11 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_saga_goes_o
         "unknown_type",
     );
     let (id, mut v) = envelope_json(&adjust("SKU-P", 1));
-    v["version"] = json!(2);
+    // Older than any version the catalog declares: no release ever wrote it. (A newer one
+    // takes the retry ladder first, see below.)
+    v["version"] = json!(0);
     add(
-        "an unknown version",
+        "a version no release ever had",
         inventory,
         "stock.adjusted",
         v.to_string().into_bytes(),
