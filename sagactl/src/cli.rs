@@ -1,10 +1,11 @@
-//! The command-line grammar. Every connection setting also comes from the same
-//! environment variable the services read.
+//! The command-line grammar. The global options (connections, output, identity) are
+//! `sagactl::options`, shared with `saga-bench`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use events::EventType;
+use sagactl::options::GlobalArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,114 +15,9 @@ use events::EventType;
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
-    pub conn: Connection,
-    #[command(flatten)]
-    pub output: OutputArgs,
-    #[command(flatten)]
-    pub identity: crate::identity::Identity,
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// How results are printed; global, so they go before or after the subcommand.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Output")]
-pub(crate) struct OutputArgs {
-    /// Output format: `table` (text for people), `json` (one document), `jsonl` (one JSON
-    /// object per line for lists).
-    #[arg(
-        short = 'o',
-        long = "output",
-        global = true,
-        value_enum,
-        default_value_t = OutputFormat::Table
-    )]
-    pub format: OutputFormat,
-    /// Short for `-o json`.
-    #[arg(long, global = true, conflicts_with = "format")]
-    pub json: bool,
-    /// When to use colours; `auto` uses them on a terminal unless NO_COLOR is set.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        value_name = "WHEN",
-        default_value_t = clap::ColorChoice::Auto
-    )]
-    pub color: clap::ColorChoice,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum OutputFormat {
-    Table,
-    Json,
-    Jsonl,
-}
-
-/// Where the broker, the services and the management API are; global, and each also read
-/// from the same environment variable the services use.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Connection")]
-pub(crate) struct Connection {
-    /// Broker URL (with vhost); several, comma-separated, for the nodes of a cluster.
-    #[arg(
-        long,
-        global = true,
-        env = "SAGA_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/saga?heartbeat=10",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
-    /// order-svc base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "SAGA_ORDER_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub order_url: String,
-    /// inventory-svc base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "SAGA_INVENTORY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub inventory_url: String,
-    /// payment-svc base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "SAGA_PAYMENT_URL",
-        default_value = "http://127.0.0.1:8082"
-    )]
-    pub payment_url: String,
-    /// RabbitMQ management API base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "SAGA_MANAGEMENT_URL",
-        default_value = "http://127.0.0.1:15672"
-    )]
-    pub management_url: String,
-    /// RabbitMQ management API user.
-    #[arg(
-        long,
-        global = true,
-        env = "SAGA_MANAGEMENT_USER",
-        default_value = "guest"
-    )]
-    pub management_user: String,
-    /// RabbitMQ management API password.
-    #[arg(
-        long,
-        global = true,
-        env = "SAGA_MANAGEMENT_PASSWORD",
-        default_value = "guest",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub management_password: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,14 +50,6 @@ pub(crate) enum Command {
     /// Read, replay or purge a dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Load the stack: place orders, follow each saga on the bus, report throughput and latency.
-    Load(LoadArgs),
-    /// Measure the parts' ceilings, the cost of one saga and the saga throughput, in one run.
-    Bench(BenchArgs),
-    /// The latency the machine itself gives a saga's path at a load: the saga's six
-    /// transactions and five deliveries in plain SQL and AMQP, no project code, offered
-    /// at --rate.
-    BenchPath(BenchPathArgs),
     /// Declarative saga tests against the running stack.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
@@ -193,20 +81,9 @@ pub(crate) enum Command {
         shell: clap_complete::Shell,
     },
     /// Print a bearer token signed with the development key (for curl).
-    Token(crate::identity::TokenArgs),
+    Token(TokenArgs),
     /// Create the development key pair and its JWKS (./scripts/stack.sh up runs this).
-    DevKeys(crate::identity::DevKeysArgs),
-}
-
-/// Orders per second for `--rate`: a finite number of at least 0.01 (0 would never place one).
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r >= 0.01 => Ok(r),
-        Ok(_) => Err(format!(
-            "{s} is not a rate: give orders per second of at least 0.01, e.g. --rate 200"
-        )),
-        Err(e) => Err(format!("{s:?} is not a number of orders per second: {e}")),
-    }
+    DevKeys(DevKeysArgs),
 }
 
 /// `NAME=TOTAL` for `verify --expect-*`.
@@ -291,110 +168,26 @@ fn parse_dash(s: &str) -> Result<Stdin, String> {
     }
 }
 
-#[derive(Debug, Clone, Args)]
-pub(crate) struct LoadArgs {
-    /// How many orders to place.
-    #[arg(long, default_value_t = 1000)]
-    pub orders: u32,
-    /// Orders in flight over HTTP at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: u32,
-    /// Most orders placed per second (default: as fast as the concurrency allows).
-    #[arg(long, value_parser = parse_rate)]
-    pub rate: Option<f64>,
-    /// Share of each outcome, as weights.
-    #[arg(long, default_value = "happy=100", value_parser = crate::mix::Mix::parse)]
-    pub mix: crate::mix::Mix,
-    /// Further order-svc instances (base URLs, comma-separated or repeated): orders are
-    /// placed round robin over --order-url and these, as a load balancer would.
-    #[arg(long, value_delimiter = ',', value_name = "URL")]
-    pub also_order_url: Vec<String>,
-    /// How long to wait for the last sagas after the last order was placed.
-    #[arg(long, default_value_t = 60)]
-    pub wait_secs: u64,
-}
-
-#[derive(Debug, Clone, Args)]
-pub(crate) struct BenchArgs {
-    /// Orders of the happy-path load.
-    #[arg(long, default_value_t = 2000)]
-    pub orders: u32,
-    /// HTTP concurrency of the load.
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: u32,
-    /// Offer the counted load at this many orders per second instead of as fast as it
-    /// goes: the costs per saga of two setups (one replica of each service against two)
-    /// then compare at the same load. The ratio (d)/(c) is then the offered rate's, not
-    /// the stack's.
-    #[arg(long, value_parser = parse_rate)]
-    pub rate: Option<f64>,
-    /// Further order-svc instances (base URLs, comma-separated or repeated): the load's
-    /// orders are placed round robin over --order-url and these.
-    #[arg(long, value_delimiter = ',', value_name = "URL")]
-    pub also_order_url: Vec<String>,
-    /// Messages for the broker ceiling.
-    #[arg(long, default_value_t = 20_000)]
-    pub broker_messages: usize,
-    /// Seconds of the database ceiling.
-    #[arg(long, default_value_t = 5)]
-    pub db_seconds: u64,
-    /// Connections for the database ceiling (the services' pool size).
-    #[arg(long, default_value_t = 12)]
-    pub pool: u32,
-    /// Relay loops for the relay backlog (the services' SAGA_RELAY_WORKERS).
-    #[arg(long, env = "SAGA_RELAY_WORKERS", default_value_t = 4)]
-    pub relay_workers: usize,
-    /// Rows per relay batch (the services' SAGA_RELAY_BATCH).
-    #[arg(long, env = "SAGA_RELAY_BATCH", default_value_t = 512)]
-    pub relay_batch: i64,
-    /// Outbox rows for the relay backlog.
-    #[arg(long, default_value_t = 50_000)]
-    pub relay_rows: u32,
-    /// PostgreSQL server: a scratch database saga_bench is made there.
-    #[command(flatten)]
-    pub server: BenchServer,
-    /// Before measuring, add this many finished sagas to the service databases (to see
-    /// whether cost stays flat as they grow).
-    #[arg(long, default_value_t = 0)]
-    pub preload: i64,
-    /// The services' databases, whose commits are counted.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "orders,inventory,payments"
-    )]
-    pub databases: Vec<String>,
-}
-
+/// `sagactl token`: print a token for curl.
 #[derive(Debug, Args)]
-pub(crate) struct BenchPathArgs {
-    /// Sagas offered per second, open loop: each starts at its time, whatever the others do.
-    #[arg(long, value_parser = parse_rate)]
-    pub rate: f64,
-    /// Sagas to run.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub sagas: u32,
-    /// Connections to PostgreSQL, shared by the path's steps.
-    #[arg(long, default_value_t = 12)]
-    pub pool: u32,
-    /// Seconds to wait after the last placement for the sagas still on their way.
-    #[arg(long, default_value_t = 60)]
-    pub wait_secs: u64,
-    /// PostgreSQL server: a scratch database saga_bench_path is made there.
-    #[command(flatten)]
-    pub server: BenchServer,
+pub(crate) struct TokenArgs {
+    /// The token's `sub`: the customer id, or the operator's name [default: --as].
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// A role (customer or operator); repeat for both [default: --roles].
+    #[arg(long = "role")]
+    pub role: Vec<String>,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
 }
 
-/// The PostgreSQL server a benchmark makes its scratch database on.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct BenchServer {
-    /// PostgreSQL server (no database): the benchmark's scratch database is made there.
-    #[arg(
-        long,
-        env = "SAGA_BENCH_DATABASE_SERVER",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
-    pub database_server: String,
+/// `sagactl dev-keys`: create the development key pair.
+#[derive(Debug, Args)]
+pub(crate) struct DevKeysArgs {
+    /// The directory to create them in.
+    #[arg(long, default_value = ".stack")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -563,60 +356,12 @@ pub(crate) fn parse_item(s: &str) -> Result<events::catalog::OrderItem, String> 
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use sagactl::options::OutputFormat;
 
     #[test]
-    fn the_grammar_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    /// Every argument of every command, with the path of commands that leads to it.
-    fn all_args(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Arg)>) {
-        for arg in cmd.get_arguments() {
-            out.push((path.clone(), arg.clone()));
-        }
-        for sub in cmd.get_subcommands() {
-            all_args(sub, format!("{path} {}", sub.get_name()), out);
-        }
-    }
-
-    #[test]
-    fn every_argument_of_every_command_has_help_text() {
-        let mut args = Vec::new();
-        all_args(&Cli::command(), "sagactl".into(), &mut args);
-        let undocumented: Vec<String> = args
-            .iter()
-            .filter(|(_, a)| !matches!(a.get_id().as_str(), "help" | "version"))
-            .filter(|(_, a)| a.get_help().is_none() && a.get_long_help().is_none())
-            .map(|(path, a)| format!("{path}: {}", a.get_id()))
-            .collect();
-        assert!(undocumented.is_empty(), "no help text: {undocumented:?}");
-    }
-
-    /// Every command, with the path of commands that leads to it.
-    fn all_commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
-        for sub in cmd.get_subcommands() {
-            let sub_path = format!("{path} {}", sub.get_name());
-            out.push((sub_path.clone(), sub.clone()));
-            all_commands(sub, sub_path, out);
-        }
-    }
-
-    #[test]
-    fn every_command_says_what_it_does_in_its_help() {
-        let mut cli = Cli::command();
-        cli.build();
-        let mut commands = Vec::new();
-        all_commands(&cli, "sagactl".into(), &mut commands);
-        assert!(commands.len() > 20, "{}", commands.len());
-        for (path, mut cmd) in commands {
-            if cmd.get_name() == "help" {
-                continue;
-            }
-            let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
-            assert!(!about.trim().is_empty(), "{path} has no description");
-            let help = cmd.render_long_help().to_string();
-            assert!(help.contains("Usage:"), "{path}: {help}");
-        }
+    fn every_argument_and_command_is_documented() {
+        let commands = sagactl::grammar::assert_documented(Cli::command());
+        assert!(commands > 20, "{commands}");
     }
 
     #[test]
@@ -646,9 +391,9 @@ mod tests {
     #[test]
     fn output_format_and_colour_parse() {
         let cli = Cli::try_parse_from(["sagactl", "dlq", "list", "-o", "jsonl"]).unwrap();
-        assert_eq!(cli.output.format, OutputFormat::Jsonl);
+        assert_eq!(cli.global.output.format, OutputFormat::Jsonl);
         let cli = Cli::try_parse_from(["sagactl", "--color", "never", "queues"]).unwrap();
-        assert_eq!(cli.output.color, clap::ColorChoice::Never);
+        assert_eq!(cli.global.output.color, clap::ColorChoice::Never);
         assert!(Cli::try_parse_from(["sagactl", "queues", "-o", "yaml"]).is_err());
         assert!(Cli::try_parse_from(["sagactl", "queues", "-o", "table", "--json"]).is_err());
     }

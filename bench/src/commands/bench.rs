@@ -1,4 +1,4 @@
-//! `sagactl bench`: in one run on one machine, the ceiling the machine itself sets for
+//! `saga-bench bench`: in one run on one machine, the ceiling the machine itself sets for
 //! sagas, the saga throughput the stack reaches, and their ratio; beside them, what the
 //! project spends per saga, as diagnostics that never enter the ceiling.
 //!
@@ -34,9 +34,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use sagactl::context::{CliError, Context};
+use sagactl::output;
+
 use crate::cli::{BenchArgs, LoadArgs};
-use crate::context::{CliError, Context};
-use crate::output;
 
 pub(super) const BODY_BYTES: usize = 400;
 pub(super) const WINDOW: usize = 256;
@@ -291,7 +292,7 @@ struct BenchQueue {
 impl BenchQueue {
     async fn open(ctx: &Context, purpose: &str) -> anyhow::Result<BenchQueue> {
         let conn = ctx.broker("bench").await?;
-        let name = format!("sagactl.bench.{purpose}.{}", std::process::id());
+        let name = format!("{}.bench.{purpose}.{}", ctx.program, std::process::id());
         let setup = conn.create_channel().await?;
         messaging::topology::declare_quorum(&setup, &name, FieldTable::default()).await?;
         let consume = conn.create_channel().await?;
@@ -341,7 +342,7 @@ impl BenchQueue {
         self.setup
             .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
             .await?;
-        crate::context::close(self.conn).await;
+        sagactl::context::close(self.conn).await;
         Ok(())
     }
 }
@@ -567,7 +568,7 @@ async fn relay_backlog(
     let conn = ctx.broker("bench relay").await?;
     let channel = conn.create_channel().await?;
     messaging::topology::declare_exchanges(&channel).await?;
-    let queue = format!("sagactl.bench.relay.{}", std::process::id());
+    let queue = format!("{}.bench.relay.{}", ctx.program, std::process::id());
     messaging::topology::declare_quorum(&channel, &queue, FieldTable::default()).await?;
     channel
         .queue_bind(
@@ -613,7 +614,7 @@ async fn relay_backlog(
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    crate::context::close(conn).await;
+    sagactl::context::close(conn).await;
     Ok(rate)
 }
 
