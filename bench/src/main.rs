@@ -8,7 +8,9 @@
 
 mod cli;
 mod commands;
+mod cpu;
 mod mix;
+mod plain;
 
 use clap::Parser;
 use sagactl::context::Context;

@@ -38,10 +38,9 @@ use tokio::task::JoinSet;
 use sagactl::context::{CliError, Context};
 use sagactl::output;
 
-use super::bench::{
-    BODY_BYTES, WINDOW, busy_cpu_seconds, close_quietly, minimal_transaction, scratch_database,
-};
 use crate::cli::BenchPathArgs;
+use crate::cpu::busy_cpu_seconds;
+use crate::plain::{BODY_BYTES, WINDOW, close_quietly, minimal_transaction, scratch_database};
 
 /// The scratch database of this command: `saga-bench bench` has one of its own, which it
 /// truncates as it goes.
