@@ -5,15 +5,16 @@
 #     ./scripts/bench.sh [--orders N] [--concurrency C] [--replicas R] [--preload N]
 #                        [--rate R] [--keep-data]...
 #
-# Builds the release binaries, starts the three services (R instances of each, default
-# 1) against a vhost and databases of their own (saga-bench; orders_bench, inventory_bench,
-# payments_bench, made fresh unless --keep-data), runs `sagactl bench` with the remaining
-# arguments (which measures the broker's and the database's ceilings, the cost of one
-# saga, the saga ceiling, the saga throughput and their ratio), then a load at half that
-# throughput for latency and the machine's own saga path at that rate (`sagactl
-# bench-path`: the latency the machine itself gives that load, no project code in the
-# way), reports each service's peak resident memory, and stops the services. Results go
-# to stdout and, as JSON, to target/bench/.
+# Builds the release binaries (the stack's and saga-bench), starts the three services (R
+# instances of each, default 1) against a vhost and databases of their own (saga-bench;
+# orders_bench, inventory_bench, payments_bench, made fresh unless --keep-data), runs
+# `saga-bench bench` with the remaining arguments (which measures the broker's and the
+# database's ceilings, the cost of one saga, the saga ceiling, the saga throughput and
+# their ratio), then a load at half that throughput for latency (`saga-bench load`) and
+# the machine's own saga path at that rate (`saga-bench bench-path`: the latency the
+# machine itself gives that load, no project code in the way), reports each service's
+# peak resident memory, and stops the services. Results go to stdout and, as JSON, to
+# target/bench/.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,7 +39,7 @@ mkdir -p "$OUT/logs"
 
 ensure_postgres
 ensure_rabbitmq
-build_release
+build_release saga-bench
 
 if ((KEEP_DATA == 0)); then
     log "fresh vhost ${VHOST} and databases ${DBS[*]}"
@@ -60,7 +61,7 @@ SAGA_INVENTORY_DATABASE_URL="$(pg_url inventory_bench)"
 SAGA_PAYMENT_DATABASE_URL="$(pg_url payments_bench)"
 export SAGA_LOG="${SAGA_LOG:-warn}"
 # Authentication on, as a user runs it: the development key pair in .stack/ (made once, as
-# ./scripts/stack.sh up does) signs sagactl's tokens and its JWKS checks them.
+# ./scripts/stack.sh up does) signs saga-bench's tokens and its JWKS checks them.
 target/release/sagactl dev-keys --dir .stack >/dev/null
 if [[ -z "${SAGA_AUTH_JWKS_URL:-}" ]]; then
     export SAGA_AUTH_JWKS_FILE="${SAGA_AUTH_JWKS_FILE:-${PWD}/.stack/dev-jwks.json}"
@@ -103,20 +104,20 @@ SAGA_BENCH_DATABASE_SERVER="$(pg_url '' | sed 's#/$##')"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 
 DBLIST="$(IFS=,; echo "${DBS[*]}")"
-log "sagactl bench ${BENCH_ARGS[*]:-}"
-target/release/sagactl --json bench --databases "$DBLIST" "${SPREAD[@]}" "${BENCH_ARGS[@]}" >"$OUT/bench-${stamp}.json"
+log "saga-bench bench ${BENCH_ARGS[*]:-}"
+target/release/saga-bench --json bench --databases "$DBLIST" "${SPREAD[@]}" "${BENCH_ARGS[@]}" >"$OUT/bench-${stamp}.json"
 
 # Latency at half the throughput just measured.
 half="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["sagas_per_second"] / 2, 1))' "$OUT/bench-${stamp}.json")"
 # About 20 seconds of it, at least 200 orders.
 half_orders="$(python3 -c "print(max(200, int(${half} * 20)))")"
 log "latency at half that throughput: ${half} orders/s"
-target/release/sagactl --json load --orders "$half_orders" \
+target/release/saga-bench --json load --orders "$half_orders" \
     --concurrency 64 --rate "$half" "${SPREAD[@]}" >"$OUT/half-${stamp}.json"
 # The machine's own saga path at the same rate, no project code in the way: the latency
 # the machine itself gives that load.
 log "the machine's own saga path at ${half} sagas/s"
-target/release/sagactl --json bench-path --rate "$half" \
+target/release/saga-bench --json bench-path --rate "$half" \
     --sagas "$half_orders" >"$OUT/path-${stamp}.json"
 
 # Peak resident memory of each service process.

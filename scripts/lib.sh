@@ -42,11 +42,13 @@ is_root() { [[ "$(id -u)" -eq 0 ]]; }
 # The release binaries the stack runs: the three services and sagactl (stack.sh runs its
 # dev-keys, the README's tour the rest), and nothing else of the workspace, so that the
 # test crate's dependencies and features stay out of the build. bench.sh builds the same
-# set, so one build serves both.
+# set and the benchmarks' own binary (`build_release saga-bench`), so that one build
+# serves both.
 RELEASE_PACKAGES=(order-svc inventory-svc payment-svc sagactl)
+# build_release [PACKAGE]...: the release binaries of RELEASE_PACKAGES and of each PACKAGE.
 build_release() {
     local args=() p
-    for p in "${RELEASE_PACKAGES[@]}"; do args+=(-p "$p"); done
+    for p in "${RELEASE_PACKAGES[@]}" "$@"; do args+=(-p "$p"); done
     log "building the release binaries (cargo build --release ${args[*]})"
     cargo build --release "${args[@]}"
 }

@@ -1,5 +1,6 @@
-//! What every command needs: connection settings, the output mode, an HTTP client, and the
-//! errors that decide the exit status.
+//! What every command of a command line (`sagactl`, `saga-bench`) needs: connection
+//! settings, the output mode, an HTTP client that carries its token, broker connections
+//! named for the console, and the errors that decide the exit status.
 
 use std::time::Duration;
 
@@ -7,11 +8,14 @@ use messaging::publisher::{ConfirmedPublisher, OutgoingMessage};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::cli::{Cli, Connection, OutputFormat};
+use crate::options::{Connection, GlobalArgs, OutputFormat};
 
 /// Cloned by `sagactl ui`, whose request handlers each hold one.
 #[derive(Clone)]
-pub(crate) struct Context {
+pub struct Context {
+    /// The command line's name (`sagactl`, `saga-bench`): its broker connections, its
+    /// queues and its warnings are named after it.
+    pub program: &'static str,
     pub conn: Connection,
     /// `-o`: table, json or jsonl.
     pub format: OutputFormat,
@@ -25,7 +29,7 @@ pub(crate) struct Context {
 
 /// Errors whose kind sets the exit status.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CliError {
+pub enum CliError {
     /// A broker or service could not be reached (exit 3).
     #[error("{what} is not reachable at {url}: {cause}\n  hint: {hint}")]
     Unreachable {
@@ -40,20 +44,20 @@ pub(crate) enum CliError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
+pub enum Failure {
     Refused,
     Unreachable,
 }
 
 impl Failure {
-    pub(crate) fn classify(e: &anyhow::Error) -> Failure {
+    pub fn classify(e: &anyhow::Error) -> Failure {
         match e.downcast_ref::<CliError>() {
             Some(CliError::Unreachable { .. }) => Failure::Unreachable,
             _ => Failure::Refused,
         }
     }
 
-    pub(crate) fn exit_code(self) -> i32 {
+    pub fn exit_code(self) -> i32 {
         match self {
             Failure::Refused => 1,
             Failure::Unreachable => 3,
@@ -65,13 +69,13 @@ const MANAGEMENT_HINT: &str =
     "enable it with `rabbitmq-plugins enable rabbitmq_management`, or set SAGA_MANAGEMENT_URL";
 
 /// The typed client of the RabbitMQ management API.
-pub(crate) type Management = rabbitmq_http_client::api::Client<String, String, String>;
-pub(crate) use rabbitmq_http_client::api::HttpClientError;
+pub type Management = rabbitmq_http_client::api::Client<String, String, String>;
+pub use rabbitmq_http_client::api::HttpClientError;
 
 /// One queue's message counters and rates (`message_stats`), absent until the queue has
 /// seen traffic.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-pub(crate) struct QueueStats {
+pub struct QueueStats {
     pub name: String,
     #[serde(default)]
     pub message_stats: MessageStats,
@@ -81,8 +85,8 @@ pub(crate) struct QueueStats {
 /// not reported yet is zero.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
 #[serde(default)]
-pub(crate) struct MessageStats {
-    /// Deliveries since the queue was declared (`sagactl bench`).
+pub struct MessageStats {
+    /// Deliveries since the queue was declared (`saga-bench bench`).
     pub deliver_get: u64,
     pub publish_details: Rate,
     pub deliver_get_details: Rate,
@@ -92,7 +96,7 @@ pub(crate) struct MessageStats {
 /// Messages per second over the broker's sampling window.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
 #[serde(default)]
-pub(crate) struct Rate {
+pub struct Rate {
     pub rate: f64,
 }
 
@@ -100,30 +104,32 @@ const STACK_HINT: &str = "is the stack up? Start it with ./scripts/stack.sh up, 
 
 /// Which service a request goes to.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Service {
+pub enum Service {
     Order,
     Inventory,
     Payment,
 }
 
 impl Context {
-    pub(crate) fn from_cli(cli: &Cli) -> Self {
-        let format = if cli.output.json {
+    /// The context of `program` run with `global`.
+    pub fn new(program: &'static str, global: &GlobalArgs) -> Self {
+        let format = if global.output.json {
             OutputFormat::Json
         } else {
-            cli.output.format
+            global.output.format
         };
         Context {
-            conn: cli.conn.clone(),
+            program,
+            conn: global.conn.clone(),
             format,
             json: format != OutputFormat::Table,
-            color: cli.output.color,
+            color: global.output.color,
             http: platform::crypto::http_client()
                 .timeout(Duration::from_secs(15))
-                .default_headers(authorization_headers(&cli.identity))
+                .default_headers(authorization_headers(program, &global.identity))
                 .build()
                 .expect("the HTTP client's TLS backend initialises"),
-            identity: cli.identity.clone(),
+            identity: global.identity.clone(),
         }
     }
 
@@ -136,7 +142,7 @@ impl Context {
     }
 
     /// Sends a request and returns the status and JSON body (Null when there is none).
-    pub(crate) async fn call(
+    pub async fn call(
         &self,
         service: Service,
         method: reqwest::Method,
@@ -172,7 +178,7 @@ impl Context {
     }
 
     /// GET that must answer 2xx; a 4xx becomes a refusal carrying the service's message.
-    pub(crate) async fn get_ok(&self, service: Service, path: &str) -> anyhow::Result<Value> {
+    pub async fn get_ok(&self, service: Service, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self
             .call(service, reqwest::Method::GET, path, None, &[])
             .await?;
@@ -180,13 +186,13 @@ impl Context {
     }
 
     /// A broker connection named for the console, or an error saying what to check.
-    pub(crate) async fn broker(&self, purpose: &str) -> anyhow::Result<lapin::Connection> {
-        messaging::amqp::connect(&self.conn.amqp_url, &format!("sagactl {purpose}"))
+    pub async fn broker(&self, purpose: &str) -> anyhow::Result<lapin::Connection> {
+        messaging::amqp::connect(&self.conn.amqp_url, &format!("{} {purpose}", self.program))
             .await
             .map_err(|e| self.broker_unreachable(e).into())
     }
 
-    pub(crate) fn broker_unreachable(&self, e: lapin::Error) -> CliError {
+    pub fn broker_unreachable(&self, e: lapin::Error) -> CliError {
         CliError::Unreachable {
             what: "the broker",
             url: messaging::amqp::redact_url(&self.conn.amqp_url),
@@ -197,14 +203,14 @@ impl Context {
 
     /// The vhost named in the AMQP URL (`/` when none), read by the same parser the
     /// broker connection uses.
-    pub(crate) fn vhost(&self) -> String {
+    pub fn vhost(&self) -> String {
         messaging::amqp_nodes::first_url(&self.conn.amqp_url)
             .parse::<lapin::uri::AMQPUri>()
             .map_or_else(|_| "/".to_owned(), |uri| uri.vhost)
     }
 
     /// The RabbitMQ management API's typed client (`--management-url`, user and password).
-    pub(crate) fn management(&self) -> Management {
+    pub fn management(&self) -> Management {
         let endpoint = format!("{}/api", self.conn.management_url.trim_end_matches('/'));
         // A client of its own: `self.http` carries the services' bearer token.
         let http = platform::crypto::http_client()
@@ -220,7 +226,7 @@ impl Context {
     }
 
     /// A management API failure as sagactl reports it: not reachable (exit 3) or refused.
-    pub(crate) fn management_failed(&self, what: &str, e: HttpClientError) -> anyhow::Error {
+    pub fn management_failed(&self, what: &str, e: HttpClientError) -> anyhow::Error {
         match e {
             HttpClientError::RequestError { error, .. } => CliError::Unreachable {
                 what: "the RabbitMQ management API",
@@ -237,7 +243,7 @@ impl Context {
 
     /// Message counters and rates of the vhost's queues, which the typed client's
     /// `QueueInfo` does not carry: the smallest typed read of the same endpoint.
-    pub(crate) async fn queue_stats(&self, vhost: &str) -> anyhow::Result<Vec<QueueStats>> {
+    pub async fn queue_stats(&self, vhost: &str) -> anyhow::Result<Vec<QueueStats>> {
         let mut url = url::Url::parse(&self.conn.management_url)
             .map_err(|e| CliError::Refused(format!("--management-url is not a URL: {e}")))?;
         url.path_segments_mut()
@@ -278,7 +284,7 @@ impl Context {
     }
 
     /// Publishes one message with confirms on a fresh connection.
-    pub(crate) async fn publish(&self, message: &OutgoingMessage) -> anyhow::Result<()> {
+    pub async fn publish(&self, message: &OutgoingMessage) -> anyhow::Result<()> {
         let conn = self.broker("publish").await?;
         let publisher = ConfirmedPublisher::open(&conn, Duration::from_secs(10))
             .await
@@ -292,13 +298,13 @@ impl Context {
 /// Closes a broker connection at the end of a command. What the command did is settled by
 /// then (confirms received, acks sent), so a failure to close is only logged, and a close
 /// the broker leaves unanswered is given up after a few seconds.
-pub(crate) async fn close(conn: lapin::Connection) {
+pub async fn close(conn: lapin::Connection) {
     messaging::amqp::close_quietly(&conn, "done").await;
 }
 
 /// A URL path from raw segments, each percent-encoded: a SKU, customer or vhost name may
 /// hold `/`, `?`, `%` or spaces, which must stay inside their segment.
-pub(crate) fn path(segments: &[&str]) -> String {
+pub fn path(segments: &[&str]) -> String {
     let mut url = url::Url::parse("http://localhost/").unwrap_or_else(|_| unreachable!());
     if let Ok(mut p) = url.path_segments_mut() {
         p.clear().extend(segments);
@@ -306,7 +312,7 @@ pub(crate) fn path(segments: &[&str]) -> String {
     url.path().to_owned()
 }
 
-pub(crate) fn ok_or_refused(status: StatusCode, body: Value) -> anyhow::Result<Value> {
+pub fn ok_or_refused(status: StatusCode, body: Value) -> anyhow::Result<Value> {
     if status.is_success() {
         return Ok(body);
     }
@@ -332,9 +338,12 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// Every request carries sagactl's bearer token, when it has one; without one the services
-/// answer 401 and the command says so.
-fn authorization_headers(identity: &crate::identity::Identity) -> reqwest::header::HeaderMap {
+/// Every request carries the command line's bearer token, when it has one; without one the
+/// services answer 401 and the command says so.
+fn authorization_headers(
+    program: &str,
+    identity: &crate::identity::Identity,
+) -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     match identity.authorization() {
         Ok(Some(value)) => {
@@ -343,7 +352,7 @@ fn authorization_headers(identity: &crate::identity::Identity) -> reqwest::heade
             }
         }
         Ok(None) => {}
-        Err(e) => eprintln!("sagactl: warning: requests go without a token: {e:#}"),
+        Err(e) => eprintln!("{program}: warning: requests go without a token: {e:#}"),
     }
     headers
 }

@@ -1,8 +1,8 @@
-//! Who sagactl is at the services' HTTP edge: a bearer token given as it is
-//! (`--token`, from a real identity provider), or one sagactl signs itself with the
-//! development key. In a checkout the key is found without configuration: the nearest
-//! `.stack/dev-signing-key.pem` above the current directory, else the one of the checkout
-//! sagactl was built from (what `./scripts/stack.sh up` creates).
+//! Who a command line (`sagactl`, `saga-bench`) is at the services' HTTP edge: a bearer
+//! token given as it is (`--token`, from a real identity provider), or one it signs itself
+//! with the development key. In a checkout the key is found without configuration: the
+//! nearest `.stack/dev-signing-key.pem` above the current directory, else the one of the
+//! checkout it was built from (what `./scripts/stack.sh up` creates).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,13 +11,14 @@ use anyhow::Context as _;
 use clap::Args;
 use platform::auth::dev::{self, TokenClaims};
 
-/// How long a token sagactl signs for its own requests stays valid: longer than any
-/// command it runs (`load`, `bench`), short enough not to matter if it leaks.
+/// How long a token signed for the command line's own requests stays valid: longer than
+/// any command it runs (saga-bench's `load`, `bench`), short enough not to matter if it
+/// leaks.
 const OWN_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Identity")]
-pub(crate) struct Identity {
+pub struct Identity {
     /// A bearer token to send as it is (instead of signing one).
     #[arg(long, global = true, env = "SAGA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -25,7 +26,7 @@ pub(crate) struct Identity {
     /// [default: .stack/dev-signing-key.pem of the checkout].
     #[arg(long, global = true, env = "SAGA_AUTH_SIGNING_KEY", value_name = "PEM")]
     pub signing_key: Option<PathBuf>,
-    /// The `sub` of the tokens sagactl signs.
+    /// The `sub` of the tokens it signs for its requests.
     #[arg(
         long = "as",
         global = true,
@@ -33,7 +34,7 @@ pub(crate) struct Identity {
         default_value = "operator"
     )]
     pub sub: String,
-    /// The roles of the tokens sagactl signs (customer, operator).
+    /// The roles of the tokens it signs (customer, operator).
     #[arg(
         long = "roles",
         global = true,
@@ -42,39 +43,18 @@ pub(crate) struct Identity {
         default_value = "operator"
     )]
     pub roles: Vec<String>,
-    /// `iss` of the tokens sagactl signs.
+    /// `iss` of the tokens it signs.
     #[arg(long, global = true, env = "SAGA_AUTH_ISSUER", default_value = platform::auth::DEFAULT_ISSUER)]
     pub issuer: String,
-    /// `aud` of the tokens sagactl signs.
+    /// `aud` of the tokens it signs.
     #[arg(long, global = true, env = "SAGA_AUTH_AUDIENCE", default_value = platform::auth::DEFAULT_AUDIENCE)]
     pub audience: String,
 }
 
-/// `sagactl token`: print a token for curl.
-#[derive(Debug, Args)]
-pub(crate) struct TokenArgs {
-    /// The token's `sub`: the customer id, or the operator's name [default: --as].
-    #[arg(long)]
-    pub sub: Option<String>,
-    /// A role (customer or operator); repeat for both [default: --roles].
-    #[arg(long = "role")]
-    pub role: Vec<String>,
-    /// Seconds until the token expires.
-    #[arg(long, default_value_t = 3600)]
-    pub ttl: u64,
-}
-
-/// `sagactl dev-keys`: create the development key pair.
-#[derive(Debug, Args)]
-pub(crate) struct DevKeysArgs {
-    /// The directory to create them in.
-    #[arg(long, default_value = ".stack")]
-    pub dir: PathBuf,
-}
-
 impl Identity {
-    /// The `Authorization` value for sagactl's own requests, if it has a token or a key.
-    pub(crate) fn authorization(&self) -> anyhow::Result<Option<String>> {
+    /// The `Authorization` value for the command line's own requests, if it has a token or
+    /// a key.
+    pub fn authorization(&self) -> anyhow::Result<Option<String>> {
         if let Some(token) = &self.token {
             return Ok(Some(format!("Bearer {}", token.trim())));
         }
@@ -87,7 +67,7 @@ impl Identity {
     }
 
     /// A token for `sub` with `roles`, signed with the configured or found key.
-    pub(crate) fn sign(
+    pub fn sign(
         &self,
         key: &Path,
         sub: &str,
@@ -103,7 +83,7 @@ impl Identity {
     }
 
     /// `--signing-key`, else the development key of the checkout, if there is one.
-    pub(crate) fn key_path(&self) -> Option<PathBuf> {
+    pub fn key_path(&self) -> Option<PathBuf> {
         if let Some(path) = &self.signing_key {
             return Some(path.clone());
         }
@@ -112,45 +92,11 @@ impl Identity {
                 .map(|d| d.join(".stack").join(dev::SIGNING_KEY_FILE))
                 .find(|p| p.is_file())
         });
-        // The checkout this sagactl was built from (for a run from another directory).
+        // The checkout this was built from (for a run from another directory).
         let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(".stack")
             .join(dev::SIGNING_KEY_FILE);
         from_cwd.or_else(|| built_from.is_file().then_some(built_from))
     }
-}
-
-/// `sagactl token`.
-pub(crate) fn print_token(identity: &Identity, args: &TokenArgs) -> anyhow::Result<()> {
-    let key = identity.key_path().ok_or_else(|| {
-        anyhow::anyhow!(
-            "no signing key: run ./scripts/stack.sh up (it creates .stack/dev-signing-key.pem) \
-             or pass --signing-key"
-        )
-    })?;
-    let sub = args.sub.as_deref().unwrap_or(&identity.sub);
-    let roles: Vec<&str> = if args.role.is_empty() {
-        identity.roles.iter().map(String::as_str).collect()
-    } else {
-        args.role.iter().map(String::as_str).collect()
-    };
-    for role in &roles {
-        anyhow::ensure!(
-            matches!(*role, "customer" | "operator"),
-            "--role {role:?}: the roles are customer and operator"
-        );
-    }
-    println!(
-        "{}",
-        identity.sign(&key, sub, &roles, Duration::from_secs(args.ttl))?
-    );
-    Ok(())
-}
-
-/// `sagactl dev-keys`.
-pub(crate) fn create_dev_keys(args: &DevKeysArgs) -> anyhow::Result<()> {
-    let (key, jwks) = dev::ensure_key_pair(&args.dir)?;
-    println!("{}\n{}", key.display(), jwks.display());
-    Ok(())
 }

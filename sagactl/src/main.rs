@@ -6,25 +6,16 @@
 
 mod cli;
 mod commands;
-mod context;
-mod identity;
-mod mix;
-mod output;
+mod render;
 
 use clap::Parser;
+use sagactl::context::Context;
 
 #[tokio::main]
 async fn main() {
     platform::crypto::install();
     let args = cli::Cli::parse();
-    let ctx = context::Context::from_cli(&args);
-    let code = match commands::run(&ctx, args.command).await {
-        Ok(()) => 0,
-        Err(e) => {
-            let failure = context::Failure::classify(&e);
-            output::error(&ctx, &e, failure);
-            failure.exit_code()
-        }
-    };
-    std::process::exit(code);
+    let ctx = Context::new("sagactl", &args.global);
+    let result = commands::run(&ctx, args.command).await;
+    std::process::exit(sagactl::output::exit_code(&ctx, result));
 }

@@ -1,23 +1,24 @@
 //! Printing results: text for people (`-o table`, the default), one JSON document
 //! (`-o json`, `--json`) or one JSON object per line for lists (`-o jsonl`); colour only
-//! where `--color` and `NO_COLOR` allow it. Everything goes through [`line`], so a reader
-//! that closes the pipe early (`sagactl … | head`) ends the command quietly.
+//! where `--color` and `NO_COLOR` allow it; errors, and the exit status they give.
+//! Everything goes through [`line`], so a reader that closes the pipe early
+//! (`sagactl … | head`) ends the command quietly.
 
 use std::io::{IsTerminal, Write};
 
 use serde_json::Value;
 
-use crate::cli::OutputFormat;
 use crate::context::{Context, Failure};
+use crate::options::OutputFormat;
 
 /// Writes `text` and a newline to standard output. When the reader has gone (a closed
 /// pipe) there is nobody left to tell, so the process ends at once with status 0.
-pub(crate) fn line(text: &str) {
+pub fn line(text: &str) {
     write_out(format!("{text}\n").as_bytes());
 }
 
 /// Writes bytes to standard output as they are, ending quietly on a closed pipe.
-pub(crate) fn write_out(bytes: &[u8]) {
+pub fn write_out(bytes: &[u8]) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -28,14 +29,14 @@ pub(crate) fn write_out(bytes: &[u8]) {
     }
 }
 
-pub(crate) fn json(value: &Value) {
+pub fn json(value: &Value) {
     // `{:#}` is serde_json's pretty form, and cannot fail for a `Value`.
     line(&format!("{value:#}"));
 }
 
 /// Prints `value` as JSON with `-o json` (one compact line with `-o jsonl`), else the text
 /// `human` renders.
-pub(crate) fn show(ctx: &Context, value: &Value, human: impl FnOnce(&Value) -> String) {
+pub fn show(ctx: &Context, value: &Value, human: impl FnOnce(&Value) -> String) {
     match ctx.format {
         OutputFormat::Table => line(&human(value)),
         OutputFormat::Json => json(value),
@@ -45,7 +46,7 @@ pub(crate) fn show(ctx: &Context, value: &Value, human: impl FnOnce(&Value) -> S
 
 /// Like [`show`] for a result that is a list under `key`: with `-o jsonl` each entry of
 /// the list is one line.
-pub(crate) fn list(ctx: &Context, value: &Value, key: &str, human: impl FnOnce(&Value) -> String) {
+pub fn list(ctx: &Context, value: &Value, key: &str, human: impl FnOnce(&Value) -> String) {
     if ctx.format == OutputFormat::Jsonl {
         for entry in value[key].as_array().into_iter().flatten() {
             line(&entry.to_string());
@@ -57,7 +58,7 @@ pub(crate) fn list(ctx: &Context, value: &Value, key: &str, human: impl FnOnce(&
 
 /// Whether colours go to a stream: `--color always|never`, or on `auto` a terminal without
 /// `NO_COLOR` set to a non-empty value (<https://no-color.org>).
-pub(crate) fn use_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {
+pub fn use_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {
     match choice {
         clap::ColorChoice::Always => true,
         clap::ColorChoice::Never => false,
@@ -68,7 +69,7 @@ pub(crate) fn use_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {
 }
 
 /// `text` in an ANSI colour (`31` red, `32` green) when the output is coloured.
-pub(crate) fn paint(color: bool, code: &str, text: &str) -> String {
+pub fn paint(color: bool, code: &str, text: &str) -> String {
     if color {
         format!("\x1b[{code}m{text}\x1b[0m")
     } else {
@@ -76,7 +77,7 @@ pub(crate) fn paint(color: bool, code: &str, text: &str) -> String {
     }
 }
 
-pub(crate) fn error(ctx: &Context, e: &anyhow::Error, failure: Failure) {
+fn error(ctx: &Context, e: &anyhow::Error, failure: Failure) {
     if ctx.json {
         let kind = match failure {
             Failure::Refused => "refused",
@@ -92,112 +93,22 @@ pub(crate) fn error(ctx: &Context, e: &anyhow::Error, failure: Failure) {
     }
 }
 
-/// An amount of money given in minor units, in major units with the currency's number of
-/// decimals (ISO 4217: EUR 2, JPY 0, BHD 3), followed by the code: `480, EUR` is
-/// `4.80 EUR`. A code ISO 4217 does not know is shown with the minor units as they are.
-pub(crate) fn money(minor: i64, currency: &str) -> String {
-    let decimals = iso_currency::Currency::from_code(currency)
-        .and_then(|c| c.exponent())
-        .unwrap_or(0);
-    if decimals == 0 {
-        return format!("{minor} {currency}");
-    }
-    let scale = 10u64.pow(u32::from(decimals));
-    let sign = if minor < 0 { "-" } else { "" };
-    let abs = minor.unsigned_abs();
-    format!(
-        "{sign}{}.{:0width$} {currency}",
-        abs / scale,
-        abs % scale,
-        width = usize::from(decimals)
-    )
-}
-
-/// [`money`] for fields of a JSON answer (`-` when the amount is missing).
-pub(crate) fn money_field(v: &Value, key: &str, currency: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_i64)
-        .map_or_else(|| "-".to_owned(), |n| money(n, currency))
-}
-
-/// A field as display text: strings without quotes, null as "-".
-pub(crate) fn field(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        None | Some(Value::Null) => "-".to_owned(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    }
-}
-
-pub(crate) fn render_order(o: &Value) -> String {
-    let currency = field(o, "currency");
-    let mut s = format!(
-        "order    {}\nstatus   {}{}\ncustomer {}\ntotal    {}\n",
-        field(o, "order_id"),
-        field(o, "status"),
-        match o.get("reason").and_then(Value::as_str) {
-            Some(r) => format!(" ({r})"),
-            None => String::new(),
-        },
-        field(o, "customer_id"),
-        money_field(o, "total", &currency),
-    );
-    if let Some(items) = o.get("items").and_then(Value::as_array) {
-        s.push_str("items\n");
-        for i in items {
-            s.push_str(&format!(
-                "  {:<20} x{:<6} @ {}\n",
-                field(i, "sku"),
-                field(i, "quantity"),
-                money_field(i, "unit_price", &currency)
-            ));
+/// How a command ended, as its exit status: 0 when it succeeded, else the error printed
+/// (as JSON with `-o json`) and the status its kind gives (1 refused, 3 unreachable).
+pub fn exit_code(ctx: &Context, result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let failure = Failure::classify(&e);
+            error(ctx, &e, failure);
+            failure.exit_code()
         }
     }
-    if let Some(history) = o.get("history").and_then(Value::as_array) {
-        s.push_str("history\n");
-        for h in history {
-            s.push_str(&format!(
-                "  {}  {:<16} {}\n",
-                field(h, "at"),
-                field(h, "type"),
-                field(h, "message_id")
-            ));
-        }
-    }
-    s.trim_end().to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn order_text_shows_status_reason_items_and_history() {
-        let text = render_order(&json!({
-            "order_id": "o-1", "status": "cancelled", "reason": "payment_failed",
-            "customer_id": "alice", "total": 3000, "currency": "EUR",
-            "items": [{"sku": "BOOK", "quantity": 2, "unit_price": 1500}],
-            "history": [{"at": "2026-11-26T10:00:00Z", "type": "OrderCreated", "message_id": "m-1"}]
-        }));
-        assert!(text.contains("status   cancelled (payment_failed)"));
-        assert!(text.contains("BOOK"));
-        assert!(text.contains("total    30.00 EUR"), "{text}");
-        assert!(text.contains("@ 15.00 EUR"), "{text}");
-        assert!(text.contains("OrderCreated"));
-        assert!(!text.contains('"'));
-    }
-
-    #[test]
-    fn money_is_shown_in_major_units_with_the_currencys_decimals() {
-        assert_eq!(money(480, "EUR"), "4.80 EUR");
-        assert_eq!(money(5, "EUR"), "0.05 EUR");
-        assert_eq!(money(-1205, "USD"), "-12.05 USD");
-        assert_eq!(money(480, "JPY"), "480 JPY");
-        assert_eq!(money(1234, "BHD"), "1.234 BHD");
-        assert_eq!(money(480, "XXZ"), "480 XXZ");
-        assert_eq!(money(i64::MIN, "EUR"), "-92233720368547758.08 EUR");
-    }
 
     #[test]
     fn colour_follows_the_choice_and_the_terminal() {
@@ -206,12 +117,5 @@ mod tests {
         assert!(!use_color(clap::ColorChoice::Auto, false));
         assert_eq!(paint(false, "31", "x"), "x");
         assert_eq!(paint(true, "31", "x"), "\x1b[31mx\x1b[0m");
-    }
-
-    #[test]
-    fn missing_fields_print_as_a_dash() {
-        assert_eq!(field(&json!({"a": null}), "a"), "-");
-        assert_eq!(field(&json!({}), "a"), "-");
-        assert_eq!(field(&json!({"a": 5}), "a"), "5");
     }
 }

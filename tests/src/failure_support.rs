@@ -1,8 +1,8 @@
 //! What the failure and chaos tests need beyond [`Stack`]'s everyday helpers: a look into
 //! the broker's queues (dead-letter and retry queues read without removing anything), the
-//! real `sagactl` binary run against a stack, the messaging tables of each service's
-//! database, and control of the shared PostgreSQL and RabbitMQ servers with a guard that
-//! brings them back whatever happens to the test.
+//! real `sagactl` and `saga-bench` binaries run against a stack, the messaging tables of
+//! each service's database, and control of the shared PostgreSQL and RabbitMQ servers with
+//! a guard that brings them back whatever happens to the test.
 //!
 //! Every wait here has a deadline: a check that cannot succeed fails the test with what it
 //! saw last instead of hanging it.
@@ -247,7 +247,7 @@ impl BrokerProbe {
 
 // ---------------------------------------------------------------------- sagactl
 
-/// What one run of `sagactl` did.
+/// What one run of `sagactl` (or `saga-bench`) did.
 #[derive(Debug, Clone)]
 pub struct SagactlRun {
     pub code: Option<i32>,
@@ -263,12 +263,12 @@ impl SagactlRun {
     /// stdout as JSON (for `--json`), panicking with the whole run when it is not.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("sagactl printed no JSON ({e}): {self:?}");
+            panic!("no JSON printed ({e}): {self:?}");
         })
     }
 }
 
-/// Longest a `sagactl` run may take before it is killed and the test fails.
+/// Longest a `sagactl` or `saga-bench` run may take before it is killed and the test fails.
 pub const SAGACTL_DEADLINE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------- Stack additions
@@ -281,13 +281,39 @@ impl Stack {
     /// Runs the real `sagactl` (next to the service binaries) against this stack, with
     /// `env` added (EDITOR, say). Killed, and the test failed, after [`SAGACTL_DEADLINE`].
     pub async fn sagactl(&self, args: &[&str], env: &[(&str, &str)]) -> SagactlRun {
+        self.run_command_line("sagactl", args, env).await
+    }
+
+    /// The real `sagactl` configured for this stack, not started; killed when dropped.
+    pub fn sagactl_command(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+        self.command_line("sagactl", args, env)
+    }
+
+    /// `sagactl --json <args>`, asserting exit 0; returns what it printed.
+    pub async fn sagactl_json(&self, args: &[&str], env: &[(&str, &str)]) -> Value {
+        self.command_line_json("sagactl", args, env).await
+    }
+
+    /// `saga-bench --json <args>` (the load generator and the benchmarks) against this
+    /// stack, asserting exit 0; returns what it printed.
+    pub async fn saga_bench_json(&self, args: &[&str], env: &[(&str, &str)]) -> Value {
+        self.command_line_json("saga-bench", args, env).await
+    }
+
+    /// Runs the real command line `binary` (`sagactl`, `saga-bench`) against this stack.
+    async fn run_command_line(
+        &self,
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> SagactlRun {
         let child = self
-            .sagactl_command(args, env)
+            .command_line(binary, args, env)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start sagactl: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         let output = output_within(child, SAGACTL_DEADLINE)
             .await
-            .unwrap_or_else(|e| panic!("sagactl {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("{binary} {args:?}: {e}"));
         SagactlRun {
             code: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -295,9 +321,15 @@ impl Stack {
         }
     }
 
-    /// The real `sagactl` configured for this stack, not started; killed when dropped.
-    pub fn sagactl_command(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(binary_path("sagactl"));
+    /// The real command line `binary` configured for this stack (both take the same
+    /// connection settings), not started; killed when dropped.
+    fn command_line(
+        &self,
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary_path(binary));
         command
             .args(args)
             .env("SAGA_AMQP_URL", self.sandbox().amqp_url())
@@ -314,12 +346,12 @@ impl Stack {
         command
     }
 
-    /// `sagactl --json <args>`, asserting exit 0; returns what it printed.
-    pub async fn sagactl_json(&self, args: &[&str], env: &[(&str, &str)]) -> Value {
+    /// `<binary> --json <args>`, asserting exit 0; returns what it printed.
+    async fn command_line_json(&self, binary: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        let run = self.sagactl(&all, env).await;
-        assert!(run.success(), "sagactl {all:?} failed: {run:?}");
+        let run = self.run_command_line(binary, &all, env).await;
+        assert!(run.success(), "{binary} {all:?} failed: {run:?}");
         run.json()
     }
 

@@ -19,8 +19,8 @@ use messaging::publisher::{ConfirmedPublisher, OutgoingMessage};
 use messaging::topology::REDELIVER_EXCHANGE;
 
 use crate::cli::DlqCommand;
-use crate::context::{CliError, Context};
-use crate::output;
+use sagactl::context::{CliError, Context};
+use sagactl::output;
 
 const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
 
@@ -75,7 +75,7 @@ pub(super) async fn run(ctx: &Context, cmd: DlqCommand) -> anyhow::Result<()> {
         }
     };
     // Closing returns every message taken and not acked to its queue.
-    crate::context::close(conn).await;
+    sagactl::context::close(conn).await;
     result
 }
 

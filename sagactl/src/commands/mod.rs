@@ -1,13 +1,9 @@
 //! One module per command family, behind one dispatch.
 
-mod bench;
-mod bench_path;
-mod bus;
 mod death;
 mod dlq;
-mod load;
+mod keys;
 mod order;
-mod preload;
 mod publish;
 mod queues;
 mod scenario;
@@ -21,7 +17,7 @@ mod wallet;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, ScenarioCommand};
-use crate::context::Context;
+use sagactl::context::Context;
 use sagactl::verify::Expected;
 
 pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
@@ -35,9 +31,6 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Queues { watch } => queues::run(ctx, watch).await,
         Command::Dlq(cmd) => dlq::run(ctx, cmd).await,
         Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,
-        Command::Load(args) => load::run(ctx, args).await,
-        Command::Bench(args) => bench::run(ctx, args).await,
-        Command::BenchPath(args) => bench_path::run(ctx, args).await,
         Command::Verify {
             settle,
             expect_stock,
@@ -50,13 +43,13 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             verify::run(ctx, settle, &expected).await
         }
         Command::Ui { listen } => ui::run(ctx, listen).await,
-        Command::Token(args) => crate::identity::print_token(&ctx.identity, &args),
-        Command::DevKeys(args) => crate::identity::create_dev_keys(&args),
+        Command::Token(args) => keys::print_token(&ctx.identity, &args),
+        Command::DevKeys(args) => keys::create_dev_keys(&args),
         Command::Completions { shell } => {
             // Written in one piece through the output module, so `| head` ends quietly.
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "sagactl", &mut script);
-            crate::output::write_out(&script);
+            sagactl::output::write_out(&script);
             Ok(())
         }
     }

@@ -6,8 +6,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::cli::OrderCommand;
-use crate::context::{CliError, Context, Service, ok_or_refused, path};
-use crate::output::{self, field, render_order};
+use crate::render::{self, field, render_order};
+use sagactl::context::{CliError, Context, Service, ok_or_refused, path};
+use sagactl::output;
 
 /// Longest `order place --wait` waits for a final status.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
@@ -121,7 +122,7 @@ fn render_list(v: &Value) -> String {
             field(o, "order_id"),
             field(o, "status"),
             field(o, "customer_id"),
-            output::money_field(o, "total", &field(o, "currency")),
+            render::money_field(o, "total", &field(o, "currency")),
             field(o, "created_at"),
         ));
     }

@@ -3,17 +3,17 @@
 use std::io::Read;
 
 use anyhow::Context as _;
-use events::EventType;
 use events::catalog::Event;
 use lapin::BasicProperties;
 use messaging::envelope::Envelope;
 use messaging::publisher::OutgoingMessage;
 use messaging::topology::EVENTS_EXCHANGE;
+use sagactl::context::{CliError, Context};
+use sagactl::output;
+use sagactl::publish::publish_envelope;
 use serde_json::json;
 
 use crate::cli::{PayloadInput, PublishArgs};
-use crate::context::{CliError, Context};
-use crate::output;
 
 pub(super) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> {
     let input = read_input(&args.input)?;
@@ -67,26 +67,6 @@ pub(super) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
     });
     output::show(ctx, &v, |_| envelope.message_id.to_string());
     Ok(())
-}
-
-/// Publishes an event from the operator (no cause) and returns its envelope.
-pub(super) async fn publish_event(ctx: &Context, event: Event) -> anyhow::Result<Envelope> {
-    publish_envelope(ctx, Envelope::wrap(&event, "sagactl", None)).await
-}
-
-pub(super) async fn publish_envelope(
-    ctx: &Context,
-    envelope: Envelope,
-) -> anyhow::Result<Envelope> {
-    if envelope.correlation_id.is_empty() || envelope.correlation_id.chars().count() > 128 {
-        return Err(
-            CliError::Refused("the correlation id must be 1 to 128 characters".into()).into(),
-        );
-    }
-    let message = OutgoingMessage::event::<EventType>(&envelope, None)
-        .map_err(|e| CliError::Refused(format!("{e}; nothing was sent")))?;
-    ctx.publish(&message).await?;
-    Ok(envelope)
 }
 
 fn read_input(input: &PayloadInput) -> anyhow::Result<Vec<u8>> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use rabbitmq_http_client::responses::QueueInfo;
 use serde_json::{Value, json};
 
-use crate::context::{Context, MessageStats};
-use crate::output;
+use sagactl::context::{Context, MessageStats};
+use sagactl::output;
 
 const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
 
@@ -124,11 +124,11 @@ mod tests {
     #[test]
     fn the_default_vhost_is_one_encoded_segment() {
         assert_eq!(
-            crate::context::path(&["api", "queues", "/"]),
+            sagactl::context::path(&["api", "queues", "/"]),
             "/api/queues/%2F"
         );
         assert_eq!(
-            crate::context::path(&["api", "queues", "saga"]),
+            sagactl::context::path(&["api", "queues", "saga"]),
             "/api/queues/saga"
         );
     }

@@ -19,10 +19,10 @@ use sagactl::scenario::{
 };
 
 use crate::cli::parse_item;
-use crate::context::{CliError, Context, Service, ok_or_refused};
-use crate::output;
+use sagactl::context::{CliError, Context, Service, ok_or_refused};
+use sagactl::output;
 
-use super::publish::publish_event;
+use sagactl::publish::publish_event;
 
 /// The scenario files named: files as they are, directories for their `*.toml`, sorted.
 pub(super) fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -138,8 +138,8 @@ async fn run_file(ctx: &Context, file: &Path) -> anyhow::Result<(String, Vec<Str
     let text = std::fs::read_to_string(file)?;
     let scenario = Scenario::parse(&text)
         .map_err(|e| CliError::Refused(format!("{}: {e}", file.display())))?;
-    let (conn, consumer) = super::bus::watch(ctx, "scenario", &["#"]).await?;
-    let seen = super::bus::collect(consumer);
+    let (conn, consumer) = sagactl::bus::watch(ctx, "scenario", &["#"]).await?;
+    let seen = sagactl::bus::collect(consumer);
     let mut run = Run {
         ctx,
         names: Names {
@@ -168,7 +168,7 @@ async fn run_file(ctx: &Context, file: &Path) -> anyhow::Result<(String, Vec<Str
         }
     }
     .await;
-    crate::context::close(conn).await;
+    sagactl::context::close(conn).await;
     Ok((scenario.name, result?))
 }
 
@@ -355,7 +355,7 @@ async fn publish(run: &mut Run<'_>, p: &Publish) -> anyhow::Result<()> {
             .entry(name.clone())
             .or_insert(envelope.message_id);
     }
-    super::publish::publish_envelope(run.ctx, envelope).await?;
+    sagactl::publish::publish_envelope(run.ctx, envelope).await?;
     Ok(())
 }
 
@@ -445,7 +445,7 @@ async fn check(run: &mut Run<'_>, expect: &Expect, seen: &[String]) -> anyhow::R
         ));
     }
     for (sku, fields) in &expect.stock {
-        let path = crate::context::path(&["stock", &run.names.sku(sku)]);
+        let path = sagactl::context::path(&["stock", &run.names.sku(sku)]);
         let stock = get_or_null(ctx, Service::Inventory, path).await?;
         problems.extend(field_differences(
             &format!("stock {sku}"),
@@ -455,7 +455,7 @@ async fn check(run: &mut Run<'_>, expect: &Expect, seen: &[String]) -> anyhow::R
         ));
     }
     for (customer, fields) in &expect.wallets {
-        let path = crate::context::path(&["wallets", &run.names.customer(customer)]);
+        let path = sagactl::context::path(&["wallets", &run.names.customer(customer)]);
         let wallet = get_or_null(ctx, Service::Payment, path).await?;
         problems.extend(field_differences(
             &format!("wallet {customer}"),

@@ -5,10 +5,11 @@ use events::catalog::{Event, StockAdjusted};
 use serde_json::json;
 
 use crate::cli::StockCommand;
-use crate::context::{CliError, Context, Service};
-use crate::output::{self, field};
+use crate::render::field;
+use sagactl::context::{CliError, Context, Service};
+use sagactl::output;
 
-use super::publish::publish_event;
+use sagactl::publish::publish_event;
 
 pub(super) async fn run(ctx: &Context, cmd: StockCommand) -> anyhow::Result<()> {
     match cmd {
@@ -32,7 +33,10 @@ pub(super) async fn run(ctx: &Context, cmd: StockCommand) -> anyhow::Result<()> 
         }
         StockCommand::Show { sku } => {
             let v = ctx
-                .get_ok(Service::Inventory, &crate::context::path(&["stock", &sku]))
+                .get_ok(
+                    Service::Inventory,
+                    &sagactl::context::path(&["stock", &sku]),
+                )
                 .await?;
             output::show(ctx, &v, |v| {
                 format!(

@@ -7,11 +7,11 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::cli::TailArgs;
-use crate::context::Context;
-use crate::output;
+use sagactl::context::Context;
+use sagactl::output;
 
 pub(super) async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
-    let (conn, mut deliveries) = super::bus::watch(ctx, "tail", &["#"]).await?;
+    let (conn, mut deliveries) = sagactl::bus::watch(ctx, "tail", &["#"]).await?;
     // On stderr even with --json (stdout stays one envelope per line): scripts wait for it
     // to know the watcher is bound before they publish.
     eprintln!("following saga.events (Ctrl-C to stop)");
@@ -58,7 +58,7 @@ pub(super) async fn run(ctx: &Context, args: TailArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    crate::context::close(conn).await;
+    sagactl::context::close(conn).await;
     Ok(())
 }
 

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::context::{CliError, Context, Service, ok_or_refused};
-use crate::output;
+use sagactl::context::{CliError, Context, Service, ok_or_refused};
+use sagactl::output;
 
 /// One event of the saga, assembled from every service's records of it.
 #[derive(Debug, Clone, Serialize)]
@@ -201,7 +201,7 @@ fn render(report: &Value, events: &[TracedEvent]) -> String {
             .map(|r| format!(" ({r})"))
             .unwrap_or_default(),
         f(o, "customer_id"),
-        crate::output::money_field(o, "total", &f(o, "currency")),
+        crate::render::money_field(o, "total", &f(o, "currency")),
     );
     let start = events.first().map(|e| e.occurred_at);
     let mut previous = start;
@@ -255,7 +255,7 @@ fn render(report: &Value, events: &[TracedEvent]) -> String {
         s.push_str(&format!(
             "  payment      {}  {}{}\n",
             f(p, "status"),
-            crate::output::money_field(p, "amount", &f(p, "currency")),
+            crate::render::money_field(p, "amount", &f(p, "currency")),
             p["reason"]
                 .as_str()
                 .map(|r| format!("  ({r})"))

@@ -28,8 +28,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{dlq, queues, trace};
-use crate::context::{CliError, Context, Service};
-use crate::output;
+use sagactl::context::{CliError, Context, Service};
+use sagactl::output;
 
 const INDEX_HTML: &str = include_str!("../../assets/explorer/index.html");
 const APP_JS: &str = include_str!("../../assets/explorer/app.js");
@@ -330,7 +330,7 @@ async fn show_saga(State(app): State<Explorer>, Path(order_id): Path<String>) ->
     let items = report["order"]["items"].as_array().cloned();
     for item in items.ok_or_else(|| anyhow::anyhow!("order {id} has no items"))? {
         if let Some(sku) = item["sku"].as_str() {
-            let path = crate::context::path(&["stock", sku]);
+            let path = sagactl::context::path(&["stock", sku]);
             stock.push(trace::optional(ctx, Service::Inventory, &path).await?);
         }
     }
@@ -340,7 +340,7 @@ async fn show_saga(State(app): State<Explorer>, Path(order_id): Path<String>) ->
     let wallet = trace::optional(
         ctx,
         Service::Payment,
-        &crate::context::path(&["wallets", customer]),
+        &sagactl::context::path(&["wallets", customer]),
     )
     .await?;
     report["stock"] = json!(stock);
@@ -355,7 +355,7 @@ async fn services(State(app): State<Explorer>) -> Json<Value> {
     Json(api_reference(&app.ctx.conn))
 }
 
-fn api_reference(conn: &crate::cli::Connection) -> Value {
+fn api_reference(conn: &sagactl::options::Connection) -> Value {
     let services = [
         ("order-svc", &conn.order_url),
         ("inventory-svc", &conn.inventory_url),
@@ -405,7 +405,7 @@ async fn dead_letters(State(app): State<Explorer>) -> ApiResult {
         anyhow::Ok(json!({"queues": queues}))
     }
     .await;
-    crate::context::close(conn).await;
+    sagactl::context::close(conn).await;
     Ok(Json(result?))
 }
 
@@ -428,7 +428,7 @@ async fn replay(
         dlq::resend(&channel, &publisher, target, request.message_id, false).await
     }
     .await;
-    crate::context::close(conn).await;
+    sagactl::context::close(conn).await;
     Ok(Json(result?))
 }
 
@@ -445,7 +445,7 @@ async fn purge(
     let _one_at_a_time = app.dlq_lock.lock().await;
     let (conn, channel) = channel(&app.ctx).await?;
     let result = dlq::purge(&channel, &name).await;
-    crate::context::close(conn).await;
+    sagactl::context::close(conn).await;
     Ok(Json(result?))
 }
 
@@ -463,7 +463,7 @@ mod tests {
             "ui",
         ])
         .unwrap();
-        let links = api_reference(&cli.conn);
+        let links = api_reference(&cli.global.conn);
         let services = links["services"].as_array().unwrap();
         assert_eq!(services.len(), 3);
         assert_eq!(services[0]["service"], "order-svc");

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use sagactl::verify::{Endpoints, Expected, Snapshot, check_against};
 
-use crate::context::{CliError, Context};
-use crate::output;
+use sagactl::context::{CliError, Context};
+use sagactl::output;
 
 pub(super) async fn run(
     ctx: &Context,

@@ -5,10 +5,11 @@ use events::catalog::{Event, FundsDeposited};
 use serde_json::json;
 
 use crate::cli::WalletCommand;
-use crate::context::{CliError, Context, Service};
-use crate::output::{self, field};
+use crate::render::{self, field};
+use sagactl::context::{CliError, Context, Service};
+use sagactl::output;
 
-use super::publish::publish_event;
+use sagactl::publish::publish_event;
 
 pub(super) async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()> {
     match cmd {
@@ -30,7 +31,7 @@ pub(super) async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()>
             output::show(ctx, &v, |_| {
                 format!(
                     "FundsDeposited {customer} {} published ({})",
-                    output::money(amount, &currency),
+                    render::money(amount, &currency),
                     envelope.message_id
                 )
             });
@@ -40,7 +41,7 @@ pub(super) async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()>
             let v = ctx
                 .get_ok(
                     Service::Payment,
-                    &crate::context::path(&["wallets", &customer]),
+                    &sagactl::context::path(&["wallets", &customer]),
                 )
                 .await?;
             output::show(ctx, &v, |v| {
@@ -48,9 +49,9 @@ pub(super) async fn run(ctx: &Context, cmd: WalletCommand) -> anyhow::Result<()>
                 format!(
                     "{}  balance {}  captured {}  refunded {}",
                     field(v, "customer_id"),
-                    output::money_field(v, "balance", &currency),
-                    output::money_field(v, "captured", &currency),
-                    output::money_field(v, "refunded", &currency)
+                    render::money_field(v, "balance", &currency),
+                    render::money_field(v, "captured", &currency),
+                    render::money_field(v, "refunded", &currency)
                 )
             });
             Ok(())

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The workspace's packages, by directory.
-const PACKAGES: [&str; 8] = [
+const PACKAGES: [&str; 9] = [
     "messaging",
     "events",
     "platform",
@@ -24,6 +24,7 @@ const PACKAGES: [&str; 8] = [
     "inventory-svc",
     "payment-svc",
     "sagactl",
+    "bench",
     "tests",
 ];
 

@@ -1,5 +1,6 @@
-//! The load generator and the benchmark run end to end on a tiny load and report every
-//! figure. (No test asserts a speed: the figures only have to be there and make sense.)
+//! saga-bench: the load generator and the benchmarks run end to end on a tiny load and
+//! report every figure. (No test asserts a speed: the figures only have to be there and
+//! make sense.) A bad argument is refused before anything runs.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,8 +11,8 @@ use saga_tests::stack::binary_path;
 use saga_tests::{Service, Stack, StackOptions, eventually};
 use serde_json::Value;
 
-fn sagactl(stack: &Stack) -> Command {
-    let mut cmd = Command::new(binary_path("sagactl"));
+fn saga_bench(stack: &Stack) -> Command {
+    let mut cmd = Command::new(binary_path("saga-bench"));
     cmd.env("SAGA_AMQP_URL", stack.sandbox().amqp_url())
         .env("SAGA_ORDER_URL", stack.base_url(Service::Order))
         .env("SAGA_INVENTORY_URL", stack.base_url(Service::Inventory))
@@ -66,7 +67,7 @@ async fn load_follows_every_saga_to_its_end_and_reports_outcomes_and_latency() {
     // The one order-svc named a second time, as a further instance would be: the orders
     // are placed round robin, half through each name.
     let also = format!("{}/", stack.base_url(Service::Order));
-    let report = json_of(sagactl(&stack).args([
+    let report = json_of(saga_bench(&stack).args([
         "--json",
         "load",
         "--orders",
@@ -106,7 +107,7 @@ async fn the_benchmark_runs_end_to_end_on_a_tiny_load_and_prints_every_figure() 
     let databases = ["orders", "inventory", "payments"]
         .map(|prefix| stack.sandbox().database_name(prefix).to_owned())
         .join(",");
-    let report = json_of(sagactl(&stack).args([
+    let report = json_of(saga_bench(&stack).args([
         "--json",
         "bench",
         "--orders",
@@ -227,7 +228,7 @@ async fn the_saga_finds_its_rows_by_index_while_its_fresh_tables_grow() {
     // count planned at each call) stays within two readings of the final table.
     const ORDERS: u64 = 1500;
     let stack = Stack::start(StackOptions::default()).await;
-    let report = json_of(sagactl(&stack).args([
+    let report = json_of(saga_bench(&stack).args([
         "--json",
         "load",
         "--orders",
@@ -288,7 +289,7 @@ async fn the_saga_finds_its_rows_by_index_while_its_fresh_tables_grow() {
 async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
     let sandbox = saga_tests::sandbox::Sandbox::create(&[]).await;
     let report = json_of(
-        Command::new(binary_path("sagactl"))
+        Command::new(binary_path("saga-bench"))
             .env("SAGA_AMQP_URL", sandbox.amqp_url())
             .env("SAGA_BENCH_DATABASE_SERVER", postgres_server_url())
             .args(["--json", "bench-path", "--rate", "100", "--sagas", "150"]),
@@ -307,7 +308,7 @@ async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
     // placements at a rate a busy machine keeps up with, so that the first sagas are
     // through by the end (at 100/s for 1.5 s, none was on a loaded test machine).
     let (out, report) = run_for_json(
-        Command::new(binary_path("sagactl"))
+        Command::new(binary_path("saga-bench"))
             .env("SAGA_AMQP_URL", sandbox.amqp_url())
             .env("SAGA_BENCH_DATABASE_SERVER", postgres_server_url())
             .args(["--json", "bench-path", "--rate", "25", "--sagas", "75"])
@@ -337,7 +338,7 @@ async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
             .iter()
             .map(|q| q.name.as_str())
             .chain(exchanges.iter().map(|e| e.name.as_str()))
-            .filter(|name| name.starts_with("sagactl.path."))
+            .filter(|name| name.starts_with("saga-bench.path."))
             .collect();
         if left.is_empty() {
             Ok(())
@@ -346,4 +347,36 @@ async fn the_machines_own_saga_path_runs_at_a_rate_and_leaves_nothing_behind() {
         }
     })
     .await;
+}
+
+/// A bad argument exits 2 and says what is wrong, on standard error, with nothing on
+/// standard output (no stack needed: nothing is reached).
+#[test]
+fn a_bad_argument_exits_2_saying_what_to_do() {
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["load", "--mix", "sad=1"],
+            &["unknown kind \"sad\": use happy, no-stock or no-funds"],
+        ),
+        (
+            &["load", "--rate", "0"],
+            &["0 is not a rate", "at least 0.01, e.g. --rate 200"],
+        ),
+        (&["bench-path"], &["--rate <RATE>", "--help"]),
+    ];
+    for (args, says) in cases {
+        let out = output_within_blocking(
+            Command::new(binary_path("saga-bench"))
+                .args(args)
+                .env("NO_COLOR", "1"),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: {:?}", out.stdout);
+        for said in says {
+            assert!(err.contains(said), "{args:?} should say {said:?}: {err}");
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! Above capacity order-svc sheds load (docs/http.md, "Overload"): once the sagas it has
 //! accepted and not finished reach `SAGA_ORDER_MAX_OPEN`, `POST /orders` answers 503
 //! `overloaded` with `Retry-After` instead of queueing more work, while reads, cancels and
-//! the probes keep working; once the backlog drains it accepts orders again. `sagactl load`
-//! waits out the shed answers and places the same orders again. (A bound out of range
+//! the probes keep working; once the backlog drains it accepts orders again. `saga-bench
+//! load` waits out the shed answers and places the same orders again. (A bound out of range
 //! stopping order-svc at start-up is tested with the other settings, in
 //! e2e_failure_classes.rs.)
 
@@ -212,11 +212,11 @@ async fn past_its_open_saga_bound_order_svc_sheds_new_orders_and_recovers_when_t
 }
 
 #[tokio::test]
-async fn sagactl_load_waits_out_shed_answers_and_loses_no_order() {
+async fn saga_bench_load_waits_out_shed_answers_and_loses_no_order() {
     let stack = Stack::start(StackOptions::default().env("SAGA_ORDER_MAX_OPEN", "4")).await;
     // Far more placements at once than the bound: most of them are shed, and retried.
     let report = stack
-        .sagactl_json(&["load", "--orders", "24", "--concurrency", "12"], &[])
+        .saga_bench_json(&["load", "--orders", "24", "--concurrency", "12"], &[])
         .await;
     assert_eq!(report["placed"], 24, "{report:#}");
     assert_eq!(report["completed"], 24, "{report:#}");

@@ -1,5 +1,5 @@
 //! The mix of a load run (`--mix happy=80,no-stock=10,no-funds=10`): how its orders are
-//! split between the three outcomes. Parsed by clap, used by `sagactl load` and `bench`.
+//! split between the three outcomes. Parsed by clap, used by `saga-bench load` and `bench`.
 
 /// How the orders of a run are split between the three outcomes.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -14,7 +14,7 @@ use crate::context::Context;
 
 /// Opens the watcher's queue, bound to `keys` (`#` for everything), and returns its
 /// consumer (messages are auto-acked).
-pub(super) async fn watch(
+pub async fn watch(
     ctx: &Context,
     purpose: &str,
     keys: &[&str],
@@ -25,9 +25,9 @@ pub(super) async fn watch(
         .await
         .map_err(|e| ctx.broker_unreachable(e))?;
     messaging::topology::declare_exchanges(&channel).await?;
-    messaging::topology::declare_all(&conn, &sagactl::subscriptions::saga_services()).await;
-    let queue = format!("sagactl.{purpose}.{}", std::process::id());
-    let tag = format!("sagactl-{purpose}");
+    messaging::topology::declare_all(&conn, &crate::subscriptions::saga_services()).await;
+    let queue = format!("{}.{purpose}.{}", ctx.program, std::process::id());
+    let tag = format!("{}-{purpose}", ctx.program);
     let consumer = watcher_queue(
         &channel,
         &queue,
@@ -41,7 +41,7 @@ pub(super) async fn watch(
 
 /// Declares `queue` exclusive and auto-deleted (it goes with `channel`'s connection),
 /// binds it to `exchange` with each of `keys`, and consumes it with no acks.
-pub(super) async fn watcher_queue(
+pub async fn watcher_queue(
     channel: &lapin::Channel,
     queue: &str,
     exchange: &str,
@@ -84,7 +84,7 @@ pub(super) async fn watcher_queue(
 }
 
 /// Collects every envelope seen into a shared list until the consumer ends.
-pub(super) fn collect(mut consumer: Consumer) -> Arc<Mutex<Vec<Value>>> {
+pub fn collect(mut consumer: Consumer) -> Arc<Mutex<Vec<Value>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     tokio::spawn(async move {

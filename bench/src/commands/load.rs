@@ -1,4 +1,4 @@
-//! `sagactl load`: places orders over HTTP at a chosen concurrency (and optional rate),
+//! `saga-bench load`: places orders over HTTP at a chosen concurrency (and optional rate),
 //! follows each saga to its end by listening to the bus (OrderConfirmed, StockRejected,
 //! OrderCancelled: never by polling), and reports completed sagas per second, end-to-end
 //! latency percentiles (placed → final event) from an HDR histogram, outcomes and errors.
@@ -31,13 +31,12 @@ use uuid::Uuid;
 
 use events::EventType;
 use events::catalog::{Event, FundsDeposited, StockAdjusted};
+use sagactl::context::{CliError, Context, Service};
+use sagactl::output;
+use sagactl::publish::publish_event;
 
 use crate::cli::LoadArgs;
-use crate::context::{CliError, Context, Service};
 use crate::mix::Kind;
-use crate::output;
-
-use super::publish::publish_event;
 
 /// An order id, the status its saga ended in, and when the final event was seen.
 type Finished = (String, &'static str, Instant);
@@ -63,7 +62,7 @@ pub(super) async fn run(ctx: &Context, args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the load and returns its report (also used by `sagactl bench`).
+/// Runs the load and returns its report (also used by `saga-bench bench`).
 pub(super) async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<Value> {
     let plan = Plan::new();
     plan.seed(ctx, args.orders).await?;
@@ -74,7 +73,7 @@ pub(super) async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<V
         EventType::OrderCancelled,
     ]
     .map(|t| t.routing_key());
-    let (conn, finals) = super::bus::watch(ctx, "load", &finals_keys).await?;
+    let (conn, finals) = sagactl::bus::watch(ctx, "load", &finals_keys).await?;
     let tracker = Tracker::default();
     let follower = tokio::spawn(follow_finals(finals, tracker.clone(), args.orders as usize));
     let bar = progress_bar(ctx, args.orders);
@@ -89,7 +88,7 @@ pub(super) async fn run_load(ctx: &Context, args: &LoadArgs) -> anyhow::Result<V
     bar.finish_and_clear();
     // The connection first, which ends the follower's consumer: a channel closed by the
     // task's end while its connection closes can leave the close unanswered.
-    crate::context::close(conn).await;
+    sagactl::context::close(conn).await;
     follower.abort();
     let mut report = tracker.report(args, started, placing)?;
     report["placed_by_url"] = urls

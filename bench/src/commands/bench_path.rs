@@ -1,5 +1,5 @@
-//! `sagactl bench-path`: the latency the machine itself gives a saga's path at a chosen
-//! load, with no project code in the way. The latency floor of `sagactl bench` times the
+//! `saga-bench bench-path`: the latency the machine itself gives a saga's path at a chosen
+//! load, with no project code in the way. The latency floor of `saga-bench bench` times the
 //! path's steps one at a time on an idle machine; this offers whole sagas at a rate, open
 //! loop, so the steps of many sagas share the cores as the real saga's do.
 //!
@@ -35,14 +35,14 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 
-use super::bench::{
-    BODY_BYTES, WINDOW, busy_cpu_seconds, close_quietly, minimal_transaction, scratch_database,
-};
-use crate::cli::BenchPathArgs;
-use crate::context::{CliError, Context};
-use crate::output;
+use sagactl::context::{CliError, Context};
+use sagactl::output;
 
-/// The scratch database of this command: `sagactl bench` has one of its own, which it
+use crate::cli::BenchPathArgs;
+use crate::cpu::busy_cpu_seconds;
+use crate::plain::{BODY_BYTES, WINDOW, close_quietly, minimal_transaction, scratch_database};
+
+/// The scratch database of this command: `saga-bench bench` has one of its own, which it
 /// truncates as it goes.
 const DATABASE: &str = "saga_bench_path";
 
@@ -127,7 +127,7 @@ impl Path {
             .create_channel()
             .await
             .map_err(|e| ctx.broker_unreachable(e))?;
-        let exchange = format!("sagactl.path.{}", std::process::id());
+        let exchange = format!("{}.path.{}", ctx.program, std::process::id());
         setup
             .exchange_declare(
                 exchange.as_str().into(),
@@ -222,7 +222,7 @@ impl Path {
         // The connections first: each step's consumer ends with its connection, and no
         // channel is closed by a task's end while its connection closes.
         for conn in connections {
-            crate::context::close(conn).await;
+            sagactl::context::close(conn).await;
         }
         steps.abort_all();
         let ended: Vec<(Instant, Instant)> = seen
@@ -240,7 +240,7 @@ impl Path {
         let channel = conn.create_channel().await?;
         let queue = format!("{}.observer", self.exchange);
         let mut deliveries =
-            super::bus::watcher_queue(&channel, &queue, &self.exchange, &[FINAL], "bench-path")
+            sagactl::bus::watcher_queue(&channel, &queue, &self.exchange, &[FINAL], "bench-path")
                 .await?;
         let (done, seen) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -279,7 +279,7 @@ impl Path {
                 )
                 .await,
         );
-        crate::context::close(self.conn).await;
+        sagactl::context::close(self.conn).await;
     }
 }
 
@@ -301,7 +301,7 @@ impl Observer {
         let all = tokio::time::timeout(limit, &mut seen).await;
         // Closing the connection ends the consumer, and with it the task, which hands over
         // the sagas it saw so far if it had not seen them all.
-        crate::context::close(conn).await;
+        sagactl::context::close(conn).await;
         let ended = match all {
             Ok(Ok(ended)) => ended,
             _ => tokio::time::timeout(Duration::from_secs(5), seen)
