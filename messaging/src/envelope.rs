@@ -57,10 +57,20 @@ impl Envelope {
     /// order they were made, which keeps indexes on them append-mostly).
     pub fn wrap<E: Event>(event: &E, producer: &str, causation_id: Option<Uuid>) -> Self {
         let now = Utc::now();
+        let kind = event.kind();
+        // The version this process is configured to write (the newest unless an upgrade
+        // says otherwise), checked at start to be one the catalog can write.
+        let (version, payload) = match crate::versions::emitted(kind) {
+            Some(older) => match event.payload_at(older) {
+                Some(payload) => (older, payload),
+                None => (kind.version(), event.payload()),
+            },
+            None => (kind.version(), event.payload()),
+        };
         Envelope {
             message_id: Uuid::now_v7(),
-            event_type: event.kind().name().to_owned(),
-            version: event.kind().version(),
+            event_type: kind.name().to_owned(),
+            version,
             // Whole milliseconds, as the body carries them: an envelope reads back equal.
             occurred_at: now
                 .with_nanosecond(now.timestamp_subsec_millis() * 1_000_000)
@@ -68,7 +78,7 @@ impl Envelope {
             correlation_id: event.correlation_id(),
             causation_id,
             producer: producer.to_owned(),
-            payload: event.payload(),
+            payload,
         }
     }
 

@@ -20,8 +20,14 @@ pub trait EventKind:
     /// The name written in the envelope's `type` and the AMQP `type` property.
     fn name(self) -> &'static str;
 
-    /// The payload schema version this code writes and reads.
+    /// The newest payload schema version: the one handlers see, and the one written unless
+    /// the process is configured to write an older one ([`crate::versions`]).
     fn version(self) -> u32;
+
+    /// Whether this code reads `version` of this type (every version its catalog declares).
+    fn reads(self, version: u32) -> bool {
+        version == self.version()
+    }
 
     /// The routing key on the events exchange.
     fn routing_key(self) -> &'static str;
@@ -61,10 +67,16 @@ pub trait Event: Clone + fmt::Debug + Send + Sync + 'static {
     /// The envelope's `correlation_id`: the saga this event belongs to (never empty).
     fn correlation_id(&self) -> String;
 
-    /// The payload as the envelope carries it.
+    /// The payload as the envelope carries it, at the newest version.
     fn payload(&self) -> serde_json::Value;
 
-    /// Decodes and validates the payload of an event type named `name` at `version`.
+    /// The payload at `version`, if this code can write that version.
+    fn payload_at(&self, version: u32) -> Option<serde_json::Value> {
+        (version == self.kind().version()).then(|| self.payload())
+    }
+
+    /// Decodes and validates the payload of an event type named `name` at `version`, as the
+    /// newest version.
     fn decode(name: &str, version: u32, payload: &serde_json::Value) -> Result<Self, DecodeError>;
 }
 
@@ -102,7 +114,7 @@ impl DecodeError {
 /// The event type called `name` at `version`, or why there is none.
 pub fn kind_of<K: EventKind>(name: &str, version: u32) -> Result<K, DecodeError> {
     let kind = K::from_name(name).ok_or_else(|| DecodeError::UnknownType(name.to_owned()))?;
-    if version != kind.version() {
+    if !kind.reads(version) {
         return Err(DecodeError::UnknownVersion {
             event_type: name.to_owned(),
             version,

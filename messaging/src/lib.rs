@@ -8,6 +8,8 @@
 //! - [`event`]: the traits a catalog implements, and why a message cannot be decoded.
 //! - [`envelope`]: the JSON envelope every message is wrapped in, its AMQP properties, and
 //!   decoding a message body into an envelope and a typed event.
+//! - [`versions`]: which version of each event type this process writes (the newest, or
+//!   an older one during an upgrade).
 //! - [`topology`]: the exchanges and queues; a service's bindings come from the event types
 //!   it consumes.
 //! - [`publisher`]: a publisher that only reports success once the broker confirmed the
@@ -49,6 +51,7 @@ pub mod publisher;
 pub mod retry;
 pub mod topology;
 pub mod trace;
+pub mod versions;
 pub mod writes;
 
 #[cfg(test)]

@@ -128,6 +128,9 @@ pub async fn launch<H: messaging::consumer::Handler>(
     api: impl FnOnce(sqlx::PgPool, Outbox) -> Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Application, sqlx::PgPool, Outbox)> {
+    // Before anything is emitted: the event versions this process writes.
+    messaging::versions::configure_from_env::<<H::Event as messaging::Event>::Kind>()
+        .map_err(anyhow::Error::msg)?;
     let migrator = messaging::migrator_with(migrations);
     let pool = crate::db::connect_and_migrate(&config.database_url, config.db_pool_size, &migrator)
         .await?;

@@ -149,6 +149,10 @@ impl messaging::EventKind for EventType {
         EventType::version(self)
     }
 
+    fn reads(self, version: u32) -> bool {
+        EventType::versions(self).contains(&version)
+    }
+
     fn routing_key(self) -> &'static str {
         EventType::routing_key(self)
     }
@@ -175,6 +179,10 @@ impl messaging::Event for Event {
 
     fn payload(&self) -> serde_json::Value {
         Event::payload(self)
+    }
+
+    fn payload_at(&self, version: u32) -> Option<serde_json::Value> {
+        Event::payload_at(self, version)
     }
 
     fn decode(
