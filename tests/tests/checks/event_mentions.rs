@@ -1,8 +1,9 @@
-//! Hand-written passages of the docs (and of `sagactl`'s help) that speak of every event
-//! of a kind (every operator event, every event a producer publishes, every operator event
-//! a service consumes) must name each: a new event of that kind fails here, naming the file, the passage and the
-//! event, until the passage says what the new event does there. What can be generated is
-//! generated instead (`routing_docs`, `catalog_artefacts`, `state_machine_docs`).
+//! Hand-written passages of the docs (and of `sagactl`'s help and the OpenAPI documents'
+//! descriptions) that speak of every event of a kind (every operator event, every event a
+//! producer publishes, every operator event a service consumes) must name each: a new
+//! event of that kind fails here, naming the file, the passage and the event, until the
+//! passage says what the new event does there. What can be generated is generated instead
+//! (`routing_docs`, `catalog_artefacts`, `state_machine_docs`).
 
 use events::EventType;
 use sagactl::subscriptions::saga_services;
@@ -42,7 +43,7 @@ impl Kind {
 /// (file, the passage's first words, what it must name). A passage runs from the line
 /// holding its first words to the end of its paragraph, list item, table row or doc
 /// comment.
-const PASSAGES: [(&str, &str, Kind); 11] = [
+const PASSAGES: [(&str, &str, Kind); 15] = [
     (
         "docs/architecture.md",
         "take no advisory lock",
@@ -84,6 +85,28 @@ const PASSAGES: [(&str, &str, Kind); 11] = [
     (
         "sagactl/src/cli.rs",
         "/// What you know was published as FundsDeposited",
+        Kind::OperatorConsumedBy("payment-svc"),
+    ),
+    // The OpenAPI documents (docs/openapi/): what moves stock and money, and what the
+    // running totals add up.
+    (
+        "inventory-svc/src/openapi.rs",
+        "Stock changes only through events",
+        Kind::OperatorConsumedBy("inventory-svc"),
+    ),
+    (
+        "inventory-svc/src/schema.rs",
+        "/// The sum of every StockAdjusted",
+        Kind::OperatorConsumedBy("inventory-svc"),
+    ),
+    (
+        "payment-svc/src/openapi.rs",
+        "Money moves only through events",
+        Kind::OperatorConsumedBy("payment-svc"),
+    ),
+    (
+        "payment-svc/src/schema.rs",
+        "/// The sum of every FundsDeposited",
         Kind::OperatorConsumedBy("payment-svc"),
     ),
     (
