@@ -53,6 +53,19 @@ build_release() {
     cargo build --release "${args[@]}"
 }
 
+# Builds (and tests) with clippy's driver compiling the workspace's crates: cargo runs it
+# only for members, and it lints them on the way; CLIPPY_ARGS is how
+# `cargo clippy -- -D warnings` hands it its flags. Every script that builds the debug
+# profile sets the same two variables, so that none of them compiles what another built
+# (cargo rebuilds the workspace when they change).
+use_clippy_driver() {
+    local driver
+    driver="$(rustc --print sysroot)/bin/clippy-driver"
+    [[ -x "$driver" ]] || die "clippy is not installed for this toolchain: rustup component add clippy"
+    export RUSTC_WORKSPACE_WRAPPER="$driver"
+    export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+}
+
 # Polls a command once a second until it succeeds or the deadline passes.
 # Usage: wait_until SECONDS DESCRIPTION COMMAND [ARGS...]
 wait_until() {

@@ -57,14 +57,9 @@ print_times() {
 }
 trap print_times EXIT
 
-# clippy's driver compiles the workspace's crates (cargo runs it only for members) and
-# lints them on the way; CLIPPY_ARGS is how `cargo clippy -- -D warnings` hands it its
-# flags. The same two variables for the build and for cargo test, so the test run finds
+# The same compiler for the build and for cargo test (lib.sh), so the test run finds
 # everything built and compiles nothing again.
-clippy_driver="$(rustc --print sysroot)/bin/clippy-driver"
-[[ -x "$clippy_driver" ]] || die "clippy is not installed for this toolchain: rustup component add clippy"
-export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
-export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+use_clippy_driver
 
 phase 1/5 fmt "formatting: cargo fmt --all --check"
 cargo fmt --all --check

@@ -150,8 +150,9 @@ macro_rules! declare_catalog {
                 match self { $( EventType::$name => generator.subschema_for::<$name>(), )+ }
             }
 
-            /// A typical event of this type ([`Payload::example`]).
-            pub(crate) fn example(self) -> Event {
+            /// A typical event of this type ([`Payload::example`]): valid, for the
+            /// published documents and for tests that need any event of the type.
+            pub fn example(self) -> Event {
                 match self {
                     $( EventType::$name => {
                         Event::$name(<$name as $crate::payload::Payload>::example())

@@ -1,7 +1,7 @@
 //! inventory-svc: owns stock and reservations.
 //!
-//! - [`saga`]: the inputs inventory-svc consumes (OrderCreated, OrderConfirmed,
-//!   OrderCancelled, StockAdjusted) and the one pure `decide` from them to a plan.
+//! - [`saga`]: the inputs inventory-svc consumes (declared once with `saga_inputs!`) and
+//!   the one pure `decide` from them to a plan.
 //! - [`handlers`]: the consumer: a batch's rows loaded, every event decided in order on
 //!   them in memory, what changed stored.
 //! - [`staging`]: the staging tables a batch is decided on, which the property tests run

@@ -1,8 +1,8 @@
 //! order-svc: owns orders; the only HTTP entry point for customers.
 //!
-//! - [`saga`]: the order's inputs (the events it consumes: StockReserved/Rejected,
-//!   PaymentDone/Failed, StockReleased, PaymentRefunded; its commands: place, cancel,
-//!   deadline) and the one pure `decide` from them to a plan.
+//! - [`saga`]: the order's inputs (the events it consumes, declared once with
+//!   `saga_inputs!`; its commands: place, cancel, deadline) and the one pure `decide` from
+//!   them to a plan.
 //! - [`handlers`]: the consumer: a batch's orders loaded, every event decided in order on
 //!   them, what changed stored.
 //! - [`staging`]: the staging tables every decision is applied to (the consumer's

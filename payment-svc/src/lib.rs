@@ -1,7 +1,7 @@
 //! payment-svc: owns customer wallets and payments.
 //!
-//! - [`saga`]: the inputs payment-svc consumes (StockReserved, OrderCancelled,
-//!   FundsDeposited) and the one pure `decide` from them to a plan.
+//! - [`saga`]: the inputs payment-svc consumes (declared once with `saga_inputs!`) and the
+//!   one pure `decide` from them to a plan.
 //! - [`handlers`]: the consumer: a batch's rows loaded, every event decided in order on
 //!   them in memory, what changed stored.
 //! - [`staging`]: the staging tables a batch is decided on, which the property tests run

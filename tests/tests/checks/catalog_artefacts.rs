@@ -4,7 +4,6 @@
 //! `sagactl publish --help` and its shell completions (every type with its routing key and
 //! fields). The AsyncAPI document and JSON Schemas are checked by `contract_docs.rs`.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use events::EventType;
@@ -13,27 +12,21 @@ use events::tables::{catalog_table, publish_listing, with_catalog_table};
 use saga_tests::stack::binary_path;
 use sagactl::subscriptions::saga_services;
 
-const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test checks catalog_artefacts";
+use crate::doc_files::{keep, read};
 
-fn events_md() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md")
-}
+const EVENTS_MD: &str = "docs/events.md";
+
+/// What to do when `sagactl`'s output lacks a type: the check runs the binary.
+const REBUILD: &str = "these checks run target/debug/sagactl: after changing the catalog, \
+                       rebuild it (`cargo build -p sagactl`, or ./scripts/checks.sh)";
 
 #[test]
 fn the_catalog_table_of_the_docs_is_the_declarations() {
-    let path = events_md();
-    let committed = std::fs::read_to_string(&path).expect("reading docs/events.md");
+    let committed = read(EVENTS_MD);
     let table = catalog_table(&saga_services());
     let generated = with_catalog_table(&committed, &table)
         .expect("docs/events.md has lost the markers around its catalog table");
-    if std::env::var_os("UPDATE_DOCS").is_some() {
-        std::fs::write(&path, &generated).expect("writing docs/events.md");
-        return;
-    }
-    assert!(
-        committed == generated,
-        "docs/events.md's catalog table differs from the catalog; regenerate it with `{REGENERATE}`.\nExpected:\n{table}"
-    );
+    keep(EVENTS_MD, &committed, &generated, "catalog_artefacts");
 }
 
 /// The payload fields a `### <type>` section of docs/events.md lists in its table, top-level
@@ -58,7 +51,7 @@ fn documented_fields(doc: &str, t: EventType) -> Vec<String> {
 
 #[test]
 fn every_field_table_of_the_docs_lists_exactly_the_payloads_fields() {
-    let doc = std::fs::read_to_string(events_md()).expect("reading docs/events.md");
+    let doc = read(EVENTS_MD);
     for t in EventType::ALL {
         let schema = event_schema(t);
         let mut fields: Vec<String> = schema["$defs"][t.name()]["properties"]
@@ -92,7 +85,7 @@ fn publish_help_lists_every_type_with_its_routing_key_and_fields() {
     for expected in publish_listing().lines() {
         assert!(
             lines.contains(&expected.trim_end()),
-            "`sagactl publish --help` lacks the line {expected:?}:\n{help}"
+            "`sagactl publish --help` lacks the line {expected:?} ({REBUILD}):\n{help}"
         );
     }
     for t in EventType::ALL {
@@ -114,7 +107,7 @@ fn completions_offer_every_event_type_to_publish() {
     for t in EventType::ALL {
         assert!(
             script.contains(t.name()),
-            "the bash completion script does not offer {t}"
+            "the bash completion script does not offer {t} ({REBUILD})"
         );
     }
 }

@@ -6,16 +6,30 @@
 //! cancelling and deadlines passing at any moment. Once nothing is in flight, every
 //! at-rest invariant of the contract ("The choreography") must hold.
 //!
+//! The generators publish every operator event of the catalog (`operator_event`) and the
+//! services answer with the rest. Each property gathers what its cases reached and, at
+//! the end, asserts `coverage`: every input each service consumes handled, every event
+//! and reason published, every ending of an order, refunds, late events.
+//!
 //! The two properties run 10,500 generated interleavings between them by default;
 //! `PROPTEST_CASES` overrides the number of cases of every property here.
 
+mod coverage;
 mod model;
+mod services;
 
-use events::catalog::OrderItem;
-use model::{Service, World, label, order_id};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use coverage::{Path, assert_reached, every_path};
+use events::catalog::{CancelReason, FundsDeposited, OrderItem, StockAdjusted};
+use events::{Event, EventType};
+use model::{World, label, order_id};
 use order_svc::saga::OrderStatus;
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
+use proptest::test_runner::{TestCaseError, TestError, TestRunner};
+use services::Service;
 
 /// The last SKU is never stocked, the last customer never deposits.
 const SKUS: [&str; 5] = ["APPLE", "BREAD", "CHEESE", "DATES", "NEVER-STOCKED"];
@@ -80,10 +94,9 @@ enum Op {
 
 #[derive(Debug, Clone)]
 struct Scenario {
-    /// (sku, delta) stock adjustments, published at the start.
-    adjustments: Vec<(&'static str, i64)>,
-    /// (customer, amount, currency) deposits, published at the start.
-    deposits: Vec<(&'static str, i64, &'static str)>,
+    /// The operators' events, published at the start: opening stock and wallets, then
+    /// more of every operator type.
+    operator: Vec<Event>,
     /// Whether stock and money are in place before the first order; otherwise the
     /// operators' events race the orders.
     setup_first: bool,
@@ -137,45 +150,70 @@ fn op(with_commands: bool) -> BoxedStrategy<Op> {
     }
 }
 
+fn adjustment(sku: &str, delta: i64) -> Event {
+    Event::StockAdjusted(StockAdjusted {
+        sku: sku.to_owned(),
+        delta,
+    })
+}
+
+fn deposit(customer: &str, amount: i64, currency: &str) -> Event {
+    Event::FundsDeposited(FundsDeposited {
+        customer_id: customer.to_owned(),
+        amount,
+        currency: currency.to_owned(),
+    })
+}
+
+/// The event types operators publish: the catalog's, by their producer.
+fn operator_types() -> Vec<EventType> {
+    EventType::ALL
+        .into_iter()
+        .filter(|t| t.producer() == EventType::OPERATOR)
+        .collect()
+}
+
+/// Operator events of type `t` on the scenario's SKUs and customers, some of which the
+/// services refuse. Every operator type of the catalog needs its strategy here.
+fn operator_event(t: EventType) -> BoxedStrategy<Event> {
+    match t {
+        // Some would make the stock negative and are refused.
+        EventType::StockAdjusted => (0..4usize, prop_oneof![3 => 1..=8i64, 2 => -6..=-1i64])
+            .prop_map(|(s, d)| adjustment(SKUS[s], d))
+            .boxed(),
+        // Some are in another currency than the wallet's and are refused.
+        EventType::FundsDeposited => (0..4usize, 1..=40i64, currency())
+            .prop_map(|(c, a, cur)| deposit(CUSTOMERS[c], a, cur))
+            .boxed(),
+        other => panic!(
+            "{other} is an operator event, but the property tests generate none: give it a \
+             strategy in `operator_event` (tests/tests/checks/saga_properties.rs)"
+        ),
+    }
+}
+
 fn scenario() -> impl Strategy<Value = Scenario> {
-    // Opening stock of the four stocked SKUs, then a few more adjustments, some of
-    // which would make the stock negative and are refused.
+    // Opening stock of the four stocked SKUs and one wallet each for most of the first
+    // four customers, then a few more events of every operator type.
     let opening = prop::array::uniform4(prop_oneof![1 => Just(0i64), 6 => 1..=30i64]);
-    let adjustment =
-        (0..4usize, prop_oneof![3 => 1..=8i64, 2 => -6..=-1i64]).prop_map(|(s, d)| (SKUS[s], d));
-    // One wallet each for most of the first four customers, then a few more deposits,
-    // some in another currency than the wallet's and refused.
     let wallets = prop::array::uniform4(prop::option::weighted(0.8, (10..=120i64, currency())));
-    let deposit = (0..4usize, 1..=40i64, currency()).prop_map(|(c, a, cur)| (CUSTOMERS[c], a, cur));
+    let more = prop::strategy::Union::new(operator_types().into_iter().map(operator_event));
     (
-        (opening, prop::collection::vec(adjustment, 0..=4)),
-        (wallets, prop::collection::vec(deposit, 0..=3)),
+        (opening, wallets, prop::collection::vec(more, 0..=7)),
         prop::collection::vec(order_spec(), 1..=12),
         prop::collection::vec(op(true), 0..=200),
         prop::bool::weighted(0.7),
         any::<u64>(),
     )
         .prop_map(
-            |(
-                (opening, more_stock),
-                (wallets, more_money),
-                orders,
-                ops,
-                setup_first,
-                drain_seed,
-            )| {
-                let adjustments = (0..4)
+            |((opening, wallets, more), orders, ops, setup_first, drain_seed)| {
+                let stock = (0..4)
                     .filter(|&i| opening[i] > 0)
-                    .map(|i| (SKUS[i], opening[i]))
-                    .chain(more_stock)
-                    .collect();
-                let deposits = (0..4)
-                    .filter_map(|i| wallets[i].map(|(a, cur)| (CUSTOMERS[i], a, cur)))
-                    .chain(more_money)
-                    .collect();
+                    .map(|i| adjustment(SKUS[i], opening[i]));
+                let money =
+                    (0..4).filter_map(|i| wallets[i].map(|(a, cur)| deposit(CUSTOMERS[i], a, cur)));
                 Scenario {
-                    adjustments,
-                    deposits,
+                    operator: stock.chain(money).chain(more).collect(),
                     setup_first,
                     orders,
                     ops,
@@ -332,36 +370,74 @@ impl<'a> Runner<'a> {
         }
         Ok(())
     }
+
+    /// What the run reached, its orders' endings included.
+    fn reached(self) -> BTreeSet<Path> {
+        let endings = self.world.endings();
+        let mut reached = self.world.reached;
+        reached.extend(endings);
+        reached
+    }
 }
 
 // ---- the properties --------------------------------------------------------------------
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(8000),
+/// Runs `property` on `cases` values of `strategy` as `proptest!` does (a failure shrunk to
+/// a minimal case, kept in proptest-regressions/), gathering what each case reached; then
+/// asserts that the cases together reached every path of `wanted`.
+fn check_property<S>(
+    name: &str,
+    cases: u32,
+    strategy: S,
+    wanted: &BTreeSet<Path>,
+    property: impl Fn(S::Value) -> Result<BTreeSet<Path>, TestCaseError>,
+) where
+    S: Strategy,
+    S::Value: Debug,
+{
+    let config = ProptestConfig {
+        cases,
         max_shrink_iters: 4096,
+        source_file: Some(file!()),
         ..ProptestConfig::default()
-    })]
-
-    /// Many orders compete for a little stock and money while messages are delayed,
-    /// reordered, redelivered and repeated, customers cancel and deadlines pass at any
-    /// moment: at rest, every invariant of the contract holds.
-    #[test]
-    fn any_interleaving_of_duplicated_late_and_reordered_events_ends_with_every_invariant_holding(
-        s in scenario()
-    ) {
-        let mut run = Runner::new(&s.orders);
-        for (sku, delta) in &s.adjustments {
-            run.world.adjust_stock(sku, *delta);
+    };
+    let reached = RefCell::new(BTreeSet::new());
+    let result = TestRunner::new(config).run(&strategy, |value| {
+        reached.borrow_mut().extend(property(value)?);
+        Ok(())
+    });
+    match result {
+        Ok(()) => assert_reached(name, cases, wanted, &reached.borrow()),
+        Err(TestError::Fail(why, value)) => {
+            panic!("{name} failed: {why}\nminimal failing input: {value:#?}")
         }
-        for (customer, amount, currency) in &s.deposits {
-            run.world.deposit(customer, *amount, currency);
-        }
-        if s.setup_first {
-            run.deliver_all_in_order()?;
-        }
-        run.run_to_rest(&s.ops, s.drain_seed)?;
+        Err(TestError::Abort(why)) => panic!("{name} aborted: {why}"),
     }
+}
+
+/// Many orders compete for a little stock and money while messages are delayed,
+/// reordered, redelivered and repeated, customers cancel and deadlines pass at any
+/// moment: at rest, every invariant of the contract holds. Together the cases reach every
+/// path of [`every_path`].
+#[test]
+fn any_interleaving_of_duplicated_late_and_reordered_events_ends_with_every_invariant_holding() {
+    check_property(
+        "any_interleaving_of_duplicated_late_and_reordered_events_ends_with_every_invariant_holding",
+        cases(8000),
+        scenario(),
+        &every_path(),
+        |s| {
+            let mut run = Runner::new(&s.orders);
+            for event in &s.operator {
+                run.world.operate(event.clone());
+            }
+            if s.setup_first {
+                run.deliver_all_in_order()?;
+            }
+            run.run_to_rest(&s.ops, s.drain_seed)?;
+            Ok(run.reached())
+        },
+    );
 }
 /// One order with its own customer and its own SKUs, so no other order competes for them.
 #[derive(Debug, Clone)]
@@ -439,85 +515,101 @@ fn outcome(w: &World, id: uuid::Uuid) -> String {
     )
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(2500),
-        max_shrink_iters: 4096,
-        ..ProptestConfig::default()
-    })]
+/// The endings a run without cancellations or deadlines must reach: confirmed, rejected,
+/// and cancelled because the payment failed.
+fn endings_without_cancellations() -> BTreeSet<Path> {
+    let ended = |status: OrderStatus, reason: Option<CancelReason>| Path::Ended {
+        status: status.as_str(),
+        reason: reason.map(|r| r.as_str().to_owned()),
+    };
+    BTreeSet::from([
+        ended(OrderStatus::Confirmed, None),
+        ended(OrderStatus::Rejected, None),
+        ended(OrderStatus::Cancelled, Some(CancelReason::PaymentFailed)),
+    ])
+}
 
-    /// Without cancellations, deadlines or competition for stock and money, the delivery
-    /// order, duplicates and repeats change nothing: every order ends exactly as a
-    /// sequential run of it would, with the stock and money to match.
-    #[test]
-    fn without_cancellations_any_delivery_order_reaches_the_outcome_of_a_sequential_run(
-        (solos, ops, seed) in solos()
-    ) {
-        let specs: Vec<OrderSpec> = solos.iter().map(|s| s.spec.clone()).collect();
-        // One order after the other, each delivered to the end before the next.
-        let mut sequential = stocked(&solos, &specs)?;
-        for _ in &specs {
-            sequential.step(&Op::Place)?;
-            sequential.deliver_all_in_order()?;
-        }
-        let mut run = stocked(&solos, &specs)?;
-        run.run_to_rest(&ops, seed)?;
-
-        let (want, got) = (&sequential.world, &run.world);
-        for i in 0..specs.len() {
-            let id = order_id(i);
-            let (a, b) = (outcome(want, id), outcome(got, id));
-            if a != b {
-                return Err(fail(got, format!(
-                    "order {} ended as\n  {b}\na sequential run ends it as\n  {a}", label(id)
-                )));
+/// Without cancellations, deadlines or competition for stock and money, the delivery
+/// order, duplicates and repeats change nothing: every order ends exactly as a sequential
+/// run of it would, with the stock and money to match. Together the cases reach
+/// [`endings_without_cancellations`].
+#[test]
+fn without_cancellations_any_delivery_order_reaches_the_outcome_of_a_sequential_run() {
+    check_property(
+        "without_cancellations_any_delivery_order_reaches_the_outcome_of_a_sequential_run",
+        cases(2500),
+        solos(),
+        &endings_without_cancellations(),
+        |(solos, ops, seed)| {
+            let specs: Vec<OrderSpec> = solos.iter().map(|s| s.spec.clone()).collect();
+            // One order after the other, each delivered to the end before the next.
+            let mut sequential = stocked(&solos, &specs)?;
+            for _ in &specs {
+                sequential.step(&Op::Place)?;
+                sequential.deliver_all_in_order()?;
             }
-        }
-        if (&want.inventory.stock, &want.payment.wallets) != (&got.inventory.stock, &got.payment.wallets) {
-            return Err(fail(got, format!(
-                "the run left stock {:?} and wallets {:?}; a sequential run leaves {:?} and {:?}",
-                got.inventory.stock, got.payment.wallets, want.inventory.stock, want.payment.wallets
-            )));
-        }
-    }
+            let mut run = stocked(&solos, &specs)?;
+            run.run_to_rest(&ops, seed)?;
+
+            let (want, got) = (&sequential.world, &run.world);
+            for i in 0..specs.len() {
+                let id = order_id(i);
+                let (a, b) = (outcome(want, id), outcome(got, id));
+                if a != b {
+                    return Err(fail(
+                        got,
+                        format!(
+                            "order {} ended as\n  {b}\na sequential run ends it as\n  {a}",
+                            label(id)
+                        ),
+                    ));
+                }
+            }
+            if (&want.inventory.stock, &want.payment.wallets)
+                != (&got.inventory.stock, &got.payment.wallets)
+            {
+                return Err(fail(
+                    got,
+                    format!(
+                        "the run left stock {:?} and wallets {:?}; a sequential run leaves \
+                         {:?} and {:?}",
+                        got.inventory.stock,
+                        got.payment.wallets,
+                        want.inventory.stock,
+                        want.payment.wallets
+                    ),
+                ));
+            }
+            Ok(run.reached())
+        },
+    );
 }
 
 // ---- the services' declarations ---------------------------------------------------------
 
+/// The model routes by each service's own `topology()`: it must be the service's
+/// `CONSUMES`, and every event type must reach some queue (a mandatory publish of one
+/// that reaches none is returned).
 #[test]
-fn each_service_consumes_exactly_the_events_the_contract_routes_to_it() {
-    use events::EventType as E;
-    let expected = [
-        (
-            Service::Order,
-            vec![
-                E::StockReserved,
-                E::StockRejected,
-                E::PaymentDone,
-                E::PaymentFailed,
-                E::StockReleased,
-                E::PaymentRefunded,
-            ],
-        ),
-        (
-            Service::Inventory,
-            vec![
-                E::OrderCreated,
-                E::OrderConfirmed,
-                E::OrderCancelled,
-                E::StockAdjusted,
-            ],
-        ),
-        (
-            Service::Payment,
-            vec![E::StockReserved, E::OrderCancelled, E::FundsDeposited],
-        ),
+fn each_service_is_bound_to_what_it_consumes_and_every_event_has_a_consumer() {
+    let declared = [
+        order_svc::saga::OrderInput::CONSUMES,
+        inventory_svc::saga::InventoryInput::CONSUMES,
+        payment_svc::saga::PaymentInput::CONSUMES,
     ];
-    for (service, mut wanted) in expected {
-        let mut got = service.consumes().to_vec();
-        got.sort();
-        wanted.sort();
-        assert_eq!(got, wanted, "{} consumes the wrong events", service.name());
+    for (service, consumes) in Service::ALL.into_iter().zip(declared) {
+        assert_eq!(
+            service.consumes(),
+            consumes,
+            "{} is bound to other events than it consumes",
+            service.name()
+        );
+    }
+    for t in EventType::ALL {
+        assert!(
+            Service::ALL.iter().any(|s| s.consumes().contains(&t)),
+            "no service consumes {t}"
+        );
     }
 }
 

@@ -3,21 +3,16 @@
 //! and must match what the file holds between its GENERATED markers. Run with
 //! `UPDATE_DOCS=1` to rewrite those sections after changing a state machine.
 //!
-//! A cell describes the plan `decide` returns, in general terms: the state it stores, the
-//! stock or money it moves, the events it emits. Where the answer depends on what is on
-//! hand (stock, a wallet), the cell shows each answer, from a context where enough is on
-//! hand and one where nothing is.
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+//! The inputs are every event a service consumes (its `CONSUMES`), each as the catalog's
+//! example of it, and order-svc's commands: a new input gets its column without an edit
+//! here. A cell describes the plan `decide` returns, in general terms: the state it
+//! stores, the stock or money it moves, the events it emits. Where the answer depends on
+//! what is on hand (stock, a wallet), the cell shows each answer, from a context where
+//! enough is on hand and one where nothing is.
 
 use chrono::Utc;
-use events::Event;
-use events::catalog::{
-    CancelReason, FundsDeposited, OrderCancelled, OrderConfirmed, OrderCreated, OrderItem,
-    PaymentDone, PaymentFailed, PaymentFailureReason, PaymentRefunded, StockAdjusted, StockItem,
-    StockRejected, StockReleased, StockReserved,
-};
+use events::catalog::{OrderItem, StockItem};
+use events::{Event, EventType};
 use inventory_svc::saga::{
     self as inventory, InventoryInput, InventoryState, Reservation, ReservationState, StockLevels,
 };
@@ -26,10 +21,30 @@ use payment_svc::saga::{self as payment, Payment, PaymentContext, PaymentInput, 
 use platform::inputs::Refusal;
 use uuid::Uuid;
 
-const ORDER: Uuid = Uuid::nil();
+use crate::doc_files::{keep, read, splice};
 
-fn doc_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/state-machines.md")
+const DOC: &str = "docs/state-machines.md";
+
+/// The order the catalog's examples are about.
+fn example_order() -> Uuid {
+    EventType::ALL
+        .iter()
+        .find_map(|t| t.example().order_id())
+        .expect("the catalog has an example about an order")
+}
+
+/// The catalog's example of each type in `consumes`, as a service's input.
+fn examples<I>(consumes: &[EventType]) -> Vec<I>
+where
+    I: for<'a> TryFrom<&'a Event, Error = EventType>,
+{
+    consumes
+        .iter()
+        .map(|t| {
+            I::try_from(&t.example())
+                .unwrap_or_else(|t| panic!("{t} is in CONSUMES but its input does not accept it"))
+        })
+        .collect()
 }
 
 fn table(inputs: &[String], rows: Vec<(String, Vec<String>)>) -> String {
@@ -87,58 +102,24 @@ fn refused(r: &Refusal) -> String {
 
 fn order_inputs() -> Vec<OrderInput> {
     let now = Utc::now();
-    vec![
-        OrderInput::Place(NewOrder {
-            order_id: ORDER,
-            customer_id: "c".into(),
-            currency: "EUR".into(),
-            items: vec![OrderItem {
-                sku: "A".into(),
-                quantity: 1,
-                unit_price: 1,
-            }],
-            placed_at: now,
-            deadline: now,
-            idempotency: None,
-        }),
-        OrderInput::StockReserved(StockReserved {
-            order_id: ORDER,
-            customer_id: "c".into(),
-            items: Vec::new(),
-            total: 1,
-            currency: "EUR".into(),
-        }),
-        OrderInput::StockRejected(StockRejected {
-            order_id: ORDER,
-            reason: "insufficient_stock".into(),
-            unavailable: Vec::new(),
-        }),
-        OrderInput::PaymentDone(PaymentDone {
-            order_id: ORDER,
-            payment_id: ORDER,
-            customer_id: "c".into(),
-            amount: 1,
-            currency: "EUR".into(),
-        }),
-        OrderInput::PaymentFailed(PaymentFailed {
-            order_id: ORDER,
-            customer_id: "c".into(),
-            amount: 1,
-            reason: PaymentFailureReason::InsufficientFunds,
-        }),
-        OrderInput::StockReleased(StockReleased {
-            order_id: ORDER,
-            items: Vec::new(),
-        }),
-        OrderInput::PaymentRefunded(PaymentRefunded {
-            order_id: ORDER,
-            payment_id: ORDER,
-            amount: 1,
-            currency: "EUR".into(),
-        }),
-        OrderInput::Cancel(ORDER),
-        OrderInput::Deadline(ORDER),
-    ]
+    let order = example_order();
+    let place = OrderInput::Place(NewOrder {
+        order_id: order,
+        customer_id: "c".into(),
+        currency: "EUR".into(),
+        items: vec![OrderItem {
+            sku: "A".into(),
+            quantity: 1,
+            unit_price: 1,
+        }],
+        placed_at: now,
+        deadline: now,
+        idempotency: None,
+    });
+    std::iter::once(place)
+        .chain(examples(OrderInput::CONSUMES))
+        .chain([OrderInput::Cancel(order), OrderInput::Deadline(order)])
+        .collect()
 }
 
 fn order_cell(state: Option<&Order>, input: &OrderInput) -> String {
@@ -166,7 +147,7 @@ fn order_table() -> String {
     let rows = states
         .map(|status| {
             let o = status.map(|status| Order {
-                order_id: ORDER,
+                order_id: example_order(),
                 customer_id: "c".into(),
                 status,
                 reason: None,
@@ -184,29 +165,19 @@ fn order_table() -> String {
 
 // ---- inventory-svc -----------------------------------------------------------------------
 
+/// The examples, but a StockAdjusted removes what it adds in the example: its cell then
+/// shows the refusal of a removal beyond what is on hand too.
 fn inventory_inputs() -> Vec<InventoryInput> {
-    vec![
-        InventoryInput::OrderCreated(OrderCreated {
-            order_id: ORDER,
-            customer_id: "c".into(),
-            items: vec![OrderItem {
-                sku: "A".into(),
-                quantity: 2,
-                unit_price: 1,
-            }],
-            total: 2,
-            currency: "EUR".into(),
-        }),
-        InventoryInput::OrderConfirmed(OrderConfirmed { order_id: ORDER }),
-        InventoryInput::OrderCancelled(OrderCancelled {
-            order_id: ORDER,
-            reason: CancelReason::Timeout,
-        }),
-        InventoryInput::StockAdjusted(StockAdjusted {
-            sku: "A".into(),
-            delta: -3,
-        }),
-    ]
+    examples(InventoryInput::CONSUMES)
+        .into_iter()
+        .map(|input| match input {
+            InventoryInput::StockAdjusted(mut e) => {
+                e.delta = -e.delta.abs();
+                InventoryInput::StockAdjusted(e)
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// How the plan moves stock between buckets, e.g. `reserved→sold`.
@@ -252,7 +223,7 @@ fn inventory_table() -> String {
     let names: Vec<String> = inputs.iter().map(name).collect();
     let states = std::iter::once(None).chain(ReservationState::ALL.map(Some));
     // Enough on hand for the order and the adjustment, then nothing on hand.
-    let contexts = [5, 0];
+    let contexts = [ON_HAND, 0];
     let rows = states
         .map(|state| {
             let cells = inputs
@@ -278,46 +249,44 @@ fn inventory_table() -> String {
     table(&names, rows)
 }
 
+/// More than any example asks for or removes.
+const ON_HAND: i64 = 1_000;
+
+/// What the example order's reservation holds: the items of the example StockReserved.
+fn held_items() -> Vec<StockItem> {
+    match EventType::StockReserved.example() {
+        Event::StockReserved(e) => e.items,
+        other => panic!("the example StockReserved is {other:?}"),
+    }
+}
+
+/// The reservation in `state` holding [`held_items`] (the SKUs every example names), and
+/// stock of each with `on_hand` available and as much reserved and sold as the
+/// reservation holds.
 fn inventory_state(state: Option<ReservationState>, on_hand: i64) -> InventoryState {
-    let levels = StockLevels {
-        available: on_hand,
-        reserved: 2,
-        sold: 2,
-        adjusted: on_hand + 4,
-    };
+    let items = held_items();
+    let stock = items
+        .iter()
+        .map(|i| {
+            let levels = StockLevels {
+                available: on_hand,
+                reserved: i.quantity,
+                sold: i.quantity,
+                adjusted: on_hand + 2 * i.quantity,
+            };
+            (i.sku.clone(), levels)
+        })
+        .collect();
     InventoryState {
-        reservation: state.map(|state| Reservation {
-            state,
-            items: vec![StockItem {
-                sku: "A".into(),
-                quantity: 2,
-            }],
-        }),
-        stock: BTreeMap::from([("A".to_owned(), levels)]),
+        reservation: state.map(|state| Reservation { state, items }),
+        stock,
     }
 }
 
 // ---- payment-svc -------------------------------------------------------------------------
 
 fn payment_inputs() -> Vec<PaymentInput> {
-    vec![
-        PaymentInput::StockReserved(StockReserved {
-            order_id: ORDER,
-            customer_id: "c".into(),
-            items: Vec::new(),
-            total: 10,
-            currency: "EUR".into(),
-        }),
-        PaymentInput::OrderCancelled(OrderCancelled {
-            order_id: ORDER,
-            reason: CancelReason::Timeout,
-        }),
-        PaymentInput::FundsDeposited(FundsDeposited {
-            customer_id: "c".into(),
-            amount: 5,
-            currency: "EUR".into(),
-        }),
-    ]
+    examples(PaymentInput::CONSUMES)
 }
 
 fn payment_cell(ctx: &PaymentContext, input: &PaymentInput) -> String {
@@ -345,8 +314,8 @@ fn payment_table() -> String {
     let inputs = payment_inputs();
     let names: Vec<String> = inputs.iter().map(name).collect();
     let states = std::iter::once(None).chain(PaymentState::ALL.map(Some));
-    // A wallet that can pay, then a wallet in another currency.
-    let contexts = [("EUR", 100), ("USD", 0)];
+    // A wallet that can pay for any example, then a wallet in another currency.
+    let contexts = [("EUR", 1_000_000), ("USD", 0)];
     let rows = states
         .map(|state| {
             let cells = inputs
@@ -371,7 +340,7 @@ fn payment_table() -> String {
 fn payment_context(state: Option<PaymentState>, currency: &str, balance: i64) -> PaymentContext {
     PaymentContext {
         payment: state.map(|state| Payment {
-            payment_id: Some(ORDER),
+            payment_id: Some(example_order()),
             customer_id: "c".into(),
             amount: 10,
             currency: "EUR".into(),
@@ -385,35 +354,23 @@ fn payment_context(state: Option<PaymentState>, currency: &str, balance: i64) ->
             captured: 10,
             refunded: 0,
         }),
-        new_payment_id: ORDER,
+        new_payment_id: example_order(),
     }
-}
-
-/// Replaces the text between `<!-- BEGIN GENERATED: name -->` and `<!-- END GENERATED: name -->`.
-fn splice(doc: &str, name: &str, body: &str) -> String {
-    let begin = format!("<!-- BEGIN GENERATED: {name} -->\n");
-    let end = format!("<!-- END GENERATED: {name} -->");
-    let (Some(b), Some(e)) = (doc.find(&begin), doc.find(&end)) else {
-        panic!("docs/state-machines.md lacks the markers for {name}");
-    };
-    format!("{}{begin}{body}{}", &doc[..b], &doc[e..])
 }
 
 #[test]
 fn state_machine_docs_match_the_code() {
-    let path = doc_path();
-    let doc = std::fs::read_to_string(&path).expect("docs/state-machines.md exists");
-    let mut want = doc.clone();
-    want = splice(&want, "order", &order_table());
-    want = splice(&want, "inventory", &inventory_table());
-    want = splice(&want, "payment", &payment_table());
-    if std::env::var("UPDATE_DOCS").is_ok() {
-        std::fs::write(&path, &want).expect("write docs/state-machines.md");
-        return;
-    }
-    assert!(
-        doc == want,
-        "docs/state-machines.md is out of date with the state machines; run \
-         `UPDATE_DOCS=1 cargo test -p saga-tests --test checks state_machine_docs` and commit the result"
-    );
+    let doc = read(DOC);
+    let tables = [
+        ("order", order_table()),
+        ("inventory", inventory_table()),
+        ("payment", payment_table()),
+    ];
+    let want = tables
+        .iter()
+        .try_fold(doc.clone(), |want, (name, table)| {
+            splice(&want, name, table)
+        })
+        .unwrap_or_else(|e| panic!("{DOC} {e}"));
+    keep(DOC, &doc, &want, "state_machine_docs");
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use events::{Event, EventType};
 use saga_tests::failure_support::output_within_blocking;
 use saga_tests::sandbox::management_api;
 use saga_tests::stack::binary_path;
@@ -63,62 +64,18 @@ fn json_stdout(cmd: &mut Command) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
-/// A valid payload of every catalog type.
-fn payloads() -> Vec<(&'static str, Value)> {
-    let order = Uuid::now_v7();
-    let payment = Uuid::now_v7();
-    vec![
-        (
-            "OrderCreated",
-            json!({"order_id": order, "customer_id": "c", "items": [{"sku": "PUB", "quantity": 1, "unit_price": 5}], "total": 5, "currency": "EUR"}),
-        ),
-        (
-            "StockReserved",
-            json!({"order_id": order, "customer_id": "c", "items": [{"sku": "PUB", "quantity": 1}], "total": 5, "currency": "EUR"}),
-        ),
-        (
-            "StockRejected",
-            json!({"order_id": order, "reason": "insufficient_stock", "unavailable": [{"sku": "PUB", "requested": 1, "available": 0}]}),
-        ),
-        (
-            "PaymentDone",
-            json!({"order_id": order, "payment_id": payment, "customer_id": "c", "amount": 5, "currency": "EUR"}),
-        ),
-        (
-            "PaymentFailed",
-            json!({"order_id": order, "customer_id": "c", "amount": 5, "reason": "insufficient_funds"}),
-        ),
-        ("OrderConfirmed", json!({"order_id": order})),
-        (
-            "OrderCancelled",
-            json!({"order_id": order, "reason": "customer_request"}),
-        ),
-        (
-            "StockReleased",
-            json!({"order_id": order, "items": [{"sku": "PUB", "quantity": 1}]}),
-        ),
-        (
-            "PaymentRefunded",
-            json!({"order_id": order, "payment_id": payment, "amount": 5, "currency": "EUR"}),
-        ),
-        ("StockAdjusted", json!({"sku": "PUB", "delta": 3})),
-        (
-            "FundsDeposited",
-            json!({"customer_id": "c", "amount": 5, "currency": "EUR"}),
-        ),
-    ]
-}
-
 #[tokio::test]
 async fn publish_sends_every_event_type_with_confirms_and_prints_its_message_id() {
     let stack = Stack::start(StackOptions::default()).await;
     let watch = stack.watch_events().await;
-    for (event_type, payload) in payloads() {
+    // The catalog's example of each type: valid, and the same one the docs show.
+    for t in EventType::ALL {
+        let event_type = t.name();
         let out = ok_stdout(sagactl(&stack).args([
             "publish",
             event_type,
             "--data",
-            &payload.to_string(),
+            &t.example().payload().to_string(),
         ]));
         let id = out.trim();
         assert!(
@@ -131,12 +88,14 @@ async fn publish_sends_every_event_type_with_confirms_and_prints_its_message_id(
         assert_eq!(seen.event_type, event_type, "{seen:?}");
         assert_eq!(seen.producer, "sagactl", "{seen:?}");
     }
-    // The StockAdjusted above reached inventory-svc through the broker.
+    // The StockAdjusted above reached inventory-svc through the broker: only an
+    // adjustment makes a SKU known.
+    let Event::StockAdjusted(adjusted) = EventType::StockAdjusted.example() else {
+        unreachable!("the example of a type is of that type")
+    };
     eventually(Duration::from_secs(20), || async {
-        let (status, body) = stack.stock("PUB").await;
-        (status.is_success() && body["available"] == 3)
-            .then_some(())
-            .ok_or(body)
+        let (status, body) = stack.stock(&adjusted.sku).await;
+        status.is_success().then_some(()).ok_or(body)
     })
     .await;
 }

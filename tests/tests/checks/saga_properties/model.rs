@@ -13,11 +13,12 @@
 //! Next to the services' own rows the run keeps an audit of what really happened to each
 //! order, observed from the rows each delivery changed (every capture, every refund, every
 //! unit moved between stock buckets), so the invariants are checked against the facts
-//! rather than against the services' opinion of them.
+//! rather than against the services' opinion of them. What each event type counts for in
+//! that audit is said once, in [`counted`], whose `match` names every type. The run also
+//! records the [`Path`]s it reached, for the coverage the properties assert.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use events::catalog::{FundsDeposited, OrderItem, StockAdjusted};
@@ -31,40 +32,11 @@ use payment_svc::saga::PaymentState;
 use payment_svc::staging::PaymentTables;
 use uuid::Uuid;
 
+use super::coverage::{self, Path};
+use super::services::Service;
+
 /// The producer name operators' events carry.
-pub(crate) const OPERATOR: &str = "sagactl";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Service {
-    Order,
-    Inventory,
-    Payment,
-}
-
-impl Service {
-    pub(crate) const ALL: [Service; 3] = [Service::Order, Service::Inventory, Service::Payment];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Service::Order => order_svc::SERVICE,
-            Service::Inventory => inventory_svc::SERVICE,
-            Service::Payment => payment_svc::SERVICE,
-        }
-    }
-
-    /// What the service's queue is bound to: the service's own topology.
-    pub(crate) fn consumes(self) -> &'static [EventType] {
-        static ROUTES: OnceLock<[Vec<EventType>; 3]> = OnceLock::new();
-        let routes = ROUTES.get_or_init(|| {
-            [
-                order_svc::topology().consumes,
-                inventory_svc::topology().consumes,
-                payment_svc::topology().consumes,
-            ]
-        });
-        &routes[self as usize]
-    }
-}
+pub(crate) const OPERATOR: &str = EventType::OPERATOR;
 
 /// A message on the broker, with the queues it still has to reach.
 #[derive(Debug, Clone)]
@@ -78,6 +50,8 @@ pub(crate) struct Message {
     pub decoded: Result<(), &'static str>,
     pub producer: &'static str,
     pub to: Vec<Service>,
+    /// Whether its order was open (pending or reserved) when it was published.
+    pub while_open: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -190,7 +164,53 @@ pub(crate) struct World {
     /// Per customer, the sum of the deposits payment accepted, as published.
     pub deposited: BTreeMap<String, i64>,
     pub notes: Vec<Note>,
+    /// What the run reached, for the properties' coverage.
+    pub reached: BTreeSet<Path>,
+    /// The orders that were confirmed at some point.
+    pub confirmed_once: BTreeSet<Uuid>,
     next_seq: u32,
+}
+
+/// What an event counts for in the audit and in the totals operators published. The
+/// `match` names every event type: a new one stops the build here until it says whether
+/// it moves stock or money.
+enum Counted<'a> {
+    /// Stock an operator brings in (or takes out) of a SKU: it adds to what the SKU must
+    /// hold, `adjusted` = available + reserved + sold.
+    Stock { sku: &'a str, delta: i64 },
+    /// Money an operator deposits into a customer's wallet.
+    Deposit { customer: &'a str, amount: i64 },
+    /// An order's capture.
+    Capture { customer: &'a str, amount: i64 },
+    /// An order's refund.
+    Refund { amount: i64 },
+    /// Nothing by itself: the stock an order's events move is read off the rows.
+    Nothing,
+}
+
+fn counted(event: &Event) -> Counted<'_> {
+    match event {
+        Event::StockAdjusted(e) => Counted::Stock {
+            sku: &e.sku,
+            delta: e.delta,
+        },
+        Event::FundsDeposited(e) => Counted::Deposit {
+            customer: &e.customer_id,
+            amount: e.amount,
+        },
+        Event::PaymentDone(e) => Counted::Capture {
+            customer: &e.customer_id,
+            amount: e.amount,
+        },
+        Event::PaymentRefunded(e) => Counted::Refund { amount: e.amount },
+        Event::OrderCreated(_)
+        | Event::StockReserved(_)
+        | Event::StockRejected(_)
+        | Event::PaymentFailed(_)
+        | Event::OrderConfirmed(_)
+        | Event::OrderCancelled(_)
+        | Event::StockReleased(_) => Counted::Nothing,
+    }
 }
 
 /// Everything a duplicate delivery must leave untouched.
@@ -257,6 +277,10 @@ impl World {
         if order.is_some() && !copy {
             self.about_orders.push((event.clone(), producer));
         }
+        if !copy {
+            self.reached.extend(coverage::published(&event));
+        }
+        let while_open = order.is_some_and(|id| self.is_open(id));
         self.notes.push(Note::Published {
             seq,
             ty,
@@ -271,7 +295,15 @@ impl World {
             decoded,
             producer,
             to,
+            while_open,
         });
+    }
+
+    fn is_open(&self, order: Uuid) -> bool {
+        self.order
+            .orders
+            .get(&order)
+            .is_some_and(|o| OrderStatus::OPEN.contains(&o.status))
     }
 
     /// Publishes again an event about an order published before, under a new message id.
@@ -363,6 +395,8 @@ impl World {
             Outcome::Duplicate
         } else {
             let stock_before = self.inventory.stock.clone();
+            let order = msg.event.order_id();
+            let late = msg.while_open && order.is_some_and(|id| !self.is_open(id));
             let handled = match to {
                 Service::Order => self.order.handle(&msg.event),
                 Service::Inventory => self.inventory.handle(&msg.event),
@@ -371,15 +405,24 @@ impl World {
             match handled {
                 Ok(emitted) => {
                     self.inboxes[to as usize].insert(msg.id);
-                    match (&msg.event, msg.event.order_id()) {
-                        (Event::StockAdjusted(e), _) => {
-                            *self.adjusted.entry(e.sku.clone()).or_default() += e.delta
+                    self.reached.insert(Path::Consumed { service: to, ty });
+                    if late {
+                        self.reached.insert(Path::Late { service: to });
+                    }
+                    match (counted(&msg.event), order) {
+                        (Counted::Stock { sku, delta }, _) => {
+                            *self.adjusted.entry(sku.to_owned()).or_default() += delta
                         }
-                        (Event::FundsDeposited(e), _) => {
-                            *self.deposited.entry(e.customer_id.clone()).or_default() += e.amount
+                        (Counted::Deposit { customer, amount }, _) => {
+                            *self.deposited.entry(customer.to_owned()).or_default() += amount
                         }
                         (_, Some(order)) => self.observe(order, &stock_before, &emitted),
                         (_, None) => {}
+                    }
+                    if let Some(id) = order.filter(|id| {
+                        self.order.orders.get(id).map(|o| o.status) == Some(OrderStatus::Confirmed)
+                    }) {
+                        self.confirmed_once.insert(id);
                     }
                     for e in emitted {
                         self.publish(e, to.name(), false);
@@ -433,44 +476,39 @@ impl World {
             }
         }
         for e in emitted {
-            match e {
-                Event::PaymentDone(done) => {
-                    audit.captures.push((done.customer_id.clone(), done.amount))
+            match counted(e) {
+                Counted::Capture { customer, amount } => {
+                    audit.captures.push((customer.to_owned(), amount))
                 }
-                Event::PaymentRefunded(refund) => {
+                Counted::Refund { amount } => {
                     let payment = &self.payment.payments[&order];
-                    audit
-                        .refunds
-                        .push((payment.customer_id.clone(), refund.amount));
+                    audit.refunds.push((payment.customer_id.clone(), amount));
                 }
-                _ => {}
+                Counted::Stock { .. } | Counted::Deposit { .. } | Counted::Nothing => {}
             }
         }
     }
 
     // ---- operators -----------------------------------------------------------------
 
+    /// Publishes an operator's event, as `sagactl` does.
+    pub(crate) fn operate(&mut self, event: Event) {
+        self.publish(event, OPERATOR, false);
+    }
+
     pub(crate) fn adjust_stock(&mut self, sku: &str, delta: i64) {
-        self.publish(
-            Event::StockAdjusted(StockAdjusted {
-                sku: sku.to_owned(),
-                delta,
-            }),
-            OPERATOR,
-            false,
-        );
+        self.operate(Event::StockAdjusted(StockAdjusted {
+            sku: sku.to_owned(),
+            delta,
+        }));
     }
 
     pub(crate) fn deposit(&mut self, customer_id: &str, amount: i64, currency: &str) {
-        self.publish(
-            Event::FundsDeposited(FundsDeposited {
-                customer_id: customer_id.to_owned(),
-                amount,
-                currency: currency.to_owned(),
-            }),
-            OPERATOR,
-            false,
-        );
+        self.operate(Event::FundsDeposited(FundsDeposited {
+            customer_id: customer_id.to_owned(),
+            amount,
+            currency: currency.to_owned(),
+        }));
     }
 
     // ---- order-svc's commands and sweep ------------------------------------------------
@@ -517,12 +555,7 @@ impl World {
 
     /// The deadline sweep reaching the order: it takes only open orders.
     pub(crate) fn deadline_passes(&mut self, order_id: Uuid) {
-        let open = self
-            .order
-            .orders
-            .get(&order_id)
-            .is_some_and(|o| OrderStatus::OPEN.contains(&o.status));
-        if open {
+        if self.is_open(order_id) {
             let answer = self.order.run(&OrderInput::Deadline(order_id));
             self.after_command(order_id, answer, |order, answer| Note::Deadline {
                 order,
@@ -825,6 +858,28 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// How each order ended, at rest: its status (a cancellation with its reason) and
+    /// whether a capture of it was refunded, after its confirmation or before.
+    pub(crate) fn endings(&self) -> Vec<Path> {
+        let mut out = Vec::new();
+        for (id, o) in &self.order.orders {
+            let reason = match o.status {
+                OrderStatus::Cancelled => o.reason.clone(),
+                _ => None,
+            };
+            out.push(Path::Ended {
+                status: o.status.as_str(),
+                reason,
+            });
+            if self.audit.get(id).is_some_and(|a| !a.refunds.is_empty()) {
+                out.push(Path::Refunded {
+                    after_confirmation: self.confirmed_once.contains(id),
+                });
+            }
+        }
+        out
     }
 
     /// Messages the services themselves produced that a consumer dead-lettered: each is a
