@@ -78,12 +78,12 @@ const PASSAGES: [(&str, &str, Kind); 15] = [
     // `sagactl verify --help`: the totals its `stock_matches_published` and
     // `wallet_matches_published` compare with.
     (
-        "sagactl/src/cli.rs",
+        "sagactl/src/cli/mod.rs",
         "/// What you know was published as StockAdjusted",
         Kind::OperatorConsumedBy("inventory-svc"),
     ),
     (
-        "sagactl/src/cli.rs",
+        "sagactl/src/cli/mod.rs",
         "/// What you know was published as FundsDeposited",
         Kind::OperatorConsumedBy("payment-svc"),
     ),
