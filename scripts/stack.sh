@@ -238,8 +238,9 @@ cmd_down() {
         fi
     done
 
-    # Give them time to finish in-flight messages and close connections cleanly.
-    local deadline=$((SECONDS + 20)) still
+    # Give them time to drain (SAGA_SHUTDOWN_GRACE_SECS, 20 s by default, bounds it in the
+    # services) and close their connections cleanly.
+    local deadline=$((SECONDS + 25)) still
     while ((${#alive[@]} > 0)); do
         still=()
         for svc in "${alive[@]}"; do
@@ -250,7 +251,7 @@ cmd_down() {
         if ((SECONDS >= deadline)); then
             for svc in "${alive[@]}"; do
                 if pid="$(running_pid "$svc")"; then
-                    warn "${svc} (pid ${pid}) did not stop within 20s; killing it"
+                    warn "${svc} (pid ${pid}) did not stop within 25s; killing it"
                     kill -KILL "$pid" 2>/dev/null || true
                 fi
             done

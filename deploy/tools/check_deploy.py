@@ -332,6 +332,23 @@ def url_parts(url: str):
     return unquote(u.username or ""), unquote(u.password or ""), u.hostname, u.port, u.path.lstrip("/")
 
 
+def compose_seconds(value) -> float | None:
+    """A number of seconds as compose.yaml gives it: `20`, `"${NAME:-20}"` (its default),
+    or a duration such as `30s`, `1m` or `1m30s`."""
+    text = str(value or "").strip()
+    m = re.fullmatch(r"\$\{\w+:-([^}]*)\}", text)
+    if m:
+        text = m.group(1)
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or not m:
+        return None
+    return int(m.group(1) or 0) * 60 + float(m.group(2) or 0)
+
+
 def check_compose(definitions: dict | None):
     section("compose.yaml: broker users and database roles match definitions.json and 20-saga-roles.sql")
     docs = load_yaml_all("compose.yaml")
@@ -364,6 +381,10 @@ def check_compose(definitions: dict | None):
         check(f"127.0.0.1:{port}/healthz" in test, f"{svc}: healthcheck probes /healthz on {port}")
         check(f"127.0.0.1:{port}:{port}" in s.get("ports", []), f"{svc}: port {port} published on 127.0.0.1 only")
         check(s.get("restart") in ("unless-stopped", "always", "on-failure"), f"{svc}: has a restart policy")
+        grace, stop = compose_seconds(env.get("SAGA_SHUTDOWN_GRACE_SECS")), compose_seconds(s.get("stop_grace_period"))
+        check(grace is not None and stop is not None and grace < stop,
+              f"{svc}: stop_grace_period is longer than its drain (SAGA_SHUTDOWN_GRACE_SECS), so SIGKILL never cuts it",
+              f"drain {grace} s, stop_grace_period {stop} s")
     for name, s in services.items():
         for v in s.get("volumes", []):
             src = v.split(":", 1)[0] if isinstance(v, str) else v.get("source", "")
@@ -460,6 +481,10 @@ def check_k8s():
         secret_refs = [r["secretRef"]["name"] for r in refs if "secretRef" in r]
         cm_refs = [r["configMapRef"]["name"] for r in refs if "configMapRef" in r]
         check(all(r in configmaps for r in cm_refs) and cm_refs, f"{svc}: its ConfigMap exists")
+        settings = {}
+        for r in cm_refs:
+            settings |= by_kind.get("ConfigMap", {}).get(r, {}).get("data", {})
+        check_drain(svc, spec, pod, c, settings)
         provided = set().union(*(secrets.get(r, set()) for r in secret_refs)) if secret_refs else set()
         check(all(r in secrets for r in secret_refs)
               and {"SAGA_AMQP_URL", f"SAGA_{prefix}_DATABASE_URL"} <= provided,
@@ -495,6 +520,31 @@ def check_k8s():
         values = list((o.get("stringData") or {}).values())
         check(all("CHANGE-ME" in v for v in values if "://" in v),
               f"Secret {name}: holds placeholders only (no real credentials in the repository)")
+
+
+def check_drain(svc: str, spec: dict, pod: dict, container: dict, settings: dict):
+    """A rollout or an eviction drains a pod (docs/operations.md, "Rolling restarts and
+    shutdown"): the new pod first, the process's drain within Kubernetes' grace period, and
+    the readiness probe noticing the drain while the listener still accepts."""
+    rolling = spec.get("strategy", {})
+    update = rolling.get("rollingUpdate", {})
+    check(rolling.get("type") == "RollingUpdate" and update.get("maxUnavailable") == 0
+          and isinstance(update.get("maxSurge"), int) and update["maxSurge"] >= 1,
+          f"{svc}: a rollout starts a new pod before it stops one (RollingUpdate, maxUnavailable: 0, maxSurge >= 1)",
+          str(rolling))
+    grace = compose_seconds(settings.get("SAGA_SHUTDOWN_GRACE_SECS"))
+    delay = compose_seconds(settings.get("SAGA_SHUTDOWN_DELAY_SECS", "0"))
+    period = pod.get("terminationGracePeriodSeconds", 30)
+    check(grace is not None and grace < period and "preStop" not in container.get("lifecycle", {}),
+          f"{svc}: its drain (SAGA_SHUTDOWN_GRACE_SECS) ends before terminationGracePeriodSeconds, "
+          "with no preStop hook delaying SIGTERM",
+          f"drain {grace} s, terminationGracePeriodSeconds {period}")
+    probe = container.get("readinessProbe", {})
+    noticed = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+    check(delay is not None and grace is not None and noticed <= delay <= grace / 2,
+          f"{svc}: the listener keeps accepting (SAGA_SHUTDOWN_DELAY_SECS) until the readiness probe has "
+          "noticed the drain, within half the drain",
+          f"delay {delay} s, probe notices within {noticed} s")
 
 
 HOSTNAME = "kubernetes.io/hostname"

@@ -11,19 +11,28 @@
 //! the single ack of a delivery it covers (which the broker would answer by closing the
 //! channel: "unknown delivery tag"), and a worker never waits for the frames to be written:
 //! it is free for the next batch as soon as its transaction has committed.
+//!
+//! When a drain ends the subscription, the deliveries received and never started are given
+//! back with `basic.nack` (requeued, [`AckLedger::release`]) through the same queue of
+//! frames, so that another replica gets them at once instead of when the channel closes.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use lapin::Acker;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::mpsc;
 
 /// One frame to send for a delivery.
 enum Settle {
-    Ack { acker: Acker, multiple: bool },
+    Ack {
+        acker: Acker,
+        multiple: bool,
+    },
     Requeue(Acker),
+    /// Never started: back to the queue with `basic.nack`.
+    Release(Acker),
 }
 
 /// The delivery tags of one channel not yet acked or rejected.
@@ -93,6 +102,18 @@ impl AckLedger {
         self.send(Settle::Requeue(delivery.acker.clone()));
     }
 
+    /// Gives `deliveries`, received and never started, back to the queue at once
+    /// (`basic.nack`, requeued): for another consumer of the queue, rather than when this
+    /// channel closes. Their tags are above those of every batch in flight, so no multiple
+    /// ack of a batch covers them.
+    pub(crate) fn release(&self, deliveries: &[Delivery]) {
+        let mut outstanding = self.outstanding();
+        for delivery in deliveries {
+            outstanding.remove(&delivery.delivery_tag);
+            self.send(Settle::Release(delivery.acker.clone()));
+        }
+    }
+
     fn send(&self, settle: Settle) {
         if self.queue.send(settle).is_err() {
             // The sender task is gone with its channel: the broker redelivers what was not
@@ -120,6 +141,14 @@ impl AckSender {
             let result = match settle {
                 Settle::Ack { acker, multiple } => acker.ack(BasicAckOptions { multiple }).await,
                 Settle::Requeue(acker) => acker.reject(BasicRejectOptions { requeue: true }).await,
+                Settle::Release(acker) => {
+                    acker
+                        .nack(BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await
+                }
             };
             if let Err(e) = result {
                 // The channel is gone: the broker redelivers (or requeues) the delivery,

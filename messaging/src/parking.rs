@@ -8,7 +8,8 @@
 //! (requeue): a return, after a delay, that every RabbitMQ version counts toward the quorum
 //! queue's delivery limit (up to 4.2 every return counts; from 4.3 `basic.reject` does and
 //! `basic.nack` does not), so a message whose copy can never be placed ends in the DLQ with
-//! reason `delivery_limit` instead of looping forever. No `basic.nack` is used anywhere.
+//! reason `delivery_limit` instead of looping forever. A failed message is never given back
+//! with `basic.nack` (only a drain gives back what it never started, [`crate::acks`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -26,7 +26,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct HealthReport {
     /// `ok` / `unavailable` on `/healthz`; `ready` / `unavailable` on `/healthz/ready`;
-    /// `live` on `/healthz/live` (which has no other field).
+    /// `draining` on both from SIGTERM until the process exits; `live` on `/healthz/live`
+    /// (which has no other field).
     pub status: String,
     /// `up` or `down`.
     pub database: Option<String>,

@@ -1,5 +1,7 @@
 //! The running service: its HTTP listener and its background tasks (consumer, relay,
-//! timers) under one shutdown token. `main` and the tests both go through here.
+//! timers) under one shutdown token, and the drain that token starts ([`crate::drain`]):
+//! the listener, the consumer and the timers first, the relay once nothing writes any
+//! more. `main` and the tests both go through here.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::api_error::MAX_BODY_BYTES;
+use crate::drain::{Drain, DrainSettings};
 use crate::health::Health;
 use crate::http::{json_errors, with_ops_routes};
 
@@ -25,20 +28,28 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     limits: crate::listener::ConnectionLimits,
+    /// Stopped by the shutdown token: the consumer and the timers.
     tasks: TaskTracker,
+    /// Stopped only once `tasks` and the HTTP server are done: the relay, which publishes
+    /// what they committed.
+    last: TaskTracker,
+    last_stop: CancellationToken,
     shutdown: CancellationToken,
+    drain: DrainSettings,
     /// The broker links `/healthz` reports, for tasks that must know whether they are up.
     links: Vec<messaging::amqp::LinkState>,
 }
 
 impl Application {
-    /// Binds the HTTP listener and wraps `api` with the shared routes and limits.
+    /// Binds the HTTP listener and wraps `api` with the shared routes and limits. The
+    /// shutdown token (which `health` reports as draining) starts the drain.
     pub async fn bind(
         addr: std::net::SocketAddr,
         api: Router,
         health: Health,
-        shutdown: CancellationToken,
+        drain: DrainSettings,
     ) -> anyhow::Result<Self> {
+        let shutdown = health.draining.clone();
         let listener = crate::listener::bind(addr)
             .with_context(|| format!("cannot listen on {addr}; is another process using it?"))?;
         let concurrency: usize = crate::config::env_parse("SAGA_HTTP_CONCURRENCY", 256)?;
@@ -78,7 +89,10 @@ impl Application {
             router,
             limits: crate::listener::ConnectionLimits::from_env()?,
             tasks: TaskTracker::new(),
+            last: TaskTracker::new(),
+            last_stop: CancellationToken::new(),
             shutdown,
+            drain,
             links,
         })
     }
@@ -100,18 +114,56 @@ impl Application {
         self.tasks.spawn(task);
     }
 
-    /// Serves until the shutdown token fires, then waits for the background tasks to
-    /// finish their in-flight work.
+    /// Runs `relay` until everything else has stopped (it publishes what they committed),
+    /// then lets it drain.
+    fn spawn_relay(&self, relay: messaging::outbox::OutboxRelay) {
+        self.last.spawn(relay.run(self.last_stop.clone()));
+    }
+
+    /// Serves until the shutdown token fires, then drains in the order of [`crate::drain`]
+    /// within the grace period: readiness is already 503 (the token is what `/healthz`
+    /// reports); the HTTP listener keeps accepting for the delay while the consumer and the
+    /// timers finish what they hold, then stops accepting and answers what is in flight;
+    /// then the relay publishes or gives back what was handed to it.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "listening");
-        let shutdown = self.shutdown.clone();
-        crate::listener::serve(self.listener, self.router, self.limits, shutdown).await;
+        let accepting = CancellationToken::new();
+        let server =
+            crate::listener::serve(self.listener, self.router, self.limits, accepting.clone());
+        tokio::pin!(server);
+        let server_ended = tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            () = &mut server => true,
+        };
         // If the server stopped by itself, stop everything else too.
         self.shutdown.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        tracing::info!("stopped");
+        let drain = Drain::begin(&self.drain);
+        let delay = self.drain.delay;
+        let (tasks, last, last_stop) = (self.tasks, self.last, self.last_stop);
+        drain
+            .within_grace(async {
+                let http = async {
+                    if !server_ended {
+                        tokio::time::sleep(delay).await;
+                        accepting.cancel();
+                        drain.step("the HTTP listener stopped accepting");
+                        server.await;
+                        drain.step("the HTTP requests in flight answered");
+                    }
+                };
+                let background = async {
+                    tasks.close();
+                    tasks.wait().await;
+                    drain.step("the consumer and the timers stopped");
+                };
+                tokio::join!(http, background);
+                last_stop.cancel();
+                last.close();
+                last.wait().await;
+                drain.step("the outbox relay drained");
+            })
+            .await;
         Ok(())
     }
 }
@@ -152,16 +204,17 @@ pub async fn launch<H: messaging::consumer::Handler>(
     let health = Health {
         pool: pool.clone(),
         links: vec![("consumer", consumer.link()), ("relay", relay.link())],
+        draining: shutdown.clone(),
     };
     let app = Application::bind(
         config.http_addr,
         api(pool.clone(), outbox.clone()),
         health,
-        shutdown.clone(),
+        config.drain.clone(),
     )
     .await?;
     app.spawn(consumer.run(shutdown.clone()));
-    app.spawn(relay.run(shutdown.clone()));
+    app.spawn_relay(relay);
     app.spawn(messaging::housekeeping::run(
         pool.clone(),
         config.retention.clone(),

@@ -3,7 +3,8 @@
 //! Shared by all services: `SAGA_AMQP_URL`, `SAGA_DB_POOL_SIZE`, `SAGA_PREFETCH`,
 //! `SAGA_CONCURRENCY`, `SAGA_RELAY_BATCH`, `SAGA_RELAY_POLL_MS`, `SAGA_RELAY_LEASE_MS`,
 //! `SAGA_CONFIRM_TIMEOUT_MS`,
-//! `SAGA_OUTBOX_RETENTION_SECS`, `SAGA_INBOX_RETENTION_SECS`, `SAGA_PURGE_INTERVAL_SECS`.
+//! `SAGA_OUTBOX_RETENTION_SECS`, `SAGA_INBOX_RETENTION_SECS`, `SAGA_PURGE_INTERVAL_SECS`,
+//! `SAGA_SHUTDOWN_GRACE_SECS`, `SAGA_SHUTDOWN_DELAY_SECS`.
 //! Per service (`<S>` = `ORDER`, `INVENTORY` or `PAYMENT`): `SAGA_<S>_DATABASE_URL`,
 //! `SAGA_<S>_DATABASE_PASSWORD`, `SAGA_<S>_AMQP_URL` (overrides `SAGA_AMQP_URL`, for a
 //! broker user of its own), `SAGA_<S>_AMQP_PASSWORD`, `SAGA_<S>_HTTP_ADDR`.
@@ -20,6 +21,8 @@ use anyhow::Context;
 use messaging::consumer::ConsumerSettings;
 use messaging::housekeeping::Retention;
 use messaging::outbox::RelaySettings;
+
+use crate::drain::DrainSettings;
 
 pub(crate) const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/saga?heartbeat=10";
 
@@ -98,6 +101,27 @@ where
     }
 }
 
+/// Reads `name` as a number of seconds (decimals allowed, `0.5`), or `default` when it is
+/// unset; a value that does not parse, or is negative or not finite, is an error naming
+/// the variable.
+pub fn env_secs(name: &str, default: Duration) -> anyhow::Result<Duration> {
+    let secs: f64 = env_parse(name, default.as_secs_f64())?;
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        anyhow::anyhow!(
+            "environment variable {name}={secs} is invalid: it must be a number of seconds, 0 or more"
+        )
+    })
+}
+
+/// `SAGA_SHUTDOWN_GRACE_SECS` (20) and `SAGA_SHUTDOWN_DELAY_SECS` (0).
+fn drain_from_env() -> anyhow::Result<DrainSettings> {
+    let defaults = DrainSettings::default();
+    Ok(DrainSettings {
+        grace: env_secs("SAGA_SHUTDOWN_GRACE_SECS", defaults.grace)?,
+        delay: env_secs("SAGA_SHUTDOWN_DELAY_SECS", defaults.delay)?,
+    })
+}
+
 /// Settings every service process has.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -110,6 +134,8 @@ pub struct ServiceConfig {
     pub consumer: ConsumerSettings,
     pub relay: RelaySettings,
     pub retention: Retention,
+    /// What SIGTERM and Ctrl-C do (`SAGA_SHUTDOWN_*`).
+    pub drain: DrainSettings,
 }
 
 impl ServiceConfig {
@@ -178,6 +204,7 @@ impl ServiceConfig {
                 purge_every: Duration::from_secs(env_parse("SAGA_PURGE_INTERVAL_SECS", 60u64)?),
                 ..Retention::default()
             },
+            drain: drain_from_env()?,
         };
         validate::check(&config)?;
         Ok(config)

@@ -3,6 +3,9 @@
 //! bring a dependency back, and would crash-loop while it is away). `/healthz/ready` is 200
 //! when the service can serve its HTTP API, that is when its database answers; the body
 //! reports the database and the broker separately, so an operator sees which one is away.
+//! From the moment a drain begins (SIGTERM, [`crate::drain`]) `/healthz/ready` and
+//! `/healthz` answer 503 with `"status": "draining"`, so that load balancers stop sending
+//! while the process finishes what it holds.
 
 use std::time::Duration;
 
@@ -13,12 +16,16 @@ use axum::response::{IntoResponse, Response};
 use messaging::amqp::LinkState;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
-/// What `/healthz` checks: the database answers, and every broker link is up.
+/// What `/healthz` checks: the database answers, and every broker link is up; and whether
+/// the service drains.
 #[derive(Clone)]
 pub struct Health {
     pub pool: PgPool,
     pub links: Vec<(&'static str, LinkState)>,
+    /// Cancelled when the drain begins: the shutdown token.
+    pub draining: CancellationToken,
 }
 
 impl Health {
@@ -38,11 +45,17 @@ impl Health {
                 json!(if link.is_up() { "up" } else { "down" }),
             );
         }
-        let ok = db_ok && links_ok;
+        let draining = self.draining.is_cancelled();
+        let ok = db_ok && links_ok && !draining;
+        let status = match (draining, ok) {
+            (true, _) => "draining",
+            (false, true) => "ok",
+            (false, false) => "unavailable",
+        };
         (
             ok,
             json!({
-                "status": if ok { "ok" } else { "unavailable" },
+                "status": status,
                 "database": if db_ok { "up" } else { "down" },
                 "broker": broker,
                 "auth": crate::auth::mode_label(),
@@ -58,20 +71,26 @@ pub async fn live() -> Response {
     (StatusCode::OK, Json(json!({"status": "live"}))).into_response()
 }
 
-/// `GET /healthz/ready`: 200 when the database answers; the broker links are reported but
-/// do not decide (the outbox keeps what is written while the broker is away).
+/// `GET /healthz/ready`: 200 when the database answers and the service is not draining;
+/// the broker links are reported but do not decide (the outbox keeps what is written while
+/// the broker is away).
 #[utoipa::path(get, path = "/healthz/ready", tag = "operations",
     responses(
         (status = 200, description = "The database answers; the body reports the broker too", body = crate::api_schema::HealthReport),
-        (status = 503, description = "The database does not answer", body = crate::api_schema::HealthReport),
+        (status = 503, description = "The database does not answer, or the service drains (status `draining`) before it exits", body = crate::api_schema::HealthReport),
     ))]
 pub async fn ready(State(health): State<Health>) -> Response {
     let (_, mut body) = health.check().await;
     let db_ok = body["database"] == "up";
-    body["status"] = json!(if db_ok { "ready" } else { "unavailable" });
+    let draining = health.draining.is_cancelled();
+    body["status"] = json!(match (draining, db_ok) {
+        (true, _) => "draining",
+        (false, true) => "ready",
+        (false, false) => "unavailable",
+    });
     // Conditions an operator should know about while the service still serves.
     body["warnings"] = json!(warnings());
-    let status = if db_ok {
+    let status = if db_ok && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

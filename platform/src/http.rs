@@ -170,7 +170,7 @@ pub(crate) fn with_ops_routes(api: Router, health: Health) -> Router {
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses(
         (status = 200, description = "Database and broker reachable", body = crate::api_schema::HealthReport),
-        (status = 503, description = "The database or a broker link is down", body = crate::api_schema::HealthReport),
+        (status = 503, description = "The database or a broker link is down, or the service drains (status `draining`)", body = crate::api_schema::HealthReport),
     ))]
 async fn healthz(State(health): State<Health>) -> Response {
     let (ok, body) = health.check().await;

@@ -1,6 +1,7 @@
 //! What every saga service shares besides messaging: typed configuration from the
 //! environment, telemetry, database bootstrap, the HTTP edge (errors, JSON bodies, health
-//! and metrics endpoints, the OpenAPI document), shutdown on signals, and the [`Application`] that ties a
+//! and metrics endpoints, the OpenAPI document), shutdown on signals and the drain that
+//! follows ([`drain`]), and the [`Application`] that ties a
 //! service's parts together so `main` and the tests start it the same way.
 
 pub mod api_error;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod db_failover;
+pub mod drain;
 pub mod edge;
 pub mod health;
 pub mod http;

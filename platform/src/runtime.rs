@@ -14,19 +14,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Application;
 
-/// Runs `future` to completion on a new multi-threaded runtime with I/O and timers.
+/// Runs `future` to completion on a new multi-threaded runtime with I/O and timers. Tasks
+/// still running then (a drain past its grace period) are dropped; the runtime waits at
+/// most a second for threads of its own blocked in them.
 pub fn block_on<T>(future: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     crate::crypto::install();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("could not start the tokio runtime")?
-        .block_on(future)
+        .context("could not start the tokio runtime")?;
+    let result = runtime.block_on(future);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// The whole life of `service`'s process: telemetry first (so that what follows is
 /// logged), its configuration from the environment, the application built with a
-/// shutdown token that SIGTERM and Ctrl-C cancel, then served until it stops.
+/// shutdown token that SIGTERM and Ctrl-C cancel, then served until it has drained.
 pub fn run_service<C, Built>(
     service: &'static str,
     config: impl FnOnce() -> anyhow::Result<C>,

@@ -1,4 +1,5 @@
-//! Shutdown on SIGTERM or Ctrl-C, as a token every long-running task watches.
+//! Shutdown on SIGTERM or Ctrl-C, as a token every long-running task watches; cancelling it
+//! starts the drain ([`crate::drain`]).
 
 use tokio_util::sync::CancellationToken;
 
@@ -8,7 +9,7 @@ pub fn on_signal() -> CancellationToken {
     let trigger = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested; finishing in-flight work");
+        tracing::info!("shutdown requested");
         trigger.cancel();
     });
     token

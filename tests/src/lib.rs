@@ -10,6 +10,7 @@
 //! - [`pg_standby`]: a private PostgreSQL primary with a synchronous hot standby.
 //! - [`steady_load`]: orders at a steady rate through a fault, and the checks after it.
 //! - [`replicas`]: more instances of a service on the same stack.
+//! - [`sigterm`]: stopping a service process as an orchestrator does, and timing its drain.
 //! - [`poll`]: [`eventually`], the only way tests wait for a result.
 //! - [`saga_support`]: helpers for the saga tests: watching the events on the broker,
 //!   waiting for a service to have handled a message, reading reservations and payments.
@@ -33,6 +34,7 @@ pub mod proxy;
 pub mod replicas;
 pub mod saga_support;
 pub mod sandbox;
+pub mod sigterm;
 pub mod stack;
 pub mod steady_load;
 

@@ -16,7 +16,7 @@ pub struct Replica {
     pub service: Service,
     pub addr: SocketAddr,
     pub log: PathBuf,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 impl Replica {

@@ -250,7 +250,7 @@ pub struct Stack {
     addrs: HashMap<Service, SocketAddr>,
     amqp_url_for_services: String,
     log_dir: PathBuf,
-    children: Mutex<HashMap<Service, Child>>,
+    pub(crate) children: Mutex<HashMap<Service, Child>>,
     publisher: tokio::sync::Mutex<Option<BrokerLink>>,
     proxy: Option<TcpProxy>,
     /// What the harness published as StockAdjusted and FundsDeposited (through

@@ -74,12 +74,18 @@ pub async fn seed(stack: &Stack) {
     }
 }
 
-async fn place_one(stack: &Stack, n: u64) -> Placed {
+/// The `n`-th order of the load, and whether it is a ghost (asks for a SKU nobody stocks:
+/// it must be rejected; every other one must confirm).
+pub fn order_body(n: u64) -> (serde_json::Value, bool) {
     let ghost = n % GHOST_EVERY == GHOST_EVERY - 1;
     let sku = if ghost { "SKU-GHOST" } else { SKU };
-    let body = order_request(&format!("cust-{}", n % CUSTOMERS), "EUR", &[(sku, 1, 100)])
-        .to_string()
-        .into_bytes();
+    let body = order_request(&format!("cust-{}", n % CUSTOMERS), "EUR", &[(sku, 1, 100)]);
+    (body, ghost)
+}
+
+async fn place_one(stack: &Stack, n: u64) -> Placed {
+    let (body, ghost) = order_body(n);
+    let body = body.to_string().into_bytes();
     // The same key on every attempt: a POST whose answer was lost is not a second order.
     let key = Uuid::now_v7().to_string();
     let headers = [

@@ -1,8 +1,10 @@
 //! Turns: how the consumer runs. A broker session consumes the input queue with a prefetch;
 //! each batch waits for a free worker slot and that slot's turn (an advisory lock that the
 //! same slot of every replica takes), takes whatever has arrived meanwhile, and runs as a
-//! task of its own. The session reconnects with backoff when the link breaks, and on
-//! shutdown stops taking deliveries and lets the batches in flight finish and ack.
+//! task of its own. The session reconnects with backoff when the link breaks. On shutdown
+//! it drains: it cancels its subscription (`basic.cancel`), gives what it received and did
+//! not start back to the queue at once (`basic.nack`, requeued) for the other replicas, lets
+//! the batches in flight finish and ack, and only then closes.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,8 +39,8 @@ impl Drop for Slot {
 
 impl<H: Handler> EventConsumer<H> {
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker link breaks.
-    /// On shutdown it stops taking deliveries, lets the handlers in flight finish and ack,
-    /// then closes; unacked prefetched messages go back to the queue.
+    /// On shutdown it stops taking deliveries, gives back those it had not started, lets
+    /// the handlers in flight finish and ack, then closes.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         let tracker = TaskTracker::new();
@@ -135,6 +138,8 @@ impl<H: Handler> EventConsumer<H> {
         // What the stream said after the last delivery a batch took (an end or an error),
         // to act on before waiting for more.
         let mut carried: Option<Option<lapin::Result<Delivery>>> = None;
+        // Received and not started when shutdown came: given back at once.
+        let mut unstarted: Vec<Delivery> = Vec::new();
         let result = loop {
             // Paused: take nothing new; what is prefetched stays unacked with the broker.
             if inner.gate.is_paused() && !inner.gate.wait_open(shutdown).await {
@@ -153,8 +158,19 @@ impl<H: Handler> EventConsumer<H> {
                 Some(Err(e)) => break Err(e.into()),
                 Some(Ok(delivery)) => delivery,
             };
-            let Some(slot) = free_slots.recv().await else {
-                break Ok(());
+            let slot = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    unstarted.push(first);
+                    break Ok(());
+                }
+                slot = free_slots.recv() => match slot {
+                    Some(slot) => slot,
+                    None => {
+                        unstarted.push(first);
+                        break Ok(());
+                    }
+                },
             };
             let slot = Slot {
                 slot,
@@ -163,8 +179,10 @@ impl<H: Handler> EventConsumer<H> {
             let turn = if inner.settings.batch_size > 1 {
                 tokio::select! {
                     biased;
-                    // The delivery goes back to the queue with the channel.
-                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = shutdown.cancelled() => {
+                        unstarted.push(first);
+                        break Ok(());
+                    }
                     turn = self.take_turn(slot.slot) => turn,
                 }
             } else {
@@ -195,13 +213,17 @@ impl<H: Handler> EventConsumer<H> {
                 drop(slot);
             });
         };
+        if let Some(Some(Ok(delivery))) = carried {
+            unstarted.push(delivery);
+        }
         if shutdown.is_cancelled() {
-            if let Err(e) = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await
-            {
-                tracing::debug!(error = %e, "consumer cancel failed; closing anyway");
-            }
+            let released = stop_consuming(&channel, &tag, &mut deliveries, unstarted, &acks).await;
+            tracing::info!(
+                queue = inner.topology.input_queue(),
+                released,
+                batches_in_flight = tracker.len(),
+                "consumer cancelled; deliveries not started given back to the queue; finishing the batches in flight"
+            );
             // Let the handlers in flight commit and ack on this channel before closing it:
             // once they are done the ledger is dropped, and its sender ends when every ack
             // it was given is written.
@@ -212,10 +234,43 @@ impl<H: Handler> EventConsumer<H> {
                 tracing::warn!(error = %e, "the ack sender failed; unacked messages come again");
             }
             amqp::close_quietly(&conn, "shutting down").await;
+            tracing::info!(
+                queue = inner.topology.input_queue(),
+                "consumer drained: its batches in flight done and settled, its connection closed"
+            );
         }
         inner.link.set(false);
         result
     }
+}
+
+/// Ends the subscription for a drain and gives back, at once, every delivery received and
+/// not started: those the loop held (`unstarted`) and those the broker pushed before the
+/// cancel took effect, which the stream still buffers (it ends once the broker confirmed
+/// the cancel). Given back with `basic.nack` (requeued), they go to another replica now
+/// rather than when this channel closes, after the batches in flight. Returns how many.
+async fn stop_consuming(
+    channel: &Channel,
+    tag: &str,
+    deliveries: &mut Consumer,
+    mut unstarted: Vec<Delivery>,
+    acks: &AckLedger,
+) -> usize {
+    if let Err(e) = channel
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await
+    {
+        tracing::debug!(error = %e, "consumer cancel failed; what it holds returns with the channel");
+    }
+    while let Some(Some(next)) = deliveries.next().now_or_never() {
+        match next {
+            Ok(delivery) => unstarted.push(delivery),
+            // The channel is gone: the broker returns what was not acked by itself.
+            Err(_) => break,
+        }
+    }
+    acks.release(&unstarted);
+    unstarted.len()
 }
 
 /// The advisory-lock key of a queue's turns: FNV-1a of its name, the same in every

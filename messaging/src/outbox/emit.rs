@@ -114,7 +114,7 @@ impl OutboxRows {
     ) -> sqlx::Result<()> {
         let after_commit = std::mem::take(&mut self.after_commit);
         let handover = outbox.taker(self.len());
-        self.add_leased(&mut writes, handover.map(|h| h.lease))?;
+        self.add_leased(&mut writes, handover.as_ref().map(|h| h.lease()))?;
         // The rows this process's relay published since the last commit are recorded sent
         // in this transaction, which costs no statement and no commit of their own.
         let recorded = match &outbox.handover {

@@ -1,5 +1,11 @@
 //! The rows a process's writers hand to its relay in memory once committed, and the
 //! confirmed ones waiting to be recorded sent by the next commit (or the relay's recorder).
+//!
+//! At shutdown the relay closes its intake: no commit hands it rows any more (their rows are
+//! written with no lease, for any relay to claim), and it waits for the commits that chose
+//! it before, so that every row handed over is in its queue when it drains. What it then
+//! cannot publish it gives back ([`give_back`]): the lease is cleared, and any relay of the
+//! database claims the rows at its next look instead of when the lease ends.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -40,13 +47,57 @@ impl Outbox {
             .map_or(0, |h| h.lock_confirmed().rows.len())
     }
 
-    /// The relay that takes `rows` more rows now, if there is one: running, connected to
-    /// the broker, and with room in its queue.
-    pub(super) fn taker(&self, rows: usize) -> Option<&Handover> {
-        self.handover
+    /// The relay that takes `rows` more rows now, if there is one: running and not
+    /// draining, connected to the broker, and with room in its queue. Until the returned
+    /// [`Taking`] hands the rows over (or is dropped: the commit failed), a drain of the
+    /// relay waits for it.
+    pub(super) fn taker(&self, rows: usize) -> Option<Taking<'_>> {
+        let handover = self
+            .handover
             .as_deref()
-            .filter(|h| rows > 0 && h.link.is_up() && h.queued() + rows <= h.capacity)
+            .filter(|h| rows > 0 && h.link.is_up() && h.queued() + rows <= h.capacity)?;
+        let mut intake = handover.lock_intake();
+        if intake.closed {
+            return None;
+        }
+        intake.committing += 1;
+        Some(Taking { handover })
     }
+}
+
+/// A commit whose rows go to the relay once committed: leased to it, then handed over.
+pub(super) struct Taking<'a> {
+    handover: &'a Handover,
+}
+
+impl Taking<'_> {
+    /// How long the rows are the relay's alone.
+    pub(super) fn lease(&self) -> Duration {
+        self.handover.lease
+    }
+
+    /// Hands the committed rows to the relay.
+    pub(super) fn hand(self, rows: Vec<RowToPublish>) {
+        self.handover.hand(rows);
+    }
+}
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        let mut intake = self.handover.lock_intake();
+        intake.committing -= 1;
+        if intake.closed && intake.committing == 0 {
+            self.handover.intake_done.notify_waiters();
+        }
+    }
+}
+
+/// Whether the relay still takes rows, and how many commits chose it and have not handed
+/// their rows over yet.
+#[derive(Default)]
+pub(super) struct Intake {
+    closed: bool,
+    committing: usize,
 }
 
 /// Rows handed from the writers of a process to its relay, and the confirmed ones waiting
@@ -63,6 +114,11 @@ pub(super) struct Handover {
     /// Published and confirmed, waiting to be recorded sent.
     pub(super) confirmed: Mutex<Confirmed>,
     pub(super) recorder: Notify,
+    pub(super) intake: Mutex<Intake>,
+    /// Rung when the last commit that chose the relay is done after the intake closed.
+    pub(super) intake_done: Notify,
+    /// Rows the draining relay will not publish, to give back.
+    pub(super) given_back: Mutex<Vec<Uuid>>,
 }
 
 impl Handover {
@@ -84,10 +140,13 @@ impl Handover {
 
     /// Up to `max` rows to publish, oldest first. Rows that waited half their lease are
     /// dropped instead: they are left to the relays that claim, so that a row is never
-    /// published from memory while a claim may take it.
+    /// published from memory while a claim may take it (given back at once when the relay
+    /// drains).
     pub(super) fn take(&self, max: usize) -> Vec<RowToPublish> {
+        let draining = self.is_closed();
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let mut rows = Vec::new();
+        let mut expired = Vec::new();
         while rows.len() < max
             && let Some((handed, row)) = queue.pop_front()
         {
@@ -95,12 +154,65 @@ impl Handover {
                 rows.push(row);
             } else {
                 metrics::counter!("saga_outbox_handover_expired_total").increment(1);
+                expired.push(row.message_id);
             }
+        }
+        if draining {
+            self.give_back(expired);
         }
         if !queue.is_empty() {
             // More for another loop.
             self.work.notify_one();
         }
+        rows
+    }
+
+    fn lock_intake(&self) -> std::sync::MutexGuard<'_, Intake> {
+        self.intake.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.lock_intake().closed
+    }
+
+    /// Takes no more rows, and returns once every commit that chose this relay before has
+    /// handed its rows over (or failed): from then on, everything handed over is queued.
+    pub(super) async fn close(&self) {
+        loop {
+            let done = self.intake_done.notified();
+            tokio::pin!(done);
+            // Registered before the count is read, so that the last commit's ring is not
+            // missed.
+            done.as_mut().enable();
+            {
+                let mut intake = self.lock_intake();
+                intake.closed = true;
+                if intake.committing == 0 {
+                    return;
+                }
+            }
+            done.await;
+        }
+    }
+
+    /// Notes rows the draining relay will not publish, to give back.
+    pub(super) fn give_back(&self, rows: impl IntoIterator<Item = Uuid>) {
+        self.given_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(rows);
+    }
+
+    /// What the drained relay leaves: the rows it gave up on and those still queued.
+    pub(super) fn take_unpublished(&self) -> Vec<Uuid> {
+        let mut rows = std::mem::take(
+            &mut *self
+                .given_back
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        rows.extend(queue.drain(..).map(|(_, row)| row.message_id));
         rows
     }
 
@@ -138,6 +250,22 @@ impl Handover {
     pub(super) fn waited(&self) -> Option<Duration> {
         self.lock_confirmed().since.map(|since| since.elapsed())
     }
+}
+
+/// Gives unsent rows back: clears their lease, as if they had been written with none, so
+/// that any relay of the database claims them at its next look (a commit of its process
+/// or its poll) instead of when the lease ends. Returns how many were still unsent.
+pub(super) async fn give_back(pool: &PgPool, rows: &[Uuid]) -> sqlx::Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "UPDATE outbox SET next_attempt_at = NULL WHERE message_id = ANY($1) AND sent_at IS NULL",
+    )
+    .bind(rows)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Adds the record of `confirmed` rows as sent, each with the time its confirm came, to

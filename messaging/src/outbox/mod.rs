@@ -17,6 +17,9 @@
 //!   That is how the rows of a writer that died before its relay published them get out
 //!   (its restart, or another replica, claims them when their lease ends), and the rows
 //!   its relay could not publish (the broker went away) too.
+//! - A relay that stops (SIGTERM) hands nothing over to the lease: once its process writes
+//!   no more rows, it publishes every row still queued, and gives back (clears the lease
+//!   of) any it cannot, so another replica's relay claims it at its next look.
 //! - Relays claim what is not handed over: rows whose lease ran out, rows written with no
 //!   relay running in the process (or its broker link down, or its queue full), and rows
 //!   of other writers ([`enqueue`]). Several relays (replicas) may run on one outbox: each
@@ -32,8 +35,10 @@
 //! The module's parts: [`emit`] (the rows of one transaction and their commit),
 //! [`handover`] (the rows a process's writers hand to its relay, and the record of those
 //! sent), [`row`] (a row as it is published), [`relay`] (claiming and publishing),
+//! [`drain`] (the relay's end at shutdown: what was handed over published or given back),
 //! [`records`] (reading the outbox back).
 
+mod drain;
 mod emit;
 mod handover;
 mod records;

@@ -1,9 +1,11 @@
 //! The relay: publishes what is handed over, claims what is not (leases run out, rows of
-//! other writers), backs refused rows off alone, and records the confirmed ones sent.
+//! other writers), backs refused rows off alone, and records the confirmed ones sent. At
+//! shutdown it drains: once no writer of its process hands it rows any more, it publishes
+//! what is queued, records it sent, and gives back the rows it could not publish.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::Connection;
 
@@ -158,9 +160,9 @@ macro_rules! back_off {
 /// Publishes the outbox of one service database.
 #[derive(Clone)]
 pub struct OutboxRelay {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     amqp_url: String,
-    name: String,
+    pub(super) name: String,
     settings: RelaySettings,
     link: LinkState,
     /// Work for one loop: rung when rows are handed over, once per commit of rows to claim
@@ -196,6 +198,9 @@ impl OutboxRelay {
                 work: work.clone(),
                 confirmed: Mutex::default(),
                 recorder: Notify::new(),
+                intake: Mutex::default(),
+                intake_done: Notify::new(),
+                given_back: Mutex::default(),
             })
         });
         OutboxRelay {
@@ -283,8 +288,9 @@ impl OutboxRelay {
 
     /// Publishes rows handed over in memory, with no transaction: the confirmed ones go to
     /// be recorded sent, the refused ones back off in the database, and the rest (the
-    /// channel broke) are left to their lease, to be claimed when it runs out.
-    async fn publish_handed(
+    /// channel broke) are left to their lease, to be claimed when it runs out (given back
+    /// at once when the relay drains).
+    pub(super) async fn publish_handed(
         &self,
         handover: &Handover,
         publisher: &ConfirmedPublisher,
@@ -292,6 +298,15 @@ impl OutboxRelay {
     ) -> Result<usize, RelayError> {
         let mut published =
             Published::publish(publisher, rows.iter().map(|r| (r.message_id, r))).await;
+        if published.failed > published.refused.len() && handover.is_closed() {
+            let settled: std::collections::HashSet<_> =
+                published.sent.iter().chain(&published.refused).collect();
+            handover.give_back(
+                rows.iter()
+                    .map(|r| r.message_id)
+                    .filter(|id| !settled.contains(id)),
+            );
+        }
         let sent = published.sent.len();
         // The confirmed rows first: a failure below must not keep them from being recorded.
         handover.confirmed(std::mem::take(&mut published.sent));
@@ -309,18 +324,24 @@ impl OutboxRelay {
         published.outcome(sent, rows.len())
     }
 
-    /// Relays with `workers` loops until `shutdown`, reconnecting to the broker and the
-    /// database as needed. The batches in flight when shutdown comes are finished first,
-    /// and what they published is recorded sent.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Relays with `workers` loops until `stop`, reconnecting to the broker and the
+    /// database as needed, then drains. `stop` must come once this process writes no more
+    /// outbox rows (its consumer, HTTP server and timers are done): the drain closes the
+    /// intake (a commit still under way that chose this relay hands its rows first), lets
+    /// the loops finish their batches and publish every row still queued, records what
+    /// was published sent, and gives back what was not.
+    pub async fn run(self, stop: CancellationToken) {
+        // The loops' own stop, once nothing more can be handed over.
+        let shutdown = CancellationToken::new();
         let mut loops = tokio::task::JoinSet::new();
-        let (work, stop, claim_due) = (self.work.clone(), shutdown.clone(), self.claim_due.clone());
+        let (work, doorbell_stop, claim_due) =
+            (self.work.clone(), shutdown.clone(), self.claim_due.clone());
         // The doorbell: every commit of rows to claim in this process wakes one loop.
         loops.spawn(async move {
             let mut commits = COMMITTED.subscribe();
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = doorbell_stop.cancelled() => return 0,
                     // The sender is a static, never dropped: this returns on a commit.
                     _ = commits.changed() => {
                         claim_due.store(true, Ordering::Release);
@@ -333,17 +354,30 @@ impl OutboxRelay {
             loops.spawn(self.clone().run_worker(worker, shutdown.clone()));
         }
         if let Some(handover) = self.handover.clone() {
-            loops.spawn(self.clone().run_recorder(handover, shutdown.clone()));
+            let recorder = self.clone().run_recorder(handover, shutdown.clone());
+            loops.spawn(async move {
+                recorder.await;
+                0
+            });
         }
-        while loops.join_next().await.is_some() {}
-        if let Some(handover) = &self.handover
-            && let Err(e) = self.record_sent(handover).await
-        {
-            tracing::warn!(relay = %self.name, error = %e, "published rows not recorded sent at shutdown; they will be published again");
+        stop.cancelled().await;
+        let started = Instant::now();
+        if let Some(handover) = &self.handover {
+            handover.close().await;
+        }
+        shutdown.cancel();
+        let mut published = 0;
+        while let Some(drained) = loops.join_next().await {
+            published += drained.unwrap_or(0);
+        }
+        if let Some(handover) = &self.handover {
+            self.finish_drain(handover, published, started).await;
         }
     }
 
-    async fn run_worker(self, worker: usize, shutdown: CancellationToken) {
+    /// One loop until `shutdown`; then it publishes what is still handed over (the drain)
+    /// and returns how many rows that was.
+    async fn run_worker(self, worker: usize, shutdown: CancellationToken) -> usize {
         let mut backoff = Backoff::default();
         let mut link: Option<(Connection, ConfirmedPublisher)> = None;
         // Only the first loop polls: one look a poll interval finds rows whose lease ran
@@ -402,10 +436,17 @@ impl OutboxRelay {
                 }
             }
         }
+        let drained = match (&self.handover, &link) {
+            (Some(handover), Some((_, publisher))) if publisher.is_usable() => {
+                self.publish_queued(handover, publisher, batch).await
+            }
+            _ => 0,
+        };
         self.link.set(false);
         if let Some((conn, _)) = link {
             crate::amqp::close_quietly(&conn, "shutting down").await;
         }
+        drained
     }
 
     /// Records sent what was published from memory and no commit of the process recorded
@@ -442,7 +483,7 @@ impl OutboxRelay {
 
     /// Records every confirmed row sent, in one statement, with the time of its confirm.
     /// On failure they are kept for the next try.
-    async fn record_sent(&self, handover: &Handover) -> sqlx::Result<()> {
+    pub(super) async fn record_sent(&self, handover: &Handover) -> sqlx::Result<()> {
         let confirmed = handover.take_confirmed();
         let recorded = async {
             let mut writes = Writes::default();

@@ -85,5 +85,19 @@ pub fn check(config: &ServiceConfig) -> anyhow::Result<()> {
         retention.purge_every.as_secs(),
         1..=86_400,
     )?;
+    let drain = &config.drain;
+    in_range(
+        "SAGA_SHUTDOWN_GRACE_SECS",
+        drain.grace.as_secs_f64(),
+        0.1..=3_600.0,
+    )?;
+    in_range(
+        "SAGA_SHUTDOWN_DELAY_SECS",
+        drain.delay.as_secs_f64(),
+        0.0..=drain.grace.as_secs_f64() / 2.0,
+    )
+    .map_err(|e| {
+        e.context("the listener's delay must leave at least half the grace period to the drain")
+    })?;
     Ok(())
 }
