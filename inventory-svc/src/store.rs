@@ -17,7 +17,7 @@ use platform::staged::changed;
 use crate::saga::{InventoryInput, Reservation, ReservationState, StockLevels};
 use crate::staging::InventoryTables;
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct StockRow {
     pub sku: String,
     pub available: i64,
@@ -47,26 +47,24 @@ pub(crate) async fn load(
     let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
     let mut tables = InventoryTables::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
-        let rows: Vec<(Uuid, ReservationState, sqlx::types::Json<Vec<StockItem>>)> =
-            sqlx::query_as(concat!(
-                "SELECT r.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
-                     SELECT order_id, status, items FROM reservations WHERE order_id = k.id FOR UPDATE) r
-                 WHERE ",
-                messaging::saga_locks_taken!(2)
-            ))
-            .bind(ids)
-            .bind(std::mem::take(&mut locks))
-            .fetch_all(&mut *conn)
-            .await?;
-        tables
-            .reservations
-            .extend(rows.into_iter().map(|(id, state, items)| {
-                let reservation = Reservation {
-                    state,
-                    items: items.0,
-                };
-                (id, reservation)
-            }));
+        let rows = messaging::saga_locks_taken!(sqlx::query!(
+            r#"SELECT r.order_id, r.status AS "status: ReservationState",
+                   r.items AS "items: sqlx::types::Json<Vec<StockItem>>"
+               FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
+                   SELECT order_id, status, items FROM reservations WHERE order_id = k.id FOR UPDATE) r
+               WHERE "#,
+            ids,
+            &std::mem::take(&mut locks),
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        tables.reservations.extend(rows.into_iter().map(|r| {
+            let reservation = Reservation {
+                state: r.status,
+                items: r.items.0,
+            };
+            (r.order_id, reservation)
+        }));
     }
     let mut opening: BTreeSet<&str> = BTreeSet::new();
     let mut skus: BTreeSet<String> = BTreeSet::new();
@@ -80,36 +78,34 @@ pub(crate) async fn load(
     let opening: Vec<&str> = opening.into_iter().collect();
     let mut opened: BTreeSet<String> = BTreeSet::new();
     for part in by_size(opening.iter().map(|s| s.len() + 4), STATEMENT_BYTES) {
-        let rows: Vec<String> = sqlx::query_scalar(
+        let rows = sqlx::query_scalar!(
             "INSERT INTO stock (sku, available, adjusted) SELECT s, 0, 0 FROM UNNEST($1::text[]) AS s
              ON CONFLICT (sku) DO NOTHING RETURNING sku",
+            &opening[part] as &[&str],
         )
-        .bind(&opening[part])
         .fetch_all(&mut *conn)
         .await?;
         opened.extend(rows);
     }
     let skus: Vec<String> = skus.into_iter().collect();
     for part in by_size(skus.iter().map(|s| s.len() + 4), STATEMENT_BYTES) {
-        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT s.* FROM UNNEST($1::text[]) AS k(sku) CROSS JOIN LATERAL (
                  SELECT sku, available, reserved, sold, adjusted FROM stock WHERE sku = k.sku FOR UPDATE) s",
+            &skus[part],
         )
-        .bind(&skus[part])
         .fetch_all(&mut *conn)
         .await?;
-        let rows = rows.into_iter().filter(|(sku, ..)| !opened.contains(sku));
-        tables
-            .stock
-            .extend(rows.map(|(sku, available, reserved, sold, adjusted)| {
-                let levels = StockLevels {
-                    available,
-                    reserved,
-                    sold,
-                    adjusted,
-                };
-                (sku, levels)
-            }));
+        let rows = rows.into_iter().filter(|r| !opened.contains(&r.sku));
+        tables.stock.extend(rows.map(|r| {
+            let levels = StockLevels {
+                available: r.available,
+                reserved: r.reserved,
+                sold: r.sold,
+                adjusted: r.adjusted,
+            };
+            (r.sku, levels)
+        }));
     }
     Ok(tables)
 }
@@ -170,10 +166,11 @@ pub(crate) async fn get_stock(
     conn: &mut PgConnection,
     sku: &str,
 ) -> sqlx::Result<Option<StockRow>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        StockRow,
         "SELECT sku, available, reserved, sold, adjusted, updated_at FROM stock WHERE sku = $1",
+        sku,
     )
-    .bind(sku)
     .fetch_optional(conn)
     .await
 }
@@ -184,12 +181,13 @@ pub(crate) async fn list_stock(
     after: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<StockRow>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        StockRow,
         "SELECT sku, available, reserved, sold, adjusted, updated_at FROM stock \
          WHERE sku > $1 ORDER BY sku LIMIT $2",
+        after,
+        limit,
     )
-    .bind(after)
-    .bind(limit)
     .fetch_all(conn)
     .await
 }
@@ -198,13 +196,17 @@ pub(crate) async fn get_reservation(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> sqlx::Result<Option<(ReservationState, sqlx::types::Json<Vec<StockItem>>)>> {
-    sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(conn)
-        .await
+    let row = sqlx::query!(
+        r#"SELECT status AS "status: ReservationState", items AS "items: sqlx::types::Json<Vec<StockItem>>"
+           FROM reservations WHERE order_id = $1"#,
+        order_id,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.status, r.items)))
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct ReservationRow {
     pub order_id: Uuid,
     pub status: ReservationState,
@@ -218,12 +220,14 @@ pub(crate) async fn list_reservations(
     after: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<ReservationRow>> {
-    sqlx::query_as(
-        "SELECT order_id, status, items, updated_at FROM reservations
-         WHERE ($1::uuid IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2",
+    sqlx::query_as!(
+        ReservationRow,
+        r#"SELECT order_id, status AS "status: ReservationState",
+               items AS "items: sqlx::types::Json<Vec<StockItem>>", updated_at
+           FROM reservations WHERE ($1::uuid IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2"#,
+        after,
+        limit,
     )
-    .bind(after)
-    .bind(limit)
     .fetch_all(conn)
     .await
 }

@@ -56,13 +56,13 @@ fn interval_secs(d: Duration) -> f64 {
 pub async fn purge_once(pool: &PgPool, retention: &Retention) -> sqlx::Result<Purged> {
     let mut purged = Purged::default();
     loop {
-        let n = sqlx::query(
+        let n = sqlx::query!(
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1)
                  ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            interval_secs(retention.outbox),
+            PURGE_BATCH,
         )
-        .bind(interval_secs(retention.outbox))
-        .bind(PURGE_BATCH)
         .persistent(false)
         .execute(pool)
         .await?
@@ -73,13 +73,13 @@ pub async fn purge_once(pool: &PgPool, retention: &Retention) -> sqlx::Result<Pu
         }
     }
     loop {
-        let n = sqlx::query(
+        let n = sqlx::query!(
             "DELETE FROM inbox WHERE (consumer, message_id) IN (
                  SELECT consumer, message_id FROM inbox WHERE received_at < now() - make_interval(secs => $1)
                  ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            interval_secs(retention.inbox),
+            PURGE_BATCH,
         )
-        .bind(interval_secs(retention.inbox))
-        .bind(PURGE_BATCH)
         .persistent(false)
         .execute(pool)
         .await?
@@ -99,8 +99,8 @@ pub(crate) async fn refresh_gauges(pool: &PgPool) -> sqlx::Result<()> {
     metrics::gauge!("saga_outbox_backlog").set(backlog as f64);
     metrics::gauge!("saga_outbox_oldest_unsent_seconds").set(oldest.unwrap_or(0.0));
     // The planner's estimate: exact counts of a large inbox would scan it.
-    let inbox: f64 = sqlx::query_scalar(
-        "SELECT GREATEST(reltuples, 0)::float8 FROM pg_class WHERE relname = 'inbox'",
+    let inbox: f64 = sqlx::query_scalar!(
+        r#"SELECT GREATEST(reltuples, 0)::float8 AS "rows!" FROM pg_class WHERE relname = 'inbox'"#
     )
     .fetch_optional(pool)
     .await?

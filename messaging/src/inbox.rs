@@ -11,9 +11,10 @@
 //! way, is handled again claiming first ([`claim_all`]): a statement of its own, whose
 //! answer says which messages are duplicates, before anything is decided.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::PgArguments;
+use uuid::Uuid;
 
 use crate::envelope::Envelope;
 use crate::writes::{Binds, Writes};
@@ -35,18 +36,18 @@ pub async fn claim(
     consumer: &str,
     envelope: &Envelope,
 ) -> sqlx::Result<InboxClaim> {
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (consumer, message_id) DO NOTHING",
+        consumer,
+        envelope.message_id,
+        envelope.event_type,
+        envelope.correlation_id,
+        envelope.causation_id,
+        envelope.producer,
+        envelope.occurred_at,
     )
-    .bind(consumer)
-    .bind(envelope.message_id)
-    .bind(&envelope.event_type)
-    .bind(&envelope.correlation_id)
-    .bind(envelope.causation_id)
-    .bind(&envelope.producer)
-    .bind(envelope.occurred_at)
     .execute(conn)
     .await?
     .rows_affected();
@@ -58,7 +59,7 @@ pub async fn claim(
 }
 
 /// An inbox row as traces show it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct InboxRecord {
     pub consumer: String,
     pub message_id: uuid::Uuid,
@@ -75,11 +76,12 @@ pub async fn for_correlation(
     pool: &sqlx::PgPool,
     correlation_id: &str,
 ) -> sqlx::Result<Vec<InboxRecord>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        InboxRecord,
         "SELECT consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at, received_at
          FROM inbox WHERE correlation_id = $1 ORDER BY received_at",
+        correlation_id,
     )
-    .bind(correlation_id)
     .fetch_all(pool)
     .await
 }
@@ -101,14 +103,45 @@ pub(crate) fn first_occurrences(envelopes: &[&Envelope]) -> Vec<InboxClaim> {
 }
 
 /// The claims of some envelopes as inbox rows: `$1` the consumer, `$2`… one array per
-/// column, bound by [`bind_claims`]. Claiming first adds `ON CONFLICT … RETURNING`.
+/// column, as [`ClaimColumns`] holds them. The text is written once, for the macro named
+/// in the call, with what the call adds after it: `insert_claims!(concat!())` is the plain
+/// insert among a batch's writes; claiming first adds `ON CONFLICT … RETURNING` and runs
+/// it through `sqlx::query_scalar!`, which checks it, and so the plain insert's text too,
+/// against the schema when the crate is built.
 macro_rules! insert_claims {
-    () => {
-        "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-         SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
-         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
-              AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)"
+    ($($then:ident)::+!($($more:tt)*)) => {
+        $($then)::+!(
+            "INSERT INTO inbox (consumer, message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+             SELECT $1, message_id, event_type, correlation_id, causation_id, producer, occurred_at
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::timestamptz[])
+                  AS m(message_id, event_type, correlation_id, causation_id, producer, occurred_at)"
+            $($more)*
+        )
     };
+}
+
+/// The values of [`insert_claims`] after the consumer, for some envelopes.
+struct ClaimColumns {
+    message_id: Vec<Uuid>,
+    event_type: Vec<String>,
+    correlation_id: Vec<String>,
+    causation_id: Vec<Option<Uuid>>,
+    producer: Vec<String>,
+    occurred_at: Vec<DateTime<Utc>>,
+}
+
+impl ClaimColumns {
+    fn of(envelopes: &[&Envelope]) -> Self {
+        let column = |f: fn(&Envelope) -> String| envelopes.iter().map(|e| f(e)).collect();
+        ClaimColumns {
+            message_id: envelopes.iter().map(|e| e.message_id).collect(),
+            event_type: column(|e| e.event_type.clone()),
+            correlation_id: column(|e| e.correlation_id.clone()),
+            causation_id: envelopes.iter().map(|e| e.causation_id).collect(),
+            producer: column(|e| e.producer.clone()),
+            occurred_at: envelopes.iter().map(|e| e.occurred_at).collect(),
+        }
+    }
 }
 
 /// Binds the values of [`insert_claims`] for `envelopes`.
@@ -117,14 +150,14 @@ fn bind_claims(
     consumer: &str,
     envelopes: &[&Envelope],
 ) -> Result<(), BoxDynError> {
-    let column = |f: fn(&Envelope) -> String| envelopes.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let c = ClaimColumns::of(envelopes);
     b.add(consumer)?;
-    b.add(envelopes.iter().map(|e| e.message_id).collect::<Vec<_>>())?;
-    b.add(column(|e| e.event_type.clone()))?;
-    b.add(column(|e| e.correlation_id.clone()))?;
-    b.add(envelopes.iter().map(|e| e.causation_id).collect::<Vec<_>>())?;
-    b.add(column(|e| e.producer.clone()))?;
-    b.add(envelopes.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    b.add(c.message_id)?;
+    b.add(c.event_type)?;
+    b.add(c.correlation_id)?;
+    b.add(c.causation_id)?;
+    b.add(c.producer)?;
+    b.add(c.occurred_at)
 }
 
 /// Adds the claims of `envelopes` (each message id once) to `writes`: plain inserts, so
@@ -138,7 +171,7 @@ pub(crate) fn claim_with_writes(
     let sizes: Vec<usize> = envelopes.iter().map(|e| claim_size(e)).collect();
     for r in crate::chunks::by_size(sizes.iter().copied(), crate::chunks::STATEMENT_BYTES) {
         let part = &envelopes[r.clone()];
-        writes.add(insert_claims!(), sizes[r].iter().sum(), |b| {
+        writes.add(insert_claims!(concat!()), sizes[r].iter().sum(), |b| {
             bind_claims(b, consumer, part)
         })?;
     }
@@ -163,16 +196,19 @@ pub(crate) async fn claim_all(
     let sizes = envelopes.iter().map(|e| claim_size(e));
     let mut claimed = Vec::with_capacity(envelopes.len());
     for r in crate::chunks::by_size(sizes, crate::chunks::STATEMENT_BYTES) {
-        let mut args = PgArguments::default();
-        bind_claims(&mut Binds::over(&mut args), consumer, &envelopes[r])
-            .map_err(sqlx::Error::Encode)?;
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar_with(
-            concat!(
-                insert_claims!(),
-                " ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id"
-            ),
-            args,
-        )
+        let c = ClaimColumns::of(&envelopes[r]);
+        let ids: Vec<Uuid> = insert_claims!(sqlx::query_scalar!(
+            + " ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id",
+            consumer,
+            &c.message_id,
+            &c.event_type,
+            &c.correlation_id,
+            // NULL where an event has no cause: the macros type an array's elements as
+            // never NULL.
+            &c.causation_id as &[Option<Uuid>],
+            &c.producer,
+            &c.occurred_at,
+        ))
         .fetch_all(&mut *conn)
         .await?;
         claimed.extend(ids);

@@ -90,7 +90,7 @@ impl PauseGate {
 pub async fn database_answers(pool: &PgPool) -> bool {
     tokio::time::timeout(
         Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool),
+        sqlx::query_scalar!("SELECT 1").fetch_one(pool),
     )
     .await
     .is_ok_and(|r| r.is_ok())

@@ -58,12 +58,6 @@ pub struct Binds<'a> {
 }
 
 impl<'a> Binds<'a> {
-    /// Binds into `args`, for a statement sent on its own (`sqlx::query_with`) that binds
-    /// the same values as a part.
-    pub(crate) fn over(args: &'a mut PgArguments) -> Binds<'a> {
-        Binds { args, added: 0 }
-    }
-
     /// Binds the next placeholder of the part.
     pub fn add<'q, T>(&mut self, value: T) -> Result<(), BoxDynError>
     where
@@ -185,8 +179,9 @@ impl Writes {
                 statement.with,
                 selected.join(", ")
             );
-            // Built from the parts' own `&'static str` and names this module makes; every
-            // value travels as a bound parameter.
+            // Not a checked macro: the statement is put together at run time from the
+            // parts of the batch (their own `&'static str`) and names this module makes;
+            // every value travels as a bound parameter.
             let returned: Vec<i64> =
                 sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), statement.args)
                     .fetch_one(&mut *conn)

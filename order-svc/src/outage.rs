@@ -93,13 +93,13 @@ impl OutageClock {
 async fn beat(pool: &PgPool, stop: Duration) -> sqlx::Result<Option<(Duration, u64)>> {
     let mut tx = pool.begin().await?;
     // The first beat of a new database starts the clock; there was no stop before it.
-    sqlx::query(
-        "INSERT INTO working_clock (working_at) VALUES (now()) ON CONFLICT (id) DO NOTHING",
+    sqlx::query!(
+        "INSERT INTO working_clock (working_at) VALUES (now()) ON CONFLICT (id) DO NOTHING"
     )
     .execute(&mut *tx)
     .await?;
-    let gap: f64 = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM now() - working_at)::float8 FROM working_clock FOR UPDATE",
+    let gap = sqlx::query_scalar!(
+        r#"SELECT EXTRACT(EPOCH FROM now() - working_at)::float8 AS "gap!" FROM working_clock FOR UPDATE"#
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -109,7 +109,7 @@ async fn beat(pool: &PgPool, stop: Duration) -> sqlx::Result<Option<(Duration, u
     } else {
         None
     };
-    sqlx::query("UPDATE working_clock SET working_at = now()")
+    sqlx::query!("UPDATE working_clock SET working_at = now()")
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -120,13 +120,13 @@ async fn beat(pool: &PgPool, stop: Duration) -> sqlx::Result<Option<(Duration, u
 /// was open. Returns how many orders were extended. Planned at its call (it runs once per
 /// stop), so it finds the open orders through their partial index at any table size.
 async fn extend_open_deadlines(conn: &mut PgConnection, gap: Duration) -> sqlx::Result<u64> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE orders
          SET deadline = deadline + (now() - GREATEST(now() - make_interval(secs => $1), created_at))
          WHERE status = ANY($2)",
+        gap.as_secs_f64(),
+        &OrderStatus::OPEN[..] as &[OrderStatus],
     )
-    .bind(gap.as_secs_f64())
-    .bind(&OrderStatus::OPEN[..])
     .persistent(false)
     .execute(conn)
     .await?;

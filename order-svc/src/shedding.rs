@@ -298,10 +298,21 @@ pub(crate) fn sampler(bounds: BacklogBounds) -> (BacklogSampler, Admission) {
 /// Both counts in one statement, each stopping at its bound (`$1`, `$2`), so a sample
 /// reads at most that many entries of the partial indexes `outbox_unsent` and
 /// `orders_open_by_deadline`. The statuses are written out (not bound) so the planner can
-/// match the index's predicate; they are `OrderStatus::OPEN` (checked by a test).
-const COUNT_BACKLOG: &str = "SELECT
-    (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sent_at IS NULL LIMIT $1) unsent),
-    (SELECT count(*) FROM (SELECT 1 FROM orders WHERE status IN ('pending', 'reserved') LIMIT $2) open_orders)";
+/// match the index's predicate; they are `OrderStatus::OPEN` (checked by a test, which
+/// reads the text as `count_backlog!(concat!())`). The text is written once, for the macro
+/// named in the call, with what the call adds after it. The counts come as one array: a
+/// checked statement is sent unprepared (`persistent(false)`) only if it has one column.
+macro_rules! count_backlog {
+    ($($then:ident)::+!($($more:tt)*)) => {
+        $($then)::+!(
+            r#"SELECT ARRAY[
+                (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sent_at IS NULL LIMIT $1) unsent),
+                (SELECT count(*) FROM (SELECT 1 FROM orders WHERE status IN ('pending', 'reserved') LIMIT $2) open_orders)
+               ] AS "backlog!""#
+            $($more)*
+        )
+    };
+}
 
 impl BacklogSampler {
     /// Takes one sample on `conn`, publishes it to the admissions and sets the gauges;
@@ -315,15 +326,18 @@ impl BacklogSampler {
         let limit = |bound: u64| i64::try_from(bound).unwrap_or(i64::MAX);
         // Planned at each sample, never cached: a plan made while the orders were few
         // counts the open ones by reading the whole table, however large it grows.
-        let (unpublished, open): (i64, i64) = sqlx::query_as(COUNT_BACKLOG)
-            .bind(limit(self.bounds.max_unpublished))
-            .bind(limit(self.bounds.max_open))
-            .persistent(false)
-            .fetch_one(conn)
-            .await?;
+        let counts = count_backlog!(sqlx::query_scalar!(
+            ,
+            limit(self.bounds.max_unpublished),
+            limit(self.bounds.max_open),
+        ))
+        .persistent(false)
+        .fetch_one(conn)
+        .await?;
+        let count = |i: usize| counts.get(i).map_or(0, |&n| u64::try_from(n).unwrap_or(0));
         let backlog = Backlog {
-            unpublished: u64::try_from(unpublished).unwrap_or(0),
-            open: u64::try_from(open).unwrap_or(0),
+            unpublished: count(0),
+            open: count(1),
         };
         // Published before the gauges are set: whoever sees a gauge's value may rely on
         // the admissions deciding on it already.
@@ -561,6 +575,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        const COUNT_BACKLOG: &str = count_backlog!(concat!());
         assert!(COUNT_BACKLOG.contains(&listed), "{COUNT_BACKLOG}");
     }
 }

@@ -15,7 +15,7 @@ use messaging::writes::Writes;
 use crate::saga::{IdempotencyKey, Order, OrderStatus};
 use crate::staging::{HistoryRecord, OrderTables};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub(crate) struct OrderRow {
     pub order_id: Uuid,
     pub customer_id: String,
@@ -44,9 +44,22 @@ impl From<OrderRow> for Order {
     }
 }
 
-const ORDER_COLUMNS: &str = "order_id, customer_id, status, reason, items, total, currency, deadline, created_at, updated_at";
+/// `sqlx::query_as!` of [`OrderRow`]s: every column of `orders`, then the rest of the
+/// statement (from `FROM` on) and its arguments.
+macro_rules! select_orders {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            OrderRow,
+            r#"SELECT order_id, customer_id, status AS "status: OrderStatus", reason,
+                   items AS "items: sqlx::types::Json<Vec<OrderItem>>", total, currency, deadline,
+                   created_at, updated_at "#
+                + $rest
+            $(, $arg)*
+        )
+    };
+}
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub(crate) struct HistoryRow {
     pub event_type: String,
     pub message_id: Uuid,
@@ -58,10 +71,13 @@ pub(crate) async fn find_by_idempotency_key(
     conn: &mut PgConnection,
     key: &str,
 ) -> sqlx::Result<Option<(Uuid, OrderStatus, Option<String>)>> {
-    sqlx::query_as("SELECT order_id, status, request_hash FROM orders WHERE idempotency_key = $1")
-        .bind(key)
-        .fetch_optional(conn)
-        .await
+    let row = sqlx::query!(
+        r#"SELECT order_id, status AS "status: OrderStatus", request_hash FROM orders WHERE idempotency_key = $1"#,
+        key,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.order_id, r.status, r.request_hash)))
 }
 
 /// The orders the idempotency `keys` made, by key: one statement for them all, each key
@@ -75,16 +91,17 @@ pub(crate) async fn find_by_idempotency_keys(
     }
     // LIMIT 1 keeps the lookup a subquery of its own, run once per key through the index,
     // rather than a join whose plan a nearly empty table could make a scan.
-    let rows: Vec<(String, Uuid, OrderStatus, Option<String>)> = sqlx::query_as(
-        "SELECT k.key, o.* FROM UNNEST($1::text[]) AS k(key) CROSS JOIN LATERAL (
-             SELECT order_id, status, request_hash FROM orders WHERE idempotency_key = k.key LIMIT 1) o",
+    let rows = sqlx::query!(
+        r#"SELECT k.key AS "key!", o.order_id, o.status AS "status: OrderStatus", o.request_hash
+           FROM UNNEST($1::text[]) AS k(key) CROSS JOIN LATERAL (
+               SELECT order_id, status, request_hash FROM orders WHERE idempotency_key = k.key LIMIT 1) o"#,
+        keys as &[&str],
     )
-    .bind(keys)
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(key, id, status, hash)| (key, (id, status, hash)))
+        .map(|r| (r.key, (r.order_id, r.status, r.request_hash)))
         .collect())
 }
 
@@ -142,11 +159,11 @@ pub(crate) async fn lock_orders(
     order_ids.dedup();
     let mut tables = OrderTables::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
-        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT o.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
-                 SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = k.id FOR UPDATE) o"
-        )))
-        .bind(ids)
+        let rows = select_orders!(
+            "FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
+                 SELECT * FROM orders WHERE order_id = k.id FOR UPDATE) o",
+            ids,
+        )
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
@@ -263,22 +280,20 @@ pub(crate) async fn get_order(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1"
-    )))
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
+    select_orders!("FROM orders WHERE order_id = $1", order_id)
+        .fetch_optional(conn)
+        .await
 }
 
 pub(crate) async fn history(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> sqlx::Result<Vec<HistoryRow>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        HistoryRow,
         "SELECT event_type, message_id, at FROM order_history WHERE order_id = $1 ORDER BY id",
+        order_id,
     )
-    .bind(order_id)
     .fetch_all(conn)
     .await
 }
@@ -289,12 +304,11 @@ pub(crate) async fn list_orders(
     status: Option<OrderStatus>,
     limit: i64,
 ) -> sqlx::Result<Vec<OrderRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1::text IS NULL OR status = $1)
-         ORDER BY created_at DESC LIMIT $2"
-    )))
-    .bind(status)
-    .bind(limit)
+    select_orders!(
+        "FROM orders WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC LIMIT $2",
+        status as Option<OrderStatus>,
+        limit,
+    )
     .fetch_all(conn)
     .await
 }
@@ -303,20 +317,22 @@ pub(crate) async fn list_orders(
 pub(crate) async fn count_by_status(
     conn: &mut PgConnection,
 ) -> sqlx::Result<Vec<(OrderStatus, i64)>> {
-    sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status")
-        .fetch_all(conn)
-        .await
+    let rows = sqlx::query!(
+        r#"SELECT status AS "status: OrderStatus", count(*) AS "count!" FROM orders GROUP BY status"#
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
 }
 
 /// Open orders whose deadline has passed, locked; rows another sweeper holds are skipped.
 pub(crate) async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<OrderTables> {
-    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders
-         WHERE status = ANY($1) AND deadline <= now()
-         ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED"
-    )))
-    .bind(&OrderStatus::OPEN[..])
-    .bind(limit)
+    let rows = select_orders!(
+        "FROM orders WHERE status = ANY($1) AND deadline <= now()
+         ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED",
+        &OrderStatus::OPEN[..] as &[OrderStatus],
+        limit,
+    )
     .fetch_all(conn)
     .await?;
     let mut tables = OrderTables::default();
@@ -331,9 +347,9 @@ pub(crate) async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> sqlx::R
 /// from the first entry of the partial index `orders_open_by_deadline`. The statuses are
 /// written out so the planner can match the index's predicate (`OrderStatus::OPEN`).
 pub(crate) async fn most_overdue_seconds(conn: &mut PgConnection) -> sqlx::Result<f64> {
-    sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(deadline)), 0)::float8 FROM orders
-         WHERE status IN ('pending', 'reserved') AND deadline <= now()",
+    sqlx::query_scalar!(
+        r#"SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(deadline)), 0)::float8 AS "seconds!" FROM orders
+           WHERE status IN ('pending', 'reserved') AND deadline <= now()"#
     )
     .fetch_one(conn)
     .await
@@ -346,13 +362,13 @@ pub(crate) async fn page_orders(
     after: Uuid,
     limit: i64,
 ) -> sqlx::Result<Vec<OrderRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1::text IS NULL OR status = $1) AND order_id > $2
-         ORDER BY order_id LIMIT $3"
-    )))
-    .bind(status)
-    .bind(after)
-    .bind(limit)
+    select_orders!(
+        "FROM orders WHERE ($1::text IS NULL OR status = $1) AND order_id > $2
+         ORDER BY order_id LIMIT $3",
+        status as Option<OrderStatus>,
+        after,
+        limit,
+    )
     .fetch_all(conn)
     .await
 }

@@ -79,20 +79,19 @@ impl PaymentInput {
 }
 
 /// One order's payment as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
     pub payment_id: Option<Uuid>,
     pub customer_id: String,
     pub amount: i64,
     pub currency: String,
-    #[sqlx(rename = "status")]
     pub state: PaymentState,
     pub reason: Option<String>,
 }
 
 /// A customer's wallet: its balance and running totals (deposited = balance + captured -
 /// refunded, always).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wallet {
     pub currency: String,
     pub balance: i64,

@@ -16,7 +16,7 @@ use platform::staged::changed;
 use crate::saga::{Payment, PaymentInput, PaymentState, Wallet};
 use crate::staging::PaymentTables;
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct WalletRow {
     pub customer_id: String,
     pub currency: String,
@@ -27,7 +27,7 @@ pub(crate) struct WalletRow {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct PaymentRow {
     pub order_id: Uuid,
     pub payment_id: Option<Uuid>,
@@ -40,8 +40,19 @@ pub(crate) struct PaymentRow {
     pub updated_at: DateTime<Utc>,
 }
 
-const PAYMENT_COLUMNS: &str =
-    "order_id, payment_id, customer_id, amount, currency, status, reason, created_at, updated_at";
+/// `sqlx::query_as!` of [`PaymentRow`]s: every column of `payments`, then the rest of the
+/// statement (from `FROM` on) and its arguments.
+macro_rules! select_payments {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            PaymentRow,
+            r#"SELECT order_id, payment_id, customer_id, amount, currency,
+                   status AS "status: PaymentState", reason, created_at, updated_at "#
+                + $rest
+            $(, $arg)*
+        )
+    };
+}
 
 /// Loads, and locks for the transaction, every row a batch's decisions read: the saga
 /// lock and payment of each order the inputs name, then the wallet of each customer they
@@ -62,20 +73,29 @@ pub(crate) async fn load(
     let order_ids: Vec<Uuid> = order_ids.into_iter().collect();
     let mut tables = PaymentTables::default();
     for ids in order_ids.chunks(UUIDS_PER_STATEMENT) {
-        let rows: Vec<KeyedPayment> = sqlx::query_as(concat!(
-            "SELECT p.* FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
-                 SELECT order_id, payment_id, customer_id, amount, currency, status, reason
-                 FROM payments WHERE order_id = k.id FOR UPDATE) p
-             WHERE ",
-            messaging::saga_locks_taken!(2)
+        let rows = messaging::saga_locks_taken!(sqlx::query!(
+            r#"SELECT p.order_id, p.payment_id, p.customer_id, p.amount, p.currency,
+                   p.status AS "status: PaymentState", p.reason
+               FROM UNNEST($1::uuid[]) AS k(id) CROSS JOIN LATERAL (
+                   SELECT order_id, payment_id, customer_id, amount, currency, status, reason
+                   FROM payments WHERE order_id = k.id FOR UPDATE) p
+               WHERE "#,
+            ids,
+            &std::mem::take(&mut locks),
         ))
-        .bind(ids)
-        .bind(std::mem::take(&mut locks))
         .fetch_all(&mut *conn)
         .await?;
-        tables
-            .payments
-            .extend(rows.into_iter().map(|r| (r.order_id, r.payment)));
+        tables.payments.extend(rows.into_iter().map(|r| {
+            let payment = Payment {
+                payment_id: r.payment_id,
+                customer_id: r.customer_id,
+                amount: r.amount,
+                currency: r.currency,
+                state: r.status,
+                reason: r.reason,
+            };
+            (r.order_id, payment)
+        }));
     }
     let mut opening: BTreeMap<&str, &str> = BTreeMap::new();
     let mut customers: BTreeSet<&str> = BTreeSet::new();
@@ -93,48 +113,43 @@ pub(crate) async fn load(
         STATEMENT_BYTES,
     ) {
         let (ids, currencies): (Vec<&str>, Vec<&str>) = opening[part].iter().copied().unzip();
-        let rows: Vec<String> = sqlx::query_scalar(
+        let rows = sqlx::query_scalar!(
             "INSERT INTO wallets (customer_id, currency, balance, deposited)
              SELECT c, cur, 0, 0 FROM UNNEST($1::text[], $2::text[]) AS u(c, cur)
              ON CONFLICT (customer_id) DO NOTHING RETURNING customer_id",
+            &ids as &[&str],
+            &currencies as &[&str],
         )
-        .bind(ids)
-        .bind(currencies)
         .fetch_all(&mut *conn)
         .await?;
         opened.extend(rows);
     }
     let customers: Vec<&str> = customers.into_iter().collect();
     for part in by_size(customers.iter().map(|c| c.len() + 4), STATEMENT_BYTES) {
-        let rows: Vec<KeyedWallet> = sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT w.* FROM UNNEST($1::text[]) AS k(id) CROSS JOIN LATERAL (
                  SELECT customer_id, currency, balance, deposited, captured, refunded
                  FROM wallets WHERE customer_id = k.id FOR UPDATE) w",
+            &customers[part] as &[&str],
         )
-        .bind(&customers[part])
         .fetch_all(&mut *conn)
         .await?;
         tables.wallets.extend(
             rows.into_iter()
                 .filter(|r| !opened.contains(&r.customer_id))
-                .map(|r| (r.customer_id, r.wallet)),
+                .map(|r| {
+                    let wallet = Wallet {
+                        currency: r.currency,
+                        balance: r.balance,
+                        deposited: r.deposited,
+                        captured: r.captured,
+                        refunded: r.refunded,
+                    };
+                    (r.customer_id, wallet)
+                }),
         );
     }
     Ok(tables)
-}
-
-#[derive(sqlx::FromRow)]
-struct KeyedPayment {
-    order_id: Uuid,
-    #[sqlx(flatten)]
-    payment: Payment,
-}
-
-#[derive(sqlx::FromRow)]
-struct KeyedWallet {
-    customer_id: String,
-    #[sqlx(flatten)]
-    wallet: Wallet,
 }
 
 /// Stores every row of `now` that differs from `loaded` (the rows were locked, or opened,
@@ -204,9 +219,12 @@ pub(crate) async fn get_wallet(
     conn: &mut PgConnection,
     customer_id: &str,
 ) -> sqlx::Result<Option<WalletRow>> {
-    sqlx::query_as("SELECT customer_id, currency, balance, deposited, captured, refunded, updated_at FROM wallets WHERE customer_id = $1")
-        .bind(customer_id)
-        .fetch_optional(conn)
+    sqlx::query_as!(
+        WalletRow,
+        "SELECT customer_id, currency, balance, deposited, captured, refunded, updated_at FROM wallets WHERE customer_id = $1",
+        customer_id,
+    )
+    .fetch_optional(conn)
         .await
 }
 
@@ -217,12 +235,13 @@ pub(crate) async fn list_wallets(
     after: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<WalletRow>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        WalletRow,
         "SELECT customer_id, currency, balance, deposited, captured, refunded, updated_at \
          FROM wallets WHERE customer_id > $1 ORDER BY customer_id LIMIT $2",
+        after,
+        limit,
     )
-    .bind(after)
-    .bind(limit)
     .fetch_all(conn)
     .await
 }
@@ -231,12 +250,9 @@ pub(crate) async fn get_payment(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> sqlx::Result<Option<PaymentRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1"
-    )))
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
+    select_payments!("FROM payments WHERE order_id = $1", order_id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Payments in order-id order, after the order id `after` (keyset paging).
@@ -245,11 +261,11 @@ pub(crate) async fn list_payments(
     after: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<PaymentRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE ($1::uuid IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2"
-    )))
-    .bind(after)
-    .bind(limit)
+    select_payments!(
+        "FROM payments WHERE ($1::uuid IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2",
+        after,
+        limit,
+    )
     .fetch_all(conn)
     .await
 }

@@ -14,22 +14,26 @@
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgExecutor, PgPool};
 
 /// How often the watcher asks the pool's server whether it is still the primary.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long one server may take to answer before it counts as gone.
 const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 
+/// Whether the server is a standby (it then refuses writes).
+async fn in_recovery<'c>(conn: impl PgExecutor<'c>) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(r#"SELECT pg_is_in_recovery() AS "in_recovery!""#)
+        .fetch_one(conn)
+        .await
+}
+
 /// Whether the server at `options` answers and accepts writes.
 async fn is_primary(options: &PgConnectOptions) -> bool {
     let check = async {
         // The maintenance database: the service's own may not exist yet on a fresh server.
         let mut conn = options.clone().database("postgres").connect().await.ok()?;
-        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-            .fetch_one(&mut conn)
-            .await
-            .ok()?;
+        let in_recovery = in_recovery(&mut conn).await.ok()?;
         if let Err(e) = conn.close().await {
             tracing::debug!(error = %e, "closing the probe connection failed");
         }
@@ -78,11 +82,7 @@ pub(crate) async fn follow_primary(
 ) {
     while !pool.is_closed() {
         tokio::time::sleep(CHECK_EVERY).await;
-        let healthy = tokio::time::timeout(
-            ANSWER_WITHIN,
-            sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(&pool),
-        )
-        .await;
+        let healthy = tokio::time::timeout(ANSWER_WITHIN, in_recovery(&pool)).await;
         if matches!(healthy, Ok(Ok(false))) {
             continue;
         }

@@ -7,8 +7,6 @@
 //! `/healthz` answer 503 with `"status": "draining"`, so that load balancers stop sending
 //! while the process finishes what it holds.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -30,12 +28,7 @@ pub struct Health {
 
 impl Health {
     pub async fn check(&self) -> (bool, serde_json::Value) {
-        let db_ok = tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
+        let db_ok = messaging::pause::database_answers(&self.pool).await;
         let mut broker = serde_json::Map::new();
         let mut links_ok = true;
         for (name, link) in &self.links {

@@ -257,16 +257,20 @@ impl<H: Handler> EventConsumer<H> {
 
 /// The condition, for the `WHERE` clause of a handler's first load, that takes the saga
 /// locks whose keys ([`consumer::saga_lock_keys`](crate::consumer::saga_lock_keys)) are
-/// bound to placeholder `$n`: an uncorrelated subquery, which PostgreSQL runs once, as the
+/// bound to placeholder `$2`: an uncorrelated subquery, which PostgreSQL runs once, as the
 /// init plan of a one-time filter, before the plan under the filter fetches anything. The
 /// function scan yields the keys in order, and each row takes its lock as it passes.
+///
+/// It appends the condition to the first argument (the load's text up to its `WHERE`) of
+/// the macro call it is given, so that a checked query, whose text is one literal or
+/// literals joined with `+`, takes it:
+/// `messaging::saga_locks_taken!(sqlx::query!("SELECT … WHERE ", ids, &keys))`.
 #[macro_export]
 macro_rules! saga_locks_taken {
-    ($n:literal) => {
-        concat!(
-            "(SELECT count(pg_advisory_xact_lock(l)) FROM unnest($",
-            $n,
-            "::int8[]) AS l) >= 0"
+    ($($then:ident)::+!($head:literal $($more:tt)*)) => {
+        $($then)::+!(
+            $head + "(SELECT count(pg_advisory_xact_lock(l)) FROM unnest($2::int8[]) AS l) >= 0"
+            $($more)*
         )
     };
 }

@@ -8,15 +8,17 @@ use uuid::Uuid;
 
 /// Number of rows not yet published, and the age of the oldest, for metrics and health.
 pub async fn backlog(pool: &PgPool) -> sqlx::Result<(i64, Option<f64>)> {
-    sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE sent_at IS NULL",
+    let backlog = sqlx::query!(
+        r#"SELECT count(*) AS "rows!", EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest
+           FROM outbox WHERE sent_at IS NULL"#
     )
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok((backlog.rows, backlog.oldest))
 }
 
 /// An outbox row as traces show it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct OutboxRecord {
     pub message_id: Uuid,
     pub event_type: String,
@@ -33,11 +35,12 @@ pub async fn for_correlation(
     pool: &PgPool,
     correlation_id: &str,
 ) -> sqlx::Result<Vec<OutboxRecord>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        OutboxRecord,
         "SELECT message_id, event_type, correlation_id, causation_id, producer, occurred_at, sent_at, traceparent
          FROM outbox WHERE correlation_id = $1 ORDER BY id",
+        correlation_id,
     )
-    .bind(correlation_id)
     .fetch_all(pool)
     .await
 }

@@ -148,12 +148,18 @@ impl<K> Published<K> {
     }
 }
 
-/// The backoff of a refused row (`$2` the reason): it waits before its next try, so it
-/// never blocks the rows behind it.
+/// Backs refused rows off, the rows `$1` as `$which` finds them and `$2` the reason: each
+/// waits before its next try, so it never blocks the rows behind it.
 macro_rules! back_off {
-    () => {
-        "attempts = attempts + 1, last_error = $2,
-         next_attempt_at = now() + make_interval(secs => LEAST(power(2, attempts), 60))"
+    ($which:literal, $rows:expr, $reason:expr) => {
+        sqlx::query!(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                 next_attempt_at = now() + make_interval(secs => LEAST(power(2, attempts), 60))
+             WHERE "
+                + $which,
+            $rows,
+            $reason,
+        )
     };
 }
 
@@ -231,12 +237,25 @@ impl OutboxRelay {
     /// confirmed stay unsent and are tried again on a later call.
     pub async fn relay_once(&self, publisher: &ConfirmedPublisher) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<PendingRow> = sqlx::query_as(
-            "SELECT ctid::text AS at, message_id, event_type, routing_key, correlation_id, producer, occurred_at, body, traceparent
-             FROM outbox WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        let rows: Vec<PendingRow> = sqlx::query!(
+            r#"SELECT ctid::text AS "at!", message_id, event_type, routing_key, correlation_id, producer, occurred_at, body, traceparent
+               FROM outbox WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+               ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+            self.settings.batch_size,
         )
-        .bind(self.settings.batch_size)
+        .map(|r| PendingRow {
+            at: r.at,
+            row: RowToPublish {
+                message_id: r.message_id,
+                event_type: r.event_type,
+                routing_key: r.routing_key,
+                correlation_id: r.correlation_id,
+                producer: r.producer,
+                occurred_at: r.occurred_at,
+                body: r.body,
+                traceparent: r.traceparent,
+            },
+        })
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -249,23 +268,23 @@ impl OutboxRelay {
         // made while the outbox was nearly empty would read the whole table to find them
         // at every call after (docs/architecture.md, "Statements and their plans").
         if !published.refused.is_empty() {
-            sqlx::query(concat!(
-                "UPDATE outbox SET ",
-                back_off!(),
-                " WHERE ctid = ANY($1::text[]::tid[])"
-            ))
-            .bind(&published.refused)
-            .bind(published.reason())
+            back_off!(
+                "ctid = ANY($1::text[]::tid[])",
+                &published.refused[..] as &[&str],
+                published.reason()
+            )
             .persistent(false)
             .execute(&mut *tx)
             .await?;
         }
         if !published.sent.is_empty() {
-            sqlx::query("UPDATE outbox SET sent_at = now() WHERE ctid = ANY($1::text[]::tid[])")
-                .bind(&published.sent)
-                .persistent(false)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE outbox SET sent_at = now() WHERE ctid = ANY($1::text[]::tid[])",
+                &published.sent[..] as &[&str],
+            )
+            .persistent(false)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         let sent = published.sent.len();
@@ -311,13 +330,11 @@ impl OutboxRelay {
         // The confirmed rows first: a failure below must not keep them from being recorded.
         handover.confirmed(std::mem::take(&mut published.sent));
         if !published.refused.is_empty() {
-            sqlx::query(concat!(
-                "UPDATE outbox SET ",
-                back_off!(),
-                " WHERE message_id = ANY($1) AND sent_at IS NULL"
-            ))
-            .bind(&published.refused)
-            .bind(published.reason())
+            back_off!(
+                "message_id = ANY($1) AND sent_at IS NULL",
+                &published.refused,
+                published.reason()
+            )
             .execute(&self.pool)
             .await?;
         }

@@ -9,7 +9,7 @@ use crate::publisher::OutgoingMessage;
 use crate::topology::EVENTS_EXCHANGE;
 
 /// A row as the relay publishes it.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub(super) struct RowToPublish {
     pub(super) message_id: Uuid,
     pub(super) event_type: String,
@@ -22,12 +22,11 @@ pub(super) struct RowToPublish {
 }
 
 /// A row a relay claimed.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub(super) struct PendingRow {
     /// Where the row is: it is locked until the transaction ends, so it stays there, and
     /// marking it by this address costs no index lookup and no plan.
     pub(super) at: String,
-    #[sqlx(flatten)]
     pub(super) row: RowToPublish,
 }
 
