@@ -157,10 +157,15 @@ _pg_select1() {
         -Atqc 'select 1' </dev/null >/dev/null 2>&1
 }
 
-_pg_psql() {
-    PGCONNECT_TIMEOUT=5 psql -w -h "$SAGA_PG_HOST" -p "$SAGA_PG_PORT" -U postgres -d postgres \
+# psql as the superuser on database $1, stopping at the first error.
+_pg_psql_on() {
+    local db="$1"
+    shift
+    PGCONNECT_TIMEOUT=5 psql -w -h "$SAGA_PG_HOST" -p "$SAGA_PG_PORT" -U postgres -d "$db" \
         -v ON_ERROR_STOP=1 -Atq "$@" </dev/null
 }
+
+_pg_psql() { _pg_psql_on postgres "$@"; }
 
 ensure_postgres() {
     if ! _pg_ready; then

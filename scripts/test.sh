@@ -8,12 +8,16 @@
 #                          (promtool's rule tests)
 #   3. servers             PostgreSQL and RabbitMQ started, chromium for the explorer
 #                          test (each installed as root if missing)
-#   4. build and lints     cargo build --workspace --all-targets with clippy's driver
+#   4. checked queries     scripts/prepare-queries.sh --check: the queries' offline data
+#                          (.sqlx/) is what fresh databases, migrated as the services
+#                          migrate theirs, describe. It runs the next phase's build with
+#                          the query macros online, so that phase finds it all built
+#   5. build and lints     cargo build --workspace --all-targets with clippy's driver
 #                          compiling the workspace's own crates: the lints of
 #                          `cargo clippy --all-targets -- -D warnings` come out of the one
 #                          build, so the dependencies are compiled once, not once for
 #                          clippy's check and again for the binaries
-#   5. tests               cargo test --workspace --no-fail-fast [ARGS...]: the unit tests
+#   6. tests               cargo test --workspace --no-fail-fast [ARGS...]: the unit tests
 #                          of each crate, then three binaries of tests/: `checks` (no
 #                          servers: property tests, generated documents), `e2e` (the real
 #                          binaries against the real servers, tests side by side) and
@@ -61,24 +65,27 @@ trap print_times EXIT
 # everything built and compiles nothing again.
 use_clippy_driver
 
-phase 1/5 fmt "formatting: cargo fmt --all --check"
+phase 1/6 fmt "formatting: cargo fmt --all --check"
 cargo fmt --all --check
 
-phase 2/5 deploy "deployment files: compose, Kubernetes, OpenAPI, alert rules"
+phase 2/6 deploy "deployment files: compose, Kubernetes, OpenAPI, alert rules"
 ./scripts/validate-compose.sh
 ./scripts/validate-deploy.sh
 ./scripts/validate-openapi.sh
 ./scripts/validate-alerts.sh
 
-phase 3/5 servers "PostgreSQL, RabbitMQ and a headless browser"
+phase 3/6 servers "PostgreSQL, RabbitMQ and a headless browser"
 ensure_postgres
 ensure_rabbitmq
 ensure_chromium
 
-phase 4/5 build "build and lints: cargo build --workspace --all-targets (clippy -D warnings)"
+phase 4/6 queries "checked queries: .sqlx/ against freshly migrated databases"
+./scripts/prepare-queries.sh --check
+
+phase 5/6 build "build and lints: cargo build --workspace --all-targets (clippy -D warnings)"
 cargo build --workspace --all-targets
 
-phase 5/5 tests "tests: cargo test --workspace --no-fail-fast $*"
+phase 6/6 tests "tests: cargo test --workspace --no-fail-fast $*"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
