@@ -17,11 +17,13 @@
 #                          `cargo clippy --all-targets -- -D warnings` come out of the one
 #                          build, so the dependencies are compiled once, not once for
 #                          clippy's check and again for the binaries
-#   6. tests               cargo test --workspace --no-fail-fast [ARGS...]: the unit tests
-#                          of each crate, then three binaries of tests/: `checks` (no
-#                          servers: property tests, generated documents), `e2e` (the real
-#                          binaries against the real servers, tests side by side) and
-#                          `chaos` (stops and starts the shared servers, so it runs alone)
+#   6. tests               the three binaries of tests/ and the unit tests of each crate:
+#                          `chaos` (stops and starts the shared servers, so no other test
+#                          that needs them runs meanwhile) beside `checks` (no servers:
+#                          property tests, generated documents), then the unit tests,
+#                          then `e2e` (the real binaries against the real servers, tests
+#                          side by side). With ARGS: cargo test --workspace --no-fail-fast
+#                          [ARGS...]
 #
 # Extra arguments go to `cargo test`, e.g. a test-name filter and test-binary flags:
 #     ./scripts/test.sh outages -- --nocapture
@@ -88,7 +90,22 @@ cargo build --workspace --all-targets
 phase 6/6 tests "tests: cargo test --workspace --no-fail-fast $*"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 status=0
-cargo test --workspace --no-fail-fast "$@" || status=$?
+if (($# == 0)); then
+    # cargo holds no lock while tests run, so two binaries can run at once: the checks
+    # need no server, and take the CPU that chaos leaves while it waits on restarts.
+    checks_log="$(mktemp)"
+    cargo test -p saga-tests --test checks --no-fail-fast >"$checks_log" 2>&1 &
+    checks_pid=$!
+    cargo test -p saga-tests --test chaos --no-fail-fast || status=$?
+    wait "$checks_pid" || status=$?
+    log "the checks, run beside chaos:"
+    cat "$checks_log"
+    rm -f "$checks_log"
+    cargo test --workspace --exclude saga-tests --no-fail-fast || status=$?
+    cargo test -p saga-tests --lib --test e2e --no-fail-fast || status=$?
+else
+    cargo test --workspace --no-fail-fast "$@" || status=$?
+fi
 if ((status == 0)); then
     log "all tests passed"
 else
