@@ -27,23 +27,34 @@ const AMQP_BINDING_VERSION: &str = "0.3.0";
 const LOCAL_BROKER_HOST: &str = "127.0.0.1:5672";
 const LOCAL_VHOST: &str = "saga";
 
-/// The JSON Schema (draft 2020-12) of a whole message body of type `t`: the envelope, with
-/// `type` and `version` fixed to this event's and `payload` referring to its payload schema
-/// (under `$defs`, with the types it uses).
+/// The JSON Schema (draft 2020-12) of a whole message body of type `t` at its newest
+/// version: the envelope, with `type` and `version` fixed to this event's and `payload`
+/// referring to its payload schema (under `$defs`, with the types it uses).
 pub fn event_schema(t: EventType) -> Value {
+    event_schema_at(t, t.version()).expect("the newest version is always declared")
+}
+
+/// [`event_schema`] for any version of `t` this code reads (`EventType::versions`), with
+/// `version` fixed to it and the payload as that version has it; `None` for another.
+pub fn event_schema_at(t: EventType, version: u32) -> Option<Value> {
     let mut generator = SchemaSettings::draft2020_12().into_generator();
-    let payload = t.payload_schema(&mut generator);
-    let mut schema = envelope_schema(t, &mut generator, payload);
+    let payload = t.payload_schema(version, &mut generator)?;
+    let mut schema = envelope_schema(t, version, &mut generator, payload);
     let definitions = generator.take_definitions(true);
     if let Value::Object(object) = &mut schema {
         object.insert(
             "$schema".into(),
             schemars::consts::meta_schemas::DRAFT2020_12.into(),
         );
-        object.insert("title".into(), t.name().into());
+        let title = if version == t.version() {
+            t.name().to_owned()
+        } else {
+            format!("{} version {version}", t.name())
+        };
+        object.insert("title".into(), title.into());
         object.insert("$defs".into(), Value::Object(definitions));
     }
-    sorted(schema)
+    Some(sorted(schema))
 }
 
 /// The services of `subscriptions` that consume events of type `t`.
@@ -210,7 +221,9 @@ fn receive_operation(t: EventType, consumer: &str) -> Value {
 /// and an example.
 fn message(t: EventType, generator: &mut SchemaGenerator) -> Value {
     let name = t.name();
-    let payload = t.payload_schema(generator);
+    let payload = t
+        .payload_schema(t.version(), generator)
+        .expect("the newest version is always declared");
     let description = generator
         .definitions()
         .get(name)
@@ -228,7 +241,7 @@ fn message(t: EventType, generator: &mut SchemaGenerator) -> Value {
             "location": "$message.payload#/correlation_id",
         },
         "headers": headers_schema(t),
-        "payload": envelope_schema(t, generator, payload),
+        "payload": envelope_schema(t, t.version(), generator, payload),
         "bindings": {
             "amqp": {
                 "contentEncoding": "utf-8",
@@ -272,7 +285,12 @@ fn channel_id(t: EventType) -> String {
 }
 
 /// The envelope's schema narrowed to one event type.
-fn envelope_schema(t: EventType, generator: &mut SchemaGenerator, payload: Schema) -> Value {
+fn envelope_schema(
+    t: EventType,
+    version: u32,
+    generator: &mut SchemaGenerator,
+    payload: Schema,
+) -> Value {
     let mut schema = Envelope::json_schema(generator);
     for transform in generator.transforms_mut() {
         transform.transform(&mut schema);
@@ -288,7 +306,7 @@ fn envelope_schema(t: EventType, generator: &mut SchemaGenerator, payload: Schem
     .into();
     let properties = &mut schema["properties"];
     properties["type"]["const"] = t.name().into();
-    properties["version"]["const"] = t.version().into();
+    properties["version"]["const"] = version.into();
     properties["producer"]["examples"] = json!([t.producer()]);
     properties["payload"] = payload.to_value();
     schema

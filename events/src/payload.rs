@@ -143,11 +143,20 @@ macro_rules! declare_catalog {
             }
 
             /// A reference to its payload schema, added to `generator`'s definitions.
+            /// A reference to the payload schema of `version` (one this code reads), added
+            /// to `generator`'s definitions; `None` for a version it does not know.
             pub(crate) fn payload_schema(
                 self,
+                version: u32,
                 generator: &mut schemars::generate::SchemaGenerator,
-            ) -> schemars::Schema {
-                match self { $( EventType::$name => generator.subschema_for::<$name>(), )+ }
+            ) -> Option<schemars::Schema> {
+                match self {
+                    $( EventType::$name => match version {
+                        $version => Some(generator.subschema_for::<$name>()),
+                        $( $( $old_version => Some(generator.subschema_for::<$old>()), )* )?
+                        _ => None,
+                    }, )+
+                }
             }
 
             /// A typical event of this type ([`Payload::example`]): valid, for the
