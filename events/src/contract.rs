@@ -93,7 +93,9 @@ pub fn asyncapi(subscriptions: &[ServiceTopology<EventType>]) -> Value {
                 receive_operation(t, consumer),
             );
         }
-        messages.insert(t.name().to_owned(), message(t, &mut generator));
+        for &version in t.versions() {
+            messages.insert(message_id(t, version), message(t, version, &mut generator));
+        }
     }
     let schemas = generator.take_definitions(true);
 
@@ -144,9 +146,14 @@ fn channel(t: EventType, consumers: &[&str]) -> Value {
             key = t.routing_key(),
             consumers = consumers.join(", "),
         ),
-        "messages": {
-            name: {"$ref": format!("#/components/messages/{name}")}
-        },
+        "messages": t
+            .versions()
+            .iter()
+            .map(|&v| {
+                let id = message_id(t, v);
+                (id.clone(), json!({"$ref": format!("#/components/messages/{id}")}))
+            })
+            .collect::<Map<_, _>>(),
         "bindings": {
             "amqp": {
                 "is": "routingKey",
@@ -167,8 +174,23 @@ fn channel_ref(t: EventType) -> Value {
     json!({"$ref": format!("#/channels/{}", channel_id(t))})
 }
 
+/// Every version of `t` on its channel: during an upgrade a producer may write an older one
+/// (`SAGA_EMIT_VERSIONS`), and consumers read them all.
 fn message_ref(t: EventType) -> Value {
-    json!([{"$ref": format!("#/channels/{}/messages/{}", channel_id(t), t.name())}])
+    t.versions()
+        .iter()
+        .map(|&v| json!({"$ref": format!("#/channels/{}/messages/{}", channel_id(t), message_id(t, v))}))
+        .collect()
+}
+
+/// The message id of version `version` of `t`: the type's name for the newest,
+/// `<Type>V<version>` for an older one.
+pub fn message_id(t: EventType, version: u32) -> String {
+    if version == t.version() {
+        t.name().to_owned()
+    } else {
+        format!("{}V{version}", t.name())
+    }
 }
 
 /// The producer's publish of `t`.
@@ -217,23 +239,35 @@ fn receive_operation(t: EventType, consumer: &str) -> Value {
     })
 }
 
-/// The message of type `t`: properties, body schema (its payload's added to `generator`)
-/// and an example.
-fn message(t: EventType, generator: &mut SchemaGenerator) -> Value {
+/// The message of version `version` of type `t`: properties, body schema (its payload's
+/// added to `generator`) and an example.
+fn message(t: EventType, version: u32, generator: &mut SchemaGenerator) -> Value {
     let name = t.name();
+    let id = message_id(t, version);
     let payload = t
-        .payload_schema(t.version(), generator)
-        .expect("the newest version is always declared");
+        .payload_schema(version, generator)
+        .expect("messages are rendered for declared versions only");
     let description = generator
         .definitions()
-        .get(name)
+        .get(&id)
         .and_then(|s| s.get("description"))
-        .cloned()
-        .unwrap_or_else(|| name.into());
+        .and_then(Value::as_str)
+        .unwrap_or(name)
+        .to_owned();
+    let (title, summary) = if version == t.version() {
+        (name.to_owned(), description)
+    } else {
+        (
+            format!("{name} version {version}"),
+            format!(
+                "{description} Still read; written only by a producer configured to (SAGA_EMIT_VERSIONS)."
+            ),
+        )
+    };
     json!({
-        "name": name,
-        "title": name,
-        "summary": description,
+        "name": id,
+        "title": title,
+        "summary": summary,
         "contentType": "application/json",
         "correlationId": {
             "description": "The saga id (the order id), or the SKU or customer id of \
@@ -241,7 +275,7 @@ fn message(t: EventType, generator: &mut SchemaGenerator) -> Value {
             "location": "$message.payload#/correlation_id",
         },
         "headers": headers_schema(t),
-        "payload": envelope_schema(t, t.version(), generator, payload),
+        "payload": envelope_schema(t, version, generator, payload),
         "bindings": {
             "amqp": {
                 "contentEncoding": "utf-8",
@@ -249,7 +283,7 @@ fn message(t: EventType, generator: &mut SchemaGenerator) -> Value {
                 "bindingVersion": AMQP_BINDING_VERSION,
             }
         },
-        "examples": [example_message(t)],
+        "examples": [example_message(t, version)],
     })
 }
 
@@ -263,8 +297,10 @@ Readers are tolerant: unknown fields of the envelope and of the payload are igno
 that is not a valid envelope, an unknown `type` or `version`, or a payload that breaks its \
 rules is dead-lettered to the consumer's `<service>.dlq` queue, never dropped.
 
-Money is in integer minor units and `currency` is an ISO 4217 code. Every event type is at \
-`version` 1; see docs/events.md for the meaning of each event and how versions change.
+Money is in integer minor units and `currency` is an ISO 4217 code. Each message names the \
+`version` it describes; a type's older versions, still read, are messages of their own \
+(`OrderCreatedV1`) on the same channel. See docs/events.md for the meaning of each event \
+and how versions change.
 
 This document is generated from the Rust types (`events::contract`) and checked against them \
 by a test; edit the code, not this file.";
@@ -389,10 +425,19 @@ pub(crate) fn example_envelope(t: EventType) -> Envelope {
     }
 }
 
-fn example_message(t: EventType) -> Value {
-    let envelope = example_envelope(t);
+fn example_message(t: EventType, version: u32) -> Value {
+    let mut envelope = example_envelope(t);
+    if let Some(payload) = t.example().payload_at(version) {
+        envelope.version = version;
+        envelope.payload = payload;
+    }
+    let suffix = if version == t.version() {
+        String::new()
+    } else {
+        format!("-v{version}")
+    };
     json!({
-        "name": format!("{}-example", t.routing_key().replace('.', "-")),
+        "name": format!("{}-example{suffix}", t.routing_key().replace('.', "-")),
         "summary": format!("A typical {}.", t.name()),
         "headers": {
             "message_id": envelope.message_id,
@@ -440,23 +485,41 @@ fn sorted(value: Value) -> Value {
 mod tests {
     use super::*;
 
-    /// The top-level field names of [`EventType::fields`], e.g. `items` of `items[{…}]`.
-    fn listed_fields(t: EventType) -> Vec<String> {
-        let mut names = Vec::new();
+    /// The top-level fields of [`EventType::fields`], e.g. `items` of `items[{…}]`, each
+    /// with whether it is marked `(optional)`.
+    fn listed_fields(t: EventType) -> Vec<(String, bool)> {
+        let mut segments = Vec::new();
         let (mut depth, mut current) = (0, String::new());
         for c in t.fields().chars() {
             match c {
                 '[' | '{' | '(' => depth += 1,
                 ']' | '}' | ')' => depth -= 1,
-                ',' if depth == 0 => names.push(std::mem::take(&mut current)),
-                c if depth == 0 => current.push(c),
+                ',' if depth == 0 => {
+                    segments.push(std::mem::take(&mut current));
+                    continue;
+                }
                 _ => {}
             }
+            current.push(c);
         }
-        names.push(current);
-        let mut names: Vec<String> = names.iter().map(|n| n.trim().to_owned()).collect();
-        names.sort();
-        names
+        segments.push(current);
+        let mut fields: Vec<(String, bool)> = segments
+            .iter()
+            .map(|s| {
+                let name = s.split(['[', '{', '(']).next().unwrap_or_default();
+                (name.trim().to_owned(), s.contains("(optional)"))
+            })
+            .collect();
+        fields.sort();
+        fields
+    }
+
+    fn names(fields: &[(String, bool)], optional_too: bool) -> Vec<String> {
+        fields
+            .iter()
+            .filter(|(_, optional)| optional_too || !optional)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn strings(v: &Value) -> Vec<String> {
@@ -477,7 +540,7 @@ mod tests {
             let payload = &schema["$defs"][t.name()];
             assert_eq!(
                 strings(&payload["required"]),
-                listed_fields(t),
+                names(&listed_fields(t), false),
                 "{t}: schema and EventType::fields disagree"
             );
             let mut properties: Vec<String> = payload["properties"]
@@ -487,7 +550,7 @@ mod tests {
                 .cloned()
                 .collect();
             properties.sort();
-            assert_eq!(properties, listed_fields(t), "{t}");
+            assert_eq!(properties, names(&listed_fields(t), true), "{t}");
         }
     }
 

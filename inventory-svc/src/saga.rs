@@ -276,8 +276,7 @@ fn try_reserve(state: &InventoryState, order: &OrderCreated) -> Result<Plan, Ref
                     order_id: order.order_id,
                     customer_id: order.customer_id.clone(),
                     items: wanted.clone(),
-                    total: order.total,
-                    currency: order.currency.clone(),
+                    total: order.total.clone(),
                 }),
             ),
             Err(unavailable) => (
@@ -390,7 +389,7 @@ fn plan_reservation(
 
 #[cfg(test)]
 mod tests {
-    use events::catalog::{OrderCancelled, OrderConfirmed};
+    use events::catalog::{Money, OrderCancelled, OrderConfirmed};
 
     use super::*;
 
@@ -407,8 +406,7 @@ mod tests {
             order_id: Uuid::nil(),
             customer_id: "c".into(),
             items,
-            total: 1,
-            currency: "EUR".into(),
+            total: Money::new(1, "EUR"),
         })
     }
 

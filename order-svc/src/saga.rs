@@ -21,7 +21,7 @@
 use chrono::{DateTime, Utc};
 use events::Event;
 use events::catalog::{
-    self, CancelReason, OrderCancelled, OrderConfirmed, OrderCreated, OrderItem,
+    self, CancelReason, Money, OrderCancelled, OrderConfirmed, OrderCreated, OrderItem,
 };
 use platform::inputs::Refusal;
 use serde::{Deserialize, Serialize};
@@ -332,8 +332,7 @@ fn place(new: &NewOrder) -> Result<Plan, OrderRefusal> {
         order_id: new.order_id,
         customer_id: new.customer_id.clone(),
         items: new.items.clone(),
-        total,
-        currency: new.currency.clone(),
+        total: Money::new(total, new.currency.clone()),
     });
     Ok(Plan {
         order_id: new.order_id,
@@ -444,8 +443,7 @@ mod tests {
             order_id: Uuid::nil(),
             customer_id: "c".into(),
             items: Vec::new(),
-            total: 1,
-            currency: "EUR".into(),
+            total: Money::new(1, "EUR"),
         });
         let plan = decide(Some(&order(OrderStatus::Pending)), &reserved).unwrap();
         assert_eq!(moved_to(&plan), Some(OrderStatus::Reserved));
@@ -485,6 +483,7 @@ mod tests {
             order_id: Uuid::nil(),
             customer_id: "c".into(),
             amount: 1,
+            currency: None,
             reason: PaymentFailureReason::InsufficientFunds,
         });
         let plan = decide(Some(&order(OrderStatus::Reserved)), &failed).unwrap();

@@ -185,7 +185,7 @@ pub fn decide(ctx: &PaymentContext, input: &PaymentInput) -> Result<Plan, Refusa
 
 /// Debit the wallet → `captured` + PaymentDone, or `failed` + PaymentFailed.
 fn charge(ctx: &PaymentContext, r: &StockReserved) -> Result<Plan, Refusal> {
-    let wallet = match can_charge(ctx.wallet.as_ref(), r.total, &r.currency) {
+    let wallet = match can_charge(ctx.wallet.as_ref(), r.total.amount, &r.total.currency) {
         Ok(w) => w,
         Err(reason) => return Ok(fail(r, reason)),
     };
@@ -195,8 +195,8 @@ fn charge(ctx: &PaymentContext, r: &StockReserved) -> Result<Plan, Refusal> {
             r.customer_id.clone(),
             Wallet {
                 // can_charge checked that the balance covers the total.
-                balance: wallet.balance - r.total,
-                captured: add("the captures' sum", wallet.captured, r.total)?,
+                balance: wallet.balance - r.total.amount,
+                captured: add("the captures' sum", wallet.captured, r.total.amount)?,
                 ..wallet.clone()
             },
         )),
@@ -205,8 +205,8 @@ fn charge(ctx: &PaymentContext, r: &StockReserved) -> Result<Plan, Refusal> {
             Payment {
                 payment_id: Some(payment_id),
                 customer_id: r.customer_id.clone(),
-                amount: r.total,
-                currency: r.currency.clone(),
+                amount: r.total.amount,
+                currency: r.total.currency.clone(),
                 state: PaymentState::Captured,
                 reason: None,
             },
@@ -215,8 +215,8 @@ fn charge(ctx: &PaymentContext, r: &StockReserved) -> Result<Plan, Refusal> {
             order_id: r.order_id,
             payment_id,
             customer_id: r.customer_id.clone(),
-            amount: r.total,
-            currency: r.currency.clone(),
+            amount: r.total.amount,
+            currency: r.total.currency.clone(),
         })],
     })
 }
@@ -229,8 +229,8 @@ fn fail(r: &StockReserved, reason: PaymentFailureReason) -> Plan {
             Payment {
                 payment_id: None,
                 customer_id: r.customer_id.clone(),
-                amount: r.total,
-                currency: r.currency.clone(),
+                amount: r.total.amount,
+                currency: r.total.currency.clone(),
                 state: PaymentState::Failed,
                 reason: Some(failure_text(reason).to_owned()),
             },
@@ -239,7 +239,8 @@ fn fail(r: &StockReserved, reason: PaymentFailureReason) -> Plan {
         emit: vec![Event::PaymentFailed(PaymentFailed {
             order_id: r.order_id,
             customer_id: r.customer_id.clone(),
-            amount: r.total,
+            amount: r.total.amount,
+            currency: Some(r.total.currency.clone()),
             reason,
         })],
     }
@@ -342,7 +343,7 @@ fn can_charge<'w>(
 
 #[cfg(test)]
 mod tests {
-    use events::catalog::{CancelReason, OrderCancelled};
+    use events::catalog::{CancelReason, Money, OrderCancelled};
 
     use super::*;
 
@@ -376,8 +377,7 @@ mod tests {
             order_id: Uuid::nil(),
             customer_id: "c".into(),
             items: Vec::new(),
-            total,
-            currency: currency.into(),
+            total: Money::new(total, currency),
         })
     }
 

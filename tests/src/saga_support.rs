@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use events::Event;
-use events::catalog::{OrderCancelled, OrderCreated, OrderItem, StockItem, StockReserved};
+use events::catalog::{Money, OrderCancelled, OrderCreated, OrderItem, StockItem, StockReserved};
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -81,8 +81,7 @@ pub fn order_created_of(order: &Value) -> OrderCreated {
         "order_id": order["order_id"],
         "customer_id": order["customer_id"],
         "items": order["items"],
-        "total": order["total"],
-        "currency": order["currency"],
+        "total": {"amount": order["total"], "currency": order["currency"]},
     }))
     .unwrap_or_else(|e| panic!("{order} does not read as an OrderCreated: {e}"))
 }
@@ -104,8 +103,7 @@ pub fn synthetic_order(
             quantity,
             unit_price,
         }],
-        total: quantity * unit_price,
-        currency: currency.to_owned(),
+        total: Money::new(quantity * unit_price, currency),
     }
 }
 
@@ -122,8 +120,7 @@ pub fn stock_reserved_for(order: &OrderCreated) -> StockReserved {
                 quantity: i.quantity,
             })
             .collect(),
-        total: order.total,
-        currency: order.currency.clone(),
+        total: order.total.clone(),
     }
 }
 

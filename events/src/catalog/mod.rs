@@ -22,6 +22,7 @@
 //! of the services that handle it. Every payload type and every rule is re-exported here,
 //! so their paths are `events::catalog::OrderItem`, `events::catalog::check_sku`.
 
+mod older;
 mod payloads;
 mod rules;
 
@@ -32,22 +33,25 @@ use uuid::Uuid;
 
 use crate::payload::Correlation;
 
+pub use older::*;
 pub use payloads::*;
 pub use rules::*;
 
 crate::payload::declare_catalog! {
     operator: "sagactl";
     OrderCreated {
-        version: 1,
+        version: 2,
         routing_key: "order.created",
         producer: "order-svc",
-        fields: "order_id, customer_id, items[{sku, quantity, unit_price}], total, currency",
+        fields: "order_id, customer_id, items[{sku, quantity, unit_price}], total{amount, currency}",
+        older: [1 => OrderCreatedV1],
     },
     StockReserved {
-        version: 1,
+        version: 2,
         routing_key: "stock.reserved",
         producer: "inventory-svc",
-        fields: "order_id, customer_id, items[{sku, quantity}], total, currency",
+        fields: "order_id, customer_id, items[{sku, quantity}], total{amount, currency}",
+        older: [1 => StockReservedV1],
     },
     StockRejected {
         version: 1,
@@ -65,7 +69,7 @@ crate::payload::declare_catalog! {
         version: 1,
         routing_key: "payment.failed",
         producer: "payment-svc",
-        fields: "order_id, customer_id, amount, reason (insufficient_funds | unknown_customer | currency_mismatch | order_cancelled)",
+        fields: "order_id, customer_id, amount, currency (optional), reason (insufficient_funds | unknown_customer | currency_mismatch | order_cancelled)",
     },
     OrderConfirmed {
         version: 1,
@@ -242,6 +246,9 @@ mod tests {
         });
         let event = Event::decode("OrderCreated", 1, &payload).unwrap();
         assert_eq!(event.order_id(), Some(id));
+        let mut v2 = payload.clone();
+        v2["total"] = json!({"amount": 500, "currency": "EUR"});
+        assert_eq!(Event::decode("OrderCreated", 2, &v2), Ok(event.clone()));
         assert_eq!(event.correlation_id(), id.to_string());
     }
 
@@ -251,6 +258,7 @@ mod tests {
             order_id: Uuid::nil(),
             customer_id: "c".into(),
             amount: 1,
+            currency: None,
             reason: PaymentFailureReason::InsufficientFunds,
         });
         assert_eq!(e.payload()["reason"], "insufficient_funds");
@@ -270,7 +278,7 @@ mod tests {
             "unknown_type"
         );
         assert_eq!(
-            Event::decode("OrderConfirmed", 2, &json!({"order_id": Uuid::nil()}))
+            Event::decode("OrderConfirmed", 9, &json!({"order_id": Uuid::nil()}))
                 .unwrap_err()
                 .code(),
             "unknown_version"

@@ -87,21 +87,45 @@ pub struct Unavailable {
     pub available: i64,
 }
 
-/// An order was placed (`POST /orders`). Correlation id: the order id.
+/// An amount of money: integer minor units (cents for EUR) of one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Money {
+    /// In minor units of `currency`.
+    #[schemars(range(min = 0))]
+    pub amount: i64,
+    /// ISO 4217 code.
+    #[schemars(regex(pattern = CURRENCY_PATTERN))]
+    pub currency: String,
+}
+
+impl Money {
+    pub fn new(amount: i64, currency: impl Into<String>) -> Money {
+        Money {
+            amount,
+            currency: currency.into(),
+        }
+    }
+
+    /// The format rules of a payload's money field `field`: a currency code and an amount
+    /// that is not negative.
+    pub(crate) fn check(&self, field: &str) -> Result<(), String> {
+        check_currency(&self.currency)?;
+        check_non_negative(&format!("{field}.amount"), self.amount)
+    }
+}
+
+/// An order was placed (`POST /orders`). Correlation id: the order id. Version 2: the
+/// total is one money value (version 1 had `total` and `currency` side by side).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     pub order_id: Uuid,
     #[schemars(length(min = 1, max = MAX_CUSTOMER_ID_CHARS))]
     pub customer_id: String,
+    /// Unit prices are in minor units of the total's currency.
     #[schemars(length(min = 1, max = MAX_ITEMS))]
     pub items: Vec<OrderItem>,
-    /// The sum of quantity × unit_price, in minor units (written by order-svc, not
-    /// recomputed by readers).
-    #[schemars(range(min = 0))]
-    pub total: i64,
-    /// ISO 4217 code.
-    #[schemars(regex(pattern = CURRENCY_PATTERN))]
-    pub currency: String,
+    /// The sum of quantity × unit_price (written by order-svc, not recomputed by readers).
+    pub total: Money,
 }
 
 impl Payload for OrderCreated {
@@ -109,8 +133,7 @@ impl Payload for OrderCreated {
 
     fn validate(&self) -> Result<(), String> {
         check_customer(&self.customer_id)?;
-        check_currency(&self.currency)?;
-        check_non_negative("total", self.total)?;
+        self.total.check("total")?;
         check_count("items", self.items.len())?;
         for item in &self.items {
             check_sku(&item.sku)?;
@@ -134,13 +157,13 @@ impl Payload for OrderCreated {
             order_id: EXAMPLE_ORDER,
             customer_id: EXAMPLE_CUSTOMER.into(),
             items: vec![line("BOOK", 2, 1500), line("PEN-01", 1, 250)],
-            total: 3250,
-            currency: EXAMPLE_CURRENCY.into(),
+            total: Money::new(3250, EXAMPLE_CURRENCY),
         }
     }
 }
 
-/// inventory-svc reserved every item of the order. Correlation id: the order id.
+/// inventory-svc reserved every item of the order. Correlation id: the order id. Version
+/// 2: the total is one money value (version 1 had `total` and `currency` side by side).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockReserved {
     pub order_id: Uuid,
@@ -149,19 +172,14 @@ pub struct StockReserved {
     /// One entry per SKU (repeated SKUs of the order summed), sorted by SKU.
     #[schemars(length(min = 1, max = MAX_ITEMS))]
     pub items: Vec<StockItem>,
-    /// The order's total, copied, in minor units.
-    #[schemars(range(min = 0))]
-    pub total: i64,
-    /// ISO 4217 code.
-    #[schemars(regex(pattern = CURRENCY_PATTERN))]
-    pub currency: String,
+    /// The order's total, copied.
+    pub total: Money,
 }
 
 impl Payload for StockReserved {
     fn validate(&self) -> Result<(), String> {
         check_customer(&self.customer_id)?;
-        check_currency(&self.currency)?;
-        check_non_negative("total", self.total)?;
+        self.total.check("total")?;
         check_stock_items(&self.items)
     }
 
@@ -174,8 +192,7 @@ impl Payload for StockReserved {
             order_id: EXAMPLE_ORDER,
             customer_id: EXAMPLE_CUSTOMER.into(),
             items: example_stock(),
-            total: 3250,
-            currency: EXAMPLE_CURRENCY.into(),
+            total: Money::new(3250, EXAMPLE_CURRENCY),
         }
     }
 }
@@ -269,6 +286,12 @@ pub struct PaymentFailed {
     /// The amount that was asked, in minor units.
     #[schemars(range(min = 0))]
     pub amount: i64,
+    /// The currency of `amount` (ISO 4217). Added to version 1 without a new version:
+    /// payment-svc writes it, readers that do not know it ignore it, and a message of an
+    /// earlier producer may lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = CURRENCY_PATTERN))]
+    pub currency: Option<String>,
     /// `insufficient_funds`, `unknown_customer` (no wallet), `currency_mismatch` (wallet in
     /// another currency) or `order_cancelled` (the order was cancelled before the charge).
     pub reason: PaymentFailureReason,
@@ -276,6 +299,9 @@ pub struct PaymentFailed {
 
 impl Payload for PaymentFailed {
     fn validate(&self) -> Result<(), String> {
+        if let Some(currency) = &self.currency {
+            check_currency(currency)?;
+        }
         check_non_negative("amount", self.amount)
     }
 
@@ -288,6 +314,7 @@ impl Payload for PaymentFailed {
             order_id: EXAMPLE_ORDER,
             customer_id: EXAMPLE_CUSTOMER.into(),
             amount: 3250,
+            currency: Some(EXAMPLE_CURRENCY.into()),
             reason: PaymentFailureReason::InsufficientFunds,
         }
     }

@@ -1,13 +1,14 @@
 //! What derives from the catalog's declaration is checked against it: the catalog table of
 //! docs/events.md (generated between marker comments; `UPDATE_DOCS=1` rewrites it), the
-//! field tables of docs/events.md (one row per payload field of the JSON Schema), and
+//! field tables of docs/events.md (one row per payload field of the JSON Schema of every
+//! version still read), and
 //! `sagactl publish --help` and its shell completions (every type with its routing key and
 //! fields). The AsyncAPI document and JSON Schemas are checked by `contract_docs.rs`.
 
 use std::process::Command;
 
 use events::EventType;
-use events::contract::event_schema;
+use events::contract::event_schema_at;
 use events::tables::{catalog_table, publish_listing, with_catalog_table};
 use saga_tests::stack::binary_path;
 use sagactl::subscriptions::saga_services;
@@ -29,10 +30,15 @@ fn the_catalog_table_of_the_docs_is_the_declarations() {
     keep(EVENTS_MD, &committed, &generated, "catalog_artefacts");
 }
 
-/// The payload fields a `### <type>` section of docs/events.md lists in its table, top-level
-/// ones only (`items`, not `items[].sku`).
-fn documented_fields(doc: &str, t: EventType) -> Vec<String> {
-    let heading = format!("\n### {}\n", t.name());
+/// The payload fields a section of docs/events.md lists in its table, top-level ones only
+/// (`items`, not `items[].sku`): `### <type>` for the newest version, `#### <type> version
+/// <n>` for an older one.
+fn documented_fields(doc: &str, t: EventType, version: u32) -> Vec<String> {
+    let heading = if version == t.version() {
+        format!("\n### {}\n", t.name())
+    } else {
+        format!("\n#### {} version {version}\n", t.name())
+    };
     let start = doc
         .find(&heading)
         .unwrap_or_else(|| panic!("docs/events.md has no section {heading:?}"));
@@ -53,19 +59,25 @@ fn documented_fields(doc: &str, t: EventType) -> Vec<String> {
 fn every_field_table_of_the_docs_lists_exactly_the_payloads_fields() {
     let doc = read(EVENTS_MD);
     for t in EventType::ALL {
-        let schema = event_schema(t);
-        let mut fields: Vec<String> = schema["$defs"][t.name()]["properties"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{t} has no payload properties"))
-            .keys()
-            .cloned()
-            .collect();
-        fields.sort();
-        assert_eq!(
-            documented_fields(&doc, t),
-            fields,
-            "docs/events.md section {t} and the {t} payload disagree"
-        );
+        for &version in t.versions() {
+            let schema = event_schema_at(t, version).expect("a declared version has a schema");
+            let payload = schema["properties"]["payload"]["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/$defs/"))
+                .unwrap_or_else(|| panic!("{t} v{version}: the payload is not a $ref"));
+            let mut fields: Vec<String> = schema["$defs"][payload]["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{t} v{version} has no payload properties"))
+                .keys()
+                .cloned()
+                .collect();
+            fields.sort();
+            assert_eq!(
+                documented_fields(&doc, t, version),
+                fields,
+                "docs/events.md's table of {t} version {version} and its payload disagree"
+            );
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! docs/asyncapi/ is checked against the code: `asyncapi.json` and one JSON Schema per event
-//! type under `schemas/` are rendered here from `events::contract` (with the services' own
+//! type under `schemas/` (`<Type>.json` for the newest version, `<Type>.v<N>.json` for each
+//! older version still read) are rendered here from `events::contract` (with the services' own
 //! subscriptions, `sagactl::subscriptions`) and must be byte for byte what is committed,
 //! with no stale schema left beside them. Run with `UPDATE_DOCS=1` to rewrite them after
 //! changing the envelope, a payload, a routing key or what a service consumes.
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use events::EventType;
-use events::contract::{asyncapi, event_schema};
+use events::contract::{asyncapi, event_schema, event_schema_at};
 use sagactl::subscriptions::saga_services;
 
 const REGENERATE: &str = "UPDATE_DOCS=1 cargo test -p saga-tests --test checks contract_docs";
@@ -36,6 +37,13 @@ fn generated() -> BTreeMap<String, String> {
             format!("schemas/{}.json", t.name()),
             render(&event_schema(t)),
         );
+        for &version in t.versions().iter().filter(|&&v| v != t.version()) {
+            let schema = event_schema_at(t, version).expect("a declared version has a schema");
+            files.insert(
+                format!("schemas/{}.v{version}.json", t.name()),
+                render(&schema),
+            );
+        }
     }
     files
 }
