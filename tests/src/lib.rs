@@ -18,6 +18,8 @@
 //! - [`browser`]: a headless chromium through chromedriver, and `sagactl ui` for a stack.
 //! - [`auth`]: bearer tokens signed with the development key; the stack's HTTP helpers
 //!   send an operator's by default.
+//! - [`compat`]: the compatibility gate's comparisons: event schemas and migrations against
+//!   the previous release's (needs neither broker nor database).
 //!
 //! The end-to-end tests run the binaries of `cargo build --workspace --bins`; PostgreSQL
 //! and RabbitMQ (with its management plugin) must be running, as `scripts/test.sh`
@@ -26,6 +28,7 @@
 pub mod auth;
 pub mod browser;
 pub mod cluster;
+pub mod compat;
 pub mod failure_support;
 pub mod pg_standby;
 pub mod poll;
