@@ -202,6 +202,18 @@ impl BrokerProbe {
     /// Up to `limit` messages of `queue`, left in it: taken unacked, then handed back by
     /// closing the channel.
     pub async fn peek(&self, queue: &str, limit: usize) -> Vec<QueuedMessage> {
+        self.get(queue, limit, false).await
+    }
+
+    /// The first message of `queue`, taken off it for good (acknowledged), or `None` when
+    /// the queue is empty.
+    pub async fn take(&self, queue: &str) -> Option<QueuedMessage> {
+        self.get(queue, 1, true).await.pop()
+    }
+
+    /// Up to `limit` messages of `queue` by basic.get; acknowledged when `keep` (taken off
+    /// the queue), else handed back by closing the channel.
+    async fn get(&self, queue: &str, limit: usize, keep: bool) -> Vec<QueuedMessage> {
         let channel = self
             .connection
             .create_channel()
@@ -210,7 +222,7 @@ impl BrokerProbe {
         let mut out = Vec::new();
         while out.len() < limit {
             let got = channel
-                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .basic_get(queue.into(), BasicGetOptions { no_ack: keep })
                 .await
                 .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"));
             let Some(message) = got else { break };
@@ -236,7 +248,7 @@ impl BrokerProbe {
             });
         }
         // Closing the channel returns every unacked message to the queue.
-        let _ = channel.close(200, "peeked".into()).await;
+        let _ = channel.close(200, "read".into()).await;
         out
     }
 

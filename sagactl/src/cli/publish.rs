@@ -32,6 +32,10 @@ pub(crate) struct PublishArgs {
     /// Reuse a message id, to deliberately repeat a message.
     #[arg(long)]
     pub message_id: Option<uuid::Uuid>,
+    /// Read the payload as this version of the type and publish it as that version
+    /// (default: the newest; see `version` in docs/events.md). Not used with --raw.
+    #[arg(long, value_name = "N", conflicts_with = "raw")]
+    pub schema_version: Option<u32>,
     /// Send the input bytes as they are, without envelope or checks (to test dead-lettering).
     #[arg(long, requires = "routing_key")]
     pub raw: bool,

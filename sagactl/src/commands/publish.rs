@@ -44,14 +44,28 @@ pub(super) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
     let payload: serde_json::Value = serde_json::from_slice(&input).map_err(|e| {
         CliError::Refused(format!("the payload is not JSON: {e}; nothing was sent"))
     })?;
-    let event = Event::decode(event_type.name(), event_type.version(), &payload).map_err(|e| {
+    let version = args.schema_version.unwrap_or(event_type.version());
+    if !event_type.versions().contains(&version) {
+        return Err(CliError::Refused(format!(
+            "{event_type} has no version {version}: this sagactl reads versions {:?}; nothing was sent",
+            event_type.versions()
+        ))
+        .into());
+    }
+    let event = Event::decode(event_type.name(), version, &payload).map_err(|e| {
         CliError::Refused(format!(
-            "{e}; nothing was sent\n  {} payload fields: {}",
+            "{e}; nothing was sent\n  {} payload fields (version {}): {}",
             event_type.name(),
+            event_type.version(),
             event_type.fields()
         ))
     })?;
     let mut envelope = Envelope::wrap(&event, "sagactl", args.causation_id);
+    if let Some(payload) = event.payload_at(version) {
+        // Written back from the decoded event: the same fields, in this version's shape.
+        envelope.version = version;
+        envelope.payload = payload;
+    }
     if let Some(id) = args.message_id {
         envelope.message_id = id;
     }
@@ -62,6 +76,7 @@ pub(super) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
     let v = json!({
         "message_id": envelope.message_id,
         "type": envelope.event_type,
+        "version": envelope.version,
         "routing_key": event_type.routing_key(),
         "correlation_id": envelope.correlation_id,
     });

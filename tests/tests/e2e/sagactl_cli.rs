@@ -87,6 +87,33 @@ async fn publish_sends_every_event_type_with_confirms_and_prints_its_message_id(
         let seen = watch.wait_for_id(id).await;
         assert_eq!(seen.event_type, event_type, "{seen:?}");
         assert_eq!(seen.producer, "sagactl", "{seen:?}");
+        assert_eq!(seen.version, t.version(), "{seen:?}");
+    }
+    // An older version still read: the payload is read in that version's shape and goes
+    // out as that version.
+    for t in EventType::ALL
+        .into_iter()
+        .filter(|t| t.versions().len() > 1)
+    {
+        let oldest = t.versions()[0];
+        let payload = t.example().payload_at(oldest).expect("a declared version");
+        let out = json_stdout(sagactl(&stack).args([
+            "--json",
+            "publish",
+            t.name(),
+            "--schema-version",
+            &oldest.to_string(),
+            "--data",
+            &payload.to_string(),
+        ]));
+        assert_eq!(out["version"], oldest, "{out}");
+        let id = out["message_id"].as_str().expect("a message id");
+        let seen = watch.wait_for_id(id).await;
+        assert_eq!(
+            (seen.version, &seen.payload),
+            (oldest, &payload),
+            "{seen:?}"
+        );
     }
     // The StockAdjusted above reached inventory-svc through the broker: only an
     // adjustment makes a SKU known.
@@ -113,6 +140,24 @@ async fn publish_refuses_a_payload_that_does_not_match_the_catalog_and_sends_not
     let err = text(&out.stderr);
     assert!(
         err.contains("delta") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    let out = run(sagactl(&stack).args([
+        "publish",
+        "StockAdjusted",
+        "--schema-version",
+        "9",
+        "--data",
+        r#"{"sku":"NOPE","delta":1}"#,
+    ]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a version sagactl does not know"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no version 9") && err.contains("nothing was sent"),
         "{err}"
     );
     let out = run(sagactl(&stack).args(["publish", "NoSuchEvent", "--data", "{}"]));
