@@ -65,9 +65,15 @@ pub use event::{DecodeError, Event, EventKind};
 /// migrator (see [`migrator_with`]), so one `_sqlx_migrations` table describes the database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A migrator that runs the messaging migrations followed by a service's own.
+/// A migrator that runs the messaging migrations followed by a service's own. It starts
+/// against a database that a later release has migrated further (applied migrations it
+/// does not know are left alone), so that a replica of this release can still start
+/// during a rolling upgrade to the next one, or after a rollback from it; an applied
+/// migration whose file changed still stops it.
 pub fn migrator_with(service: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
     let mut all: Vec<_> = MIGRATOR.iter().cloned().collect();
     all.extend(service.iter().cloned());
-    sqlx::migrate::Migrator::with_migrations(all)
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(all);
+    migrator.set_ignore_missing(true);
+    migrator
 }

@@ -132,3 +132,33 @@ async fn dead_letters_of_an_older_and_a_newer_version_replay_once_the_consumer_r
     probe.close().await;
     stack.assert_invariants().await;
 }
+
+/// A replica of this release starts against a database that a later release migrated
+/// further: during the next rolling upgrade, or after a rollback, an old replica that
+/// restarts must not refuse the migrations it does not know.
+#[tokio::test]
+async fn a_service_starts_on_a_database_a_later_release_has_migrated() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let db = stack.db(Service::Order).await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (999999, 'a later release', true, '\\x00', 0)",
+    )
+    .execute(&db)
+    .await
+    .expect("recording a later release's migration");
+    stack.kill(Service::Order);
+    stack.start_service(Service::Order).await;
+    stack.seed_stock("SKU-LATER", 1).await;
+    stack.deposit("lena", 100, "EUR").await;
+    let order_id = stack
+        .place_order_ok(&order_request("lena", "EUR", &[("SKU-LATER", 1, 100)]))
+        .await;
+    stack.wait_for_status(&order_id, "confirmed").await;
+    let later: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE version = 999999")
+            .fetch_one(&db)
+            .await
+            .expect("reading the migrations table");
+    assert_eq!(later, 1, "the later release's migration is left alone");
+}
