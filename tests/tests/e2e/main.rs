@@ -31,3 +31,4 @@ mod slow_clients;
 mod staged_batches;
 mod status_columns;
 mod tls;
+mod upgrades;
