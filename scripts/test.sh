@@ -8,16 +8,22 @@
 #                          (promtool's rule tests)
 #   3. servers             PostgreSQL and RabbitMQ started, chromium for the explorer
 #                          test (each installed as root if missing)
-#   4. checked queries     scripts/prepare-queries.sh --check: the queries' offline data
+#   4. previous release    scripts/build-previous-release.sh: the services of the commit
+#                          in PREVIOUS_RELEASE, built into target/ (its dependencies are
+#                          this tree's) and kept in target/previous-release/bin/ for the
+#                          rolling-upgrade test; nothing to do when they are there. It
+#                          comes before the builds of this tree, which put this tree's
+#                          binaries back in target/debug/ where the old build put its own
+#   5. checked queries     scripts/prepare-queries.sh --check: the queries' offline data
 #                          (.sqlx/) is what fresh databases, migrated as the services
 #                          migrate theirs, describe. It runs the next phase's build with
 #                          the query macros online, so that phase finds it all built
-#   5. build and lints     cargo build --workspace --all-targets with clippy's driver
+#   6. build and lints     cargo build --workspace --all-targets with clippy's driver
 #                          compiling the workspace's own crates: the lints of
 #                          `cargo clippy --all-targets -- -D warnings` come out of the one
 #                          build, so the dependencies are compiled once, not once for
 #                          clippy's check and again for the binaries
-#   6. tests               the three binaries of tests/ and the unit tests of each crate:
+#   7. tests               the three binaries of tests/ and the unit tests of each crate:
 #                          `chaos` (stops and starts the shared servers, so no other test
 #                          that needs them runs meanwhile) beside `checks` (no servers:
 #                          property tests, generated documents), then the unit tests,
@@ -67,27 +73,30 @@ trap print_times EXIT
 # everything built and compiles nothing again.
 use_clippy_driver
 
-phase 1/6 fmt "formatting: cargo fmt --all --check"
+phase 1/7 fmt "formatting: cargo fmt --all --check"
 cargo fmt --all --check
 
-phase 2/6 deploy "deployment files: compose, Kubernetes, OpenAPI, alert rules"
+phase 2/7 deploy "deployment files: compose, Kubernetes, OpenAPI, alert rules"
 ./scripts/validate-compose.sh
 ./scripts/validate-deploy.sh
 ./scripts/validate-openapi.sh
 ./scripts/validate-alerts.sh
 
-phase 3/6 servers "PostgreSQL, RabbitMQ and a headless browser"
+phase 3/7 servers "PostgreSQL, RabbitMQ and a headless browser"
 ensure_postgres
 ensure_rabbitmq
 ensure_chromium
 
-phase 4/6 queries "checked queries: .sqlx/ against freshly migrated databases"
+phase 4/7 previous "the previous release's services, for the rolling-upgrade test"
+./scripts/build-previous-release.sh
+
+phase 5/7 queries "checked queries: .sqlx/ against freshly migrated databases"
 ./scripts/prepare-queries.sh --check
 
-phase 5/6 build "build and lints: cargo build --workspace --all-targets (clippy -D warnings)"
+phase 6/7 build "build and lints: cargo build --workspace --all-targets (clippy -D warnings)"
 cargo build --workspace --all-targets
 
-phase 6/6 tests "tests: cargo test --workspace --no-fail-fast $*"
+phase 7/7 tests "tests: cargo test --workspace --no-fail-fast $*"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 status=0
 if (($# == 0)); then

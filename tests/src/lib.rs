@@ -11,6 +11,8 @@
 //! - [`steady_load`]: orders at a steady rate through a fault, and the checks after it.
 //! - [`replicas`]: more instances of a service on the same stack.
 //! - [`sigterm`]: stopping a service process as an orchestrator does, and timing its drain.
+//! - [`upgrade`]: the previous release's binaries, the event versions the current release
+//!   writes beside them, and replacing a process by another release's.
 //! - [`poll`]: [`eventually`], the only way tests wait for a result.
 //! - [`saga_support`]: helpers for the saga tests: watching the events on the broker,
 //!   waiting for a service to have handled a message, reading reservations and payments.
@@ -40,6 +42,7 @@ pub mod sandbox;
 pub mod sigterm;
 pub mod stack;
 pub mod steady_load;
+pub mod upgrade;
 
 pub use poll::{Poll, eventually};
 pub use proxy::TcpProxy;

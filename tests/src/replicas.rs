@@ -3,13 +3,13 @@
 //! they would behind a load balancer in production.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::Duration;
 
 use crate::poll::{Poll, until};
 use crate::prometheus;
-use crate::stack::{Service, Stack, binary_path, free_port};
+use crate::stack::{Service, Stack, free_port};
 
 /// One extra running instance; killed when dropped.
 pub struct Replica {
@@ -45,26 +45,44 @@ impl Drop for Replica {
 }
 
 impl Stack {
+    /// One more instance of each service, started one after the other (each healthy before
+    /// the next starts), in the order of [`Service::ALL`].
+    pub async fn start_replica_of_each(&self) -> Vec<Replica> {
+        let mut replicas = Vec::new();
+        for s in Service::ALL {
+            replicas.push(self.start_replica(s).await);
+        }
+        replicas
+    }
+
     /// Starts one more instance of `service` and waits until its `/healthz` is 200.
     pub async fn start_replica(&self, service: Service) -> Replica {
+        self.start_replica_from(service, &self.binary(service), &[])
+            .await
+    }
+
+    /// Starts one more instance of `service` from `binary` (another release's, say), with
+    /// `env` on top of the stack's own, and waits until its `/healthz` is 200.
+    pub async fn start_replica_from(
+        &self,
+        service: Service,
+        binary: &Path,
+        env: &[(String, String)],
+    ) -> Replica {
         let addr = free_port();
         let log = self
             .log_path(service)
             .with_extension(format!("replica-{}.log", addr.port()));
         let file = std::fs::File::create(&log).expect("replica log file");
-        let mut command = Command::new(binary_path(service.name()));
-        command
-            .envs(self.service_env())
-            .env(
-                format!("SAGA_{}_HTTP_ADDR", service.env_prefix()),
-                addr.to_string(),
-            )
-            .env("RUST_LIB_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log handle"))
-            .stderr(file);
-        crate::stack::die_with_the_test(&mut command);
-        let child = command.spawn().expect("the replica starts");
+        let mut all = vec![(
+            format!("SAGA_{}_HTTP_ADDR", service.env_prefix()),
+            addr.to_string(),
+        )];
+        all.extend_from_slice(env);
+        let child = self
+            .service_command(binary, &all, file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("the replica ({}) does not start: {e}", binary.display()));
         let replica = Replica {
             service,
             addr,

@@ -107,6 +107,10 @@ pub struct StackOptions {
     /// Broker URLs (comma-separated) the services and the harness use instead of the
     /// sandbox's vhost on the shared broker: a private cluster's nodes.
     pub broker: Option<String>,
+    /// The directory the services' binaries are started from, instead of the current
+    /// build's ([`binary_path`]): the stack's own processes and its replicas run the
+    /// previous release's, say ([`crate::upgrade`]).
+    pub binaries: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -118,6 +122,7 @@ impl Default for StackOptions {
             wait: Duration::from_secs(30),
             extra_env: Vec::new(),
             broker: None,
+            binaries: None,
         }
     }
 }
@@ -152,6 +157,11 @@ impl StackOptions {
         self.broker = Some(urls.into());
         self
     }
+
+    pub fn binaries(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.binaries = Some(dir.into());
+        self
+    }
 }
 
 /// The body of `POST /orders` for `items` given as `(sku, quantity, unit_price)`.
@@ -173,15 +183,25 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     value.trim().parse().ok().map(Duration::from_secs)
 }
 
+/// The directory of the current build's binaries: `target/<profile>`, which holds the
+/// `deps` directory of the running test executable.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()))
+        .to_owned()
+}
+
+/// The file of the binary `name` in `dir`.
+pub fn binary_in(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
 /// Where the service binaries are: `target/<profile>/<name>`, next to the `deps`
 /// directory that holds the running test executable.
 pub fn binary_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()));
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let path = binary_in(&profile_dir(), name);
     assert!(
         path.is_file(),
         "{} not found: the end-to-end tests run the real service binaries; \
@@ -373,19 +393,46 @@ impl Stack {
     }
 
     fn spawn(&self, service: Service) {
-        self.spawn_with(service, &[]);
+        self.spawn_from(service, &self.binary(service), &[]);
+    }
+
+    /// The binary this stack starts `service` from: the one in the options' directory
+    /// ([`StackOptions::binaries`]), or the current build's.
+    pub fn binary(&self, service: Service) -> PathBuf {
+        match &self.options.binaries {
+            Some(dir) => binary_in(dir, service.name()),
+            None => binary_path(service.name()),
+        }
     }
 
     /// Starts `service` again with `env` on top of the stack's own (other credentials, say).
     pub async fn start_service_with_env(&self, service: Service, env: &[(String, String)]) {
+        self.start_service_from(service, &self.binary(service), env)
+            .await;
+    }
+
+    /// Starts `service` again from `binary` (another release's, say), with `env` on top of
+    /// the stack's own, and waits until it is healthy.
+    pub async fn start_service_from(
+        &self,
+        service: Service,
+        binary: &Path,
+        env: &[(String, String)],
+    ) {
         assert!(!self.is_running(service), "{service} is already running");
-        self.spawn_with(service, env);
+        self.spawn_from(service, binary, env);
         self.wait_healthy(&[service]).await;
     }
 
-    fn spawn_with(&self, service: Service, env: &[(String, String)]) {
-        let log = self.log_file(service);
-        let mut command = Command::new(binary_path(service.name()));
+    /// A process of this stack, not started: `binary` with the stack's environment and
+    /// `env` on top, its output to `log`, killed when the test process dies.
+    pub(crate) fn service_command(
+        &self,
+        binary: &Path,
+        env: &[(String, String)],
+        log: File,
+    ) -> Command {
+        let mut command = Command::new(binary);
         command
             .envs(self.service_env())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -395,9 +442,15 @@ impl Stack {
             .stdout(log.try_clone().expect("duplicating a log file handle"))
             .stderr(log);
         die_with_the_test(&mut command);
-        let child = command
+        command
+    }
+
+    fn spawn_from(&self, service: Service, binary: &Path, env: &[(String, String)]) {
+        let log = self.log_file(service);
+        let child = self
+            .service_command(binary, env, log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {service} ({}): {e}", binary.display()));
         self.children
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -933,6 +986,24 @@ impl Stack {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// `sagactl verify`'s `--expect-stock` and `--expect-deposits` for what the harness
+    /// published: the totals that catch an adjustment or a deposit applied twice.
+    pub fn verify_expectations(&self) -> Vec<String> {
+        let published = self.published();
+        let stock = published
+            .stock
+            .iter()
+            .map(|(sku, total)| ("--expect-stock", sku, total));
+        let deposits = published
+            .deposits
+            .iter()
+            .map(|(customer, total)| ("--expect-deposits", customer, total));
+        stock
+            .chain(deposits)
+            .flat_map(|(flag, name, total)| [flag.to_owned(), format!("{name}={total}")])
+            .collect()
     }
 
     /// Everything the read endpoints say, as `sagactl verify` reads it.

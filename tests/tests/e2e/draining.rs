@@ -41,10 +41,7 @@ async fn a_replica_drained_under_load_loses_nothing_and_leaves_nothing_waiting()
             .env("SAGA_SHUTDOWN_GRACE_SECS", GRACE.as_secs().to_string()),
     )
     .await;
-    let mut replicas = Vec::new();
-    for s in Service::ALL {
-        replicas.push(stack.start_replica(s).await);
-    }
+    let mut replicas = stack.start_replica_of_each().await;
     steady_load::seed(&stack).await;
     let journal = Journal::default();
     let balanced = Mutex::new(Balanced::default());

@@ -31,4 +31,5 @@ mod slow_clients;
 mod staged_batches;
 mod status_columns;
 mod tls;
+mod upgrades;
 mod versions;

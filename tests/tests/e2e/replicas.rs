@@ -11,10 +11,7 @@ use serde_json::Value;
 #[tokio::test]
 async fn replicas_share_the_work_and_keep_every_invariant() {
     let stack = Stack::start(StackOptions::default()).await;
-    let mut replicas = Vec::new();
-    for s in Service::ALL {
-        replicas.push(stack.start_replica(s).await);
-    }
+    let replicas = stack.start_replica_of_each().await;
     stack.seed_stock("REPL", 40).await;
     for c in 0..4 {
         stack.deposit(&format!("rep-{c}"), 10_000, "EUR").await;
