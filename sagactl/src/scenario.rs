@@ -101,6 +101,10 @@ pub struct Place {
 pub struct Publish {
     #[serde(rename = "type")]
     pub event_type: String,
+    /// The payload's version (default: the newest): `data` is read in that version's shape
+    /// and published as that version.
+    #[serde(default)]
+    pub version: Option<u32>,
     pub data: toml::Value,
     /// A name for the message id: two publishes with the same name send the same
     /// `message_id` (a duplicate), without one every publish gets a fresh id.

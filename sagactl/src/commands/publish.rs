@@ -3,14 +3,12 @@
 use std::io::Read;
 
 use anyhow::Context as _;
-use events::catalog::Event;
 use lapin::BasicProperties;
-use messaging::envelope::Envelope;
 use messaging::publisher::OutgoingMessage;
 use messaging::topology::EVENTS_EXCHANGE;
 use sagactl::context::{CliError, Context};
 use sagactl::output;
-use sagactl::publish::publish_envelope;
+use sagactl::publish::{operator_envelope, publish_envelope};
 use serde_json::json;
 
 use crate::cli::{PayloadInput, PublishArgs};
@@ -44,28 +42,17 @@ pub(super) async fn run(ctx: &Context, args: PublishArgs) -> anyhow::Result<()> 
     let payload: serde_json::Value = serde_json::from_slice(&input).map_err(|e| {
         CliError::Refused(format!("the payload is not JSON: {e}; nothing was sent"))
     })?;
-    let version = args.schema_version.unwrap_or(event_type.version());
-    if !event_type.versions().contains(&version) {
-        return Err(CliError::Refused(format!(
-            "{event_type} has no version {version}: this sagactl reads versions {:?}; nothing was sent",
-            event_type.versions()
-        ))
-        .into());
-    }
-    let event = Event::decode(event_type.name(), version, &payload).map_err(|e| {
-        CliError::Refused(format!(
-            "{e}; nothing was sent\n  {} payload fields (version {}): {}",
-            event_type.name(),
-            event_type.version(),
-            event_type.fields()
-        ))
-    })?;
-    let mut envelope = Envelope::wrap(&event, "sagactl", args.causation_id);
-    if let Some(payload) = event.payload_at(version) {
-        // Written back from the decoded event: the same fields, in this version's shape.
-        envelope.version = version;
-        envelope.payload = payload;
-    }
+    let mut envelope =
+        operator_envelope(event_type, args.schema_version, &payload, args.causation_id).map_err(
+            |e| {
+                CliError::Refused(format!(
+                    "{e}; nothing was sent\n  {} payload fields (version {}): {}",
+                    event_type.name(),
+                    event_type.version(),
+                    event_type.fields()
+                ))
+            },
+        )?;
     if let Some(id) = args.message_id {
         envelope.message_id = id;
     }

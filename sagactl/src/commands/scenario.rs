@@ -346,9 +346,8 @@ async fn publish(run: &mut Run<'_>, p: &Publish) -> anyhow::Result<()> {
         .event_type
         .parse()
         .map_err(|e| CliError::Refused(format!("{e}")))?;
-    let event = Event::decode(t.name(), t.version(), &payload)
-        .map_err(|e| CliError::Refused(e.to_string()))?;
-    let mut envelope = messaging::Envelope::wrap(&event, "sagactl", None);
+    let mut envelope = sagactl::publish::operator_envelope(t, p.version, &payload, None)
+        .map_err(CliError::Refused)?;
     if let Some(name) = &p.message_id {
         envelope.message_id = *run
             .messages
