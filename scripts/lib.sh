@@ -39,7 +39,7 @@ die() {
 
 is_root() { [[ "$(id -u)" -eq 0 ]]; }
 
-# The release binaries the stack runs: the three services and sagactl (stack.sh runs its
+# The binaries the stack runs: the three services and sagactl (stack.sh runs its
 # dev-keys, the README's tour the rest), and nothing else of the workspace, so that the
 # test crate's dependencies and features stay out of the build. bench.sh builds the same
 # set and the benchmarks' own binary (`build_release saga-bench`), so that one build
@@ -47,10 +47,24 @@ is_root() { [[ "$(id -u)" -eq 0 ]]; }
 RELEASE_PACKAGES=(order-svc inventory-svc payment-svc sagactl)
 # build_release [PACKAGE]...: the release binaries of RELEASE_PACKAGES and of each PACKAGE.
 build_release() {
-    local args=() p
+    build_stack_binaries release "$@"
+}
+# build_stack_binaries PROFILE [PACKAGE]...: the binaries of RELEASE_PACKAGES and of each
+# PACKAGE, in cargo's profile PROFILE (`dev`, whose binaries land in target/debug/, or
+# `release`).
+build_stack_binaries() {
+    local profile="$1" args=() p
+    shift
     for p in "${RELEASE_PACKAGES[@]}" "$@"; do args+=(-p "$p"); done
-    log "building the release binaries (cargo build --release ${args[*]})"
-    cargo build --release "${args[@]}"
+    log "building the ${profile} binaries (cargo build --profile ${profile} ${args[*]})"
+    cargo build --profile "$profile" "${args[@]}"
+}
+# The directory of target/ where cargo puts the binaries of PROFILE.
+profile_dir() {
+    case "$1" in
+    dev) echo target/debug ;;
+    *) echo "target/$1" ;;
+    esac
 }
 
 # Builds (and tests) with clippy's driver compiling the workspace's crates: cargo runs it

@@ -3,14 +3,21 @@
 # Runs the whole saga locally: PostgreSQL, RabbitMQ and the three services.
 #
 #     ./scripts/stack.sh [up]        start everything (default)
+#     ./scripts/stack.sh up --release    the same with optimised binaries
 #     ./scripts/stack.sh down        stop the services
 #     ./scripts/stack.sh status      are they running and healthy?
 #     ./scripts/stack.sh logs [svc]  follow the logs (all services, or one)
 #
-# With a Docker engine it uses compose.yaml. Without one it runs the release
-# binaries as background processes against the local PostgreSQL and RabbitMQ,
-# which it starts (or installs, as root) when needed; their pids and logs live in
-# .stack/. Set SAGA_STACK_MODE=local or =docker to choose instead of guessing.
+# With a Docker engine it uses compose.yaml. Without one it runs the binaries as
+# background processes against the local PostgreSQL and RabbitMQ, which it starts (or
+# installs, as root) when needed; their pids and logs live in .stack/. Set
+# SAGA_STACK_MODE=local or =docker to choose instead of guessing.
+#
+# Locally it builds cargo's dev profile (target/debug/): a fresh clone is running in a
+# few minutes, and the test suite later reuses what that build compiled. With --release
+# (or SAGA_STACK_PROFILE=release) it builds and runs the optimised binaries
+# (target/release/), which take several times as long to build; scripts/bench.sh and the
+# container image always use those.
 #
 # Every address can be overridden through the services' own environment variables
 # (SAGA_AMQP_URL, SAGA_<SVC>_DATABASE_URL, SAGA_<SVC>_HTTP_ADDR); values already
@@ -115,14 +122,19 @@ export_service_env() {
     fi
 }
 
+# The profile the local stack builds and runs (dev or release), and where its binaries are.
+STACK_PROFILE="${SAGA_STACK_PROFILE:-dev}"
+stack_bin_dir() { profile_dir "$STACK_PROFILE"; }
+
 start_service() {
-    local svc="$1" bin="target/release/$1" pid log
+    local svc="$1" bin pid log
+    bin="$(stack_bin_dir)/$1"
     log="$(log_file "$svc")"
     if pid="$(running_pid "$svc")"; then
         log "${svc} is already running (pid ${pid}); leaving it alone"
         return 0
     fi
-    [[ -x "$bin" ]] || die "${bin} is missing; the release build did not produce it"
+    [[ -x "$bin" ]] || die "${bin} is missing; the ${STACK_PROFILE} build did not produce it"
     printf '\n===== %s: starting %s =====\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$svc" >>"$log"
     # setsid + nohup: the service must outlive this script and the terminal, and
     # must not receive the Ctrl-C meant for whatever runs in the foreground later.
@@ -150,7 +162,7 @@ print_summary() {
     if [[ "$mode" == docker ]]; then
         sagactl="docker compose run --rm sagactl"
     else
-        sagactl="target/release/sagactl"
+        sagactl="$(stack_bin_dir)/sagactl"
     fi
     cat <<EOF
 
@@ -206,9 +218,9 @@ cmd_up() {
     ensure_databases
     export_service_env
 
-    build_release
+    build_stack_binaries "$STACK_PROFILE"
     log "development signing key: ${STATE_DIR}/dev-signing-key.pem (JWKS ${STATE_DIR}/dev-jwks.json)"
-    target/release/sagactl dev-keys --dir "$STATE_DIR" >/dev/null
+    "$(stack_bin_dir)/sagactl" dev-keys --dir "$STATE_DIR" >/dev/null
 
     mkdir -p "$LOG_DIR"
     local svc
@@ -319,10 +331,21 @@ cmd_logs() {
 }
 
 case "${1:-up}" in
-up) cmd_up ;;
+up)
+    case "${2:-}" in
+    "") ;;
+    --release) STACK_PROFILE=release ;;
+    *) die "unknown option '$2' for up (expected: --release)" ;;
+    esac
+    case "$STACK_PROFILE" in
+    dev | release) ;;
+    *) die "SAGA_STACK_PROFILE must be dev or release (got '${STACK_PROFILE}')" ;;
+    esac
+    cmd_up
+    ;;
 down) cmd_down ;;
 status) cmd_status ;;
 logs) cmd_logs "${2:-}" ;;
--h | --help | help) sed -n '3,17p' "$0" | sed 's/^# \{0,1\}//' ;;
+-h | --help | help) awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0" ;;
 *) die "unknown command '$1' (expected: up, down, status, logs [svc])" ;;
 esac

@@ -456,11 +456,12 @@ async fn the_readme_tour_runs_as_written() {
     let stack = Stack::start(StackOptions::default()).await;
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let script = tour_script(&readme);
-    // The tour puts target/release first on PATH; here that directory holds this build's
-    // sagactl, so every line runs exactly as written.
+    // The tour puts target/debug (where `./scripts/stack.sh up` builds) first on PATH; here
+    // that directory holds this build's sagactl, so every line runs exactly as written.
     let dir = tempdir();
-    std::fs::create_dir_all(dir.join("target/release")).unwrap();
-    std::os::unix::fs::symlink(binary_path("sagactl"), dir.join("target/release/sagactl")).unwrap();
+    assert!(script.contains(r#"export PATH="$PWD/target/debug:$PATH""#), "{script}");
+    std::fs::create_dir_all(dir.join("target/debug")).unwrap();
+    std::os::unix::fs::symlink(binary_path("sagactl"), dir.join("target/debug/sagactl")).unwrap();
     let mut cmd = Command::new("bash");
     cmd.arg("-euo")
         .arg("pipefail")
