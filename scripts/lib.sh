@@ -319,6 +319,29 @@ ensure_rabbitmq() {
     log "RabbitMQ is ready (vhost ${SAGA_RABBITMQ_VHOST}, console ${SAGA_RABBITMQ_API})"
 }
 
+# ------------------------------------------------------------------ pg_auto_failover
+
+# The automatic database failover test (tests/tests/e2e/broker_and_database_faults/
+# pg_auto_failover.rs) runs a monitor and two nodes of pg_auto_failover: `pg_autoctl` and
+# the monitor's extension, Debian's postgresql-<version>-auto-failover for the PostgreSQL
+# installed. Installed as root when missing; otherwise a hint.
+ensure_pg_auto_failover() {
+    local version
+    version="$(_pg_version)"
+    [[ -n "$version" ]] || die "PostgreSQL is not installed (ensure_postgres first)"
+    if command -v pg_autoctl >/dev/null 2>&1 &&
+        [[ -f "/usr/lib/postgresql/${version}/lib/pgautofailover.so" ]]; then
+        return 0
+    fi
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        apt_install "postgresql-${version}-auto-failover"
+    else
+        die "pg_auto_failover is missing (the automatic database failover test needs it).
+    Install it, e.g.:  sudo apt-get install -y postgresql-${version}-auto-failover
+    (or run this script as root and it will do so), then run it again."
+    fi
+}
+
 # ------------------------------------------------------------------ headless browser
 
 # The saga explorer's end-to-end test (tests/tests/e2e/explorer.rs) drives Debian's

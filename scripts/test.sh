@@ -6,7 +6,8 @@
 #   2. deployment files    scripts/validate-compose.sh, validate-deploy.sh (compose, the
 #                          Kubernetes manifests), validate-openapi.sh, validate-alerts.sh
 #                          (promtool's rule tests)
-#   3. servers             PostgreSQL and RabbitMQ started, chromium for the explorer
+#   3. servers             PostgreSQL and RabbitMQ started, pg_auto_failover for the
+#                          automatic database failover test, chromium for the explorer
 #                          test (each installed as root if missing)
 #   4. previous release    scripts/build-previous-release.sh: the services of the commit
 #                          in PREVIOUS_RELEASE, built into target/ (its dependencies are
@@ -82,9 +83,10 @@ phase 2/7 deploy "deployment files: compose, Kubernetes, OpenAPI, alert rules"
 ./scripts/validate-openapi.sh
 ./scripts/validate-alerts.sh
 
-phase 3/7 servers "PostgreSQL, RabbitMQ and a headless browser"
+phase 3/7 servers "PostgreSQL, RabbitMQ, pg_auto_failover and a headless browser"
 ensure_postgres
 ensure_rabbitmq
+ensure_pg_auto_failover
 ensure_chromium
 
 phase 4/7 previous "the previous release's services, for the rolling-upgrade test"

@@ -34,10 +34,11 @@ pub async fn connect_and_migrate(
                 }
             })
     };
-    // Several URLs: a primary and its standbys (see db_failover); start on the primary.
-    let candidates = messaging::amqp_nodes::urls(url)
-        .into_iter()
-        .map(parse)
+    // Several servers (URLs, or hosts of one URL): a primary and its standbys (see
+    // db_failover); start on the primary.
+    let candidates = crate::db_failover::candidate_urls(url)?
+        .iter()
+        .map(|u| parse(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let primary = match candidates.len() {
         0 | 1 => 0,

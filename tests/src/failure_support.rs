@@ -478,7 +478,8 @@ impl Stack {
             Service::Payment => "payments",
         };
         // A test that gives the services servers of its own (a primary and a standby, say)
-        // names them in SAGA_<S>_DATABASE_URL: ask the first of them that answers.
+        // names them in SAGA_<S>_DATABASE_URL (URLs, or hosts of one URL): ask the primary,
+        // or else the first of them that answers.
         let key = format!("SAGA_{}_DATABASE_URL", service.env_prefix());
         let urls: Vec<String> = match self
             .options()
@@ -487,25 +488,29 @@ impl Stack {
             .rev()
             .find(|(k, _)| *k == key)
         {
-            Some((_, list)) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            Some((_, setting)) => platform::db_failover::candidate_urls(setting)
+                .map_err(|e| format!("{service}'s database setting: {e:#}"))?,
             None => vec![self.sandbox().database_url(prefix)],
         };
         let mut errors = Vec::new();
+        let mut standby = None;
         for url in &urls {
             match PgConnection::connect(url).await {
+                Ok(mut conn) if urls.len() > 1 => {
+                    let in_recovery: Result<bool, _> =
+                        sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                            .fetch_one(&mut conn)
+                            .await;
+                    match in_recovery {
+                        Ok(false) => return Ok(conn),
+                        _ => standby = standby.or(Some(conn)),
+                    }
+                }
                 Ok(conn) => return Ok(conn),
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        Err(format!(
-            "connecting to {service}'s database: {}",
-            errors.join("; ")
-        ))
+        standby.ok_or_else(|| format!("connecting to {service}'s database: {}", errors.join("; ")))
     }
 
     /// The answer of one `SELECT count(*) …` in `service`'s database.

@@ -32,6 +32,7 @@ pub mod browser;
 pub mod cluster;
 pub mod compat;
 pub mod failure_support;
+pub mod pg_auto_failover;
 pub mod pg_standby;
 pub mod poll;
 pub mod prometheus;

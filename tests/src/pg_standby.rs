@@ -165,30 +165,7 @@ impl PgStandbyPair {
 
     /// Runs a PostgreSQL binary as the `postgres` user (the server refuses root).
     fn pg(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let program = self.bin.join(program);
-        let mut command = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        let out = command
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{} {args:?} failed ({}): {}{}",
-                program.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        run_as_postgres(&self.bin.join(program), args, &self.dir, &[])
     }
 
     fn pg_ok(&self, program: &str, args: &[&str]) -> String {
@@ -210,12 +187,59 @@ impl Drop for PgStandbyPair {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
-fn chown_to_postgres(dir: &Path) {
+/// `program` with `env` set, to run as the `postgres` user: through `runuser` when the
+/// tests run as root (PostgreSQL refuses to run as root), as it is otherwise.
+pub(crate) fn postgres_command(program: &Path, env: &[(&str, String)]) -> Command {
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]);
+        if !env.is_empty() {
+            // runuser keeps most of the environment but not all; `env` sets it for sure.
+            c.arg("env");
+            c.args(env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        c.arg(program);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.envs(env.iter().map(|(k, v)| (k, v)));
+        c
+    };
+    command.stdin(std::process::Stdio::null());
+    command
+}
+
+/// Runs `program` as the `postgres` user in `dir`; its output on exit 0, else what failed.
+pub(crate) fn run_as_postgres(
+    program: &Path,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, String)],
+) -> Result<String, String> {
+    let out = postgres_command(program, env)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{} {args:?} failed ({}): {}{}",
+            program.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+pub(crate) fn chown_to_postgres(dir: &Path) {
     if !is_root() {
         return;
     }

@@ -5,4 +5,5 @@
 
 mod cluster;
 mod outages;
+mod pg_auto_failover;
 mod pg_failover;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use saga_tests::pg_standby::PgStandbyPair;
 use saga_tests::steady_load::{self, Journal, blocking};
-use saga_tests::{Service, Stack, StackOptions};
 
 const TEST_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -41,25 +40,7 @@ async fn fail_over(pair: &Arc<PgStandbyPair>, journal: &Journal) -> Vec<(String,
 async fn run(pair: Arc<PgStandbyPair>) {
     let journal = Journal::default();
     journal.note("private primary and synchronous standby up");
-    let mut options = StackOptions::default()
-        .deadline_secs(steady_load::ORDER_DEADLINE_SECS)
-        .wait(Duration::from_secs(60));
-    for (service, database) in [
-        (Service::Order, "orders"),
-        (Service::Inventory, "inventory"),
-        (Service::Payment, "payments"),
-    ] {
-        options = options.env(
-            format!("SAGA_{}_DATABASE_URL", service.env_prefix()),
-            pair.urls(database),
-        );
-    }
-    let stack = Stack::start(options).await;
-    steady_load::seed(&stack).await;
-    journal.note("services up on the primary; stock and wallets seeded");
-
-    let (placed, progress, faults) =
-        steady_load::under_load(&stack, fail_over(&pair, &journal), &journal).await;
-    steady_load::assert_nothing_lost(&stack, &placed, &progress, &[], &journal).await;
-    steady_load::report_stalls(&progress, &faults, &journal);
+    let stack = steady_load::stack_on_own_databases(|db| pair.urls(db), &journal).await;
+    let outcome = steady_load::under_load(&stack, fail_over(&pair, &journal), &journal).await;
+    steady_load::assert_rode_through_database_faults(&stack, outcome, &journal).await;
 }
