@@ -73,6 +73,15 @@ if up_to_date; then
     exit 0
 fi
 
+# A shallow or partial clone may lack it: fetch it from origin once before giving up (the
+# compatibility checks read the same commit, and run after this script in scripts/test.sh).
+if ! git cat-file -e "${commit}^{commit}" 2>/dev/null && git remote get-url origin >/dev/null 2>&1; then
+    log "the previous release ${commit} is not in this clone; fetching it from origin"
+    if [[ "$(git rev-parse --is-shallow-repository)" == true ]]; then
+        git fetch --quiet --unshallow origin || true
+    fi
+    git fetch --quiet origin "$commit" || true
+fi
 git cat-file -e "${commit}^{commit}" 2>/dev/null ||
     die "the previous release ${commit} (PREVIOUS_RELEASE) is not in this clone; fetch it:
     git fetch origin ${commit}
