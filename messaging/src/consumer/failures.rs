@@ -94,7 +94,9 @@ impl<H: Handler> EventConsumer<H> {
         }
     }
 
-    fn retry_copy(&self, delivery: &Delivery, attempt: u32, delay: Duration) -> OutgoingMessage {
+    /// The headers of a copy of `delivery` that this consumer publishes again: the
+    /// original's, with the publisher it vouches for recorded.
+    fn copy_headers(&self, delivery: &Delivery) -> FieldTable {
         let mut headers = copied_headers(&delivery.properties);
         crate::authenticity::record_publisher(
             &self.inner.users,
@@ -102,6 +104,11 @@ impl<H: Handler> EventConsumer<H> {
             &self.inner.own_user,
             &mut headers,
         );
+        headers
+    }
+
+    fn retry_copy(&self, delivery: &Delivery, attempt: u32, delay: Duration) -> OutgoingMessage {
+        let mut headers = self.copy_headers(delivery);
         headers.insert(
             ATTEMPT_HEADER.into(),
             AMQPValue::LongLongInt(attempt.into()),
@@ -121,13 +128,7 @@ impl<H: Handler> EventConsumer<H> {
         error: &str,
         attempts: u32,
     ) -> OutgoingMessage {
-        let mut headers = copied_headers(&delivery.properties);
-        crate::authenticity::record_publisher(
-            &self.inner.users,
-            &delivery.properties,
-            &self.inner.own_user,
-            &mut headers,
-        );
+        let mut headers = self.copy_headers(delivery);
         let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
         headers.insert(ERROR_HEADER.into(), text(&format!("{code}: {error}")));
         headers.insert(ERROR_CODE_HEADER.into(), text(code));

@@ -459,7 +459,10 @@ async fn the_readme_tour_runs_as_written() {
     // The tour puts target/debug (where `./scripts/stack.sh up` builds) first on PATH; here
     // that directory holds this build's sagactl, so every line runs exactly as written.
     let dir = tempdir();
-    assert!(script.contains(r#"export PATH="$PWD/target/debug:$PATH""#), "{script}");
+    assert!(
+        script.contains(r#"export PATH="$PWD/target/debug:$PATH""#),
+        "{script}"
+    );
     std::fs::create_dir_all(dir.join("target/debug")).unwrap();
     std::os::unix::fs::symlink(binary_path("sagactl"), dir.join("target/debug/sagactl")).unwrap();
     let mut cmd = Command::new("bash");
