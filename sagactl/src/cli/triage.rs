@@ -47,9 +47,10 @@ pub(crate) enum StuckCommand {
         #[arg(long, default_value_t = 0)]
         offset: usize,
     },
-    /// Cancel the given orders, or every open saga matching the filters, one order at a
-    /// time with order-svc's cancel, printing each as it is done. An order already closed
-    /// is reported and skipped, so running it again is safe.
+    /// Cancel the given orders, or every open saga matching the filters.
+    ///
+    /// One order at a time with order-svc's cancel, printing each as it is done. An order
+    /// already closed is reported and skipped, so running it again is safe.
     Cancel {
         /// The orders to cancel; without any, every open saga the filters match.
         #[arg(conflicts_with_all = ["older_than", "status", "waiting_on"])]
