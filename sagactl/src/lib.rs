@@ -15,6 +15,8 @@
 //! - [`output`]: printing results as text or JSON, errors and exit statuses.
 //! - [`publish`], [`bus`]: publishing an event as the operator; watching `saga.events`.
 //! - [`grammar`]: the checks every command line's tests run on its grammar.
+//! - [`triage`]: the pure rules of `sagactl stuck` and `sagactl find` (which participant
+//!   an open saga waits on, ages, which fields of a dead letter name an id).
 
 pub mod bus;
 pub mod context;
@@ -25,4 +27,5 @@ pub mod output;
 pub mod publish;
 pub mod scenario;
 pub mod subscriptions;
+pub mod triage;
 pub mod verify;

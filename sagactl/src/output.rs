@@ -56,6 +56,27 @@ pub fn list(ctx: &Context, value: &Value, key: &str, human: impl FnOnce(&Value) 
     }
 }
 
+/// Asks `question` on the terminal before a change that cannot be undone, and succeeds on
+/// a yes. Without a terminal to ask on it refuses, so a script must say `--yes`; the
+/// refusals start with `refusal` ("not purging order-svc.dlq").
+pub fn confirm(question: &str, refusal: &str) -> anyhow::Result<()> {
+    use crate::context::CliError;
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Refused(format!(
+            "{refusal}: standard input is not a terminal to confirm on; add --yes"
+        ))
+        .into());
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(CliError::Refused(format!("{refusal}: not confirmed")).into())
+    }
+}
+
 /// Whether colours go to a stream: `--color always|never`, or on `auto` a terminal without
 /// `NO_COLOR` set to a non-empty value (<https://no-color.org>).
 pub fn use_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {

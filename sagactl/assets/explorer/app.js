@@ -1,5 +1,6 @@
 // The saga explorer's pages, drawn in the browser from the JSON API that `sagactl ui`
-// serves under /api/. Plain DOM calls and inline SVG: no framework and no build step, so
+// serves under /api/ (the triage pages, /stuck and /find, are in triage.js, loaded
+// first). Plain DOM calls and inline SVG: no framework and no build step, so
 // the file ships inside the binary as it is. Everything shown comes from the broker or
 // the services, so text goes into the page only as text nodes, never as markup.
 "use strict";
@@ -514,13 +515,16 @@ async function dlqPage(notice) {
 
 function route() {
   const path = location.pathname;
+  const section = { "/dlq": "dlq", "/stuck": "stuck", "/find": "find" }[path] || "orders";
   document.querySelectorAll("header nav a").forEach((a) => {
-    a.classList.toggle("active", (a.dataset.nav === "dlq") === path.startsWith("/dlq"));
+    a.classList.toggle("active", a.dataset.nav === section);
   });
   const saga = path.match(/^\/orders\/([^/]+)$/);
   if (path === "/") return ordersPage();
   if (saga) return sagaPage(decodeURIComponent(saga[1]));
   if (path === "/dlq") return dlqPage();
+  if (path === "/stuck") return stuckPage();
+  if (path === "/find") return findPage();
   show(el("p", { class: "error" }, `No page at ${path}.`));
   return null;
 }

@@ -6,6 +6,7 @@
 mod bus;
 mod publish;
 mod services;
+mod triage;
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ use sagactl::options::GlobalArgs;
 pub(crate) use bus::{DlqCommand, TailArgs};
 pub(crate) use publish::{PayloadInput, PublishArgs};
 pub(crate) use services::{OrderCommand, StockCommand, WalletCommand, parse_item};
+pub(crate) use triage::{FindArgs, StuckCommand, StuckFilter};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +62,13 @@ pub(crate) enum Command {
     /// Read, replay or purge a dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Open sagas oldest first, with the participant each waits on; cancel them.
+    #[command(subcommand, long_about = triage::STUCK_HELP)]
+    Stuck(StuckCommand),
+    /// Every saga, dead letter and audit record that names an order id, customer id, SKU,
+    /// message id or payment id.
+    #[command(long_about = triage::FIND_HELP)]
+    Find(FindArgs),
     /// Declarative saga tests against the running stack.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
@@ -79,7 +88,8 @@ pub(crate) enum Command {
         expect_deposits: Vec<(String, i64)>,
     },
     /// Serve the saga explorer in the browser: recent orders, one saga drawn as a timeline
-    /// and causation tree, the dead-letter queues, live queue depths.
+    /// and causation tree, the stuck sagas, the dead-letter queues, a search box for any
+    /// id, live queue depths.
     Ui {
         /// Address to listen on (keep it on localhost: the explorer can replay and purge).
         #[arg(long, env = "SAGA_UI_LISTEN", default_value = "127.0.0.1:8090")]

@@ -22,7 +22,7 @@ use crate::cli::DlqCommand;
 use sagactl::context::{CliError, Context};
 use sagactl::output;
 
-const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
+pub(super) const SERVICES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
 
 /// A DLQ name from a queue or service name: `order-svc` and `order-svc.dlq` both mean
 /// `order-svc.dlq`.
@@ -79,7 +79,7 @@ pub(super) async fn run(ctx: &Context, cmd: DlqCommand) -> anyhow::Result<()> {
     result
 }
 
-async fn count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+pub(super) async fn count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
     let q = channel
         .queue_declare(
             queue.into(),
@@ -113,25 +113,13 @@ pub(super) async fn counts(channel: &Channel) -> anyhow::Result<Value> {
 }
 
 /// Asks on the terminal before a purge: deleting dead letters cannot be undone, and they
-/// are the only copy of the messages that failed. Without a terminal to ask on, refuses:
-/// a script must say `--yes`.
+/// are the only copy of the messages that failed.
 async fn confirm_purge(channel: &Channel, queue: &str) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    if !std::io::stdin().is_terminal() {
-        return Err(CliError::Refused(format!(
-            "not purging {queue}: standard input is not a terminal to confirm on; add --yes"
-        ))
-        .into());
-    }
     let n = count(channel, queue).await?;
-    eprint!("delete all {n} messages of {queue}? This cannot be undone. [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-        Ok(())
-    } else {
-        Err(CliError::Refused(format!("not purging {queue}: not confirmed")).into())
-    }
+    output::confirm(
+        &format!("delete all {n} messages of {queue}? This cannot be undone."),
+        &format!("not purging {queue}"),
+    )
 }
 
 async fn list(ctx: &Context, channel: &Channel) -> anyhow::Result<()> {

@@ -2,12 +2,14 @@
 
 mod death;
 mod dlq;
+mod find;
 mod keys;
 mod order;
 mod publish;
 mod queues;
 mod scenario;
 mod stock;
+mod stuck;
 mod tail;
 mod trace;
 mod ui;
@@ -30,6 +32,8 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Trace { order_id } => trace::run(ctx, order_id).await,
         Command::Queues { watch } => queues::run(ctx, watch).await,
         Command::Dlq(cmd) => dlq::run(ctx, cmd).await,
+        Command::Stuck(cmd) => stuck::run(ctx, cmd).await,
+        Command::Find(args) => find::run(ctx, args).await,
         Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,
         Command::Verify {
             settle,

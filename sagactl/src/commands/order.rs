@@ -57,17 +57,14 @@ pub(super) async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> 
             Ok(())
         }
         OrderCommand::Cancel { order_id } => {
-            let (status, body) = ctx
-                .call(
-                    Service::Order,
-                    Method::POST,
-                    &path(&["orders", &order_id, "cancel"]),
-                    None,
-                    &[],
-                )
-                .await?;
-            let body = ok_or_refused(status, body)?;
-            output::show(ctx, &body, |v| {
+            let outcome = cancel(ctx, &order_id).await?;
+            if outcome["outcome"] != "cancelled" {
+                let message = field(&outcome, "message");
+                return Err(
+                    CliError::Refused(format!("{message} (409 Conflict, order_closed)")).into(),
+                );
+            }
+            output::show(ctx, &outcome, |v| {
                 format!("order {} cancelled", field(v, "order_id"))
             });
             Ok(())
@@ -84,6 +81,32 @@ pub(super) async fn run(ctx: &Context, cmd: OrderCommand) -> anyhow::Result<()> 
             Ok(())
         }
     }
+}
+
+/// Cancels one order (order-svc's `POST /orders/{id}/cancel`): `{"order_id", "outcome":
+/// "cancelled"}`, or `"outcome": "already_closed"` with order-svc's message when it was
+/// rejected or cancelled already, so cancelling again changes nothing and is no error
+/// here. Any other refusal (no such order) is an error.
+pub(super) async fn cancel(ctx: &Context, order_id: &str) -> anyhow::Result<Value> {
+    let (status, body) = ctx
+        .call(
+            Service::Order,
+            Method::POST,
+            &path(&["orders", order_id, "cancel"]),
+            None,
+            &[],
+        )
+        .await?;
+    if status == reqwest::StatusCode::CONFLICT {
+        return Ok(json!({
+            "order_id": order_id,
+            "outcome": "already_closed",
+            "message": body["message"].as_str().unwrap_or("the order is already closed"),
+        }));
+    }
+    let mut body = ok_or_refused(status, body)?;
+    body["outcome"] = json!("cancelled");
+    Ok(body)
 }
 
 /// Polls the order until it is confirmed, rejected or cancelled.

@@ -2,8 +2,10 @@
 //! chromedriver), against a running stack: the orders page lists, filters and searches;
 //! the saga page draws the timeline and causation tree of a confirmed and of a compensated
 //! saga in the order the events happened; a replay from the DLQ page, confirmed in its
-//! dialog, moves the message out of the dead-letter queue. Screenshots of every page are
-//! kept under `target/explorer-screenshots/`.
+//! dialog, moves the message out of the dead-letter queue; the stuck page lists the open
+//! sagas with the participant each waits on, filters them and cancels the filtered set
+//! with its progress shown; the header's search box finds the sagas naming a customer or
+//! SKU. Screenshots of every page are kept under `target/explorer-screenshots/`.
 
 use events::Event;
 use events::catalog::StockAdjusted;
@@ -196,4 +198,97 @@ async fn a_replay_confirmed_on_the_dlq_page_moves_the_message_out_of_the_dlq() {
 
     browser.close().await;
     probe.close().await;
+}
+
+/// The `data-order-id`s of the rows matching `css`, once they are `want`.
+async fn rows_listed(browser: &Browser, css: &str, want: &[&String]) {
+    eventually(PAGE_DEADLINE, || async {
+        let ids = browser.attributes(css, "data-order-id").await;
+        if ids.iter().collect::<Vec<_>>() == want {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{css} lists {ids:?}, waiting for {want:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_stuck_page_filters_and_cancels_with_progress_and_the_search_box_finds_an_id() {
+    let (stack, [first, second, pending]) = crate::triage::stack_with_stuck_sagas().await;
+    let explorer = Explorer::start(&stack).await;
+    let browser = Browser::start().await;
+
+    // Every open saga, oldest first, with the participant it waits on.
+    browser.goto(&explorer.url("/stuck")).await;
+    rows_listed(&browser, "tr.stuck", &[&first, &second, &pending]).await;
+    let waiting = browser.attributes("tr.stuck", "data-waiting-on").await;
+    assert_eq!(waiting, ["payment-svc", "payment-svc", "inventory-svc"]);
+    let link = browser
+        .attributes(&format!("tr.stuck[data-order-id=\"{pending}\"] a"), "href")
+        .await;
+    assert_eq!(link, [format!("/orders/{pending}")]);
+    browser.screenshot("stuck").await;
+
+    // Filtered on the participant, then every match cancelled, one order at a time.
+    let select = browser.wait_for("#waiting-on").await;
+    select
+        .select_by_value("payment-svc")
+        .await
+        .unwrap_or_else(|e| panic!("choosing the participant: {e}"));
+    browser.click("#apply-filters").await;
+    rows_listed(&browser, "tr.stuck", &[&first, &second]).await;
+    browser.click("#cancel-all").await;
+    let question = browser.confirm().await;
+    assert!(question.contains("Cancel all 2 open sagas"), "{question}");
+    eventually(PAGE_DEADLINE, || async {
+        let done = browser.attributes("#progress", "data-finished").await;
+        let text = browser.text("#progress").await;
+        if done == ["true"] && text.contains("2 of 2 orders (2 cancelled") {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("progress {done:?}: {text:?}"))
+        }
+    })
+    .await;
+    rows_listed(&browser, "tr.stuck", &[]).await;
+    browser.screenshot("stuck-cancelled").await;
+    for id in [&first, &second] {
+        stack.wait_for_status(id, "cancelled").await;
+    }
+    assert_eq!(stack.order(&pending).await.1["status"], "pending");
+
+    // The header's search box: a customer id finds their saga; nothing is audited yet.
+    let search = browser.wait_for("#find").await;
+    search
+        .send_keys(&format!("bob{}", char::from(fantoccini::key::Key::Enter)))
+        .await
+        .unwrap_or_else(|e| panic!("typing into the search box: {e}"));
+    rows_listed(&browser, "#found-sagas tr.found-saga", &[&pending]).await;
+    let matched = browser
+        .attributes("#found-sagas tr.found-saga", "data-matched")
+        .await;
+    assert_eq!(matched, ["customer_id"]);
+    let audit = browser.attributes("#found-audit", "data-recorded").await;
+    assert_eq!(audit, ["false"]);
+    assert!(browser.text("#found-audit").await.contains("no audit log"));
+    browser.screenshot("find").await;
+    // A payload's SKU finds every saga holding it.
+    browser.goto(&explorer.url("/find?q=BOOK")).await;
+    eventually(PAGE_DEADLINE, || async {
+        let n = browser.find_all("#found-sagas tr.found-saga").await.len();
+        if n == 4 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{n} sagas found by their SKU"))
+        }
+    })
+    .await;
+
+    // Back up, the last saga goes on and everything settles.
+    stack.start_service(Service::Inventory).await;
+    stack.start_service(Service::Payment).await;
+    stack.wait_for_status(&pending, "confirmed").await;
+    stack.assert_invariants().await;
+    browser.close().await;
 }

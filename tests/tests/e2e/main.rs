@@ -31,5 +31,6 @@ mod slow_clients;
 mod staged_batches;
 mod status_columns;
 mod tls;
+mod triage;
 mod upgrades;
 mod versions;

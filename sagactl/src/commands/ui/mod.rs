@@ -1,15 +1,20 @@
 //! `sagactl ui`: the saga explorer, a small web server for the operator's browser.
 //!
-//! It serves three pages (`/` recent orders, `/orders/{order_id}` one saga, `/dlq` the
+//! It serves five pages (`/` recent orders, `/orders/{order_id}` one saga, `/stuck` the
+//! open sagas and what each waits on, `/find?q=ID` everything naming an id, `/dlq` the
 //! dead-letter queues) whose HTML, CSS and JavaScript are compiled into the binary, and a
 //! JSON API under `/api/` that the pages call. The API is sagactl itself: the same HTTP
 //! client and identity towards the services (`Context::call`), the same trace assembly as
 //! `sagactl trace`, the same dead-letter functions as `sagactl dlq`, the same queue view as
-//! `sagactl queues`. Nothing here reads a database or builds an event of its own.
+//! `sagactl queues`, the same listing, cancel and search as `sagactl stuck` and `sagactl
+//! find` (the `triage` module). Nothing here reads a database or builds an event of its
+//! own.
 //!
 //! The explorer can replay and purge, so it answers only requests addressed to a local
 //! name (a DNS-rebinding page cannot reach it), refuses cross-site writes, and takes
 //! writes only as JSON (which a plain HTML form cannot send).
+
+mod triage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,9 +36,10 @@ use super::{dlq, queues, trace};
 use sagactl::context::{CliError, Context, Service};
 use sagactl::output;
 
-const INDEX_HTML: &str = include_str!("../../assets/explorer/index.html");
-const APP_JS: &str = include_str!("../../assets/explorer/app.js");
-const STYLE_CSS: &str = include_str!("../../assets/explorer/style.css");
+const INDEX_HTML: &str = include_str!("../../../assets/explorer/index.html");
+const APP_JS: &str = include_str!("../../../assets/explorer/app.js");
+const STYLE_CSS: &str = include_str!("../../../assets/explorer/style.css");
+const TRIAGE_JS: &str = include_str!("../../../assets/explorer/triage.js");
 
 /// Most messages of one dead-letter queue the DLQ page lists.
 const DLQ_PAGE_LIMIT: usize = 50;
@@ -78,10 +84,16 @@ fn router(ctx: Context) -> Router {
         .route("/", get(page))
         .route("/orders/{order_id}", get(page))
         .route("/dlq", get(page))
+        .route("/stuck", get(page))
+        .route("/find", get(page))
         .route("/assets/app.js", get(app_js))
+        .route("/assets/triage.js", get(triage_js))
         .route("/assets/style.css", get(style_css))
         .route("/api/orders", get(list_orders))
         .route("/api/orders/{order_id}", get(show_saga))
+        .route("/api/orders/{order_id}/cancel", post(triage::cancel))
+        .route("/api/stuck", get(triage::stuck))
+        .route("/api/find", get(triage::find))
         .route("/api/queues", get(queue_depths))
         .route("/api/services", get(services))
         .route("/api/dlq", get(dead_letters))
@@ -232,6 +244,10 @@ async fn page() -> Response {
 
 async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn triage_js() -> Response {
+    asset("text/javascript; charset=utf-8", TRIAGE_JS)
 }
 
 async fn style_css() -> Response {

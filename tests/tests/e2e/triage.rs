@@ -1,0 +1,313 @@
+//! The operator's triage with the real `sagactl` binary against a running stack:
+//! `sagactl stuck list` shows the open sagas oldest first with the participant each waits
+//! on (payment-svc or inventory-svc stopped so that orders wait on it), filters and pages
+//! them, and `sagactl stuck cancel` cancels a filtered set one order at a time with a line
+//! per order, safely again; `sagactl find` finds a saga by its order id, customer, SKU,
+//! payment id and message id, and a dead letter by its message id and payload, reading no
+//! more dead letters than it is allowed to.
+
+use events::Event;
+use events::catalog::StockAdjusted;
+use saga_tests::{Service, Stack, StackOptions, order_request};
+use serde_json::Value;
+
+/// The `field` of every entry of the list `key` of `v`.
+fn each(v: &Value, key: &str, field: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list {key} in {v}"))
+        .iter()
+        .map(|e| e[field].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// A stack with two orders waiting on payment-svc (stopped after inventory reserved their
+/// stock) and one, placed later, waiting on inventory-svc (stopped too), and one confirmed
+/// order before them all; returns the waiting ones, oldest first.
+pub(crate) async fn stack_with_stuck_sagas() -> (Stack, [String; 3]) {
+    let stack = Stack::start(StackOptions::default().deadline_secs(600.0)).await;
+    stack.seed_stock("BOOK", 10).await;
+    stack.deposit("alice", 10_000, "EUR").await;
+    stack.deposit("bob", 10_000, "EUR").await;
+    let done = stack
+        .place_order_ok(&order_request("alice", "EUR", &[("BOOK", 1, 100)]))
+        .await;
+    stack.wait_for_status(&done, "confirmed").await;
+
+    stack.kill(Service::Payment);
+    let mut on_payment = Vec::new();
+    for _ in 0..2 {
+        let id = stack
+            .place_order_ok(&order_request("alice", "EUR", &[("BOOK", 1, 100)]))
+            .await;
+        stack.wait_for_status(&id, "reserved").await;
+        on_payment.push(id);
+    }
+    stack.kill(Service::Inventory);
+    let on_inventory = stack
+        .place_order_ok(&order_request("bob", "EUR", &[("BOOK", 2, 100)]))
+        .await;
+    let [a, b] = <[String; 2]>::try_from(on_payment).unwrap_or_else(|v| panic!("{v:?}"));
+    (stack, [a, b, on_inventory])
+}
+
+#[tokio::test]
+async fn stuck_lists_open_sagas_with_what_they_wait_on_and_cancels_a_filtered_set() {
+    let (stack, [first, second, pending]) = stack_with_stuck_sagas().await;
+
+    let all = stack.sagactl_json(&["stuck", "list"], &[]).await;
+    assert_eq!(
+        each(&all, "sagas", "order_id"),
+        [first.as_str(), second.as_str(), pending.as_str()]
+    );
+    assert_eq!(
+        each(&all, "sagas", "waiting_on"),
+        ["payment-svc", "payment-svc", "inventory-svc"]
+    );
+    assert_eq!(
+        each(&all, "sagas", "status"),
+        ["reserved", "reserved", "pending"]
+    );
+    assert_eq!(
+        each(&all, "sagas", "last_event"),
+        ["StockReserved", "StockReserved", "OrderCreated"]
+    );
+    assert_eq!(all["sagas"][0]["page"], format!("/orders/{first}"));
+    assert_eq!(
+        (all["total"].as_u64(), all["complete"].as_bool()),
+        (Some(3), Some(true))
+    );
+
+    // Filters by participant, status and age; pages.
+    let on_payment = stack
+        .sagactl_json(&["stuck", "list", "--waiting-on", "payment-svc"], &[])
+        .await;
+    assert_eq!(
+        each(&on_payment, "sagas", "order_id"),
+        [first.as_str(), second.as_str()]
+    );
+    let by_status = stack
+        .sagactl_json(&["stuck", "list", "--status", "pending"], &[])
+        .await;
+    assert_eq!(each(&by_status, "sagas", "order_id"), [pending.as_str()]);
+    let page = stack
+        .sagactl_json(&["stuck", "list", "--limit", "1", "--offset", "1"], &[])
+        .await;
+    assert_eq!(each(&page, "sagas", "order_id"), [second.as_str()]);
+    assert_eq!(page["total"], 3);
+    let old = stack
+        .sagactl_json(&["stuck", "list", "--older-than", "1d"], &[])
+        .await;
+    assert_eq!(
+        (old["total"].as_u64(), each(&old, "sagas", "order_id").len()),
+        (Some(0), 0)
+    );
+    // The table names each saga's participant.
+    let table = stack.sagactl(&["stuck", "list"], &[]).await;
+    assert!(table.success(), "{table:?}");
+    let row = table.stdout.lines().find(|l| l.starts_with(&pending));
+    assert!(
+        row.is_some_and(|r| r.contains("pending") && r.contains("inventory-svc")),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains("1 to 3 of 3 open sagas"),
+        "{}",
+        table.stdout
+    );
+
+    // Bad input says what to write.
+    let bad = stack
+        .sagactl(&["stuck", "list", "--older-than", "5w"], &[])
+        .await;
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("use s, m, h or d"), "{bad:?}");
+
+    // A filtered set is cancelled only when confirmed; without a terminal, --yes says so.
+    let unconfirmed = stack
+        .sagactl(&["stuck", "cancel", "--waiting-on", "payment-svc"], &[])
+        .await;
+    assert_eq!(unconfirmed.code, Some(1), "{unconfirmed:?}");
+    assert!(unconfirmed.stderr.contains("add --yes"), "{unconfirmed:?}");
+    assert_eq!(stack.order(&first).await.1["status"], "reserved");
+
+    let cancelled = stack
+        .sagactl(
+            &["stuck", "cancel", "--waiting-on", "payment-svc", "--yes"],
+            &[],
+        )
+        .await;
+    assert!(cancelled.success(), "{cancelled:?}");
+    let lines: Vec<&str> = cancelled.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("[1/2] {first} cancelled").as_str(),
+            format!("[2/2] {second} cancelled").as_str(),
+            "2 cancelled, 0 already closed, 0 failed",
+        ]
+    );
+    for id in [&first, &second] {
+        stack.wait_for_status(id, "cancelled").await;
+    }
+    // Again: nothing left to do, and no error.
+    let again = stack.sagactl_json(&["stuck", "cancel", &first], &[]).await;
+    assert_eq!(
+        (
+            again["cancelled"].as_u64(),
+            again["already_closed"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let left = stack.sagactl_json(&["stuck", "list"], &[]).await;
+    assert_eq!(each(&left, "sagas", "order_id"), [pending.as_str()]);
+
+    // The last one, by its status; then the services come back and settle every saga.
+    let last = stack
+        .sagactl_json(&["stuck", "cancel", "--status", "pending", "--yes"], &[])
+        .await;
+    assert_eq!(each(&last, "orders", "order_id"), [pending.as_str()]);
+    assert_eq!(last["cancelled"], 1);
+    stack.start_service(Service::Inventory).await;
+    stack.start_service(Service::Payment).await;
+    for id in [&first, &second, &pending] {
+        let order = stack.wait_for_status(id, "cancelled").await;
+        assert_eq!(order["reason"], "customer_request", "{order}");
+    }
+    stack.assert_invariants().await;
+    let none = stack.sagactl_json(&["stuck", "list"], &[]).await;
+    assert_eq!(none["total"], 0, "{none}");
+}
+
+#[tokio::test]
+async fn find_names_every_saga_and_dead_letter_that_holds_an_id() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let probe = stack.probe().await;
+    stack.seed_stock("MUG", 5).await;
+    stack.deposit("carol", 5_000, "EUR").await;
+    let order = stack
+        .place_order_ok(&order_request("carol", "EUR", &[("MUG", 1, 700)]))
+        .await;
+    let confirmed = stack.wait_for_status(&order, "confirmed").await;
+    let reserved_message = confirmed["history"]
+        .as_array()
+        .and_then(|h| h.iter().find(|e| e["type"] == "StockReserved"))
+        .and_then(|e| e["message_id"].as_str())
+        .unwrap_or_else(|| panic!("no StockReserved in {confirmed}"))
+        .to_owned();
+    let (_, payment) = stack
+        .get(Service::Payment, &format!("/payments/{order}"))
+        .await;
+    let payment_id = payment["payment_id"]
+        .as_str()
+        .expect("a payment id")
+        .to_owned();
+    // Taking stock of a SKU nobody stocked is dead-lettered.
+    let dlq = "inventory-svc.dlq";
+    let ghost = stack
+        .publish(&Event::StockAdjusted(StockAdjusted {
+            sku: "GHOST".to_owned(),
+            delta: -5,
+        }))
+        .await;
+    let ghost_id = ghost.message_id.to_string();
+    probe.wait_depth(dlq, 1, stack.options().wait).await;
+
+    // A saga by each of its ids, with the field that named it.
+    for (id, field) in [
+        (order.as_str(), "order_id"),
+        ("carol", "customer_id"),
+        ("MUG", "sku"),
+        (payment_id.as_str(), "payment_id"),
+        (reserved_message.as_str(), "message_id"),
+    ] {
+        let found = stack.sagactl_json(&["find", id], &[]).await;
+        let sagas = &found["sagas"];
+        assert_eq!(
+            each(sagas, "matches", "order_id"),
+            [order.as_str()],
+            "{id}: {found}"
+        );
+        assert_eq!(
+            sagas["matches"][0]["matched"],
+            serde_json::json!([field]),
+            "{found}"
+        );
+        assert!(
+            each(&found["dead_letters"], "matches", "message_id").is_empty(),
+            "{found}"
+        );
+        assert_eq!(found["audit"]["recorded"], false, "{found}");
+    }
+
+    // A dead letter by its payload's SKU and by its message id; it stays in its queue.
+    for (id, field) in [("GHOST", "sku"), (ghost_id.as_str(), "message_id")] {
+        let found = stack.sagactl_json(&["find", id], &[]).await;
+        let letters = &found["dead_letters"];
+        assert_eq!(
+            each(letters, "matches", "message_id"),
+            [ghost_id.as_str()],
+            "{found}"
+        );
+        assert_eq!(letters["matches"][0]["dlq"], dlq, "{found}");
+        let matched = letters["matches"][0]["matched"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(matched.contains(&serde_json::json!(field)), "{found}");
+        assert!(
+            each(&found["sagas"], "matches", "order_id").is_empty(),
+            "{found}"
+        );
+    }
+    probe.wait_depth(dlq, 1, stack.options().wait).await;
+
+    // No more dead letters read than allowed, and the answer says the queue was not read
+    // through.
+    let bounded = stack
+        .sagactl_json(&["find", "GHOST", "--dlq-limit", "0"], &[])
+        .await;
+    assert!(
+        each(&bounded["dead_letters"], "matches", "message_id").is_empty(),
+        "{bounded}"
+    );
+    let queues = bounded["dead_letters"]["queues"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let inventory = queues
+        .iter()
+        .find(|q| q["queue"] == dlq)
+        .unwrap_or_else(|| panic!("no {dlq} in {bounded}"));
+    assert_eq!(
+        (inventory["read"].as_u64(), inventory["complete"].as_bool()),
+        (Some(0), Some(false))
+    );
+    let text = stack
+        .sagactl(&["find", "GHOST", "--dlq-limit", "0"], &[])
+        .await;
+    assert!(text.stdout.contains("raise --dlq-limit"), "{text:?}");
+
+    // The text names the saga, and says there is no audit log yet.
+    let text = stack.sagactl(&["find", "carol"], &[]).await;
+    assert!(text.success(), "{text:?}");
+    let row = text
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&order));
+    assert!(
+        row.is_some_and(|r| r.contains("confirmed") && r.contains("by customer_id")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("no audit log is recorded yet"),
+        "{}",
+        text.stdout
+    );
+    let empty = stack.sagactl(&["find", "  "], &[]).await;
+    assert_eq!(empty.code, Some(1), "{empty:?}");
+    assert!(empty.stderr.contains("nothing to find"), "{empty:?}");
+    probe.close().await;
+}
