@@ -5,4 +5,6 @@
 
 mod cluster;
 mod outages;
+mod partition;
 mod pg_failover;
+mod replica_cut;
