@@ -149,6 +149,7 @@ netns_down() {
         rm -rf "/etc/netns/${ns}"
     done
     ip link del "$(bridge_name)" 2>/dev/null || true
+    rmdir /etc/netns 2>/dev/null || true
 }
 
 # Blackhole routes between node N and the two others, in both directions: neither side's
@@ -205,6 +206,9 @@ management.tcp.port = $((port + 10000))
 cluster_partition_handling = pause_minority
 EOF
     [[ -z "$NET_TICKTIME" ]] || echo "net_ticktime = ${NET_TICKTIME}" >>"${dir}/rabbitmq.conf"
+    # In namespaces the clients on this machine come from the bridge's address, not from
+    # loopback: let `guest` (which the definitions create, for local use) log in from there.
+    [[ -z "$NETNS" ]] || echo "loopback_users.guest = false" >>"${dir}/rabbitmq.conf"
     echo '[rabbitmq_management].' >"${dir}/enabled_plugins"
     chown -R rabbitmq:rabbitmq "$dir"
 }
@@ -299,10 +303,12 @@ cmd_status() {
             printf '%s\tdown\n' "$(node_name "$n")"
         fi
     done
+    # Each node lists the queues it leads: a listing of the whole cluster streams from
+    # every node to the CLI, which nodes in namespaces cannot reach.
     for n in "${NODES[@]}"; do
         if node_running "$n"; then
-            ctl "$n" list_queues -p "$SAGA_RABBITMQ_VHOST" name type leader members
-            return 0
+            ctl "$n" list_queues -p "$SAGA_RABBITMQ_VHOST" --local --no-table-headers \
+                name type leader members
         fi
     done
 }
