@@ -19,6 +19,9 @@ use uuid::Uuid;
 use crate::stack::retry_after;
 use crate::{Method, Service, Stack, StatusCode, order_request};
 
+/// The services' input queues, each with a dead-letter queue `<name>.dlq`.
+pub const INPUT_QUEUES: [&str; 3] = ["order-svc", "inventory-svc", "payment-svc"];
+
 /// Orders placed per second.
 pub const ORDERS_PER_SECOND: u64 = 5;
 /// Long enough that no order is timed out by a failover: every plain order must confirm.
@@ -251,6 +254,14 @@ impl Progress {
             .unwrap_or(Duration::ZERO)
     }
 
+    /// How many times new confirmations were seen between `from` and `to`.
+    pub fn confirmations_between(&self, from: Instant, to: Instant) -> usize {
+        self.confirmations
+            .iter()
+            .filter(|t| **t >= from && **t <= to)
+            .count()
+    }
+
     /// The usual (median) gap between confirmations before `before`.
     pub fn usual_gap(&self, before: Instant) -> Duration {
         let mut gaps: Vec<Duration> = self
@@ -413,6 +424,38 @@ pub async fn assert_dead_letter_queues_empty(stack: &Stack) {
         assert_eq!(probe.depth(&dlq).await, 0, "{dlq} holds messages");
     }
     probe.close().await;
+}
+
+/// After broker faults: what [`assert_nothing_lost`] checks, and nothing waits in an outbox
+/// and no delivery was dead-lettered (an outage is no reason to give up on a message);
+/// prints how many copies the inboxes absorbed.
+pub async fn assert_clean_after_broker_faults(
+    stack: &Stack,
+    placed: &[Placed],
+    progress: &Progress,
+    sagactl_env: &[(&str, &str)],
+    journal: &Journal,
+) {
+    assert_nothing_lost(stack, placed, progress, sagactl_env, journal).await;
+    stack.wait_outbox_drained(Duration::from_secs(30)).await;
+    assert_dead_letter_queues_empty(stack).await;
+    journal.note("outboxes drained, dead-letter queues empty");
+
+    let mut duplicates = Vec::new();
+    for service in Service::ALL {
+        let n = stack
+            .metric(
+                service,
+                "saga_messages_handled_total",
+                &[("outcome", "duplicate")],
+            )
+            .await;
+        duplicates.push(format!("{service} {n}"));
+    }
+    journal.note(format!(
+        "copies absorbed by the inboxes (redeliveries, republished outbox rows): {}",
+        duplicates.join(", ")
+    ));
 }
 
 /// An event as a service's outbox holds it: message id, type, saga (correlation id).

@@ -5,5 +5,7 @@
 
 mod cluster;
 mod outages;
+mod partition;
 mod pg_auto_failover;
 mod pg_failover;
+mod replica_cut;
