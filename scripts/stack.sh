@@ -16,7 +16,7 @@
 # Locally it builds cargo's dev profile (target/debug/): a fresh clone is running in a
 # few minutes, and the test suite later reuses what that build compiled. With --release
 # (or SAGA_STACK_PROFILE=release) it builds and runs the optimised binaries
-# (target/release/), which take several times as long to build; scripts/bench.sh and the
+# (target/release/), which take two to four times as long to build; scripts/bench.sh and the
 # container image always use those.
 #
 # Every address can be overridden through the services' own environment variables
