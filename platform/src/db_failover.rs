@@ -139,9 +139,9 @@ pub fn candidate_urls(setting: &str) -> anyhow::Result<Vec<String>> {
     }
     let mut out = Vec::new();
     for url in &urls {
-        out.extend(
-            expand_hosts(url).with_context(|| format!("invalid database URL {}", redact(url)))?,
-        );
+        out.extend(expand_hosts(url).with_context(|| {
+            format!("invalid database URL {}", messaging::amqp::redact_url(url))
+        })?);
     }
     Ok(out)
 }
@@ -234,11 +234,6 @@ fn without_target_session_attrs(query: &str) -> anyhow::Result<String> {
         }
     }
     Ok(kept.join("&"))
-}
-
-/// A URL (possibly naming several hosts) with its password hidden.
-fn redact(url: &str) -> String {
-    messaging::amqp::redact_url(url)
 }
 
 #[cfg(test)]

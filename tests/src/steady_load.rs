@@ -379,6 +379,21 @@ pub async fn assert_nothing_lost(
     );
 }
 
+/// Starts a stack whose services reach the broker at `urls` (the nodes of a cluster, comma
+/// separated), with an order deadline no broker fault reaches, and seeds it.
+pub async fn stack_on_broker(urls: &str, journal: &Journal) -> Stack {
+    let stack = Stack::start(
+        crate::StackOptions::default()
+            .broker(urls)
+            .deadline_secs(ORDER_DEADLINE_SECS)
+            .wait(Duration::from_secs(60)),
+    )
+    .await;
+    seed(&stack).await;
+    journal.note("services up on the cluster; stock and wallets seeded");
+    stack
+}
+
 /// Starts a stack whose services use database servers of the test's own, `url(database)`
 /// being `SAGA_<S>_DATABASE_URL` for the contract's database name (`orders`, `inventory`,
 /// `payments`), with an order deadline no failover reaches, and seeds it.

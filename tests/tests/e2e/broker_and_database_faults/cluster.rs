@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use saga_tests::cluster::{NODES, RabbitCluster};
 use saga_tests::steady_load::{self, Journal, blocking};
-use saga_tests::{Stack, StackOptions};
 
 const TEST_DEADLINE: Duration = Duration::from_secs(400);
 
@@ -63,15 +62,7 @@ async fn run(cluster: Arc<RabbitCluster>) {
     let journal = Journal::default();
     journal.note("three-node cluster up, topology applied");
     let urls = cluster.urls();
-    let stack = Stack::start(
-        StackOptions::default()
-            .broker(urls.clone())
-            .deadline_secs(steady_load::ORDER_DEADLINE_SECS)
-            .wait(Duration::from_secs(60)),
-    )
-    .await;
-    steady_load::seed(&stack).await;
-    journal.note("services up on the cluster; stock and wallets seeded");
+    let stack = steady_load::stack_on_broker(&urls, &journal).await;
 
     let (placed, progress, faults) =
         steady_load::under_load(&stack, break_nodes(&cluster, &journal), &journal).await;
