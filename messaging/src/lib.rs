@@ -29,11 +29,13 @@
 //! - [`failure`]: the three failure classes (bad input, transient, unreachable).
 //! - [`pause`]: the gate that stops a consumer while its database is unreachable.
 //! - [`parking`]: publishing a retry or dead-letter copy with backoff and channel reopening.
+//! - [`audit`]: the record of every change made by hand, who made it and how it ended.
 //! - [`amqp`], [`amqp_nodes`]: connecting with backoff to one of a cluster's nodes, and the
 //!   connection settings every component shares.
 
 pub(crate) mod acks;
 pub mod amqp;
+pub mod audit;
 pub mod amqp_nodes;
 pub mod authenticity;
 pub mod chunks;
