@@ -79,8 +79,9 @@ def service_permissions(svc: str) -> dict:
         # (saga.dead-letter, saga.redeliver); queue.bind needs write on its own queues.
         "write": rf"^({EXCHANGES_RE}|{own}(\.dlq|\.retry\.[0-9]+s)?)$",
         # queue.bind needs read on the source exchange; basic.consume on its input queue;
-        # a queue declared with a DLX needs read on itself (input and retry queues).
-        "read": rf"^({EXCHANGES_RE}|{own}(\.retry\.[0-9]+s)?)$",
+        # a queue declared with a DLX needs read on itself (input and retry queues); the
+        # service reads its own DLQ for the operator's triage (GET /dlq, redrive, purge).
+        "read": rf"^({EXCHANGES_RE}|{own}(\.dlq|\.retry\.[0-9]+s)?)$",
     }
 
 

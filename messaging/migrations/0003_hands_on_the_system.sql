@@ -4,7 +4,8 @@
 -- actions: there is no endpoint that inserts, and the trigger below keeps every record as
 -- it was written. The one change a record may see is its outcome, once, from `running`
 -- (a dead-letter redrive, purge or edit is recorded when it starts and finished when it
--- ends, so a process that dies half way still leaves a record of what it was doing).
+-- ends, so a process that dies half way still leaves a record of what it was doing); its
+-- end may add the ids it came to name (the messages a redrive took) to its subjects.
 
 CREATE TABLE IF NOT EXISTS audit_log (
     id          BIGSERIAL   PRIMARY KEY,
@@ -36,7 +37,7 @@ BEGIN
         AND OLD.outcome = 'running'
         AND NEW.id = OLD.id AND NEW.at = OLD.at AND NEW.actor = OLD.actor
         AND NEW.via = OLD.via AND NEW.broker_user IS NOT DISTINCT FROM OLD.broker_user
-        AND NEW.action = OLD.action AND NEW.subjects = OLD.subjects
+        AND NEW.action = OLD.action AND NEW.subjects @> OLD.subjects
         AND NEW.detail = OLD.detail
     THEN
         RETURN NEW;

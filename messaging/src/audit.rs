@@ -80,21 +80,25 @@ pub async fn start(conn: &mut PgConnection, action: &HandAction) -> sqlx::Result
     insert(conn, action, RUNNING, None, false).await
 }
 
-/// Ends the running record `id` with `outcome` and `result`. A record that is not running
-/// any more is left as it is (and the trigger would refuse the change anyway).
+/// Ends the running record `id` with `outcome` and `result`, adding `named` (the ids it
+/// came to name, such as the messages a redrive took) to its subjects. A record that is
+/// not running any more is left as it is (and the trigger would refuse the change anyway).
 pub async fn finish(
     conn: &mut PgConnection,
     id: i64,
     outcome: &str,
     result: &Value,
+    named: &[String],
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE audit_log SET outcome = $2, result = $3, finished_at = now()
+        "UPDATE audit_log SET outcome = $2, result = $3, finished_at = now(),
+                subjects = subjects || $4
          WHERE id = $1 AND outcome = 'running'",
     )
     .bind(id)
     .bind(outcome)
     .bind(result)
+    .bind(named)
     .execute(conn)
     .await?;
     Ok(())

@@ -26,6 +26,7 @@
 //! - [`retry`]: the error classes of a handler and the delayed-retry schedule.
 //! - [`trace`]: the trace context of a saga across HTTP, outbox rows and messages.
 //! - [`metric_labels`]: label values from closed sets.
+//! - [`death`]: why the broker itself dead-lettered a message (its `x-death` log).
 //! - [`failure`]: the three failure classes (bad input, transient, unreachable).
 //! - [`pause`]: the gate that stops a consumer while its database is unreachable.
 //! - [`parking`]: publishing a retry or dead-letter copy with backoff and channel reopening.
@@ -35,11 +36,12 @@
 
 pub(crate) mod acks;
 pub mod amqp;
-pub mod audit;
 pub mod amqp_nodes;
+pub mod audit;
 pub mod authenticity;
 pub mod chunks;
 pub mod consumer;
+pub mod death;
 pub mod envelope;
 pub mod event;
 pub mod failure;

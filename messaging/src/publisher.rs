@@ -130,10 +130,7 @@ impl ConfirmedPublisher {
     /// publish queues its frames and takes its confirm number when first polled, and
     /// `FuturesOrdered` polls them first in the order they were pushed), so the broker
     /// receives them in order.
-    pub(crate) async fn publish_all(
-        &self,
-        messages: &[OutgoingMessage],
-    ) -> Vec<Result<(), PublishError>> {
+    pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PublishError>> {
         let pending: Vec<lapin::Result<PublisherConfirm>> = messages
             .iter()
             .map(|m| {

@@ -206,9 +206,15 @@ pub async fn launch<H: messaging::consumer::Handler>(
         links: vec![("consumer", consumer.link()), ("relay", relay.link())],
         draining: shutdown.clone(),
     };
+    let operator = crate::operator::OperatorState::new(
+        pool.clone(),
+        &config.amqp_url,
+        config.name,
+        shutdown.clone(),
+    );
     let app = Application::bind(
         config.http_addr,
-        api(pool.clone(), outbox.clone()),
+        api(pool.clone(), outbox.clone()).merge(crate::operator::router(operator)),
         health,
         config.drain.clone(),
     )

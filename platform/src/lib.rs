@@ -1,7 +1,8 @@
 //! What every saga service shares besides messaging: typed configuration from the
 //! environment, telemetry, database bootstrap, the HTTP edge (errors, JSON bodies, health
 //! and metrics endpoints, the OpenAPI document), shutdown on signals and the drain that
-//! follows ([`drain`]), and the [`Application`] that ties a
+//! follows ([`drain`]), the operator's endpoints on the service's dead letters and audit
+//! log ([`operator`]), and the [`Application`] that ties a
 //! service's parts together so `main` and the tests start it the same way.
 
 pub mod api_error;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod inputs;
 pub mod listener;
 pub mod openapi;
+pub mod operator;
 pub mod request_span;
 pub mod runtime;
 pub mod shutdown;

@@ -406,40 +406,25 @@ impl Stack {
     /// would have parked it (with the `x-saga-*` headers of a failure), without the service
     /// ever seeing it: a DLQ holding a message that was in fact handled.
     pub async fn park_in_dlq(&self, service: Service, envelope: &Envelope, code: &str) {
-        let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
-        let mut headers = FieldTable::default();
-        headers.insert(
-            ERROR_HEADER.into(),
-            text(&format!("{code}: parked by a test")),
-        );
-        headers.insert(ERROR_CODE_HEADER.into(), text(code));
-        headers.insert(QUEUE_HEADER.into(), text(service.name()));
-        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(1));
-        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(1));
-        headers.insert(
-            FAILED_AT_HEADER.into(),
-            text(&Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        );
-        let properties = properties_for(
-            envelope.message_id,
-            &envelope.event_type,
-            &envelope.correlation_id,
-            &envelope.producer,
-            envelope.occurred_at,
-            None,
-        )
-        .with_headers(headers);
-        let message = OutgoingMessage {
-            exchange: DEAD_LETTER_EXCHANGE.to_owned(),
-            routing_key: format!("{}.dlq", service.name()),
-            body: envelope.to_body(),
-            properties,
-        };
-        self.publisher()
-            .await
-            .publish(&message)
-            .await
-            .unwrap_or_else(|e| panic!("parking a message in {service}.dlq failed: {e}"));
+        self.park_all_in_dlq(service, &[(envelope.clone(), code.to_owned())])
+            .await;
+    }
+
+    /// [`Stack::park_in_dlq`] for many messages at once, in windows of confirms (fast
+    /// enough to fill a DLQ with 100,000 messages).
+    pub async fn park_all_in_dlq(&self, service: Service, parked: &[(Envelope, String)]) {
+        let publisher = self.publisher().await;
+        for window in parked.chunks(512) {
+            let messages: Vec<OutgoingMessage> = window
+                .iter()
+                .map(|(envelope, code)| dead_letter_copy(service, envelope, code))
+                .collect();
+            for result in publisher.publish_all(&messages).await {
+                if let Err(e) = result {
+                    panic!("parking a message in {service}.dlq failed: {e}");
+                }
+            }
+        }
     }
 
     /// `GET /healthz` of `service`: its status, or `None` when nothing answers.
@@ -1032,6 +1017,39 @@ impl Drop for ServersGuard {
                 problems.join("\n  ")
             );
         }
+    }
+}
+
+/// The copy of `envelope` a consumer of `service` would have dead-lettered with `code`.
+fn dead_letter_copy(service: Service, envelope: &Envelope, code: &str) -> OutgoingMessage {
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ERROR_HEADER.into(),
+        text(&format!("{code}: parked by a test")),
+    );
+    headers.insert(ERROR_CODE_HEADER.into(), text(code));
+    headers.insert(QUEUE_HEADER.into(), text(service.name()));
+    headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(1));
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(1));
+    headers.insert(
+        FAILED_AT_HEADER.into(),
+        text(&Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    );
+    let properties = properties_for(
+        envelope.message_id,
+        &envelope.event_type,
+        &envelope.correlation_id,
+        &envelope.producer,
+        envelope.occurred_at,
+        None,
+    )
+    .with_headers(headers);
+    OutgoingMessage {
+        exchange: DEAD_LETTER_EXCHANGE.to_owned(),
+        routing_key: format!("{}.dlq", service.name()),
+        body: envelope.to_body(),
+        properties,
     }
 }
 

@@ -174,7 +174,7 @@ pub(super) fn describe(delivery: &lapin::message::Delivery) -> Value {
     let body = String::from_utf8_lossy(&delivery.data);
     let preview: String = body.chars().take(400).collect();
     // A message the broker dead-lettered by itself has no x-saga-error: x-death says why.
-    let death = super::death::last_death(p);
+    let death = messaging::death::last_death(p);
     let or_death = |v: Value, key: &str| match (&v, &death) {
         (Value::Null, Some(d)) => d[key].clone(),
         _ => v,

@@ -1,6 +1,5 @@
 //! One module per command family, behind one dispatch.
 
-mod death;
 mod dlq;
 mod find;
 mod keys;

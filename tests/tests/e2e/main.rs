@@ -11,6 +11,7 @@ mod broker_and_database_faults;
 mod checker;
 mod compensations;
 mod concurrency;
+mod dead_letters;
 mod draining;
 mod explorer;
 mod failure_classes;

@@ -24,7 +24,7 @@ fn number(v: Option<&AMQPValue>) -> Option<i64> {
 }
 
 /// The newest `x-death` entry: `{reason, queue, count, explanation}`, if there is one.
-pub(super) fn last_death(props: &BasicProperties) -> Option<Value> {
+pub fn last_death(props: &BasicProperties) -> Option<Value> {
     let headers = props.headers().as_ref()?;
     let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
         return None;
