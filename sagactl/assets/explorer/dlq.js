@@ -59,6 +59,7 @@ async function followJob(base, job, box) {
   const text = el("span", { class: "job-text" });
   const outcome = el("div", { class: "job-outcome" });
   box.hidden = false;
+  box.dataset.finished = "false";
   box.dataset.status = job.status;
   box.replaceChildren(bar, " ", text, outcome);
   for (;;) {

@@ -269,15 +269,16 @@ async fn dead_letters_naming(ctx: &Context, needle: &str, limit: usize) -> anyho
                 },
             ));
         }
+        let mut total = 0;
         for (by, filter) in exact {
             let listed = dlq::messages(ctx, service, &filter, 0, DLQ_PAGE).await?;
+            total = listed["messages"].as_u64().unwrap_or(0) as usize;
             for m in listed["dead_letters"].as_array().into_iter().flatten() {
                 note(m, &queue, vec![by.to_owned()]);
             }
         }
         // Bounded: the other fields, read from the first `limit` messages.
         let mut read = 0;
-        let mut total = 0;
         while read < limit {
             let page = DLQ_PAGE.min(u32::try_from(limit - read).unwrap_or(DLQ_PAGE));
             let offset = u32::try_from(read).unwrap_or(u32::MAX);
