@@ -155,6 +155,7 @@ async function dlqSection(section, service) {
           el("td", {}, el("button", { class: "pick", onclick: () => setFilter({ cause: g.cause || "", type: g.type || "" }) }, "Filter")),
         ),
       );
+      const partial = q.scanned !== undefined && q.scanned < q.messages;
       groups.replaceChildren(
         rows.length
           ? el(
@@ -164,7 +165,7 @@ async function dlqSection(section, service) {
               el("tbody", {}, rows),
             )
           : el("p", { class: "muted" }, "Empty."),
-        q.scanned !== undefined && q.scanned < q.messages ? el("p", { class: "muted" }, `grouped the first ${q.scanned}`) : null,
+        ...(partial ? [el("p", { class: "muted" }, `grouped the first ${q.scanned}`)] : []),
       );
     } catch (e) {
       groups.replaceChildren(failure(e));
@@ -216,7 +217,7 @@ async function dlqSection(section, service) {
             el("thead", {}, el("tr", {}, ["message", "type", "cause", "reason", "order / customer", "failed at", "body", ""].map((h) => el("th", {}, h)))),
             el("tbody", {}, rows),
           )
-        : null,
+        : "",
     );
   };
 
