@@ -103,11 +103,24 @@ pub struct Rate {
 const STACK_HINT: &str = "is the stack up? Start it with ./scripts/stack.sh up, or point the matching SAGA_*_URL variable at it";
 
 /// Which service a request goes to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     Order,
     Inventory,
     Payment,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Order, Service::Inventory, Service::Payment];
+
+    /// The service's name: `order-svc`, `inventory-svc`, `payment-svc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Order => "order-svc",
+            Service::Inventory => "inventory-svc",
+            Service::Payment => "payment-svc",
+        }
+    }
 }
 
 impl Context {
@@ -134,11 +147,12 @@ impl Context {
     }
 
     fn base(&self, service: Service) -> (&'static str, &str) {
-        match service {
-            Service::Order => ("order-svc", &self.conn.order_url),
-            Service::Inventory => ("inventory-svc", &self.conn.inventory_url),
-            Service::Payment => ("payment-svc", &self.conn.payment_url),
-        }
+        let base = match service {
+            Service::Order => &self.conn.order_url,
+            Service::Inventory => &self.conn.inventory_url,
+            Service::Payment => &self.conn.payment_url,
+        };
+        (service.name(), base)
     }
 
     /// Sends a request and returns the status and JSON body (Null when there is none).
@@ -183,6 +197,20 @@ impl Context {
             .call(service, reqwest::Method::GET, path, None, &[])
             .await?;
         ok_or_refused(status, body)
+    }
+
+    /// POST of a JSON body that must answer 2xx; a 4xx becomes a refusal carrying the
+    /// service's message.
+    pub async fn post_ok(
+        &self,
+        service: Service,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
+        let (status, answer) = self
+            .call(service, reqwest::Method::POST, path, Some(body), &[])
+            .await?;
+        ok_or_refused(status, answer)
     }
 
     /// A broker connection named for the console, or an error saying what to check.

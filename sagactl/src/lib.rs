@@ -15,11 +15,14 @@
 //! - [`output`]: printing results as text or JSON, errors and exit statuses.
 //! - [`publish`], [`bus`]: publishing an event as the operator; watching `saga.events`.
 //! - [`grammar`]: the checks every command line's tests run on its grammar.
+//! - [`dead_letters`]: the filters, job outcomes and audit pages of the dead-letter
+//!   triage, which goes through the owning service's HTTP API.
 //! - [`triage`]: the pure rules of `sagactl stuck` and `sagactl find` (which participant
 //!   an open saga waits on, ages, which fields of a dead letter name an id).
 
 pub mod bus;
 pub mod context;
+pub mod dead_letters;
 pub mod grammar;
 pub mod identity;
 pub mod options;

@@ -211,7 +211,16 @@ pub struct Explorer {
 
 impl Explorer {
     pub async fn start(stack: &Stack) -> Explorer {
-        let mut command = stack.sagactl_command(&["ui", "--listen", "127.0.0.1:0"], &[]);
+        Explorer::start_as(stack, "operator").await
+    }
+
+    /// `sagactl ui` acting as the operator `name` (its tokens' `sub`, which the services
+    /// record in their audit logs).
+    pub async fn start_as(stack: &Stack, name: &str) -> Explorer {
+        let mut command = stack.sagactl_command(
+            &["ui", "--listen", "127.0.0.1:0"],
+            &[("SAGA_AUTH_SUB", name)],
+        );
         command.stdout(Stdio::piped());
         let mut process = command
             .spawn()

@@ -1,6 +1,6 @@
 // The saga explorer's pages, drawn in the browser from the JSON API that `sagactl ui`
-// serves under /api/ (the triage pages, /stuck and /find, are in triage.js, loaded
-// first). Plain DOM calls and inline SVG: no framework and no build step, so
+// serves under /api/ (the triage pages, /stuck and /find, are in triage.js, the
+// dead-letter page in dlq.js and the audit page in audit.js, all loaded first). Plain DOM calls and inline SVG: no framework and no build step, so
 // the file ships inside the binary as it is. Everything shown comes from the broker or
 // the services, so text goes into the page only as text nodes, never as markup.
 "use strict";
@@ -416,106 +416,11 @@ async function sagaPage(orderId) {
   );
 }
 
-// ----------------------------------------------------------------------------- DLQ page
-
-async function dlqPage(notice) {
-  const head = [el("h1", {}, "Dead-letter queues")];
-  if (notice) head.push(el("p", { class: "notice", id: "notice", role: "status" }, notice));
-  show(...head, el("p", { class: "muted" }, "Loading…"));
-  let report;
-  try {
-    report = await api("/api/dlq");
-  } catch (e) {
-    show(...head, failure(e));
-    return;
-  }
-  const act = async (question, path, body, describe) => {
-    if (!window.confirm(question)) return;
-    try {
-      const result = await post(path, body);
-      await dlqPage(describe(result));
-    } catch (e) {
-      await dlqPage(`failed: ${e.message}`);
-    }
-  };
-  const sections = (report.queues || []).map((q) => {
-    const queue = q.queue;
-    const service = queue.replace(/\.dlq$/, "");
-    const base = `/api/dlq/${encodeURIComponent(queue)}`;
-    const replayed = (r) => `replayed ${r.replayed.length} message(s) from ${queue} to ${service}`;
-    const rows = (q.messages || []).map((m) =>
-      el(
-        "tr",
-        { class: "message", "data-message-id": m.message_id || "" },
-        el("td", {}, el("span", { class: "mono", title: m.message_id || "" }, short(m.message_id))),
-        el("td", {}, m.type || "-", el("br"), el("span", { class: "muted mono" }, m.routing_key)),
-        el("td", { class: "reason" }, m.error || "-"),
-        el("td", {}, m.queue || "-", el("br"), el("span", { class: "muted" }, `attempts ${m.attempts ?? "-"}`)),
-        el("td", {}, when(m.failed_at)),
-        el("td", {}, el("code", { class: "body" }, m.body)),
-        el(
-          "td",
-          {},
-          m.message_id
-            ? el(
-                "button",
-                {
-                  class: "replay",
-                  onclick: () =>
-                    act(`Send message ${m.message_id} back to ${service}?`, `${base}/replay`, { message_id: m.message_id }, replayed),
-                },
-                "Replay",
-              )
-            : null,
-        ),
-      ),
-    );
-    return el(
-      "section",
-      { class: "dlq", "data-queue": queue, "data-total": q.total },
-      el(
-        "h2",
-        {},
-        `${queue}: ${q.total} message${q.total === 1 ? "" : "s"}`,
-        el(
-          "button",
-          {
-            class: "replay-all",
-            disabled: q.total === 0,
-            onclick: () => act(`Send all ${q.total} messages of ${queue} back to ${service}?`, `${base}/replay`, {}, replayed),
-          },
-          "Replay all",
-        ),
-        el(
-          "button",
-          {
-            class: "purge danger",
-            disabled: q.total === 0,
-            onclick: () =>
-              act(`Delete all ${q.total} messages of ${queue}? This cannot be undone.`, `${base}/purge`, {}, (r) => `purged ${r.purged} message(s) from ${queue}`),
-          },
-          "Purge",
-        ),
-      ),
-      rows.length
-        ? el(
-            "table",
-            {},
-            el("thead", {}, el("tr", {}, ["message", "type", "reason", "from", "failed at", "body", ""].map((h) => el("th", {}, h)))),
-            el("tbody", {}, rows),
-          )
-        : el("p", { class: "muted" }, "Empty."),
-      q.total > rows.length ? el("p", { class: "muted" }, `showing the first ${rows.length}`) : null,
-    );
-  });
-  show(...head, ...sections);
-}
-
 // ----------------------------------------------------------------------------- routing
 
 function route() {
   const path = location.pathname;
-  const section = { "/dlq": "dlq", "/stuck": "stuck", "/find": "find" }[path] || "orders";
+  const section = { "/dlq": "dlq", "/stuck": "stuck", "/find": "find", "/audit": "audit" }[path] || "orders";
   document.querySelectorAll("header nav a").forEach((a) => {
     a.classList.toggle("active", a.dataset.nav === section);
   });
@@ -525,6 +430,7 @@ function route() {
   if (path === "/dlq") return dlqPage();
   if (path === "/stuck") return stuckPage();
   if (path === "/find") return findPage();
+  if (path === "/audit") return auditPage();
   show(el("p", { class: "error" }, `No page at ${path}.`));
   return null;
 }

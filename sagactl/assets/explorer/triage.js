@@ -243,9 +243,9 @@ async function findPage() {
     ),
     el(
       "section",
-      { id: "found-audit", "data-recorded": String(report.audit.recorded) },
-      el("h2", {}, "Audit records"),
-      el("p", { class: "muted" }, "None: no audit log is recorded yet."),
+      { id: "found-audit", "data-count": (report.audit.records || []).length },
+      el("h2", {}, `Audit records (${(report.audit.records || []).length})`),
+      auditTable(report.audit.records || [], "No audit record names it."),
     ),
   );
 }

@@ -17,7 +17,7 @@ use sagactl::options::GlobalArgs;
 pub(crate) use bus::{DlqCommand, TailArgs};
 pub(crate) use publish::{PayloadInput, PublishArgs};
 pub(crate) use services::{OrderCommand, StockCommand, WalletCommand, parse_item};
-pub(crate) use triage::{FindArgs, StuckCommand, StuckFilter};
+pub(crate) use triage::{AuditArgs, FindArgs, StuckCommand, StuckFilter};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,9 +59,13 @@ pub(crate) enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
-    /// Read, replay or purge a dead-letter queue.
+    /// Triage the dead-letter queues through their services: groups, listing, redrive,
+    /// edit and purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The services' audit logs of hands on the system (who adjusted, deposited, cancelled,
+    /// replayed, edited or purged what), newest first.
+    Audit(AuditArgs),
     /// Open sagas oldest first, with the participant each waits on; cancel them.
     #[command(subcommand, long_about = triage::STUCK_HELP)]
     Stuck(StuckCommand),
@@ -91,7 +95,7 @@ pub(crate) enum Command {
     /// and causation tree, the stuck sagas, the dead-letter queues, a search box for any
     /// id, live queue depths.
     Ui {
-        /// Address to listen on (keep it on localhost: the explorer can replay and purge).
+        /// Address to listen on (keep it on localhost: the explorer can redrive and purge).
         #[arg(long, env = "SAGA_UI_LISTEN", default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
     },

@@ -1,5 +1,5 @@
-//! The arguments of the operator's triage: `stuck` (open sagas and cancelling them) and
-//! `find` (everything that names an id).
+//! The arguments of the operator's triage: `stuck` (open sagas and cancelling them),
+//! `find` (everything that names an id) and `audit` (the hands on the system).
 
 use std::time::Duration;
 
@@ -24,10 +24,11 @@ message id or payment id.
 
 Sagas: the order of that id; among the newest --orders orders, those of that customer or \
 with an item of that SKU; the order of the payment of that id; among the newest 200 \
-orders, the one whose history holds a message of that id. Dead letters: each queue's \
-messages by message id, correlation id and the payload's order_id, customer_id, sku and \
-payment_id, reading at most --dlq-limit messages of each queue (they stay in the queue). \
-Audit: no audit log is recorded yet; the answer says so.
+orders, the one whose history holds a message of that id. Dead letters: through each \
+service's listing, those of that message id, order id or customer id, and among the first \
+--dlq-limit of each queue those whose correlation id or payload's order_id, customer_id, \
+sku or payment_id it is (they stay in the queue). \
+Audit: each service's records naming it as a subject (`GET /audit?subject=ID`).
 
   sagactl find alice
   sagactl find 0193a4f2-7a00-7c4d-8e5f-0a1b2c3d4e5f --json
@@ -94,6 +95,35 @@ pub(crate) struct FindArgs {
     /// Messages read of each dead-letter queue at most.
     #[arg(long, default_value_t = 1000)]
     pub dlq_limit: usize,
+}
+
+/// `sagactl audit`.
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// Only this service's records.
+    #[arg(long, value_parser = ["order-svc", "inventory-svc", "payment-svc"])]
+    pub service: Option<String>,
+    /// Only this operator's (the token's `sub`, or the operator named over AMQP).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this action.
+    #[arg(long, value_parser = messaging::audit::actions::ALL)]
+    pub action: Option<String>,
+    /// Only records naming this id (an order, customer, SKU or message id).
+    #[arg(long, value_name = "ID")]
+    pub subject: Option<String>,
+    /// Only since this time: an instant (2026-12-01T10:00:00Z) or an age ago (15m, 1d).
+    #[arg(long, value_name = "TIME", value_parser = super::bus::time_arg)]
+    pub since: Option<String>,
+    /// Only before this time (an instant or an age ago).
+    #[arg(long, value_name = "TIME", value_parser = super::bus::time_arg)]
+    pub until: Option<String>,
+    /// Show at most this many (1 to 500).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub limit: u32,
+    /// Go on from where a previous page ended (the `next` it printed).
+    #[arg(long, value_name = "CURSOR")]
+    pub before: Option<String>,
 }
 
 #[cfg(test)]

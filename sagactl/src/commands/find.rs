@@ -5,22 +5,22 @@
 //!   customer or an item's SKU it is; the order of the payment of that id (walking
 //!   `GET /payments`); the order among the newest whose history holds a message of that id.
 //!   Each scan is bounded and the answer says what it covered.
-//! - Dead letters, read over AMQP as `sagactl dlq show` does (taken unacked and returned
-//!   when the channel closes): each message's id, correlation id and the payload's
-//!   `order_id`, `customer_id`, `sku` and `payment_id`, at most `--dlq-limit` messages per
-//!   queue; only the matches are kept.
-//! - Audit: no audit log is recorded yet; the section is there, empty, saying so.
+//! - Dead letters, through each owning service's listing (`GET /dlq/messages`, as
+//!   `sagactl dlq show`): exactly, those of that message id, order id or customer id; and
+//!   among the first `--dlq-limit` messages of each queue, those whose correlation id or
+//!   payload's `order_id`, `customer_id`, `sku` or `payment_id` it is.
+//! - Audit: each service's records naming the id as a subject (`GET /audit?subject=`).
 
 use futures_util::{StreamExt, stream};
-use lapin::Channel;
-use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{dlq, trace};
+use super::dlq::api as dlq;
+use super::{audit, trace};
 use crate::cli::FindArgs;
 use crate::render::field;
 use sagactl::context::{CliError, Context, Service, path};
+use sagactl::dead_letters::Filter;
 use sagactl::output;
 use sagactl::triage::dead_letter_matches;
 
@@ -29,6 +29,10 @@ const PAYMENT_SCAN: usize = 10_000;
 /// Newest orders whose histories are read looking for a message id.
 const HISTORY_WINDOW: usize = 200;
 const CONCURRENT_READS: usize = 8;
+/// Dead letters read in one page of a queue's listing.
+const DLQ_PAGE: u32 = 50;
+/// Audit records shown per search.
+const AUDIT_SHOWN: u32 = 100;
 
 /// How far a search looks.
 #[derive(Debug, Clone, Copy)]
@@ -44,29 +48,13 @@ pub(super) async fn run(ctx: &Context, args: FindArgs) -> anyhow::Result<()> {
         orders: args.orders,
         dead_letters: args.dlq_limit,
     };
-    let conn = ctx.broker("find").await?;
-    let result = async {
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| ctx.broker_unreachable(e))?;
-        find(ctx, &channel, &args.id, limits).await
-    }
-    .await;
-    // Closing returns every dead letter read to its queue.
-    sagactl::context::close(conn).await;
-    let report = result?;
+    let report = find(ctx, &args.id, limits).await?;
     output::show(ctx, &report, render);
     Ok(())
 }
 
 /// The search's report: `query`, `sagas`, `dead_letters` and `audit`.
-pub(super) async fn find(
-    ctx: &Context,
-    channel: &Channel,
-    query: &str,
-    limits: Limits,
-) -> anyhow::Result<Value> {
+pub(super) async fn find(ctx: &Context, query: &str, limits: Limits) -> anyhow::Result<Value> {
     let needle = query.trim();
     if needle.is_empty() {
         return Err(CliError::Refused(
@@ -78,16 +66,17 @@ pub(super) async fn find(
         return Err(CliError::Refused("the orders searched must be 1 to 1000".into()).into());
     }
     let sagas = sagas_naming(ctx, needle, limits.orders).await?;
-    let dead_letters = dead_letters_naming(channel, needle, limits.dead_letters).await?;
+    let dead_letters = dead_letters_naming(ctx, needle, limits.dead_letters).await?;
+    let query = audit::Query {
+        subject: Some(needle.to_owned()),
+        ..audit::Query::default()
+    };
+    let audit = audit::read(ctx, &query, AUDIT_SHOWN, None).await?;
     Ok(json!({
         "query": needle,
         "sagas": sagas,
         "dead_letters": dead_letters,
-        "audit": {
-            "recorded": false,
-            "records": [],
-            "note": "no audit log is recorded yet: operator actions cannot be searched",
-        },
+        "audit": audit,
     }))
 }
 
@@ -225,42 +214,97 @@ async fn histories_holding(
     Ok(holding)
 }
 
-/// The dead letters naming `needle`, reading at most `limit` messages of each queue one at
-/// a time and keeping only the matches; per queue, how many it holds and how many were read.
-async fn dead_letters_naming(
-    channel: &Channel,
-    needle: &str,
-    limit: usize,
-) -> anyhow::Result<Value> {
-    let mut matches = Vec::new();
+/// The dead letters naming `needle`, each once: those the services' listings find by
+/// message id, order id or customer id, and those among the first `limit` of each queue
+/// whose ids or payload name it; per queue, how many it holds and how many were read.
+async fn dead_letters_naming(ctx: &Context, needle: &str, limit: usize) -> anyhow::Result<Value> {
+    let mut matches: Vec<Value> = Vec::new();
     let mut queues = Vec::new();
-    for service in dlq::SERVICES {
-        let queue = format!("{service}.dlq");
-        let total = dlq::count(channel, &queue).await? as usize;
+    let mut note = |m: &Value, queue: &str, matched: Vec<String>| {
+        let known = matches
+            .iter_mut()
+            .find(|k| k["dlq"] == queue && k["message_id"] == m["message_id"]);
+        match known {
+            Some(k) => {
+                if let Some(fields) = k["matched"].as_array_mut() {
+                    for f in matched {
+                        if !fields.iter().any(|x| *x == f) {
+                            fields.push(json!(f));
+                        }
+                    }
+                }
+            }
+            None => {
+                let mut m = m.clone();
+                m["dlq"] = json!(queue);
+                m["matched"] = json!(matched);
+                matches.push(m);
+            }
+        }
+    };
+    let uuid = needle.parse::<Uuid>().is_ok();
+    for service in Service::ALL {
+        let queue = format!("{}.dlq", service.name());
+        // Exact: the listing's own filters, over the whole queue.
+        let mut exact = vec![(
+            "customer_id",
+            Filter {
+                customer_id: Some(needle.to_owned()),
+                ..Filter::default()
+            },
+        )];
+        if uuid {
+            exact.push((
+                "message_id",
+                Filter {
+                    message_id: Some(needle.to_owned()),
+                    ..Filter::default()
+                },
+            ));
+            exact.push((
+                "order_id",
+                Filter {
+                    order_id: Some(needle.to_owned()),
+                    ..Filter::default()
+                },
+            ));
+        }
+        let mut total = 0;
+        for (by, filter) in exact {
+            let listed = dlq::messages(ctx, service, &filter, 0, DLQ_PAGE).await?;
+            total = listed["messages"].as_u64().unwrap_or(0) as usize;
+            for m in listed["dead_letters"].as_array().into_iter().flatten() {
+                note(m, &queue, vec![by.to_owned()]);
+            }
+        }
+        // Bounded: the other fields, read from the first `limit` messages.
         let mut read = 0;
-        while read < limit.min(total) {
-            let Some(message) = channel
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await?
-            else {
+        while read < limit {
+            let page = DLQ_PAGE.min(u32::try_from(limit - read).unwrap_or(DLQ_PAGE));
+            let offset = u32::try_from(read).unwrap_or(u32::MAX);
+            let listed = dlq::messages(ctx, service, &Filter::default(), offset, page).await?;
+            total = listed["messages"].as_u64().unwrap_or(0) as usize;
+            let letters = listed["dead_letters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            read += letters.len();
+            for m in &letters {
+                let named = dead_letter_matches(
+                    m["message_id"].as_str(),
+                    m["correlation_id"].as_str(),
+                    json!({"order_id": m["order_id"], "customer_id": m["customer_id"],
+                        "payload": m["payload"]})
+                    .to_string()
+                    .as_bytes(),
+                    needle,
+                );
+                if !named.is_empty() {
+                    note(m, &queue, named);
+                }
+            }
+            if letters.len() < page as usize {
                 break;
-            };
-            read += 1;
-            let delivery = message.delivery;
-            let p = &delivery.properties;
-            let id = p.message_id().as_ref().map(|s| s.as_str().to_owned());
-            let correlation = p.correlation_id().as_ref().map(|s| s.as_str().to_owned());
-            let matched = dead_letter_matches(
-                id.as_deref(),
-                correlation.as_deref(),
-                &delivery.data,
-                needle,
-            );
-            if !matched.is_empty() {
-                let mut described = dlq::describe(&delivery);
-                described["dlq"] = json!(queue);
-                described["matched"] = json!(matched);
-                matches.push(described);
             }
         }
         queues.push(json!({
@@ -328,6 +372,23 @@ fn render(v: &Value) -> String {
             ));
         }
     }
-    s.push_str("audit records: none, no audit log is recorded yet");
-    s
+    let records = v["audit"]["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    s.push_str(&format!(
+        "audit records naming {query}: {}\n",
+        records.len()
+    ));
+    for r in &records {
+        s.push_str(&format!(
+            "  {:<25} {:<14} {:<16} {:<17} {}\n",
+            field(r, "at"),
+            field(r, "service"),
+            field(r, "actor"),
+            field(r, "action"),
+            field(r, "outcome"),
+        ));
+    }
+    s.trim_end().to_owned()
 }

@@ -1,5 +1,6 @@
 //! One module per command family, behind one dispatch.
 
+mod audit;
 mod dlq;
 mod find;
 mod keys;
@@ -31,6 +32,7 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Trace { order_id } => trace::run(ctx, order_id).await,
         Command::Queues { watch } => queues::run(ctx, watch).await,
         Command::Dlq(cmd) => dlq::run(ctx, cmd).await,
+        Command::Audit(args) => audit::run(ctx, args).await,
         Command::Stuck(cmd) => stuck::run(ctx, cmd).await,
         Command::Find(args) => find::run(ctx, args).await,
         Command::Scenario(ScenarioCommand::Run { paths }) => scenario::run(ctx, paths).await,

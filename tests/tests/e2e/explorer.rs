@@ -1,8 +1,10 @@
 //! The saga explorer (`sagactl ui`) in a real headless browser (Debian's chromium through
 //! chromedriver), against a running stack: the orders page lists, filters and searches;
 //! the saga page draws the timeline and causation tree of a confirmed and of a compensated
-//! saga in the order the events happened; a replay from the DLQ page, confirmed in its
-//! dialog, moves the message out of the dead-letter queue; the stuck page lists the open
+//! saga in the order the events happened; the DLQ page groups dead letters by cause, filters
+//! them, counts a dry run, redrives with progress and an outcome that says what came back
+//! and why, and purges after a confirmation, and the audit page lists both by the operator
+//! who asked; the stuck page lists the open
 //! sagas with the participant each waits on, filters them and cancels the filtered set
 //! with its progress shown; the header's search box finds the sagas naming a customer or
 //! SKU. Screenshots of every page are kept under `target/explorer-screenshots/`.
@@ -139,62 +141,181 @@ async fn the_explorer_lists_orders_and_draws_a_confirmed_and_a_compensated_saga(
     browser.close().await;
 }
 
+/// `attribute` of the elements matching `css`, once `check` holds for them.
+async fn attributes_when(
+    browser: &Browser,
+    css: &str,
+    attribute: &str,
+    check: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    eventually(PAGE_DEADLINE, || async {
+        let values = browser.attributes(css, attribute).await;
+        if check(&values) {
+            Poll::Ready(values)
+        } else {
+            Poll::Pending(format!("{css} [{attribute}]: {values:?}"))
+        }
+    })
+    .await
+}
+
+/// The text of `css` once its element carries `data-finished="true"` (a job followed to
+/// its end).
+async fn job_outcome(browser: &Browser, css: &str) -> String {
+    attributes_when(browser, css, "data-finished", |v| v == ["true"]).await;
+    browser.text(css).await
+}
+
 #[tokio::test]
-async fn a_replay_confirmed_on_the_dlq_page_moves_the_message_out_of_the_dlq() {
+async fn the_dlq_page_groups_filters_redrives_and_purges_and_the_audit_page_lists_them() {
     let stack = Stack::start(StackOptions::default()).await;
     let probe = stack.probe().await;
     let dlq = "inventory-svc.dlq";
-    // Taking 5 of a SKU nobody stocked cannot be done: dead-lettered.
-    let take_five = stack
-        .publish(&Event::StockAdjusted(StockAdjusted {
-            sku: "SKU-UI".to_owned(),
-            delta: -5,
-        }))
-        .await;
-    let id = take_five.message_id.to_string();
-    probe.wait_depth(dlq, 1, stack.options().wait).await;
+    // Two causes in one queue: three adjustments taking 5 of a SKU nobody stocked yet, and
+    // two messages that are not JSON at all.
+    for _ in 0..3 {
+        stack
+            .publish(&Event::StockAdjusted(StockAdjusted {
+                sku: "SKU-UI".to_owned(),
+                delta: -5,
+            }))
+            .await;
+    }
+    for _ in 0..2 {
+        stack
+            .publish_raw("order.created", b"not json".to_vec())
+            .await;
+    }
+    probe.wait_depth(dlq, 5, stack.options().wait).await;
 
-    let explorer = Explorer::start(&stack).await;
+    let explorer = Explorer::start_as(&stack, "ops-anna").await;
     let browser = Browser::start().await;
     browser.goto(&explorer.url("/dlq")).await;
-    let row = format!(".dlq[data-queue=\"{dlq}\"] tr.message[data-message-id=\"{id}\"]");
-    browser.wait_for(&row).await;
-    let reason = browser.text(&format!("{row} .reason")).await;
-    assert!(reason.starts_with("negative_stock"), "{reason}");
-    browser.screenshot("dlq").await;
+    let section = ".dlq[data-service=\"inventory-svc\"]";
+    let groups = format!("{section} tr.group");
+    let mut counts = attributes_when(&browser, &groups, "data-count", |v| v.len() == 2).await;
+    counts.sort();
+    assert_eq!(counts, ["2", "3"]);
+    let causes = browser.attributes(&groups, "data-cause").await;
+    let stock_cause = browser
+        .attributes(&format!("{groups}[data-count=\"3\"]"), "data-cause")
+        .await;
+    let [stock_cause] = stock_cause.as_slice() else {
+        panic!("one group of three: {causes:?}");
+    };
+    let other_cause = causes
+        .iter()
+        .find(|c| *c != stock_cause)
+        .unwrap_or_else(|| panic!("two causes: {causes:?}"))
+        .clone();
+    browser.screenshot("dlq-groups").await;
 
-    // Once there is stock, the replayed adjustment applies.
-    stack.seed_stock("SKU-UI", 10).await;
-    browser.click(&format!("{row} button.replay")).await;
+    // Filtered on the adjustments' cause: three listed, and the dry run counts them.
+    browser
+        .click(&format!("{groups}[data-count=\"3\"] button.pick"))
+        .await;
+    attributes_when(
+        &browser,
+        &format!("{section} tr.message"),
+        "data-cause",
+        |v| v.len() == 3 && v.iter().all(|c| c == stock_cause),
+    )
+    .await;
+    browser.click(&format!("{section} button.dry-run")).await;
+    attributes_when(
+        &browser,
+        &format!("{section} .dlq-notice"),
+        "data-matched",
+        |v| v == ["3"],
+    )
+    .await;
+    let notice = browser.text(&format!("{section} .dlq-notice")).await;
+    assert!(notice.contains("3 would be redriven"), "{notice}");
+
+    // Stock for one adjustment only: the redrive applies one and two come back, and the
+    // summary says why.
+    stack.seed_stock("SKU-UI", 6).await;
+    browser.click(&format!("{section} button.redrive")).await;
     let question = browser.confirm().await;
-    assert!(question.contains(&id), "{question}");
-    probe.wait_depth(dlq, 0, stack.options().wait).await;
+    assert!(question.contains("Redrive 3 dead letters"), "{question}");
+    let outcome = job_outcome(&browser, &format!("{section} .job")).await;
+    assert!(outcome.contains("1 applied"), "{outcome}");
+    assert!(outcome.contains("2 back in the DLQ"), "{outcome}");
+    assert!(
+        outcome.contains(&format!("back in the DLQ: 2 × {stock_cause}")),
+        "{outcome}"
+    );
+    let progress = browser
+        .attributes(&format!("{section} .job progress"), "value")
+        .await;
+    assert_eq!(progress, ["3"], "the bar ends full");
+    browser.screenshot("dlq-redriven").await;
     eventually(stack.options().wait, || async {
         let (_, stock) = stack.stock("SKU-UI").await;
-        if stock["available"] == 5 {
+        if stock["available"] == 1 {
             Poll::Ready(())
         } else {
             Poll::Pending(format!("stock {stock}"))
         }
     })
     .await;
-    // The page says so, and the queue is shown empty.
-    let notice = browser.wait_for("#notice").await;
-    let notice = notice.text().await.unwrap_or_default();
-    assert!(notice.contains("replayed 1 message"), "{notice}");
-    // The page redraws the queues after the notice: poll until the redraw shows it.
-    eventually(PAGE_DEADLINE, || async {
-        let total = browser
-            .attributes(&format!(".dlq[data-queue=\"{dlq}\"]"), "data-total")
-            .await;
-        if total == ["0"] {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("{dlq} shown with data-total {total:?}"))
-        }
+    probe.wait_depth(dlq, 4, stack.options().wait).await;
+
+    // The other cause purged after its confirmation: its group is gone.
+    browser
+        .click(&format!(
+            "{groups}[data-cause=\"{other_cause}\"] button.pick"
+        ))
+        .await;
+    attributes_when(
+        &browser,
+        &format!("{section} .messages"),
+        "data-matched",
+        |v| v == ["2"],
+    )
+    .await;
+    browser.click(&format!("{section} button.purge")).await;
+    let question = browser.confirm().await;
+    assert!(question.contains("Delete 2 dead letters"), "{question}");
+    let outcome = job_outcome(&browser, &format!("{section} .job")).await;
+    assert!(outcome.contains("purged 2 of 2"), "{outcome}");
+    let left = attributes_when(&browser, &groups, "data-cause", |v| v.len() == 1).await;
+    assert_eq!(left, [stock_cause.as_str()]);
+    probe.wait_depth(dlq, 2, stack.options().wait).await;
+    browser.screenshot("dlq-purged").await;
+
+    // The audit page lists both, by the operator who clicked.
+    browser.click("header nav a[data-nav=audit]").await;
+    let actions = attributes_when(
+        &browser,
+        "tr.audit[data-actor=\"ops-anna\"]",
+        "data-action",
+        |v| v.iter().any(|a| a == "replay") && v.iter().any(|a| a == "purge"),
+    )
+    .await;
+    assert_eq!(
+        actions.first().map(String::as_str),
+        Some("purge"),
+        "newest first: {actions:?}"
+    );
+    let services = browser
+        .attributes("tr.audit[data-actor=\"ops-anna\"]", "data-service")
+        .await;
+    assert!(
+        services.iter().all(|s| s == "inventory-svc"),
+        "{services:?}"
+    );
+    let select = browser.wait_for("#audit-action").await;
+    select
+        .select_by_value("purge")
+        .await
+        .unwrap_or_else(|e| panic!("choosing the action: {e}"));
+    browser.click("#audit-apply").await;
+    attributes_when(&browser, "tr.audit", "data-action", |v| {
+        !v.is_empty() && v.iter().all(|a| a == "purge")
     })
     .await;
-    browser.screenshot("dlq-after-replay").await;
+    browser.screenshot("audit").await;
 
     browser.close().await;
     probe.close().await;
@@ -258,7 +379,7 @@ async fn the_stuck_page_filters_and_cancels_with_progress_and_the_search_box_fin
     }
     assert_eq!(stack.order(&pending).await.1["status"], "pending");
 
-    // The header's search box: a customer id finds their saga; nothing is audited yet.
+    // The header's search box: a customer id finds their saga.
     let search = browser.wait_for("#find").await;
     search
         .send_keys(&format!("bob{}", char::from(fantoccini::key::Key::Enter)))
@@ -269,10 +390,19 @@ async fn the_stuck_page_filters_and_cancels_with_progress_and_the_search_box_fin
         .attributes("#found-sagas tr.found-saga", "data-matched")
         .await;
     assert_eq!(matched, ["customer_id"]);
-    let audit = browser.attributes("#found-audit", "data-recorded").await;
-    assert_eq!(audit, ["false"]);
-    assert!(browser.text("#found-audit").await.contains("no audit log"));
     browser.screenshot("find").await;
+    // An order cancelled from the stuck page: its audit record, by the operator.
+    browser
+        .goto(&explorer.url(&format!("/find?q={first}")))
+        .await;
+    let actors = attributes_when(
+        &browser,
+        "#found-audit tr.audit[data-action=cancel]",
+        "data-actor",
+        |v| !v.is_empty(),
+    )
+    .await;
+    assert_eq!(actors, ["operator"]);
     // A payload's SKU finds every saga holding it.
     browser.goto(&explorer.url("/find?q=BOOK")).await;
     eventually(PAGE_DEADLINE, || async {

@@ -386,13 +386,13 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
     let shown = stack
         .sagactl_json(&["dlq", "show", "inventory-svc"], &[])
         .await;
-    assert_eq!(shown["total"], 1, "{shown}");
+    assert_eq!(shown["messages"], 1, "{shown}");
     assert_eq!(
-        shown["messages"][0]["message_id"],
+        shown["dead_letters"][0]["message_id"],
         take_five.message_id.to_string()
     );
     assert!(
-        shown["messages"][0]["error"]
+        shown["dead_letters"][0]["error"]
             .as_str()
             .is_some_and(|e| e.starts_with("negative_stock: ")),
         "{shown}"
@@ -405,11 +405,8 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
     let replayed = stack
         .sagactl_json(&["dlq", "replay", "inventory-svc"], &[])
         .await;
-    assert_eq!(
-        replayed["replayed"],
-        json!([take_five.message_id.to_string()]),
-        "{replayed}"
-    );
+    assert_eq!(replayed["matched"], 1, "{replayed}");
+    assert_eq!(replayed["job"]["outcome"]["applied"], 1, "{replayed}");
     wait_stock(&stack, "SKU-R", (5, 0, 0)).await;
     assert_eq!(stack.dlq_counts().await, counts(0, 0));
 
@@ -437,7 +434,7 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
             &[],
         )
         .await;
-    assert_eq!(replayed["replayed"], json!([id]), "{replayed}");
+    assert_eq!(replayed["job"]["outcome"]["duplicate"], 1, "{replayed}");
     wait_handled(
         &stack,
         Service::Inventory,
@@ -449,11 +446,12 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
     assert_eq!(stock_figures(&stack, "SKU-R").await, (5, 0, 0));
     assert_eq!(probe.depth(dlq).await, 0);
 
-    // --edit: the operator fixes the body on the way back (take 2, not 50).
+    // --edit: the operator fixes the payload on the way back (take 2, not 50), as a new
+    // message caused by the dead letter.
     let take_fifty = stack.publish(&adjust("SKU-R", -50)).await;
     probe.wait_depth(dlq, 1, stack.options().wait).await;
     let id = take_fifty.message_id.to_string();
-    let editor = r#"sed -i -e 's/"delta":-50/"delta":-2/'"#;
+    let editor = r#"sed -i -e 's/"delta": *-50/"delta": -2/'"#;
     let replayed = stack
         .sagactl_json(
             &[
@@ -467,7 +465,11 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
             &[("EDITOR", editor)],
         )
         .await;
-    assert_eq!(replayed["replayed"], json!([id]), "{replayed}");
+    assert_eq!(replayed["job"]["outcome"]["applied"], 1, "{replayed}");
+    assert_eq!(
+        replayed["job"]["outcome"]["original"], "removed",
+        "{replayed}"
+    );
     wait_stock(&stack, "SKU-R", (3, 0, 0)).await;
     assert_eq!(probe.depth(dlq).await, 0);
 
@@ -499,12 +501,12 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
     let purged = stack
         .sagactl_json(&["dlq", "purge", "inventory-svc", "--yes"], &[])
         .await;
-    assert_eq!(purged["purged"], 3, "{purged}");
+    assert_eq!(purged["job"]["outcome"]["purged"], 3, "{purged}");
     assert_eq!(stack.dlq_counts().await, counts(0, 1));
     let purged = stack
         .sagactl_json(&["dlq", "purge", "order-svc.dlq", "--yes"], &[])
         .await;
-    assert_eq!(purged["purged"], 1, "{purged}");
+    assert_eq!(purged["job"]["outcome"]["purged"], 1, "{purged}");
     assert_eq!(stack.dlq_counts().await, counts(0, 0));
 
     // Replaying an empty queue, or a message that is not there, sends nothing.

@@ -632,7 +632,7 @@ async fn dlq_purge_asks_first_and_without_a_terminal_needs_yes() {
     assert!(text(&out.stderr).contains("--yes"), "{}", text(&out.stderr));
     assert_eq!(listed(&stack), 1, "nothing is purged without a yes");
     let out = ok_stdout(sagactl(&stack).args(["dlq", "purge", "inventory-svc", "--yes"]));
-    assert!(out.contains("purged 1 messages"), "{out}");
+    assert!(out.contains("purged 1 of 1"), "{out}");
     assert_eq!(listed(&stack), 0);
 }
 

@@ -3,13 +3,15 @@
 //! on (payment-svc or inventory-svc stopped so that orders wait on it), filters and pages
 //! them, and `sagactl stuck cancel` cancels a filtered set one order at a time with a line
 //! per order, safely again; `sagactl find` finds a saga by its order id, customer, SKU,
-//! payment id and message id, and a dead letter by its message id and payload, reading no
-//! more dead letters than it is allowed to.
+//! payment id and message id, a dead letter by its message id and payload, reading no
+//! more dead letters than it is allowed to, and the audit record of a purge by hand;
+//! `sagactl dlq` groups, counts, redrives, edits and purges dead letters through their
+//! service, and `sagactl audit` lists who did it.
 
 use events::Event;
 use events::catalog::StockAdjusted;
 use saga_tests::{Service, Stack, StackOptions, order_request};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The `field` of every entry of the list `key` of `v`.
 fn each(v: &Value, key: &str, field: &str) -> Vec<String> {
@@ -238,7 +240,6 @@ async fn find_names_every_saga_and_dead_letter_that_holds_an_id() {
             each(&found["dead_letters"], "matches", "message_id").is_empty(),
             "{found}"
         );
-        assert_eq!(found["audit"]["recorded"], false, "{found}");
     }
 
     // A dead letter by its payload's SKU and by its message id; it stays in its queue.
@@ -289,7 +290,34 @@ async fn find_names_every_saga_and_dead_letter_that_holds_an_id() {
         .await;
     assert!(text.stdout.contains("raise --dlq-limit"), "{text:?}");
 
-    // The text names the saga, and says there is no audit log yet.
+    // A dead letter purged by hand: the search finds the purge in the audit log.
+    let purged = stack
+        .sagactl_json(
+            &[
+                "dlq",
+                "purge",
+                "inventory-svc",
+                "--message-id",
+                &ghost_id,
+                "--yes",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(purged["job"]["outcome"]["purged"], 1, "{purged}");
+    let found = stack.sagactl_json(&["find", &ghost_id], &[]).await;
+    assert_eq!(
+        each(&found["audit"], "records", "action"),
+        ["purge"],
+        "{found}"
+    );
+    assert_eq!(
+        each(&found["audit"], "records", "actor"),
+        ["operator"],
+        "{found}"
+    );
+
+    // The text names the saga, and its audit section.
     let text = stack.sagactl(&["find", "carol"], &[]).await;
     assert!(text.success(), "{text:?}");
     let row = text
@@ -302,12 +330,184 @@ async fn find_names_every_saga_and_dead_letter_that_holds_an_id() {
         text.stdout
     );
     assert!(
-        text.stdout.contains("no audit log is recorded yet"),
+        text.stdout.contains("audit records naming carol:"),
         "{}",
         text.stdout
     );
     let empty = stack.sagactl(&["find", "  "], &[]).await;
     assert_eq!(empty.code, Some(1), "{empty:?}");
     assert!(empty.stderr.contains("nothing to find"), "{empty:?}");
+    probe.close().await;
+}
+
+/// `StockAdjusted` taking `delta` of `sku`.
+fn adjust(sku: &str, delta: i64) -> Event {
+    Event::StockAdjusted(StockAdjusted {
+        sku: sku.to_owned(),
+        delta,
+    })
+}
+
+#[tokio::test]
+async fn dlq_groups_redrives_edits_and_purges_through_the_service_and_audit_names_who() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let probe = stack.probe().await;
+    let dlq = "inventory-svc.dlq";
+    // Two causes: two adjustments of a SKU nobody stocked yet, two bodies that are not JSON.
+    let take_five = stack.publish(&adjust("SKU-C", -5)).await;
+    let take_fifty = stack.publish(&adjust("SKU-C", -50)).await;
+    for _ in 0..2 {
+        stack
+            .publish_raw("order.created", b"not json".to_vec())
+            .await;
+    }
+    probe.wait_depth(dlq, 4, stack.options().wait).await;
+    let as_anna = [("SAGA_AUTH_SUB", "ops-anna")];
+
+    // Grouped by cause and type, with an example of each.
+    let grouped = stack
+        .sagactl_json(&["dlq", "groups", "inventory-svc"], &as_anna)
+        .await;
+    assert_eq!(grouped["messages"], 4, "{grouped}");
+    let groups = grouped["groups"].as_array().cloned().unwrap_or_default();
+    assert_eq!(groups.len(), 2, "{grouped}");
+    let stock = groups
+        .iter()
+        .find(|g| g["type"] == "StockAdjusted")
+        .unwrap_or_else(|| panic!("no StockAdjusted group: {grouped}"));
+    assert_eq!(stock["count"], 2, "{grouped}");
+    let stock_cause = stock["cause"].as_str().expect("a cause").to_owned();
+    let other_cause = groups
+        .iter()
+        .find(|g| g["cause"] != stock_cause.as_str())
+        .and_then(|g| g["cause"].as_str())
+        .unwrap_or_else(|| panic!("a second cause: {grouped}"))
+        .to_owned();
+    let text = stack
+        .sagactl(&["dlq", "groups", "inventory-svc"], &[])
+        .await;
+    assert!(
+        text.success() && text.stdout.contains("CAUSE") && text.stdout.contains(&stock_cause),
+        "{text:?}"
+    );
+
+    // A dry run counts and moves nothing; without a terminal a redrive needs --yes.
+    let counted = stack
+        .sagactl_json(
+            &[
+                "dlq",
+                "redrive",
+                "inventory-svc",
+                "--cause",
+                &stock_cause,
+                "--dry-run",
+            ],
+            &as_anna,
+        )
+        .await;
+    assert_eq!(
+        (&counted["matched"], &counted["dry_run"]),
+        (&json!(2), &json!(true))
+    );
+    let refused = stack
+        .sagactl(
+            &["dlq", "redrive", "inventory-svc", "--cause", &stock_cause],
+            &[],
+        )
+        .await;
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("--yes"), "{refused:?}");
+    probe.wait_depth(dlq, 4, stack.options().wait).await;
+
+    // The edited copy of the -50 takes 2: applied, and the original leaves the queue.
+    stack.seed_stock("SKU-C", 10).await;
+    let payload = std::env::temp_dir().join(format!("payload-{}.json", take_fifty.message_id));
+    std::fs::write(&payload, r#"{"sku": "SKU-C", "delta": -2}"#).expect("write the payload");
+    let edited = stack
+        .sagactl_json(
+            &[
+                "dlq",
+                "edit",
+                "inventory-svc",
+                &take_fifty.message_id.to_string(),
+                "--payload",
+                payload.to_str().expect("a UTF-8 path"),
+            ],
+            &as_anna,
+        )
+        .await;
+    let _ = std::fs::remove_file(&payload);
+    let outcome = &edited["job"]["outcome"];
+    assert_eq!(outcome["applied"], 1, "{edited}");
+    assert_eq!(outcome["original"], "removed", "{edited}");
+    assert_ne!(
+        outcome["corrected_message_id"],
+        json!(take_fifty.message_id.to_string()),
+        "a corrected copy is a new message: {edited}"
+    );
+
+    // The -5 redriven, in text: the summary says it applied.
+    let redriven = stack
+        .sagactl(
+            &[
+                "dlq",
+                "redrive",
+                "inventory-svc",
+                "--cause",
+                &stock_cause,
+                "--yes",
+            ],
+            &as_anna,
+        )
+        .await;
+    assert!(redriven.success(), "{redriven:?}");
+    assert!(
+        redriven.stdout.contains("1 matched, 1 applied"),
+        "{}",
+        redriven.stdout
+    );
+    let (_, figures) = stack.stock("SKU-C").await;
+    assert_eq!(figures["available"], 3, "10 - 2 - 5: {figures}");
+
+    // The rest purged; the queue is empty.
+    let purged = stack
+        .sagactl_json(
+            &[
+                "dlq",
+                "purge",
+                "inventory-svc",
+                "--cause",
+                &other_cause,
+                "--yes",
+            ],
+            &as_anna,
+        )
+        .await;
+    assert_eq!(purged["job"]["outcome"]["purged"], 2, "{purged}");
+    probe.wait_depth(dlq, 0, stack.options().wait).await;
+
+    // Who did it: the replay by ops-anna names the message it sent back.
+    let audit = stack
+        .sagactl_json(&["audit", "--action", "replay"], &[])
+        .await;
+    let records = audit["records"].as_array().cloned().unwrap_or_default();
+    let anna: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["actor"] == "ops-anna")
+        .collect();
+    assert_eq!(anna.len(), 1, "{audit}");
+    assert_eq!(anna[0]["service"], "inventory-svc", "{audit}");
+    assert!(
+        anna[0]["subjects"]
+            .to_string()
+            .contains(&take_five.message_id.to_string()),
+        "the record names the message sent back: {audit}"
+    );
+    let actions = stack
+        .sagactl_json(&["audit", "--actor", "ops-anna"], &[])
+        .await;
+    let mut done = each(&actions, "records", "action");
+    done.sort();
+    assert_eq!(done, ["edit", "purge", "replay"], "{actions}");
     probe.close().await;
 }

@@ -67,11 +67,8 @@ async fn dead_letters_of_an_older_and_a_newer_version_replay_once_the_consumer_r
     let replayed = stack
         .sagactl_json(&["dlq", "replay", "inventory-svc"], &[])
         .await;
-    assert_eq!(
-        replayed["replayed"],
-        json!([created.message_id.to_string()]),
-        "{replayed}"
-    );
+    assert_eq!(replayed["matched"], 1, "{replayed}");
+    assert_eq!(replayed["job"]["outcome"]["applied"], 1, "{replayed}");
 
     // Applied: inventory-svc reserved and wrote StockReserved version 1, which order-svc
     // reads (upcast). payment-svc is down; its copy, parked as a dead letter of the
@@ -96,11 +93,8 @@ async fn dead_letters_of_an_older_and_a_newer_version_replay_once_the_consumer_r
     let replayed = stack
         .sagactl_json(&["dlq", "replay", "payment-svc"], &[])
         .await;
-    assert_eq!(
-        replayed["replayed"],
-        json!([reserved.message_id.to_string()]),
-        "{replayed}"
-    );
+    assert_eq!(replayed["matched"], 1, "{replayed}");
+    assert_eq!(replayed["job"]["outcome"]["applied"], 1, "{replayed}");
 
     // The saga completes, each event once, the money taken once.
     let order = stack.wait_for_status(&order_id, "confirmed").await;

@@ -1,24 +1,25 @@
 //! `sagactl ui`: the saga explorer, a small web server for the operator's browser.
 //!
-//! It serves five pages (`/` recent orders, `/orders/{order_id}` one saga, `/stuck` the
+//! It serves six pages (`/` recent orders, `/orders/{order_id}` one saga, `/stuck` the
 //! open sagas and what each waits on, `/find?q=ID` everything naming an id, `/dlq` the
-//! dead-letter queues) whose HTML, CSS and JavaScript are compiled into the binary, and a
-//! JSON API under `/api/` that the pages call. The API is sagactl itself: the same HTTP
-//! client and identity towards the services (`Context::call`), the same trace assembly as
-//! `sagactl trace`, the same dead-letter functions as `sagactl dlq`, the same queue view as
+//! dead-letter triage, `/audit` the hands on the system) whose HTML, CSS and JavaScript
+//! are compiled into the binary, and a JSON API under `/api/` that the pages call. The API
+//! is sagactl itself: the same HTTP client and identity towards the services
+//! (`Context::call`), the same trace assembly as `sagactl trace`, the same queue view as
 //! `sagactl queues`, the same listing, cancel and search as `sagactl stuck` and `sagactl
-//! find` (the `triage` module). Nothing here reads a database or builds an event of its
-//! own.
+//! find` (the `triage` module), the services' own dead-letter and audit API as `sagactl
+//! dlq` and `sagactl audit` use it (the `dlq` module). Nothing here reads a database,
+//! moves a dead letter or builds an event of its own.
 //!
-//! The explorer can replay and purge, so it answers only requests addressed to a local
-//! name (a DNS-rebinding page cannot reach it), refuses cross-site writes, and takes
+//! The explorer can redrive, edit and purge, so it answers only requests addressed to a
+//! local name (a DNS-rebinding page cannot reach it), refuses cross-site writes, and takes
 //! writes only as JSON (which a plain HTML form cannot send).
 
+mod dlq;
 mod triage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -26,13 +27,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use messaging::publisher::ConfirmedPublisher;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::{dlq, queues, trace};
+use super::{queues, trace};
 use sagactl::context::{CliError, Context, Service};
 use sagactl::output;
 
@@ -40,9 +39,8 @@ const INDEX_HTML: &str = include_str!("../../../assets/explorer/index.html");
 const APP_JS: &str = include_str!("../../../assets/explorer/app.js");
 const STYLE_CSS: &str = include_str!("../../../assets/explorer/style.css");
 const TRIAGE_JS: &str = include_str!("../../../assets/explorer/triage.js");
-
-/// Most messages of one dead-letter queue the DLQ page lists.
-const DLQ_PAGE_LIMIT: usize = 50;
+const DLQ_JS: &str = include_str!("../../../assets/explorer/dlq.js");
+const AUDIT_JS: &str = include_str!("../../../assets/explorer/audit.js");
 /// Orders the list page shows when the request names no limit, and the most it may ask.
 const DEFAULT_ORDERS: u32 = 50;
 const MAX_ORDERS: u32 = 500;
@@ -52,10 +50,6 @@ const SEARCH_WINDOW: u32 = 1_000;
 #[derive(Clone)]
 struct Explorer {
     ctx: Arc<Context>,
-    /// Reading a DLQ takes its messages (unacked) until the channel closes, so a replay
-    /// running meanwhile would not see them: the explorer's DLQ operations run one at a
-    /// time.
-    dlq_lock: Arc<Mutex<()>>,
 }
 
 pub(super) async fn run(ctx: &Context, listen: SocketAddr) -> anyhow::Result<()> {
@@ -76,18 +70,18 @@ pub(super) async fn run(ctx: &Context, listen: SocketAddr) -> anyhow::Result<()>
 }
 
 fn router(ctx: Context) -> Router {
-    let state = Explorer {
-        ctx: Arc::new(ctx),
-        dlq_lock: Arc::new(Mutex::new(())),
-    };
+    let state = Explorer { ctx: Arc::new(ctx) };
     Router::new()
         .route("/", get(page))
         .route("/orders/{order_id}", get(page))
         .route("/dlq", get(page))
         .route("/stuck", get(page))
         .route("/find", get(page))
+        .route("/audit", get(page))
         .route("/assets/app.js", get(app_js))
         .route("/assets/triage.js", get(triage_js))
+        .route("/assets/dlq.js", get(dlq_js))
+        .route("/assets/audit.js", get(audit_js))
         .route("/assets/style.css", get(style_css))
         .route("/api/orders", get(list_orders))
         .route("/api/orders/{order_id}", get(show_saga))
@@ -96,9 +90,13 @@ fn router(ctx: Context) -> Router {
         .route("/api/find", get(triage::find))
         .route("/api/queues", get(queue_depths))
         .route("/api/services", get(services))
-        .route("/api/dlq", get(dead_letters))
-        .route("/api/dlq/{queue}/replay", post(replay))
-        .route("/api/dlq/{queue}/purge", post(purge))
+        .route("/api/dlq", get(dlq::groups))
+        .route("/api/dlq/{queue}/messages", get(dlq::messages))
+        .route("/api/dlq/{queue}/redrive", post(dlq::redrive))
+        .route("/api/dlq/{queue}/purge", post(dlq::purge))
+        .route("/api/dlq/{queue}/edit", post(dlq::edit))
+        .route("/api/dlq/{queue}/jobs/{id}", get(dlq::job))
+        .route("/api/audit", get(dlq::audit_log))
         .fallback(|| async { ApiError::not_found("no such page") })
         .layer(middleware::from_fn(local_only))
         .with_state(state)
@@ -168,6 +166,24 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
+
+/// A query field the page filled in: trimmed, and absent when empty.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// A page number (`limit`, `offset`) given as text, or a 400 naming it.
+fn number<N: std::str::FromStr>(
+    value: &Option<String>,
+    name: &str,
+    default: N,
+) -> Result<N, ApiError> {
+    given(value).map_or(Ok(default), |v| {
+        v.parse().map_err(|_| {
+            ApiError::bad_request("invalid_page", format!("{name} must be a whole number"))
+        })
+    })
+}
 
 // ------------------------------------------------------------------------------ guard
 
@@ -248,6 +264,14 @@ async fn app_js() -> Response {
 
 async fn triage_js() -> Response {
     asset("text/javascript; charset=utf-8", TRIAGE_JS)
+}
+
+async fn dlq_js() -> Response {
+    asset("text/javascript; charset=utf-8", DLQ_JS)
+}
+
+async fn audit_js() -> Response {
+    asset("text/javascript; charset=utf-8", AUDIT_JS)
 }
 
 async fn style_css() -> Response {
@@ -389,82 +413,6 @@ async fn queue_depths(State(app): State<Explorer>) -> ApiResult {
     Ok(Json(queues::snapshot(&app.ctx).await?))
 }
 
-// ------------------------------------------------------------------------------ DLQs
-
-/// A broker channel for one request; closing the connection returns whatever was read.
-async fn channel(ctx: &Context) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
-    let conn = ctx.broker("ui").await?;
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(|e| ctx.broker_unreachable(e))?;
-    Ok((conn, channel))
-}
-
-/// Every dead-letter queue with its exact count and its first messages, each with why it
-/// failed.
-async fn dead_letters(State(app): State<Explorer>) -> ApiResult {
-    let _one_at_a_time = app.dlq_lock.lock().await;
-    let (conn, channel) = channel(&app.ctx).await?;
-    let result = async {
-        let mut queues = Vec::new();
-        for q in dlq::counts(&channel).await?["queues"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            let name = q["queue"]
-                .as_str()
-                .ok_or_else(|| anyhow::anyhow!("a DLQ count without a queue name: {q}"))?;
-            queues.push(dlq::peek(&channel, name, DLQ_PAGE_LIMIT).await?);
-        }
-        anyhow::Ok(json!({"queues": queues}))
-    }
-    .await;
-    sagactl::context::close(conn).await;
-    Ok(Json(result?))
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ReplayRequest {
-    /// Only this message; all of the queue when absent.
-    message_id: Option<String>,
-}
-
-async fn replay(
-    State(app): State<Explorer>,
-    Path(queue): Path<String>,
-    Json(request): Json<ReplayRequest>,
-) -> ApiResult {
-    let target = dlq::dlq_name(&queue).map_err(|e| ApiError::not_found(e.to_string()))?;
-    let _one_at_a_time = app.dlq_lock.lock().await;
-    let (conn, channel) = channel(&app.ctx).await?;
-    let result = async {
-        let publisher = ConfirmedPublisher::open(&conn, Duration::from_secs(10)).await?;
-        dlq::resend(&channel, &publisher, target, request.message_id, false).await
-    }
-    .await;
-    sagactl::context::close(conn).await;
-    Ok(Json(result?))
-}
-
-/// The body of a purge says nothing; it is JSON only so that a form cannot send it.
-#[derive(Debug, Deserialize)]
-struct PurgeRequest {}
-
-async fn purge(
-    State(app): State<Explorer>,
-    Path(queue): Path<String>,
-    Json(PurgeRequest {}): Json<PurgeRequest>,
-) -> ApiResult {
-    let (name, _) = dlq::dlq_name(&queue).map_err(|e| ApiError::not_found(e.to_string()))?;
-    let _one_at_a_time = app.dlq_lock.lock().await;
-    let (conn, channel) = channel(&app.ctx).await?;
-    let result = dlq::purge(&channel, &name).await;
-    sagactl::context::close(conn).await;
-    Ok(Json(result?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,6 +470,15 @@ mod tests {
             HeaderValue::from_static("http://evil.example"),
         );
         assert!(!same_origin(&h));
+    }
+
+    #[test]
+    fn page_numbers_must_be_whole() {
+        assert_eq!(number(&None, "limit", 7).unwrap(), 7);
+        assert_eq!(number(&Some(" 12 ".into()), "limit", 7).unwrap(), 12);
+        let e = number(&Some("ten".into()), "offset", 0).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("offset"), "{}", e.message);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{ApiError, ApiResult, Explorer, channel};
+use super::{ApiError, ApiResult, Explorer, given, number};
 use crate::commands::{find as search, order, stuck as open};
 use sagactl::triage::{Participant, parse_age};
 
@@ -29,18 +29,6 @@ pub(super) struct StuckQuery {
     waiting_on: Option<String>,
     limit: Option<String>,
     offset: Option<String>,
-}
-
-fn given(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
-fn number(value: &Option<String>, name: &str, default: usize) -> Result<usize, ApiError> {
-    given(value).map_or(Ok(default), |v| {
-        v.parse().map_err(|_| {
-            ApiError::bad_request("invalid_page", format!("{name} must be a whole number"))
-        })
-    })
 }
 
 /// `GET /api/stuck`: the open sagas matching the filters, oldest first; `limit` 1 to
@@ -105,25 +93,5 @@ pub(super) async fn find(State(app): State<Explorer>, Query(q): Query<FindQuery>
             "q is the id to find: an order id, customer id, SKU, message id or payment id",
         )
     })?;
-    // Reading the dead letters takes them until the channel closes: one DLQ operation at a
-    // time, as on the DLQ page.
-    let _one_at_a_time = app.dlq_lock.lock().await;
-    let (conn, channel) = channel(&app.ctx).await?;
-    let result = search::find(&app.ctx, &channel, needle, FIND_LIMITS).await;
-    sagactl::context::close(conn).await;
-    Ok(Json(result?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_numbers_must_be_whole() {
-        assert_eq!(number(&None, "limit", 7).unwrap(), 7);
-        assert_eq!(number(&Some(" 12 ".into()), "limit", 7).unwrap(), 12);
-        let e = number(&Some("ten".into()), "offset", 0).unwrap_err();
-        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
-        assert!(e.message.contains("offset"), "{}", e.message);
-    }
+    Ok(Json(search::find(&app.ctx, needle, FIND_LIMITS).await?))
 }
