@@ -105,6 +105,7 @@ async function auditPage() {
           el("button", { id: "audit-older", disabled: !page.next, onclick: () => { cursors.push(page.next); load(); } }, "Older →"),
         ),
         auditTable(records, "No record matches."),
+        ...(page.unavailable || []).map((u) => el("p", { class: "muted" }, `the audit log of ${u.service} not read: ${u.error}`)),
       );
     } catch (e) {
       results.replaceChildren(failure(e));

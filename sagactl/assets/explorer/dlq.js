@@ -257,6 +257,8 @@ async function dlqSection(section, service) {
       const body = { filter, dry_run: false };
       if (action === "purge") body.confirm = true;
       notice.hidden = true;
+      // The box still shows the last job until the new one is started.
+      job.dataset.finished = "false";
       await followJob(base, await post(`${base}/${action}`, body), job);
     } catch (e) {
       say(e.message, true);
@@ -278,6 +280,7 @@ async function dlqSection(section, service) {
         return;
       }
       try {
+        result.dataset.finished = "false";
         const started = await post(`${base}/edit`, { message_id: m.message_id, payload });
         await followJob(base, started, result);
       } catch (e) {

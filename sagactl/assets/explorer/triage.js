@@ -224,7 +224,9 @@ async function findPage() {
       : el("p", { class: "muted" }, none);
   const unread = (report.dead_letters.queues || [])
     .filter((qu) => !qu.complete)
-    .map((qu) => el("p", { class: "muted" }, `read ${qu.read} of the ${qu.messages} messages of ${qu.queue}`));
+    .map((qu) =>
+      el("p", { class: "muted" }, qu.error ? `${qu.queue} not read: ${qu.error}` : `read ${qu.read} of the ${qu.messages} messages of ${qu.queue}`),
+    );
   show(
     el("h1", {}, "Find ", el("span", { class: "mono" }, report.query)),
     el(
@@ -246,6 +248,7 @@ async function findPage() {
       { id: "found-audit", "data-count": (report.audit.records || []).length },
       el("h2", {}, `Audit records (${(report.audit.records || []).length})`),
       auditTable(report.audit.records || [], "No audit record names it."),
+      (report.audit.unavailable || []).map((u) => el("p", { class: "muted" }, `the audit log of ${u.service} not read: ${u.error}`)),
     ),
   );
 }

@@ -61,7 +61,7 @@ pub(crate) async fn read(
     };
     let cursor = cursor.unwrap_or_else(|| AuditCursor::start(&services));
     let limit_text = limit.to_string();
-    let mut pages = Vec::new();
+    let (mut pages, mut unavailable) = (Vec::new(), Vec::new());
     for service in services {
         // A service the cursor leaves out has no older records.
         let Some(before) = cursor.0.get(service.name()) else {
@@ -80,7 +80,14 @@ pub(crate) async fn read(
         .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
         .collect();
         pairs.push(("limit", &limit_text));
-        let answer = ctx.get_ok(service, &with_query("/audit", &pairs)).await?;
+        // A service that does not answer is named, and the others' records still shown.
+        let answer = match ctx.get_ok(service, &with_query("/audit", &pairs)).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                unavailable.push(json!({"service": service.name(), "error": format!("{e:#}")}));
+                continue;
+            }
+        };
         pages.push(AuditPage {
             service: service.name().to_owned(),
             cursor: *before,
@@ -89,7 +96,11 @@ pub(crate) async fn read(
         });
     }
     let (records, next) = merge_audit(pages, limit as usize);
-    Ok(json!({"records": records, "next": next.map(|c| c.render())}))
+    Ok(json!({
+        "records": records,
+        "next": next.map(|c| c.render()),
+        "unavailable": unavailable,
+    }))
 }
 
 /// The ids a record names, joined.
@@ -125,6 +136,13 @@ pub(crate) fn render(v: &Value) -> String {
     }
     if let Some(next) = v["next"].as_str() {
         s.push_str(&format!("(older: add --before {next})\n"));
+    }
+    for u in v["unavailable"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "(not read: {}: {})\n",
+            field(u, "service"),
+            field(u, "error")
+        ));
     }
     s.trim_end().to_owned()
 }

@@ -242,79 +242,96 @@ async fn dead_letters_naming(ctx: &Context, needle: &str, limit: usize) -> anyho
             }
         }
     };
-    let uuid = needle.parse::<Uuid>().is_ok();
     for service in Service::ALL {
         let queue = format!("{}.dlq", service.name());
-        // Exact: the listing's own filters, over the whole queue.
-        let mut exact = vec![(
-            "customer_id",
-            Filter {
-                customer_id: Some(needle.to_owned()),
-                ..Filter::default()
-            },
-        )];
-        if uuid {
-            exact.push((
-                "message_id",
-                Filter {
-                    message_id: Some(needle.to_owned()),
-                    ..Filter::default()
-                },
-            ));
-            exact.push((
-                "order_id",
-                Filter {
-                    order_id: Some(needle.to_owned()),
-                    ..Filter::default()
-                },
-            ));
-        }
-        let mut total = 0;
-        for (by, filter) in exact {
-            let listed = dlq::messages(ctx, service, &filter, 0, DLQ_PAGE).await?;
-            total = listed["messages"].as_u64().unwrap_or(0) as usize;
-            for m in listed["dead_letters"].as_array().into_iter().flatten() {
-                note(m, &queue, vec![by.to_owned()]);
-            }
-        }
-        // Bounded: the other fields, read from the first `limit` messages.
-        let mut read = 0;
-        while read < limit {
-            let page = DLQ_PAGE.min(u32::try_from(limit - read).unwrap_or(DLQ_PAGE));
-            let offset = u32::try_from(read).unwrap_or(u32::MAX);
-            let listed = dlq::messages(ctx, service, &Filter::default(), offset, page).await?;
-            total = listed["messages"].as_u64().unwrap_or(0) as usize;
-            let letters = listed["dead_letters"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            read += letters.len();
-            for m in &letters {
-                let named = dead_letter_matches(
-                    m["message_id"].as_str(),
-                    m["correlation_id"].as_str(),
-                    json!({"order_id": m["order_id"], "customer_id": m["customer_id"],
-                        "payload": m["payload"]})
-                    .to_string()
-                    .as_bytes(),
-                    needle,
-                );
-                if !named.is_empty() {
-                    note(m, &queue, named);
+        // A service that does not answer leaves its queue unread, not the search undone.
+        match dead_letters_in(ctx, service, needle, limit).await {
+            Ok((found, total, read)) => {
+                for (m, by) in &found {
+                    note(m, &queue, by.clone());
                 }
+                queues.push(json!({
+                    "queue": queue,
+                    "messages": total,
+                    "read": read,
+                    "complete": read >= total,
+                }));
             }
-            if letters.len() < page as usize {
-                break;
-            }
+            Err(e) => queues.push(json!({
+                "queue": queue,
+                "messages": null,
+                "read": 0,
+                "complete": false,
+                "error": format!("{e:#}"),
+            })),
         }
-        queues.push(json!({
-            "queue": queue,
-            "messages": total,
-            "read": read,
-            "complete": read >= total,
-        }));
     }
     Ok(json!({"matches": matches, "queues": queues, "limit": limit}))
+}
+
+/// The dead letters of `service`'s queue naming `needle`, each with the fields that name
+/// it, and how many messages the queue holds and how many were read: those the listing
+/// finds by message id, order id or customer id (over the whole queue), and those among
+/// the first `limit` whose other ids or payload name it.
+async fn dead_letters_in(
+    ctx: &Context,
+    service: Service,
+    needle: &str,
+    limit: usize,
+) -> anyhow::Result<(Vec<(Value, Vec<String>)>, usize, usize)> {
+    let mut found = Vec::new();
+    let by = |field: &str| {
+        let mut filter = Filter::default();
+        let value = Some(needle.to_owned());
+        match field {
+            "customer_id" => filter.customer_id = value,
+            "message_id" => filter.message_id = value,
+            _ => filter.order_id = value,
+        }
+        filter
+    };
+    let mut exact = vec!["customer_id"];
+    if needle.parse::<Uuid>().is_ok() {
+        exact.extend(["message_id", "order_id"]);
+    }
+    let mut total = 0;
+    for field in exact {
+        let listed = dlq::messages(ctx, service, &by(field), 0, DLQ_PAGE).await?;
+        total = listed["messages"].as_u64().unwrap_or(0) as usize;
+        for m in listed["dead_letters"].as_array().into_iter().flatten() {
+            found.push((m.clone(), vec![field.to_owned()]));
+        }
+    }
+    let mut read = 0;
+    while read < limit {
+        let page = DLQ_PAGE.min(u32::try_from(limit - read).unwrap_or(DLQ_PAGE));
+        let offset = u32::try_from(read).unwrap_or(u32::MAX);
+        let listed = dlq::messages(ctx, service, &Filter::default(), offset, page).await?;
+        total = listed["messages"].as_u64().unwrap_or(0) as usize;
+        let letters = listed["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        read += letters.len();
+        for m in &letters {
+            let named = dead_letter_matches(
+                m["message_id"].as_str(),
+                m["correlation_id"].as_str(),
+                json!({"order_id": m["order_id"], "customer_id": m["customer_id"],
+                    "payload": m["payload"]})
+                .to_string()
+                .as_bytes(),
+                needle,
+            );
+            if !named.is_empty() {
+                found.push((m.clone(), named));
+            }
+        }
+        if letters.len() < page as usize {
+            break;
+        }
+    }
+    Ok((found, total, read))
 }
 
 /// The strings of the list `v`, joined with `separator`.
@@ -363,7 +380,9 @@ fn render(v: &Value) -> String {
         ));
     }
     for q in letters["queues"].as_array().into_iter().flatten() {
-        if q["complete"] == false {
+        if let Some(e) = q["error"].as_str() {
+            s.push_str(&format!("  ({} not read: {e})\n", field(q, "queue")));
+        } else if q["complete"] == false {
             s.push_str(&format!(
                 "  (read {} of the {} messages of {}: raise --dlq-limit to read further)\n",
                 q["read"],
@@ -376,6 +395,13 @@ fn render(v: &Value) -> String {
         .as_array()
         .cloned()
         .unwrap_or_default();
+    for u in v["audit"]["unavailable"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "  (the audit log of {} not read: {})\n",
+            field(u, "service"),
+            field(u, "error")
+        ));
+    }
     s.push_str(&format!(
         "audit records naming {query}: {}\n",
         records.len()

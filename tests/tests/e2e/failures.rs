@@ -403,7 +403,7 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
     // Once there is stock, the replayed adjustment applies, exactly once.
     stack.seed_stock("SKU-R", 10).await;
     let replayed = stack
-        .sagactl_json(&["dlq", "replay", "inventory-svc"], &[])
+        .sagactl_json(&["dlq", "replay", "inventory-svc", "--yes"], &[])
         .await;
     assert_eq!(replayed["matched"], 1, "{replayed}");
     assert_eq!(replayed["job"]["outcome"]["applied"], 1, "{replayed}");
@@ -430,7 +430,14 @@ async fn sagactl_dlq_replay_sends_a_dead_letter_back_once_and_purge_empties_the_
     let id = take_five.message_id.to_string();
     let replayed = stack
         .sagactl_json(
-            &["dlq", "replay", "inventory-svc", "--message-id", &id],
+            &[
+                "dlq",
+                "replay",
+                "inventory-svc",
+                "--yes",
+                "--message-id",
+                &id,
+            ],
             &[],
         )
         .await;

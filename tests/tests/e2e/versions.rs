@@ -65,7 +65,7 @@ async fn dead_letters_of_an_older_and_a_newer_version_replay_once_the_consumer_r
     stack.start_service(Service::Inventory).await;
     probe.wait_depth("inventory-svc.dlq", 1, wait).await;
     let replayed = stack
-        .sagactl_json(&["dlq", "replay", "inventory-svc"], &[])
+        .sagactl_json(&["dlq", "replay", "inventory-svc", "--yes"], &[])
         .await;
     assert_eq!(replayed["matched"], 1, "{replayed}");
     assert_eq!(replayed["job"]["outcome"]["applied"], 1, "{replayed}");
@@ -91,7 +91,7 @@ async fn dead_letters_of_an_older_and_a_newer_version_replay_once_the_consumer_r
     stack.start_service(Service::Payment).await;
     probe.wait_depth("payment-svc.dlq", 1, wait).await;
     let replayed = stack
-        .sagactl_json(&["dlq", "replay", "payment-svc"], &[])
+        .sagactl_json(&["dlq", "replay", "payment-svc", "--yes"], &[])
         .await;
     assert_eq!(replayed["matched"], 1, "{replayed}");
     assert_eq!(replayed["job"]["outcome"]["applied"], 1, "{replayed}");
