@@ -35,8 +35,8 @@
 
 pub(crate) mod acks;
 pub mod amqp;
-pub mod audit;
 pub mod amqp_nodes;
+pub mod audit;
 pub mod authenticity;
 pub mod chunks;
 pub mod consumer;
