@@ -7,6 +7,8 @@
 //! but the one that finishes a `running` one. Readers go through [`list`].
 
 use chrono::{DateTime, Utc};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, LongString};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -18,6 +20,17 @@ use crate::writes::Writes;
 /// adjustment, a deposit). It is believed only from a broker user of the catalog's
 /// operator, and recorded beside that user.
 pub const OPERATOR_HEADER: &str = "x-saga-operator";
+
+/// `props` naming `operator` in [`OPERATOR_HEADER`], beside the headers they have: what the
+/// operator's tool sets on every event it publishes.
+pub fn naming_operator(props: BasicProperties, operator: &str) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        OPERATOR_HEADER.into(),
+        AMQPValue::LongString(LongString::from(operator.as_bytes())),
+    );
+    props.with_headers(headers)
+}
 
 /// The actions recorded, as `action` says them.
 pub mod actions {
@@ -37,6 +50,8 @@ pub const RUNNING: &str = "running";
 pub const APPLIED: &str = "applied";
 /// The outcome of an operator's message that was dead-lettered (its `result` says why).
 pub const REJECTED: &str = "rejected";
+/// The outcome of a request that was refused and changed nothing (its `result` says why).
+pub const REFUSED: &str = "refused";
 
 /// How the action reached the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
