@@ -7,14 +7,30 @@
 //! but the one that finishes a `running` one. Readers go through [`list`].
 
 use chrono::{DateTime, Utc};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, LongString};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
+
+use crate::chunks::{STATEMENT_BYTES, by_size};
+use crate::writes::Writes;
 
 /// The AMQP header that names the operator behind a message published by hand (a stock
 /// adjustment, a deposit). It is believed only from a broker user of the catalog's
 /// operator, and recorded beside that user.
 pub const OPERATOR_HEADER: &str = "x-saga-operator";
+
+/// `props` naming `operator` in [`OPERATOR_HEADER`], beside the headers they have: what the
+/// operator's tool sets on every event it publishes.
+pub fn naming_operator(props: BasicProperties, operator: &str) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        OPERATOR_HEADER.into(),
+        AMQPValue::LongString(LongString::from(operator.as_bytes())),
+    );
+    props.with_headers(headers)
+}
 
 /// The actions recorded, as `action` says them.
 pub mod actions {
@@ -30,6 +46,12 @@ pub mod actions {
 
 /// The outcome of a record whose action has not ended yet.
 pub const RUNNING: &str = "running";
+/// The outcome of an operator's message that was applied.
+pub const APPLIED: &str = "applied";
+/// The outcome of an operator's message that was dead-lettered (its `result` says why).
+pub const REJECTED: &str = "rejected";
+/// The outcome of a request that was refused and changed nothing (its `result` says why).
+pub const REFUSED: &str = "refused";
 
 /// How the action reached the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,6 +95,52 @@ pub async fn record(
     result: Option<&Value>,
 ) -> sqlx::Result<i64> {
     insert(conn, action, outcome, result, true).await
+}
+
+/// Adds the records of `actions`, all ended with `outcome`, to `writes`: they are
+/// inserted with the transaction's other writes, in the same round trip, and rolled back
+/// with them. A consumer records so the operator's messages of a batch it applies.
+pub fn record_with_writes(
+    writes: &mut Writes,
+    actions: &[&HandAction],
+    outcome: &'static str,
+) -> sqlx::Result<()> {
+    if actions.is_empty() {
+        return Ok(());
+    }
+    // Subjects travel as one JSON array per record: UNNEST flattens an array of arrays.
+    let subjects: Vec<Value> = actions
+        .iter()
+        .map(|a| Value::from(a.subjects.clone()))
+        .collect();
+    let sizes: Vec<usize> = actions
+        .iter()
+        .zip(&subjects)
+        .map(|(a, s)| a.actor.len() + a.detail.to_string().len() + s.to_string().len() + 64)
+        .collect();
+    for part in by_size(sizes.iter().copied(), STATEMENT_BYTES) {
+        let bytes = sizes[part.clone()].iter().sum();
+        let (rows, subjects) = (&actions[part.clone()], &subjects[part]);
+        writes.add(
+            "INSERT INTO audit_log (actor, via, broker_user, action, subjects, detail, outcome, finished_at)
+             SELECT a.actor, a.via, a.broker_user, a.action,
+                    ARRAY(SELECT s FROM jsonb_array_elements_text(a.subjects) WITH ORDINALITY AS e(s, n) ORDER BY n),
+                    a.detail, $7, now()
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[])
+                  AS a(actor, via, broker_user, action, subjects, detail)",
+            bytes,
+            |b| {
+                b.add(rows.iter().map(|a| a.actor.clone()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|a| a.via.as_str()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|a| a.broker_user.clone()).collect::<Vec<_>>())?;
+                b.add(rows.iter().map(|a| a.action).collect::<Vec<_>>())?;
+                b.add(subjects.to_vec())?;
+                b.add(rows.iter().map(|a| a.detail.clone()).collect::<Vec<_>>())?;
+                b.add(outcome)
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Records `action` as started (outcome [`RUNNING`]); [`finish`] ends it.

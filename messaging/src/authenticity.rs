@@ -16,12 +16,17 @@
 //! ([`EventKind::operator`]); anyone else's header is ignored, so a copy injected into a
 //! retry queue with another service's credentials stays that service's message and is
 //! refused.
+//!
+//! An operator's event may name the person behind it in [`OPERATOR_HEADER`] (sagactl sets
+//! it to its `--as`). Like the relay header, it is believed only from a user of the
+//! catalog's operator ([`hand_sender`]); from anyone else it is a claim, recorded as one.
 
 use std::collections::HashMap;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
+use crate::audit::OPERATOR_HEADER;
 use crate::envelope::header_str;
 use crate::event::EventKind;
 
@@ -92,6 +97,64 @@ pub(crate) fn publisher_of(
     Some(user)
 }
 
+/// Longest operator name kept from [`OPERATOR_HEADER`] (the rest is cut off).
+const MAX_OPERATOR_CHARS: usize = 128;
+
+/// Who is behind a message published by hand, as far as the consumer can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HandSender {
+    /// The broker user that published it ([`publisher_of`]): the `user_id`, or the original
+    /// publisher of a copy relayed since by a trusted user.
+    pub(crate) broker_user: Option<String>,
+    /// The operator [`OPERATOR_HEADER`] names, when the broker user is the operator's.
+    pub(crate) operator: Option<String>,
+    /// A name the header gives from any other broker user: recorded, never believed.
+    pub(crate) claimed: Option<String>,
+}
+
+impl HandSender {
+    /// Who the record says acted: the operator named, else the broker user.
+    pub(crate) fn actor(&self) -> String {
+        self.operator
+            .clone()
+            .or_else(|| self.broker_user.clone())
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+}
+
+/// Who sent `props` by hand: the broker user [`publisher_of`] believes, and the operator
+/// [`OPERATOR_HEADER`] names, believed only when that broker user is one of the catalog's
+/// operator's (the users that may publish its events at all). A name from any other user
+/// is kept apart as a claim.
+pub(crate) fn hand_sender(
+    users: &ProducerUsers,
+    props: &BasicProperties,
+    own_user: &str,
+) -> HandSender {
+    let broker_user = publisher_of(users, props, own_user);
+    let named = header_str(props, OPERATOR_HEADER)
+        .map(|n| {
+            n.trim()
+                .chars()
+                .take(MAX_OPERATOR_CHARS)
+                .collect::<String>()
+        })
+        .filter(|n| !n.is_empty());
+    let operators = broker_user
+        .as_deref()
+        .is_some_and(|u| users.may_publish_as(u, users.operator));
+    let (operator, claimed) = if operators {
+        (named, None)
+    } else {
+        (None, named)
+    };
+    HandSender {
+        broker_user,
+        operator,
+        claimed,
+    }
+}
+
 /// Ok when `event_type` in a message with `props` comes from its producer's broker user;
 /// else why not (the dead-letter reason).
 pub(crate) fn check<K: EventKind>(
@@ -153,16 +216,61 @@ mod tests {
     }
 
     fn props(user: &str, published_by: Option<&str>) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        if let Some(p) = published_by {
-            headers.insert(
-                PUBLISHED_BY_HEADER.into(),
-                AMQPValue::LongString(LongString::from(p.as_bytes())),
-            );
+        with_headers(user, &[(PUBLISHED_BY_HEADER, published_by)])
+    }
+
+    fn with_headers(user: &str, headers: &[(&str, Option<&str>)]) -> BasicProperties {
+        let mut table = FieldTable::default();
+        for (name, value) in headers {
+            if let Some(v) = value {
+                table.insert(
+                    (*name).into(),
+                    AMQPValue::LongString(LongString::from(v.as_bytes())),
+                );
+            }
         }
         BasicProperties::default()
             .with_user_id(user.into())
-            .with_headers(headers)
+            .with_headers(table)
+    }
+
+    #[test]
+    fn the_operators_name_is_believed_only_from_an_operators_broker_user() {
+        let u = users();
+        let own = "consumer-u";
+        let named = |user: &str, relayed: Option<&str>| {
+            let p = with_headers(
+                user,
+                &[
+                    (OPERATOR_HEADER, Some(" alice ")),
+                    (PUBLISHED_BY_HEADER, relayed),
+                ],
+            );
+            hand_sender(&u, &p, own)
+        };
+        let by_operator = named("operator-u", None);
+        assert_eq!(by_operator.operator.as_deref(), Some("alice"));
+        assert_eq!(by_operator.broker_user.as_deref(), Some("operator-u"));
+        assert_eq!(
+            (by_operator.actor(), by_operator.claimed),
+            ("alice".to_owned(), None)
+        );
+        // The consumer's own retry copy of the operator's message keeps the name.
+        assert_eq!(named(own, Some("operator-u")).actor(), "alice");
+        // Anyone else, relaying or not: the broker user acts, the name is only a claim.
+        for forged in [
+            named("pinger-u", None),
+            named("pinger-u", Some("operator-u")),
+        ] {
+            assert_eq!(forged.actor(), "pinger-u");
+            assert_eq!(forged.claimed.as_deref(), Some("alice"));
+        }
+        // No name: the broker user acts.
+        let unnamed = hand_sender(&u, &props("operator-u", None), own);
+        assert_eq!(
+            (unnamed.actor(), unnamed.claimed),
+            ("operator-u".to_owned(), None)
+        );
     }
 
     #[test]

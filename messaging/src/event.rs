@@ -40,6 +40,14 @@ pub trait EventKind:
     /// [`crate::authenticity`]).
     fn operator() -> &'static str;
 
+    /// The action by hand a message of this type is, as the audit log names it
+    /// ([`crate::audit::actions`]), for the types an operator publishes to change the
+    /// system (a stock adjustment, a deposit); `None`, the default, for the rest. A consumer
+    /// records each one it applies, with who sent it, in the transaction that applies it.
+    fn hand_action(self) -> Option<&'static str> {
+        None
+    }
+
     /// The event type called `name`, if the catalog has one.
     fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.name() == name)

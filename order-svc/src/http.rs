@@ -7,7 +7,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use events::catalog::OrderItem;
+use messaging::audit::{self, HandAction, Via};
 use messaging::outbox::{Emitter, Outbox};
+use messaging::writes::Writes;
 use platform::auth::Caller;
 use platform::{ApiError, ApiJson};
 use serde::{Deserialize, Serialize};
@@ -322,18 +324,30 @@ async fn cancel_order(
     let order_id = parse_id(&id)?;
     let mut tx = api.pool.begin().await?;
     let loaded = store::lock_orders(&mut tx, vec![order_id]).await?;
+    let record = cancel_record(&caller, order_id, loaded.orders.get(&order_id));
     // Another customer's order is answered as if it did not exist.
     let order = loaded
         .orders
         .get(&order_id)
         .filter(|o| caller.may_act_for(&o.customer_id));
-    let plan = saga::decide(order, &OrderInput::Cancel(order_id))?;
+    let plan = match saga::decide(order, &OrderInput::Cancel(order_id)) {
+        Ok(plan) => plan,
+        Err(refusal) => {
+            let refused = ApiError::from(refusal);
+            record_refusal(tx, &record, &refused).await;
+            return Err(refused);
+        }
+    };
     let mut now = loaded.clone();
     let mut out = Emitter::new(SERVICE, None);
     now.apply(plan, None, &mut out);
     let trace = messaging::trace::current_traceparent();
-    store::commit_staged(
+    // The record commits with the cancellation, or neither does.
+    let mut writes = Writes::default();
+    audit::record_with_writes(&mut writes, &[&record], CANCELLED)?;
+    store::commit_staged_with(
         tx,
+        writes,
         &loaded,
         &now,
         vec![(out, trace.as_deref())],
@@ -344,6 +358,50 @@ async fn cancel_order(
         StatusCode::ACCEPTED,
         Json(json!({"order_id": order_id, "status": OrderStatus::Cancelled})),
     ))
+}
+
+/// The outcome of a cancellation that was made.
+const CANCELLED: &str = "cancelled";
+
+/// The audit record of a cancellation asked by `caller`: the order and, when it exists,
+/// its customer (even another customer's, which the caller is answered 404 for).
+fn cancel_record(caller: &Caller, order_id: Uuid, order: Option<&saga::Order>) -> HandAction {
+    let mut subjects = vec![order_id.to_string()];
+    subjects.extend(order.map(|o| o.customer_id.clone()));
+    let role = if caller.operator {
+        "operator"
+    } else {
+        "customer"
+    };
+    HandAction {
+        actor: caller.sub.clone(),
+        via: Via::Http,
+        broker_user: None,
+        action: audit::actions::CANCEL,
+        subjects,
+        detail: json!({"role": role}),
+    }
+}
+
+/// Records a refused cancellation (who tried, and the answer) and ends `tx`. Best effort:
+/// the refusal is answered whatever becomes of its record.
+async fn record_refusal(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    record: &HandAction,
+    refused: &ApiError,
+) {
+    let result = json!({
+        "status": refused.status.as_u16(),
+        "code": refused.code,
+        "message": refused.message,
+    });
+    let recorded = async {
+        audit::record(&mut tx, record, audit::REFUSED, Some(&result)).await?;
+        tx.commit().await
+    };
+    if let Err(e) = recorded.await {
+        tracing::warn!(error = %e, "could not record a refused cancellation");
+    }
 }
 
 #[cfg(test)]

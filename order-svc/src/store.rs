@@ -197,7 +197,19 @@ pub(crate) async fn commit_staged(
     emitted: Vec<(Emitter, Option<&str>)>,
     outbox: &Outbox,
 ) -> sqlx::Result<()> {
-    let mut writes = Writes::default();
+    commit_staged_with(tx, Writes::default(), loaded, now, emitted, outbox).await
+}
+
+/// [`commit_staged`] with `writes` of the caller's sent along (a cancellation's audit
+/// record).
+pub(crate) async fn commit_staged_with(
+    tx: Transaction<'_, Postgres>,
+    mut writes: Writes,
+    loaded: &OrderTables,
+    now: &OrderTables,
+    emitted: Vec<(Emitter, Option<&str>)>,
+    outbox: &Outbox,
+) -> sqlx::Result<()> {
     store_staged(&mut writes, loaded, now)?;
     let mut rows = OutboxRows::default();
     for (out, traceparent) in emitted {

@@ -26,7 +26,8 @@ pub struct Identity {
     /// [default: .stack/dev-signing-key.pem of the checkout].
     #[arg(long, global = true, env = "SAGA_AUTH_SIGNING_KEY", value_name = "PEM")]
     pub signing_key: Option<PathBuf>,
-    /// The `sub` of the tokens it signs for its requests.
+    /// The `sub` of the tokens it signs for its requests, and the operator named (header
+    /// `x-saga-operator`) on the events it publishes, for the services' audit logs.
     #[arg(
         long = "as",
         global = true,

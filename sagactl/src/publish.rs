@@ -1,5 +1,6 @@
 //! Publishing an event as the operator: wrapped in a valid envelope (producer `sagactl`),
-//! checked, and sent to `saga.events` with confirms.
+//! checked, and sent to `saga.events` with confirms, naming the operator (`--as`) in the
+//! `x-saga-operator` header, which the consuming service records in its audit log.
 
 use events::EventType;
 use events::catalog::Event;
@@ -46,8 +47,9 @@ pub async fn publish_envelope(ctx: &Context, envelope: Envelope) -> anyhow::Resu
             CliError::Refused("the correlation id must be 1 to 128 characters".into()).into(),
         );
     }
-    let message = OutgoingMessage::event::<EventType>(&envelope, None)
+    let mut message = OutgoingMessage::event::<EventType>(&envelope, None)
         .map_err(|e| CliError::Refused(format!("{e}; nothing was sent")))?;
+    message.properties = messaging::audit::naming_operator(message.properties, &ctx.identity.sub);
     ctx.publish(&message).await?;
     Ok(envelope)
 }

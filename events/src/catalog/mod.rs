@@ -168,6 +168,16 @@ impl messaging::EventKind for EventType {
     fn operator() -> &'static str {
         EventType::OPERATOR
     }
+
+    /// The operator's events are the actions by hand the services record.
+    fn hand_action(self) -> Option<&'static str> {
+        use messaging::audit::actions;
+        match self {
+            EventType::StockAdjusted => Some(actions::STOCK_ADJUSTMENT),
+            EventType::FundsDeposited => Some(actions::DEPOSIT),
+            _ => None,
+        }
+    }
 }
 
 impl messaging::Event for Event {
@@ -234,6 +244,23 @@ mod tests {
                 "funds.deposited"
             ]
         );
+    }
+
+    #[test]
+    fn only_the_operators_events_are_actions_by_hand() {
+        use messaging::EventKind as _;
+        for t in EventType::ALL {
+            assert_eq!(
+                t.hand_action().is_some(),
+                t.producer() == EventType::OPERATOR,
+                "{t}"
+            );
+        }
+        assert_eq!(
+            EventType::StockAdjusted.hand_action(),
+            Some("stock_adjustment")
+        );
+        assert_eq!(EventType::FundsDeposited.hand_action(), Some("deposit"));
     }
 
     #[test]

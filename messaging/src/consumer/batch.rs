@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::acks::AckLedger;
+use crate::audit::{self, HandAction};
 use crate::envelope::Envelope;
 use crate::event::Event;
 use crate::inbox::{self, InboxClaim};
@@ -102,6 +103,13 @@ impl<H: Handler> EventConsumer<H> {
                 claimed_batch.iter().map(|(i, _)| &i.envelope).collect();
             inbox::claim_with_writes(&mut writes, self.consumer_name(), &claimed_envelopes)?;
         }
+        // The operator's messages among the claimed ones are recorded with the claims: a
+        // batch rolled back records nothing, and a duplicate is not claimed.
+        let by_hand: Vec<&HandAction> = claimed_batch
+            .iter()
+            .filter_map(|(i, _)| i.by_hand.as_ref())
+            .collect();
+        audit::record_with_writes(&mut writes, &by_hand, audit::APPLIED)?;
         let mut emitters: Vec<Emitter> = claimed_batch
             .iter()
             .map(|(incoming, _)| {
@@ -261,6 +269,9 @@ impl<H: Handler> EventConsumer<H> {
                 acks.requeue(delivery);
             }
             return disposition;
+        }
+        if let Disposition::DeadLetter { code, error, .. } = &disposition {
+            self.record_rejection(delivery, code, error).await;
         }
         acks.ack(&[delivery]);
         disposition

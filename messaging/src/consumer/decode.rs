@@ -38,11 +38,13 @@ impl<H: Handler> EventConsumer<H> {
                 attempts: attempt,
             });
         }
+        let by_hand = self.by_hand(event.kind(), &envelope, properties);
         let incoming = IncomingEvent {
             envelope,
             event,
             attempt,
             traceparent: header_str(properties, TRACEPARENT_HEADER),
+            by_hand,
         };
         // The properties may lack what the envelope says; the span shows the envelope's.
         let span = tracing::Span::current();

@@ -37,13 +37,20 @@
 //! keeps the workers fed). Handlers lock the rows they change, so two events about one order
 //! still apply one after the other.
 //!
+//! An operator's event (a stock adjustment, a deposit) is an action by hand: the batch
+//! that applies it adds its record to the audit log among its writes, so a batch rolled
+//! back records nothing and a duplicate is never recorded twice; one that is dead-lettered
+//! is recorded as rejected, on the side ([`by_hand`]). Every other event costs nothing.
+//!
 //! The module's parts: [`decode`] (a delivery decoded, its producer checked, its span),
 //! [`batch`] (deliveries taken together into one transaction, deduplicated by the inbox,
-//! and handled one at a time when a batch fails), [`failures`] (what a handler's failure
+//! and handled one at a time when a batch fails), [`by_hand`] (the audit records of the
+//! operator's events), [`failures`] (what a handler's failure
 //! means for a delivery, and its retry or dead-letter copy), [`turns`] (the consume loop:
 //! the broker session, the worker slots and the turns replicas take).
 
 mod batch;
+mod by_hand;
 mod decode;
 mod failures;
 mod turns;
@@ -56,6 +63,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
 use crate::amqp::LinkState;
+use crate::audit::HandAction;
 use crate::authenticity::ProducerUsers;
 use crate::envelope::Envelope;
 use crate::event::Event;
@@ -77,6 +85,10 @@ pub struct IncomingEvent<E> {
     /// 1 on the first delivery, 2 after one retry, …
     pub attempt: u32,
     pub traceparent: Option<String>,
+    /// For an operator's event ([`crate::EventKind::hand_action`]): the record of it, with
+    /// who sent it, that the consumer adds to the audit log in the transaction that
+    /// applies it. `None` for every other event.
+    pub by_hand: Option<HandAction>,
 }
 
 /// One message of a batch as a handler sees it: the event, the span it is handled in, and

@@ -4,6 +4,7 @@
 //! own vhost, databases and ports). The suites that stop the shared servers live in
 //! `tests/tests/chaos.rs`, a binary of their own that runs alone.
 
+mod audit;
 mod auth;
 mod batches;
 mod bench;

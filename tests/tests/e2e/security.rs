@@ -28,7 +28,7 @@ fn definitions() -> Value {
 }
 
 /// Broker users made for one test (user names are global), removed when dropped.
-struct Users {
+pub(crate) struct Users {
     names: Vec<String>,
 }
 
@@ -58,7 +58,10 @@ impl Drop for Users {
 
 /// Creates, in `vhost`, a user per service with exactly the permissions and topic
 /// permissions the definitions give that service. Returns (service, user, password).
-async fn service_users(vhost: &str, suffix: &str) -> (Users, Vec<(String, String, String)>) {
+pub(crate) async fn service_users(
+    vhost: &str,
+    suffix: &str,
+) -> (Users, Vec<(String, String, String)>) {
     let defs = definitions();
     let api = management_client();
     let mut made = Users { names: Vec::new() };
@@ -121,7 +124,7 @@ async fn service_users(vhost: &str, suffix: &str) -> (Users, Vec<(String, String
     (made, out)
 }
 
-fn amqp_url(user: &str, password: &str, vhost: &str) -> String {
+pub(crate) fn amqp_url(user: &str, password: &str, vhost: &str) -> String {
     let mut url = url::Url::parse(&format!("amqp://{}/", broker_addr())).expect("broker address");
     url.set_username(user).expect("a user name");
     url.set_password(Some(password)).expect("a password");
@@ -301,7 +304,7 @@ async fn broker_passwords_never_reach_the_logs_and_may_come_from_a_file() {
 
 /// Publishes `envelope` as `user` (its `user_id` is that user's, which the broker checks)
 /// to `exchange` with `routing_key`, with `extra_headers` on top of the event's own.
-async fn publish_as(
+pub(crate) async fn publish_as(
     url: &str,
     envelope: &messaging::Envelope,
     exchange: &str,
@@ -336,7 +339,7 @@ async fn publish_as(
 
 /// Waits until `queue` holds a dead letter with message id `message_id`; returns its
 /// `x-saga-error-code`. Other messages are put back.
-async fn dead_letter_code(stack: &Stack, queue: &str, message_id: uuid::Uuid) -> String {
+pub(crate) async fn dead_letter_code(stack: &Stack, queue: &str, message_id: uuid::Uuid) -> String {
     let conn = messaging::amqp::connect(&stack.sandbox().amqp_url(), "dlq reader")
         .await
         .expect("connect");
