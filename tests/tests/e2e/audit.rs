@@ -22,19 +22,9 @@ const HARNESS_USER: &str = "guest";
 
 /// `service`'s audit log, newest first, each record as `GET /audit` answers it.
 async fn audit_records(stack: &Stack, service: Service) -> Vec<Value> {
-    let pool = stack.db(service).await;
-    let mut conn = pool.acquire().await.expect("a connection");
-    let all = AuditQuery {
-        limit: 1000,
-        ..AuditQuery::default()
-    };
-    let records = audit::list(&mut conn, &all).await.expect("the audit log");
-    drop(conn);
-    pool.close().await;
-    records
-        .iter()
-        .map(|r| serde_json::to_value(r).expect("a record as JSON"))
-        .collect()
+    let (status, page) = stack.get(service, "/audit?limit=500").await;
+    assert_eq!(status, 200, "GET /audit: {page}");
+    page["records"].as_array().cloned().unwrap_or_default()
 }
 
 /// The records of `service` that name `subject`.
@@ -319,11 +309,11 @@ async fn the_audit_log_is_append_only_but_for_finishing_a_running_record_once() 
         detail: json!({"queue": "inventory-svc.dlq"}),
     };
     let id = audit::start(&mut conn, &purge).await.expect("started");
-    audit::finish(&mut conn, id, "done", &json!({"purged": 3}))
+    audit::finish(&mut conn, id, "done", &json!({"purged": 3}), &[])
         .await
         .expect("finished");
     // A second end changes nothing (the first one stands).
-    audit::finish(&mut conn, id, "failed", &json!({"purged": 0}))
+    audit::finish(&mut conn, id, "failed", &json!({"purged": 0}), &[])
         .await
         .expect("a second finish is no error");
 
