@@ -184,7 +184,7 @@ impl Follow {
             }
         }
         self.back_untracked = self.back_untracked.max(untracked_back);
-        scan.close().await;
+        scan.close(&conn).await;
         messaging::amqp::close_quietly(&conn, "dead letters followed").await;
         Ok(())
     }

@@ -103,7 +103,7 @@ pub async fn summary(
         group.last_seen = group.last_seen.max(d.failed_at);
     }
     let (messages, scanned) = (scan.total, scan.seen());
-    scan.close().await;
+    scan.close(&conn).await;
     messaging::amqp::close_quietly(&conn, "summary read").await;
     let mut groups: Vec<Group> = groups.into_values().collect();
     groups.sort_by_key(|g| std::cmp::Reverse(g.count));
@@ -238,7 +238,7 @@ async fn select(
         }
     }
     let total = scan.total;
-    scan.close().await;
+    scan.close(&conn).await;
     messaging::amqp::close_quietly(&conn, "listed").await;
     Ok((total, matched, page))
 }

@@ -122,7 +122,9 @@ pub async fn redrive(
                 }
             }
             if window.len() >= WINDOW || (end && !window.is_empty()) {
-                sent += send(state, &publisher, job.id, &mut window, &mut follow).await?;
+                let n = send(state, &publisher, job.id, &mut window, &mut follow).await?;
+                scan.taken(u32::try_from(n).unwrap_or(u32::MAX));
+                sent += n;
             }
             if end || state.stopping() {
                 break;
@@ -132,7 +134,7 @@ pub async fn redrive(
                 noted = Instant::now();
             }
         }
-        scan.close().await;
+        scan.close(&conn).await;
         messaging::amqp::close_quietly(&conn, "redrive sent").await;
     }
     jobs::progress(state.pool(), job.id, matched, sent, &follow.outcome()).await?;
@@ -210,6 +212,7 @@ pub async fn purge(
         let d = DeadLetter::describe(&delivery);
         if selection.matches(&d) {
             delivery.acker.ack(BasicAckOptions::default()).await?;
+            scan.taken(1);
             purged += 1;
             if let Some(id) = d.message_id
                 && named.len() < NAMED_MAX
@@ -232,7 +235,7 @@ pub async fn purge(
             noted = Instant::now();
         }
     }
-    scan.close().await;
+    scan.close(&conn).await;
     messaging::amqp::close_quietly(&conn, "purged").await;
     let outcome = json!({"purged": purged});
     jobs::progress(state.pool(), job.id, purged, purged, &outcome).await?;
@@ -263,7 +266,7 @@ pub async fn find(state: &OperatorState, message_id: &str) -> anyhow::Result<Opt
             break;
         }
     }
-    scan.close().await;
+    scan.close(&conn).await;
     messaging::amqp::close_quietly(&conn, "found").await;
     Ok(found)
 }
@@ -279,11 +282,12 @@ async fn remove(state: &OperatorState, message_id: &str) -> anyhow::Result<bool>
         let d = DeadLetter::describe(&delivery);
         if d.message_id.as_deref() == Some(message_id) && d.redrive_job.is_none() {
             delivery.acker.ack(BasicAckOptions::default()).await?;
+            scan.taken(1);
             removed = true;
             break;
         }
     }
-    scan.close().await;
+    scan.close(&conn).await;
     messaging::amqp::close_quietly(&conn, "removed").await;
     Ok(removed)
 }

@@ -29,6 +29,11 @@ use lapin::{Channel, Connection, Consumer};
 /// Unacked messages one consumer of a scan may hold (its prefetch).
 const PER_CONSUMER: u16 = 50_000;
 
+/// How long closing a scan waits for its messages to be back in the queue, and how often
+/// it looks.
+const RETURNED_WITHIN: Duration = Duration::from_secs(10);
+const RETURN_POLL: Duration = Duration::from_millis(50);
+
 /// How long a scan waits for the next message before it takes the queue as read.
 const IDLE: Duration = Duration::from_secs(2);
 
@@ -40,6 +45,9 @@ pub struct Scan {
     /// Messages in the queue when the scan began.
     pub total: u32,
     seen: u32,
+    /// Messages the scan's user acked (took off the queue for good).
+    taken: u32,
+    queue: String,
 }
 
 /// The ready messages of `queue` now (a passive declare: exact, unlike the management
@@ -86,6 +94,8 @@ impl Scan {
             tags,
             total,
             seen: 0,
+            taken: 0,
+            queue: queue.to_owned(),
         })
     }
 
@@ -108,14 +118,20 @@ impl Scan {
         self.seen
     }
 
-    /// Ends the scan: every message seen and not acked goes back to the queue.
+    /// Counts `n` messages the caller acked: they do not come back.
+    pub fn taken(&mut self, n: u32) {
+        self.taken += n;
+    }
+
+    /// Ends the scan: every message seen and not acked goes back to the queue, and is back
+    /// when this returns.
     ///
     /// The consumers are cancelled first, and each cancel answered: a quorum queue applies
     /// a consumer's acks and its cancel in order and answers the cancel once applied, so
     /// every message acked before is settled for good when the channel's close returns the
     /// rest. Closed at once, acks still on their way were seen lost and their messages
     /// returned too (a redriven message then stood in the queue a second time).
-    pub async fn close(self) {
+    pub async fn close(self, conn: &Connection) {
         for tag in &self.tags {
             let cancelled = self
                 .channel
@@ -128,5 +144,21 @@ impl Scan {
         // Closing the channel is what returns the messages; one that is already gone has
         // returned them.
         let _ = self.channel.close(200, "scan done".into()).await;
+        // A quorum queue returns a closed channel's messages after the close is answered;
+        // a scan that started before they are all back would miss them. Waits until the
+        // queue holds again what it held less what was taken (bounded: a message someone
+        // else removed meanwhile never comes back).
+        let want = self.total.saturating_sub(self.taken);
+        let Ok(probe) = conn.create_channel().await else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + RETURNED_WITHIN;
+        while tokio::time::Instant::now() < deadline {
+            match depth(&probe, &self.queue).await {
+                Ok(n) if n < want => tokio::time::sleep(RETURN_POLL).await,
+                _ => break,
+            }
+        }
+        let _ = probe.close(200, "returns seen".into()).await;
     }
 }

@@ -198,8 +198,19 @@ async fn a_services_credentials_are_refused_on_another_services_queue() {
     .await
     .expect("order-svc may consume its own queue");
 
+    // Its own dead letters, which it reads for the operator's triage.
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_consume(
+        "order-svc.dlq".into(),
+        "probe".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("order-svc may read its own dead letters");
+
     // Another service's queue, and another service's dead letters: refused.
-    for queue in ["inventory-svc", "payment-svc", "order-svc.dlq"] {
+    for queue in ["inventory-svc", "payment-svc", "inventory-svc.dlq"] {
         let ch = conn.create_channel().await.unwrap();
         let err = ch
             .basic_consume(

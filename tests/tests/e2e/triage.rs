@@ -306,14 +306,16 @@ async fn find_names_every_saga_and_dead_letter_that_holds_an_id() {
         .await;
     assert_eq!(purged["job"]["outcome"]["purged"], 1, "{purged}");
     let found = stack.sagactl_json(&["find", &ghost_id], &[]).await;
+    // Newest first: the purge, and the adjustment's own rejection (by the broker user
+    // that published it).
     assert_eq!(
         each(&found["audit"], "records", "action"),
-        ["purge"],
+        ["purge", "stock_adjustment"],
         "{found}"
     );
     assert_eq!(
         each(&found["audit"], "records", "actor"),
-        ["operator"],
+        ["operator", "guest"],
         "{found}"
     );
 
