@@ -251,13 +251,31 @@ pub struct Original {
 
 /// Finds the dead letter `message_id` (left in the queue).
 pub async fn find(state: &OperatorState, message_id: &str) -> anyhow::Result<Option<Original>> {
+    seek(state, message_id, false).await
+}
+
+/// Removes the dead letter `message_id` (the original of an edit); whether it was there.
+async fn remove(state: &OperatorState, message_id: &str) -> anyhow::Result<bool> {
+    Ok(seek(state, message_id, true).await?.is_some())
+}
+
+/// The first dead letter with `message_id`, acked (removed) when `take`.
+async fn seek(
+    state: &OperatorState,
+    message_id: &str,
+    take: bool,
+) -> anyhow::Result<Option<Original>> {
     let _one_scan = state.scan_lock().lock().await;
-    let conn = state.connect("find").await?;
+    let conn = state.connect("seek").await?;
     let mut scan = Scan::open(&conn, &state.dead_letter_queue()).await?;
     let mut found = None;
     while let Some(delivery) = scan.next().await? {
         let d = DeadLetter::describe(&delivery);
         if d.message_id.as_deref() == Some(message_id) {
+            if take {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                scan.taken(1);
+            }
             found = Some(Original {
                 dead_letter: d,
                 properties: delivery.properties.clone(),
@@ -267,29 +285,8 @@ pub async fn find(state: &OperatorState, message_id: &str) -> anyhow::Result<Opt
         }
     }
     scan.close(&conn).await;
-    messaging::amqp::close_quietly(&conn, "found").await;
+    messaging::amqp::close_quietly(&conn, "sought").await;
     Ok(found)
-}
-
-/// Removes the dead letter `message_id` that no job sent back (the original of an edit);
-/// whether it was there.
-async fn remove(state: &OperatorState, message_id: &str) -> anyhow::Result<bool> {
-    let _one_scan = state.scan_lock().lock().await;
-    let conn = state.connect("remove").await?;
-    let mut scan = Scan::open(&conn, &state.dead_letter_queue()).await?;
-    let mut removed = false;
-    while let Some(delivery) = scan.next().await? {
-        let d = DeadLetter::describe(&delivery);
-        if d.message_id.as_deref() == Some(message_id) && d.redrive_job.is_none() {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            scan.taken(1);
-            removed = true;
-            break;
-        }
-    }
-    scan.close(&conn).await;
-    messaging::amqp::close_quietly(&conn, "removed").await;
-    Ok(removed)
 }
 
 /// Sends the corrected message, follows it, and removes the original once it was applied.

@@ -35,7 +35,7 @@ const RETURNED_WITHIN: Duration = Duration::from_secs(10);
 const RETURN_POLL: Duration = Duration::from_millis(50);
 
 /// How long a scan waits for the next message before it takes the queue as read.
-const IDLE: Duration = Duration::from_secs(2);
+const IDLE: Duration = Duration::from_secs(5);
 
 /// A scan in progress; [`Scan::close`] returns what it did not take.
 pub struct Scan {

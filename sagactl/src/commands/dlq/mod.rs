@@ -11,8 +11,6 @@ pub(crate) mod api;
 
 use anyhow::Context as _;
 use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use crate::cli::DlqCommand;
@@ -95,18 +93,9 @@ pub(super) async fn run(ctx: &Context, cmd: DlqCommand) -> anyhow::Result<()> {
 
 /// The exact number of messages in `queue`, read with a passive declare.
 async fn count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    platform::operator::scan::depth(channel, queue)
         .await
-        .with_context(|| format!("queue {queue} does not exist; has its service ever started?"))?;
-    Ok(q.message_count())
+        .with_context(|| format!("queue {queue} does not exist; has its service ever started?"))
 }
 
 /// Each dead-letter queue with its exact message count.
