@@ -212,15 +212,16 @@ def check_definitions() -> dict | None:
             "configure": exchanges + own,
             # basic.publish; DLX of declared queues; queue.bind (write on the queue)
             "write": exchanges + own,
-            # queue.bind (read on the exchange); basic.consume; DLX declare (read on the queue)
-            "read": exchanges + [svc] + own_retry,
+            # queue.bind (read on the exchange); basic.consume; DLX declare (read on the
+            # queue); its own DLQ, which it reads for the operator's triage (GET /dlq)
+            "read": exchanges + [svc, f"{svc}.dlq"] + own_retry,
         }
         peers = [q for other in defs.SERVICES if other != svc
                  for q in [other, f"{other}.dlq", f"{other}.retry.1s"]]
         forbidden = {
             "configure": peers + ["amq.topic", "other", f"{svc}x", f"{svc}.other"],
             "write": peers + ["amq.topic", "amq.default", f"{svc}.other"],
-            "read": peers + [f"{svc}.dlq", "amq.topic", f"{svc}.other"],
+            "read": peers + ["amq.topic", f"{svc}.other"],
         }
         for kind in ("configure", "write", "read"):
             missing = [n for n in needs[kind] if not rabbit_match(p[kind], n)]
