@@ -9,19 +9,18 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use messaging::outbox::Outbox;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::api_error::MAX_BODY_BYTES;
 use crate::drain::{Drain, DrainSettings};
 use crate::health::Health;
 use crate::http::{json_errors, with_ops_routes};
 
-/// Longest time one HTTP request may take before it is answered 408.
+/// Longest time one HTTP request may take before it is answered 408 (the dead-letter
+/// routes have [`crate::edge::DLQ_REQUEST_TIMEOUT`]).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Application {
@@ -78,10 +77,7 @@ impl Application {
                 slots,
                 crate::edge::limit_concurrency,
             ))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                REQUEST_TIMEOUT,
-            ))
+            .layer(axum::middleware::from_fn(crate::edge::time_limit))
             // Outermost, so that it also sees the timeout layer's answers.
             .layer(axum::middleware::from_fn(json_errors));
         Ok(Application {

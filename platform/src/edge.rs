@@ -1,12 +1,13 @@
 //! Limits at the HTTP edge that hold for the whole process: one concurrency limit shared by
-//! every route, and metric labels from closed sets.
+//! every route, the time a request may take, and metric labels from closed sets.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 /// The label for an HTTP method: a standard method's name, or `other`. A client may send
@@ -41,6 +42,25 @@ pub(crate) async fn limit_concurrency(
     // The semaphore is never closed, so acquiring fails never; answer anyway if it does.
     let _slot = slots.acquire().await;
     next.run(request).await
+}
+
+/// Longest time a request to the dead-letter routes (`/dlq…`) may take: they read the
+/// whole dead-letter queue, whose size nothing bounds (100,000 messages took 5–10 s in a
+/// debug build on a busy 2-core machine).
+pub const DLQ_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Answers 408 for a request past its time: [`crate::app::REQUEST_TIMEOUT`], or
+/// [`DLQ_REQUEST_TIMEOUT`] on the dead-letter routes.
+pub(crate) async fn time_limit(request: Request, next: Next) -> Response {
+    let limit = if request.uri().path().starts_with("/dlq") {
+        DLQ_REQUEST_TIMEOUT
+    } else {
+        crate::app::REQUEST_TIMEOUT
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
 }
 
 #[cfg(test)]

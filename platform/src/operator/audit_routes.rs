@@ -26,13 +26,13 @@ pub(super) fn router(state: OperatorState) -> Router {
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Who acted (a JWT `sub`, or an operator's name over AMQP).
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = "^[^\\x00]*$")]
     pub actor: Option<String>,
     /// stock_adjustment, deposit, cancel, replay, edit or purge.
     #[param(pattern = "^(stock_adjustment|deposit|cancel|replay|edit|purge)?$")]
     pub action: Option<String>,
     /// An id the record names: an order, customer, SKU or message id.
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = "^[^\\x00]*$")]
     pub subject: Option<String>,
     /// At or after this time (RFC 3339).
     #[param(format = DateTime)]

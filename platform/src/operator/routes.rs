@@ -120,7 +120,7 @@ pub async fn summary(
 #[into_params(parameter_in = Query)]
 pub struct Window {
     /// Skip this many matching dead letters.
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 4294967295_u64)]
     pub offset: Option<u64>,
     /// At most this many, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -200,7 +200,16 @@ fn from_query(
             "order_id" => filter.order_id = Some(value),
             "customer_id" => filter.customer_id = Some(value),
             "message_id" => filter.message_id = Some(value),
-            "offset" => window.offset = Some(number("offset", &value)?),
+            "offset" => {
+                let offset = number("offset", &value)?;
+                if offset > u64::from(u32::MAX) {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("offset must be at most {}", u32::MAX),
+                    ));
+                }
+                window.offset = Some(offset);
+            }
             "limit" => window.limit = Some(number("limit", &value)?),
             other => {
                 return Err(ApiError::bad_request(
@@ -290,7 +299,7 @@ async fn start(
         return Ok((StatusCode::OK, Json(json!(DryRun { matched, messages }))));
     }
     if action == actions::PURGE && !request.confirm {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::conflict(
             "confirmation_required",
             "a purge deletes dead letters for good: send \"confirm\": true (a dry run says how many it would take)",
         ));
@@ -328,15 +337,16 @@ async fn start(
         (status = 200, description = "Dry run: how many dead letters the filter takes", body = DryRun),
         (status = 202, description = "The redrive started; follow it at /dlq/jobs/{id}", body = Job),
         (status = 400, description = "A bad body or filter", body = crate::api_schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = crate::api_schema::ErrorBody),
         (status = 401, description = "No valid bearer token", body = crate::api_schema::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = crate::api_schema::ErrorBody),
     ))]
 pub async fn redrive(
     State(state): State<OperatorState>,
     caller: Caller,
-    ApiJson(request): ApiJson<Action>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Started, ApiError> {
-    start(state, caller, request, actions::REPLAY).await
+    start(state, caller, object_body(body)?, actions::REPLAY).await
 }
 
 #[utoipa::path(post, path = "/dlq/purge", tag = "dead letters",
@@ -344,16 +354,32 @@ pub async fn redrive(
     responses(
         (status = 200, description = "Dry run: how many dead letters the filter takes", body = DryRun),
         (status = 202, description = "The purge started; follow it at /dlq/jobs/{id}", body = Job),
-        (status = 400, description = "A bad body or filter, or `confirmation_required`", body = crate::api_schema::ErrorBody),
+        (status = 400, description = "A bad body or filter", body = crate::api_schema::ErrorBody),
+        (status = 409, description = "`confirmation_required`: a purge needs `\"confirm\": true`", body = crate::api_schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = crate::api_schema::ErrorBody),
         (status = 401, description = "No valid bearer token", body = crate::api_schema::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = crate::api_schema::ErrorBody),
     ))]
 pub async fn purge(
     State(state): State<OperatorState>,
     caller: Caller,
-    ApiJson(request): ApiJson<Action>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Started, ApiError> {
-    start(state, caller, request, actions::PURGE).await
+    start(state, caller, object_body(body)?, actions::PURGE).await
+}
+
+/// `T` from a JSON body that must be an object, as must its `filter` if it has one (serde
+/// would read a struct from an array too, and an array filter would take everything).
+fn object_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    let objects = body.is_object() && body.get("filter").is_none_or(Value::is_object);
+    if !objects {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object (and its filter one too)",
+        ));
+    }
+    serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("a bad body: {e}")))
 }
 
 /// A dead letter to replay with a corrected payload.
@@ -372,6 +398,7 @@ pub struct Edit {
     responses(
         (status = 202, description = "The corrected message (a new message id, `causation_id` the original's) was started; the original stays until it is applied", body = Job),
         (status = 400, description = "A bad body: the payload must be an object", body = crate::api_schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = crate::api_schema::ErrorBody),
         (status = 401, description = "No valid bearer token", body = crate::api_schema::ErrorBody),
         (status = 403, description = "The caller is not an operator", body = crate::api_schema::ErrorBody),
         (status = 404, description = "No such dead letter", body = crate::api_schema::ErrorBody),
@@ -380,9 +407,10 @@ pub struct Edit {
 pub async fn edit(
     State(state): State<OperatorState>,
     caller: Caller,
-    ApiJson(request): ApiJson<Edit>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Started, ApiError> {
     caller.require_operator()?;
+    let request: Edit = object_body(body)?;
     if !request.payload.is_object() {
         return Err(ApiError::bad_request(
             "invalid_payload",

@@ -275,7 +275,7 @@ async fn a_hundred_thousand_dead_letters_are_triaged_by_cause() {
     .await;
     assert_eq!(
         (status.as_u16(), refused["error"].as_str()),
-        (400, Some("confirmation_required")),
+        (409, Some("confirmation_required")),
         "{refused}"
     );
     let job = run_job(

@@ -483,7 +483,9 @@ async fn dlq_show_explains_a_message_the_broker_dead_lettered_itself() {
     let shown = stack
         .sagactl_json(&["dlq", "show", "inventory-svc"], &[])
         .await;
-    let error = shown["messages"][0]["error"].as_str().unwrap_or_default();
+    let error = shown["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(error.starts_with("delivery_limit"), "{shown}");
     let _ = conn.close(200, "done".into()).await;
 }
