@@ -4,7 +4,6 @@
 //! more. `main` and the tests both go through here.
 
 use std::future::Future;
-use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -19,9 +18,7 @@ use crate::drain::{Drain, DrainSettings};
 use crate::health::Health;
 use crate::http::{json_errors, with_ops_routes};
 
-/// Longest time one HTTP request may take before it is answered 408 (the dead-letter
-/// routes have [`crate::edge::DLQ_REQUEST_TIMEOUT`]).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::edge::REQUEST_TIMEOUT;
 
 pub struct Application {
     listener: TcpListener,

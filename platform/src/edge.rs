@@ -44,18 +44,22 @@ pub(crate) async fn limit_concurrency(
     next.run(request).await
 }
 
+/// Longest time one HTTP request may take before it is answered 408 (the dead-letter
+/// routes have [`DLQ_REQUEST_TIMEOUT`]).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest time a request to the dead-letter routes (`/dlq…`) may take: they read the
 /// whole dead-letter queue, whose size nothing bounds (100,000 messages took 5–10 s in a
 /// debug build on a busy 2-core machine).
 pub const DLQ_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Answers 408 for a request past its time: [`crate::app::REQUEST_TIMEOUT`], or
+/// Answers 408 for a request past its time: [`REQUEST_TIMEOUT`], or
 /// [`DLQ_REQUEST_TIMEOUT`] on the dead-letter routes.
 pub(crate) async fn time_limit(request: Request, next: Next) -> Response {
     let limit = if request.uri().path().starts_with("/dlq") {
         DLQ_REQUEST_TIMEOUT
     } else {
-        crate::app::REQUEST_TIMEOUT
+        REQUEST_TIMEOUT
     };
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
