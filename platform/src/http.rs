@@ -73,12 +73,17 @@ pub(crate) const MAX_PAGE: i64 = 1000;
 
 /// `limit` unless it is outside 1..=[`MAX_PAGE`] (400).
 pub fn check_limit(limit: i64) -> Result<i64, ApiError> {
-    if (1..=MAX_PAGE).contains(&limit) {
+    check_limit_up_to(limit, MAX_PAGE)
+}
+
+/// `limit` unless it is outside 1..=`max` (400).
+pub fn check_limit_up_to(limit: i64, max: i64) -> Result<i64, ApiError> {
+    if (1..=max).contains(&limit) {
         Ok(limit)
     } else {
         Err(ApiError::bad_request(
             "invalid_limit",
-            format!("limit must be 1 to {MAX_PAGE}"),
+            format!("limit must be 1 to {max}"),
         ))
     }
 }

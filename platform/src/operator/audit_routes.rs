@@ -103,13 +103,7 @@ pub async fn list_audit(
     Query(p): Query<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require_operator()?;
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 500",
-        ));
-    }
+    let limit = crate::http::check_limit_up_to(p.limit.unwrap_or(50), 500)?;
     let action = p.action.filter(|a| !a.is_empty());
     if let Some(a) = &action
         && !actions::ALL.contains(&a.as_str())

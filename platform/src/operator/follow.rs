@@ -155,9 +155,7 @@ impl Follow {
     /// yet.
     async fn look_for_returns(&mut self, state: &OperatorState, job: Uuid) -> anyhow::Result<()> {
         let job = job.to_string();
-        let _one_scan = state.scan_lock().lock().await;
-        let conn = state.connect("follow").await?;
-        let mut scan = Scan::open(&conn, &state.dead_letter_queue()).await?;
+        let mut scan = Scan::open(state, "follow").await?;
         let mut untracked_back = 0;
         while let Some(delivery) = scan.next().await? {
             let d = DeadLetter::describe(&delivery);
@@ -184,8 +182,7 @@ impl Follow {
             }
         }
         self.back_untracked = self.back_untracked.max(untracked_back);
-        scan.close(&conn).await;
-        messaging::amqp::close_quietly(&conn, "dead letters followed").await;
+        scan.close().await;
         Ok(())
     }
 }

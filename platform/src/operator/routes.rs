@@ -26,7 +26,7 @@ use crate::api_error::ApiJson;
 use crate::auth::Caller;
 
 /// Most dead letters one page lists.
-const MAX_LIST: usize = 500;
+const MAX_LIST: i64 = 500;
 
 pub(super) fn router(state: OperatorState) -> Router {
     Router::new()
@@ -80,11 +80,7 @@ pub async fn summary(
     caller: Caller,
 ) -> Result<Json<Summary>, ApiError> {
     caller.require_operator()?;
-    let _one_scan = state.scan_lock().lock().await;
-    let conn = state.connect("summary").await.map_err(broker_error)?;
-    let mut scan = Scan::open(&conn, &state.dead_letter_queue())
-        .await
-        .map_err(broker_error)?;
+    let mut scan = Scan::open(&state, "summary").await.map_err(broker_error)?;
     let mut groups: BTreeMap<(String, Option<String>), Group> = BTreeMap::new();
     while let Some(delivery) = scan.next().await.map_err(broker_error)? {
         let d = DeadLetter::describe(&delivery);
@@ -103,8 +99,7 @@ pub async fn summary(
         group.last_seen = group.last_seen.max(d.failed_at);
     }
     let (messages, scanned) = (scan.total, scan.seen());
-    scan.close(&conn).await;
-    messaging::amqp::close_quietly(&conn, "summary read").await;
+    scan.close().await;
     let mut groups: Vec<Group> = groups.into_values().collect();
     groups.sort_by_key(|g| std::cmp::Reverse(g.count));
     Ok(Json(Summary {
@@ -156,12 +151,7 @@ pub async fn list(
     let (filter, window) = from_query(params)?;
     let selection = filter.select()?;
     let limit = window.limit.unwrap_or(50);
-    if !(1..=MAX_LIST as u64).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_LIST}"),
-        ));
-    }
+    crate::http::check_limit_up_to(i64::try_from(limit).unwrap_or(i64::MAX), MAX_LIST)?;
     let offset = window.offset.unwrap_or(0);
     let (messages, matched, dead_letters) = select(&state, &selection, offset, limit).await?;
     Ok(Json(Listing {
@@ -231,11 +221,7 @@ async fn select(
     offset: u64,
     limit: u64,
 ) -> Result<(u32, u64, Vec<DeadLetter>), ApiError> {
-    let _one_scan = state.scan_lock().lock().await;
-    let conn = state.connect("list").await.map_err(broker_error)?;
-    let mut scan = Scan::open(&conn, &state.dead_letter_queue())
-        .await
-        .map_err(broker_error)?;
+    let mut scan = Scan::open(state, "list").await.map_err(broker_error)?;
     let (mut matched, mut page) = (0u64, Vec::new());
     while let Some(delivery) = scan.next().await.map_err(broker_error)? {
         let d = DeadLetter::describe(&delivery);
@@ -247,8 +233,7 @@ async fn select(
         }
     }
     let total = scan.total;
-    scan.close(&conn).await;
-    messaging::amqp::close_quietly(&conn, "listed").await;
+    scan.close().await;
     Ok((total, matched, page))
 }
 
@@ -504,13 +489,7 @@ pub async fn list_jobs(
     Query(recent): Query<Recent>,
 ) -> Result<Json<JobList>, ApiError> {
     caller.require_operator()?;
-    let limit = recent.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 100",
-        ));
-    }
+    let limit = crate::http::check_limit_up_to(recent.limit.unwrap_or(20), 100)?;
     Ok(Json(JobList {
         jobs: jobs::recent(state.pool(), limit).await?,
     }))

@@ -105,10 +105,8 @@ pub async fn redrive(
     let mut follow = Follow::default();
     let (mut matched, mut sent) = (0u64, 0u64);
     {
-        let _one_scan = state.scan_lock().lock().await;
-        let conn = state.connect("redrive").await?;
-        let publisher = ConfirmedPublisher::open(&conn, CONFIRM_TIMEOUT).await?;
-        let mut scan = Scan::open(&conn, &state.dead_letter_queue()).await?;
+        let mut scan = Scan::open(state, "redrive").await?;
+        let publisher = ConfirmedPublisher::open(scan.connection(), CONFIRM_TIMEOUT).await?;
         let mut window: Vec<(Delivery, DeadLetter)> = Vec::with_capacity(WINDOW);
         let mut noted = Instant::now();
         loop {
@@ -134,8 +132,7 @@ pub async fn redrive(
                 noted = Instant::now();
             }
         }
-        scan.close(&conn).await;
-        messaging::amqp::close_quietly(&conn, "redrive sent").await;
+        scan.close().await;
     }
     jobs::progress(state.pool(), job.id, matched, sent, &follow.outcome()).await?;
     follow.run(state, job.id, (matched, sent)).await?;
@@ -203,9 +200,7 @@ pub async fn purge(
     job: &Job,
     selection: &Selection,
 ) -> anyhow::Result<Ended> {
-    let _one_scan = state.scan_lock().lock().await;
-    let conn = state.connect("purge").await?;
-    let mut scan = Scan::open(&conn, &state.dead_letter_queue()).await?;
+    let mut scan = Scan::open(state, "purge").await?;
     let (mut purged, mut named) = (0u64, Vec::new());
     let mut noted = Instant::now();
     while let Some(delivery) = scan.next().await? {
@@ -235,8 +230,7 @@ pub async fn purge(
             noted = Instant::now();
         }
     }
-    scan.close(&conn).await;
-    messaging::amqp::close_quietly(&conn, "purged").await;
+    scan.close().await;
     let outcome = json!({"purged": purged});
     jobs::progress(state.pool(), job.id, purged, purged, &outcome).await?;
     Ok(Ended { outcome, named })
@@ -265,9 +259,7 @@ async fn seek(
     message_id: &str,
     take: bool,
 ) -> anyhow::Result<Option<Original>> {
-    let _one_scan = state.scan_lock().lock().await;
-    let conn = state.connect("seek").await?;
-    let mut scan = Scan::open(&conn, &state.dead_letter_queue()).await?;
+    let mut scan = Scan::open(state, "seek").await?;
     let mut found = None;
     while let Some(delivery) = scan.next().await? {
         let d = DeadLetter::describe(&delivery);
@@ -284,8 +276,7 @@ async fn seek(
             break;
         }
     }
-    scan.close(&conn).await;
-    messaging::amqp::close_quietly(&conn, "sought").await;
+    scan.close().await;
     Ok(found)
 }
 

@@ -13,7 +13,8 @@
 //! keeps (counts, a page, the ids of what it took), never the queue.
 //!
 //! Two scans of one queue at once would each see part of it, so a service runs its scans
-//! one at a time ([`super::OperatorState::scan_lock`]).
+//! one at a time: a [`Scan`] holds the service's scan lock, and a broker connection of its
+//! own, until it is closed.
 
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
+use tokio::sync::MutexGuard;
+
+use super::OperatorState;
 
 /// Unacked messages one consumer of a scan may hold (its prefetch).
 const PER_CONSUMER: u16 = 50_000;
@@ -37,8 +41,11 @@ const RETURN_POLL: Duration = Duration::from_millis(50);
 /// How long a scan waits for the next message before it takes the queue as read.
 const IDLE: Duration = Duration::from_secs(5);
 
-/// A scan in progress; [`Scan::close`] returns what it did not take.
-pub struct Scan {
+/// A scan of the service's dead-letter queue in progress; [`Scan::close`] returns what it
+/// did not take.
+pub struct Scan<'a> {
+    _one_at_a_time: MutexGuard<'a, ()>,
+    conn: Connection,
     channel: Channel,
     consumers: SelectAll<Consumer>,
     tags: Vec<String>,
@@ -66,9 +73,14 @@ pub async fn depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
     Ok(q.message_count())
 }
 
-impl Scan {
-    /// Starts reading `queue` on a channel of its own.
-    pub async fn open(conn: &Connection, queue: &str) -> lapin::Result<Self> {
+impl<'a> Scan<'a> {
+    /// Starts reading the dead-letter queue of `state`'s service (`what` names the
+    /// connection in the broker's console), once no other scan of it runs.
+    pub async fn open(state: &'a OperatorState, what: &str) -> lapin::Result<Self> {
+        let one_at_a_time = state.scan_lock().lock().await;
+        let conn = state.connect(what).await?;
+        let queue = state.dead_letter_queue();
+        let queue = queue.as_str();
         let channel = conn.create_channel().await?;
         let total = depth(&channel, queue).await?;
         channel
@@ -89,6 +101,8 @@ impl Scan {
             tags.push(tag);
         }
         Ok(Scan {
+            _one_at_a_time: one_at_a_time,
+            conn,
             channel,
             consumers,
             tags,
@@ -113,6 +127,11 @@ impl Scan {
         }
     }
 
+    /// The scan's broker connection, to publish on.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Messages seen so far.
     pub fn seen(&self) -> u32 {
         self.seen
@@ -131,7 +150,7 @@ impl Scan {
     /// every message acked before is settled for good when the channel's close returns the
     /// rest. Closed at once, acks still on their way were seen lost and their messages
     /// returned too (a redriven message then stood in the queue a second time).
-    pub async fn close(self, conn: &Connection) {
+    pub async fn close(self) {
         for tag in &self.tags {
             let cancelled = self
                 .channel
@@ -149,7 +168,8 @@ impl Scan {
         // queue holds again what it held less what was taken (bounded: a message someone
         // else removed meanwhile never comes back).
         let want = self.total.saturating_sub(self.taken);
-        let Ok(probe) = conn.create_channel().await else {
+        let Ok(probe) = self.conn.create_channel().await else {
+            messaging::amqp::close_quietly(&self.conn, "scan done").await;
             return;
         };
         let deadline = tokio::time::Instant::now() + RETURNED_WITHIN;
@@ -160,5 +180,6 @@ impl Scan {
             }
         }
         let _ = probe.close(200, "returns seen".into()).await;
+        messaging::amqp::close_quietly(&self.conn, "scan done").await;
     }
 }
